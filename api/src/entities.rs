@@ -1,0 +1,122 @@
+//! The API's JSON entities (spec 6.2). Every field is omitted when empty, as
+//! Go's `omitempty` does; an empty page serializes as `{}`.
+
+use serde::{Deserialize, Serialize};
+
+/// One `Name=Value` line of a unit, with its section.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnitOption {
+    #[serde(default)]
+    pub section: String,
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub value: String,
+}
+
+/// A unit: its options, desired and current state and machine.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Unit {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub options: Vec<UnitOption>,
+    #[serde(default, rename = "desiredState", skip_serializing_if = "String::is_empty")]
+    pub desired_state: String,
+    #[serde(default, rename = "currentState", skip_serializing_if = "String::is_empty")]
+    pub current_state: String,
+    #[serde(default, rename = "machineID", skip_serializing_if = "String::is_empty")]
+    pub machine_id: String,
+}
+
+/// The state systemd reports for a unit on one machine.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnitState {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub hash: String,
+    #[serde(default, rename = "machineID", skip_serializing_if = "String::is_empty")]
+    pub machine_id: String,
+    #[serde(default, rename = "systemdLoadState", skip_serializing_if = "String::is_empty")]
+    pub systemd_load_state: String,
+    #[serde(default, rename = "systemdActiveState", skip_serializing_if = "String::is_empty")]
+    pub systemd_active_state: String,
+    #[serde(default, rename = "systemdSubState", skip_serializing_if = "String::is_empty")]
+    pub systemd_sub_state: String,
+}
+
+/// A machine: id, primary IP and merged metadata.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Machine {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub id: String,
+    #[serde(default, rename = "primaryIP", skip_serializing_if = "String::is_empty")]
+    pub primary_ip: String,
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub metadata: std::collections::BTreeMap<String, String>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnitPage {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub units: Vec<Unit>,
+    #[serde(default, rename = "nextPageToken", skip_serializing_if = "String::is_empty")]
+    pub next_page_token: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnitStatePage {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub states: Vec<UnitState>,
+    #[serde(default, rename = "nextPageToken", skip_serializing_if = "String::is_empty")]
+    pub next_page_token: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MachinePage {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub machines: Vec<Machine>,
+    #[serde(default, rename = "nextPageToken", skip_serializing_if = "String::is_empty")]
+    pub next_page_token: String,
+}
+
+/// The error entity: `{"error":{"code":N,"message":"..."}}`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorEntity {
+    pub error: ErrorBody,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub code: u16,
+    #[serde(default)]
+    pub message: String,
+}
+
+/// The 503 message while fleetd is not registered in etcd (spec 6.1).
+pub const UNAVAILABLE_MESSAGE: &str = "fleet server unable to communicate with etcd";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_page_is_an_empty_object() {
+        assert_eq!(serde_json::to_string(&UnitPage::default()).unwrap(), "{}");
+    }
+
+    #[test]
+    fn unit_field_names_are_the_originals() {
+        let unit = Unit {
+            name: "a.service".into(),
+            desired_state: "launched".into(),
+            machine_id: "m".into(),
+            ..Unit::default()
+        };
+        assert_eq!(
+            serde_json::to_string(&unit).unwrap(),
+            r#"{"name":"a.service","desiredState":"launched","machineID":"m"}"#
+        );
+    }
+}

@@ -1,0 +1,19 @@
+//! The fleet HTTP API v1 (spec 6), both sides of the wire.
+//!
+//! - [`entities`]: the JSON entities (Unit, UnitState, Machine, pages, the
+//!   error entity). A serialized type is a compatibility promise: the original
+//!   `fleetctl` reads these bytes.
+//! - [`token`]: pagination tokens (`{uint16 limit, uint16 page}`, URL-safe base64).
+//! - `server` (feature `server`): the axum router and its handlers over the
+//!   registry, mounted under `/fleet/v1` and `/v1-alpha`.
+//! - `client` (feature `client`): the typed client fleetctl uses, over a unix
+//!   socket or HTTP.
+
+pub mod entities;
+pub mod token;
+
+#[cfg(feature = "server")]
+pub mod server;
+
+#[cfg(feature = "client")]
+pub mod client;

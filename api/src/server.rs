@@ -1,0 +1,1 @@
+//! The API router (to be written).

@@ -1,0 +1,1 @@
+//! Pagination tokens (spec 6.3), to be written.

@@ -1,0 +1,2 @@
+//! fleetctl's entry point (being written).
+fn main() {}

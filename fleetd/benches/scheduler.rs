@@ -1,0 +1,2 @@
+//! Scheduler micro-benchmark (being written).
+fn main() {}

@@ -1,0 +1,2 @@
+//! fleetd's entry point (being written).
+fn main() {}

@@ -1,0 +1,1 @@
+//! The functional-test harness (being written).

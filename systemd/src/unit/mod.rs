@@ -1,0 +1,25 @@
+//! Unit files: parse, canonical form, hash, names, `[X-Fleet]` requirements.
+//!
+//! The hash of a unit is the SHA1 of its canonical text, so the parser and the
+//! serializer here must match go-systemd's `unit.Deserialize`/`unit.Serialize`
+//! byte for byte (spec 3.2, 3.3, Appendix A): our hashes equal the original's.
+//!
+//! - [`UnitFile`]: an ordered list of [`UnitOption`]s; [`UnitFile::parse`],
+//!   [`UnitFile::serialize`] (canonical text) and [`UnitFile::hash`].
+//! - [`UnitName`]: a validated unit name (spec 3.1), with its template parts.
+//! - [`Requirements`]: the `[X-Fleet]` options of one named unit, specifiers
+//!   resolved (spec 3.6), and the matching rules the scheduler needs.
+//! - [`validate_options`]: the option validation of spec 3.6.
+//! - [`glob_match`]: Go's `path.Match`, which Conflicts and Replaces use.
+
+mod fleet;
+mod glob;
+mod hash;
+mod name;
+mod parse;
+
+pub use fleet::{Requirements, unrecognized_requirements, validate_options};
+pub use glob::glob_match;
+pub use hash::UnitHash;
+pub use name::{InvalidUnitName, UnitName};
+pub use parse::{ParseError, UnitFile, UnitOption};
