@@ -1,1 +1,491 @@
-//! The API router (to be written).
+//! The API v1 router (spec 6): one axum service over the registry.
+//!
+//! [`router`] builds the service fleetd serves on its listeners; [`ApiState`]
+//! is what it needs (the registry, the page size, the version for the
+//! `Server` header and the [`Availability`] flag the heart flips).
+//!
+//! Routing is done by hand in [`route`] rather than with axum's path router:
+//! the original's Go `ServeMux` has exact, odd rules (a trailing slash is a
+//! 404, `units/a/b` is a 404, exactly `/fleet/v1` is a 405, `/machines/x`
+//! falls through to the root handler, the state resource checks the method
+//! before the path) and matching them in one function keeps them visible.
+//!
+//! - `units`: `GET/PUT/DELETE /units[/<name>]`, including the PUT decision
+//!   procedure of spec 6.5.
+//! - `states`: `GET /state[/<name>]`.
+//! - `machines`: `GET /machines` and the metadata `PATCH` of spec 6.6.
+//!
+//! Handlers never hold registry data between requests: every request reads
+//! etcd, so two fleetds serving the API always agree.
+
+mod machines;
+mod states;
+mod units;
+
+pub use units::{entity_options, unit_file_from_options};
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::response::Response;
+use http::header::{CONTENT_TYPE, SERVER};
+use http::{HeaderValue, Method, StatusCode};
+use serde::Serialize;
+use tracing::{debug, error};
+
+use fleet_registry::{Registry, RegistryError};
+
+use crate::entities::{ErrorBody, ErrorEntity, UNAVAILABLE_MESSAGE};
+use crate::token::PageToken;
+
+/// The discovery document (spec 6.7), served verbatim.
+const DISCOVERY_JSON: &str = include_str!("discovery.json");
+
+/// The largest request body we read (PUT and PATCH). Unit files are a few
+/// kilobytes; this only stops a runaway client from filling our memory.
+const BODY_LIMIT_BYTES: usize = 16 * 1024 * 1024;
+
+/// The prefixes the resources are mounted under, with identical behaviour.
+const PREFIXES: [&str; 2] = ["/fleet/v1", "/v1-alpha"];
+
+/// Everything the router needs.
+#[derive(Clone)]
+pub struct ApiState {
+    pub registry: Registry,
+    /// `token_limit`: the page size of every listing (spec 6.3).
+    pub token_limit: u16,
+    /// fleetd's version, sent as `Server: fleetd/<version>`.
+    pub version: String,
+    /// Whether fleetd is registered in etcd; every request gets a 503 until it is.
+    pub available: Availability,
+}
+
+/// A shared on/off flag: whether the API may serve (spec 6.1). Cheap to clone;
+/// all clones see the same flag. Starts unavailable.
+#[derive(Clone, Debug, Default)]
+pub struct Availability(Arc<AtomicBool>);
+
+impl Availability {
+    /// A new flag, unavailable.
+    pub fn new() -> Availability {
+        Availability::default()
+    }
+
+    pub fn set(&self, available: bool) {
+        self.0.store(available, Ordering::Release);
+    }
+
+    pub fn is_available(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
+/// The router's own state: the caller's plus what only the router keeps.
+struct Shared {
+    api: ApiState,
+    /// `Server: fleetd/<version>`, built once.
+    server_header: HeaderValue,
+    metrics: Metrics,
+}
+
+/// Builds the API service: every path under `/fleet/v1` and `/v1-alpha`,
+/// `/metrics`, and the root handler's 404/405 for the rest.
+pub fn router(state: ApiState) -> Router {
+    let server_header = HeaderValue::from_str(&format!("fleetd/{}", state.version))
+        .unwrap_or_else(|_| HeaderValue::from_static("fleetd"));
+    let shared = Arc::new(Shared {
+        api: state,
+        server_header,
+        metrics: Metrics::default(),
+    });
+    Router::new().fallback(handle).with_state(shared)
+}
+
+/// The outermost handler: availability, then routing, then the `Server`
+/// header and the request counter.
+async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response {
+    if !shared.api.available.is_available() {
+        // The original's "unavailable" handler sits outside the middleware
+        // that adds `Server`, so the 503 has no `Server` header (spec 6.1).
+        return error_response(StatusCode::SERVICE_UNAVAILABLE, UNAVAILABLE_MESSAGE);
+    }
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let mut response = match route(&shared, request).await {
+        Ok(response) => response,
+        Err(api_error) => api_error.into_response(),
+    };
+    response
+        .headers_mut()
+        .insert(SERVER, shared.server_header.clone());
+    shared.metrics.record(&method, response.status());
+    debug!(%method, %path, status = response.status().as_u16(), "Served an API request.");
+    response
+}
+
+/// Dispatches on the decoded path and the method (spec 6.4).
+async fn route(shared: &Shared, request: Request) -> Result<Response, ApiError> {
+    let path = percent_decode(request.uri().path())
+        .ok_or_else(|| ApiError::new(StatusCode::BAD_REQUEST, "invalid URL escape in path"))?;
+    if path == "/" {
+        return Err(ApiError::empty(StatusCode::METHOD_NOT_ALLOWED));
+    }
+    if path == "/metrics" {
+        return Ok(shared.metrics.render());
+    }
+    for prefix in PREFIXES {
+        let Some(rest) = path.strip_prefix(prefix) else {
+            continue;
+        };
+        if rest.is_empty() {
+            return Err(ApiError::empty(StatusCode::METHOD_NOT_ALLOWED));
+        }
+        if let Some(resource) = rest.strip_prefix('/') {
+            return route_resource(shared, resource, request).await;
+        }
+    }
+    Err(ApiError::empty(StatusCode::NOT_FOUND))
+}
+
+/// Routes `resource`, the decoded path after `<prefix>/`.
+async fn route_resource(
+    shared: &Shared,
+    resource: &str,
+    request: Request,
+) -> Result<Response, ApiError> {
+    let query = Query::of(&request);
+    let method = request.method().clone();
+    match resource {
+        "discovery" => {
+            if method != Method::GET {
+                return Err(ApiError::new(
+                    StatusCode::BAD_REQUEST,
+                    "only HTTP GET supported against this resource",
+                ));
+            }
+            Ok(json_text_response(StatusCode::OK, DISCOVERY_JSON))
+        }
+        "machines" => match method {
+            Method::GET => machines::list(shared, &query).await,
+            Method::PATCH => {
+                let body = read_body(request).await?;
+                machines::patch(shared, &body).await
+            }
+            _ => Err(ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "only GET and PATCH supported against this resource",
+            )),
+        },
+        "units" => match method {
+            Method::GET => units::list(shared, &query).await,
+            _ => Err(ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "only GET supported against this resource",
+            )),
+        },
+        _ => {
+            if let Some(item) = resource.strip_prefix("units/") {
+                let item = item_name(item)?;
+                return match method {
+                    Method::GET => units::get(shared, item).await,
+                    Method::DELETE => units::delete(shared, item).await,
+                    Method::PUT => {
+                        let content_types: Vec<HeaderValue> = request
+                            .headers()
+                            .get_all(CONTENT_TYPE)
+                            .iter()
+                            .cloned()
+                            .collect();
+                        let body = read_body(request).await?;
+                        units::put(shared, item, &content_types, &body).await
+                    }
+                    _ => Err(ApiError::new(
+                        StatusCode::METHOD_NOT_ALLOWED,
+                        "only GET, PUT and DELETE supported against this resource",
+                    )),
+                };
+            }
+            if resource == "state" || resource.starts_with("state/") {
+                // The original's state resource checks the method before the path.
+                if method != Method::GET {
+                    return Err(ApiError::new(
+                        StatusCode::METHOD_NOT_ALLOWED,
+                        "only GET supported against this resource",
+                    ));
+                }
+                return match resource.strip_prefix("state/") {
+                    None => states::list(shared, &query).await,
+                    Some(item) => states::get(shared, item_name(item)?).await,
+                };
+            }
+            Err(ApiError::empty(StatusCode::NOT_FOUND))
+        }
+    }
+}
+
+/// An item path segment: non-empty and without `/` (`units/`, `units/a/b`
+/// are 404s).
+fn item_name(item: &str) -> Result<&str, ApiError> {
+    if item.is_empty() || item.contains('/') {
+        return Err(ApiError::empty(StatusCode::NOT_FOUND));
+    }
+    Ok(item)
+}
+
+async fn read_body(request: Request) -> Result<Bytes, ApiError> {
+    axum::body::to_bytes(request.into_body(), BODY_LIMIT_BYTES)
+        .await
+        .map_err(|error| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("unable to read body: {error}"),
+            )
+        })
+}
+
+/// The query parameters of a request, all values of each, in order. Unknown
+/// parameters are simply never asked for (spec 6.1: `?alt=json`).
+pub(crate) struct Query {
+    pairs: Vec<(String, String)>,
+}
+
+impl Query {
+    fn of(request: &Request) -> Query {
+        // A malformed query reads as no parameters, as Go's `URL.Query` does
+        // with pairs it cannot decode.
+        let pairs = axum::extract::Query::<Vec<(String, String)>>::try_from_uri(request.uri())
+            .map(|query| query.0)
+            .unwrap_or_default();
+        Query { pairs }
+    }
+
+    fn values(&self, key: &str) -> Vec<&str> {
+        self.pairs
+            .iter()
+            .filter(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
+    /// The first value of `key`; an empty value counts as absent.
+    fn first(&self, key: &str) -> Option<&str> {
+        self.pairs
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+            .filter(|v| !v.is_empty())
+    }
+
+    /// The page asked for by `nextPageToken` (spec 6.3).
+    fn page(&self, token_limit: u16) -> Result<PageToken, ApiError> {
+        PageToken::from_query_values(&self.values("nextPageToken"), token_limit)
+            .map_err(|error| ApiError::new(StatusCode::BAD_REQUEST, error.to_string()))
+    }
+}
+
+/// One page of `items` and the token of the next page (empty when last).
+fn paginate<T>(items: Vec<T>, page: PageToken) -> (Vec<T>, String) {
+    let (range, more) = page.window(items.len());
+    let next_page_token = if more {
+        page.next().encode()
+    } else {
+        String::new()
+    };
+    let page_items = items
+        .into_iter()
+        .skip(range.start)
+        .take(range.len())
+        .collect();
+    (page_items, next_page_token)
+}
+
+/// Decodes `%XX` escapes as Go's `URL.Path` does; `None` for a bad escape or
+/// a result that is not UTF-8.
+fn percent_decode(path: &str) -> Option<String> {
+    if !path.contains('%') {
+        return Some(path.to_owned());
+    }
+    let bytes = path.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut idx = 0;
+    while idx < bytes.len() {
+        if bytes[idx] == b'%' {
+            let hex = bytes.get(idx + 1..idx + 3)?;
+            let text = std::str::from_utf8(hex).ok()?;
+            decoded.push(u8::from_str_radix(text, 16).ok()?);
+            idx += 3;
+        } else {
+            decoded.push(bytes[idx]);
+            idx += 1;
+        }
+    }
+    String::from_utf8(decoded).ok()
+}
+
+/// An error response: a status and the error entity's message.
+#[derive(Debug)]
+pub(crate) struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            message: message.into(),
+        }
+    }
+
+    /// An error entity with an empty message (the original's `sendError(nil)`).
+    fn empty(status: StatusCode) -> ApiError {
+        ApiError {
+            status,
+            message: String::new(),
+        }
+    }
+
+    fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, message)
+    }
+
+    /// A registry failure: logged with its detail, answered with a 500 and an
+    /// empty message as the original does (spec 6.2).
+    fn registry(what: &'static str, error: RegistryError) -> ApiError {
+        error!(%error, what, "A registry request of the API failed.");
+        ApiError::empty(StatusCode::INTERNAL_SERVER_ERROR)
+    }
+
+    fn into_response(self) -> Response {
+        error_response(self.status, &self.message)
+    }
+}
+
+/// The error entity with `Content-Type: application/json` (spec 6.2).
+fn error_response(status: StatusCode, message: &str) -> Response {
+    let entity = ErrorEntity {
+        error: ErrorBody {
+            code: status.as_u16(),
+            message: message.to_owned(),
+        },
+    };
+    json_response(status, &entity)
+}
+
+fn json_response<T: Serialize>(status: StatusCode, entity: &T) -> Response {
+    match serde_json::to_string(entity) {
+        Ok(text) => json_text_response(status, text),
+        Err(error) => {
+            // Our entities are plain strings and lists; this cannot happen,
+            // but if it does the client must not get a half-written body.
+            error!(%error, "Cannot serialize an API entity.");
+            let mut response = Response::new(Body::empty());
+            *response.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+            response
+        }
+    }
+}
+
+fn json_text_response(status: StatusCode, text: impl Into<Body>) -> Response {
+    let mut response = Response::new(text.into());
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+/// A response without a body (201, 204).
+fn empty_response(status: StatusCode) -> Response {
+    let mut response = Response::new(Body::empty());
+    *response.status_mut() = status;
+    response
+}
+
+/// Request counts by method and status, exposed at `/metrics` in the
+/// Prometheus text format. A std mutex: the critical section is one map
+/// update and never spans an await.
+#[derive(Default)]
+struct Metrics {
+    requests: Mutex<BTreeMap<(String, u16), u64>>,
+}
+
+impl Metrics {
+    fn record(&self, method: &Method, status: StatusCode) {
+        let mut requests = self
+            .requests
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *requests
+            .entry((method.as_str().to_owned(), status.as_u16()))
+            .or_insert(0) += 1;
+    }
+
+    fn render(&self) -> Response {
+        let requests = self
+            .requests
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut text = String::from(
+            "# HELP fleet_api_requests_total API requests served, by method and status code.\n\
+             # TYPE fleet_api_requests_total counter\n",
+        );
+        for ((method, code), count) in requests.iter() {
+            text.push_str(&format!(
+                "fleet_api_requests_total{{method=\"{method}\",code=\"{code}\"}} {count}\n"
+            ));
+        }
+        let mut response = Response::new(Body::from(text));
+        response.headers_mut().insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        );
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percent_decoding() {
+        assert_eq!(percent_decode("/a/b").as_deref(), Some("/a/b"));
+        assert_eq!(
+            percent_decode("/yes@no%5C.service").as_deref(),
+            Some("/yes@no\\.service")
+        );
+        assert_eq!(percent_decode("/a%2Fb").as_deref(), Some("/a/b"));
+        assert_eq!(percent_decode("/a%2"), None);
+        assert_eq!(percent_decode("/a%zz"), None);
+        assert_eq!(percent_decode("/a%ff"), None);
+    }
+
+    #[test]
+    fn pagination() {
+        let items: Vec<u32> = (0..5).collect();
+        let (page, next) = paginate(items.clone(), PageToken::first(2));
+        assert_eq!(
+            (page, next.as_str()),
+            (
+                vec![0, 1],
+                PageToken { limit: 2, page: 2 }.encode().as_str()
+            )
+        );
+        let (page, next) = paginate(items.clone(), PageToken { limit: 2, page: 3 });
+        assert_eq!((page, next.as_str()), (vec![4], ""));
+        let (page, next) = paginate(items, PageToken { limit: 2, page: 9 });
+        assert_eq!((page, next.as_str()), (vec![], ""));
+    }
+
+    #[test]
+    fn discovery_document_is_json() {
+        let document: serde_json::Value = serde_json::from_str(DISCOVERY_JSON).unwrap();
+        assert_eq!(document["id"], "fleet:v1");
+        assert_eq!(document["baseUrl"], "$ENDPOINT/fleet/v1/");
+    }
+}

@@ -1,2 +1,9 @@
-//! fleetctl's entry point (being written).
-fn main() {}
+//! fleetctl's entry point: parse, run, turn the outcome into an exit code.
+//! Everything else lives in the library so tests can call it directly.
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let env = std::env::vars().collect();
+    fleetctl::main_with(std::env::args_os().collect(), &env)
+}

@@ -1,3 +1,25 @@
 //! fleetd: one per machine. The heart keeps the machine's presence, the
 //! engine (on one elected machine) schedules, the agent drives systemd, and
-//! the listeners serve the API. (Being written.)
+//! the listeners serve the API.
+//!
+//! Where to start reading:
+//! - [`server`]: wires everything together, owns shutdown and SIGHUP reload.
+//! - [`config`]: every option, the goini loader and `FLEET_*` overrides.
+//! - [`heart`]: the machine lease and record; publishes [`heart::Presence`].
+//! - [`engine`]: leader election and the scheduler (pure, in `engine::scheduler`).
+//! - [`agent`]: makes this machine's systemd match its schedule.
+//! - [`listeners`]: the API sockets (socket activation or `api_listen`).
+//! - [`machine`]: the machine id, public IP detection and the published state.
+//! - [`backoff`]: the one retry delay policy.
+//!
+//! `main.rs` only parses the command line, installs logging and calls
+//! [`server::run`].
+
+pub mod agent;
+pub mod backoff;
+pub mod config;
+pub mod engine;
+pub mod heart;
+pub mod listeners;
+pub mod machine;
+pub mod server;

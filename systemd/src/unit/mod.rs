@@ -6,7 +6,8 @@
 //!
 //! - [`UnitFile`]: an ordered list of [`UnitOption`]s; [`UnitFile::parse`],
 //!   [`UnitFile::serialize`] (canonical text) and [`UnitFile::hash`].
-//! - [`UnitName`]: a validated unit name (spec 3.1), with its template parts.
+//! - [`UnitName`]: a validated unit name (spec 3.1), with its template parts;
+//!   [`recognized_type`] and [`fleetctl_unit_name`] for fleetctl and the agent.
 //! - [`Requirements`]: the `[X-Fleet]` options of one named unit, specifiers
 //!   resolved (spec 3.6), and the matching rules the scheduler needs.
 //! - [`validate_options`]: the option validation of spec 3.6.
@@ -18,8 +19,11 @@ mod hash;
 mod name;
 mod parse;
 
-pub use fleet::{Requirements, unrecognized_requirements, validate_options};
-pub use glob::glob_match;
+pub use fleet::{
+    Requirements, X_FLEET, is_truthy, parse_multivalue_line, unrecognized_requirements,
+    validate_options,
+};
+pub use glob::{glob_is_valid, glob_match};
 pub use hash::UnitHash;
-pub use name::{InvalidUnitName, UnitName};
+pub use name::{InvalidUnitName, UnitName, fleetctl_unit_name, recognized_type};
 pub use parse::{ParseError, UnitFile, UnitOption};

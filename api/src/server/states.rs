@@ -1,0 +1,79 @@
+//! `/state` and `/state/<name>`: the unit states agents report (spec 6.4).
+//!
+//! Fix (Appendix B 7): the original crashed on `GET /state/<name>` for a unit
+//! without a state; we answer 404 "unit state does not exist".
+
+use std::str::FromStr;
+
+use axum::response::Response;
+use http::StatusCode;
+
+use fleet_registry::UnitState;
+use fleet_systemd::unit::UnitName;
+
+use super::{ApiError, Query, Shared, json_response, paginate};
+use crate::entities;
+
+/// `GET /state[?machineID=<id>][&unitName=<name>]`: filters are exact
+/// matches on the first value of each parameter, applied before paging; the
+/// states are sorted by (unit, machine).
+pub(super) async fn list(shared: &Shared, query: &Query) -> Result<Response, ApiError> {
+    let page = query.page(shared.api.token_limit)?;
+    let registry = &shared.api.registry;
+    let unit_states = match query.first("unitName") {
+        // Only the asked unit's prefix is read. A name that does not
+        // validate has no states.
+        Some(unit_name) => match UnitName::from_str(unit_name) {
+            Ok(name) => registry
+                .states_of_unit(&name)
+                .await
+                .map_err(|error| ApiError::registry("get unit states", error))?,
+            Err(_) => Vec::new(),
+        },
+        None => registry
+            .unit_states()
+            .await
+            .map_err(|error| ApiError::registry("list unit states", error))?,
+    };
+    let machine_filter = query.first("machineID");
+    let matching: Vec<UnitState> = unit_states
+        .into_iter()
+        .filter(|state| machine_filter.is_none_or(|machine| state.machine.as_str() == machine))
+        .collect();
+    let (page_states, next_page_token) = paginate(matching, page);
+    let states = page_states.iter().map(state_entity).collect();
+    Ok(json_response(
+        StatusCode::OK,
+        &entities::UnitStatePage {
+            states,
+            next_page_token,
+        },
+    ))
+}
+
+/// `GET /state/<name>`: the first state reported for the unit (by machine).
+pub(super) async fn get(shared: &Shared, item: &str) -> Result<Response, ApiError> {
+    let not_found = || ApiError::new(StatusCode::NOT_FOUND, "unit state does not exist");
+    let Ok(name) = UnitName::from_str(item) else {
+        return Err(not_found());
+    };
+    let unit_states = shared
+        .api
+        .registry
+        .states_of_unit(&name)
+        .await
+        .map_err(|error| ApiError::registry("get unit states", error))?;
+    let state = unit_states.first().ok_or_else(not_found)?;
+    Ok(json_response(StatusCode::OK, &state_entity(state)))
+}
+
+fn state_entity(state: &UnitState) -> entities::UnitState {
+    entities::UnitState {
+        name: state.unit.to_string(),
+        hash: state.hash.to_string(),
+        machine_id: state.machine.to_string(),
+        systemd_load_state: state.load_state.clone(),
+        systemd_active_state: state.active_state.clone(),
+        systemd_sub_state: state.sub_state.clone(),
+    }
+}

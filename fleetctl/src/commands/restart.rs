@@ -1,0 +1,127 @@
+//! `restart` (spec 7.6): a rolling restart, one unit after the other.
+//!
+//! Fixed quirk 4: a launched unit is set to `loaded` and we wait for
+//! `loaded`, then `launched` and we wait for `launched` (the original waited
+//! for `launched` both times). Global units are restarted with
+//! `systemctl restart` on every machine that reports them (directly on this
+//! machine, over SSH elsewhere); the original's global path did nothing.
+
+use std::sync::Arc;
+
+use fleet_api::entities::Unit;
+
+use crate::cli::RestartArgs;
+use crate::commands::{Ctx, find_units, is_global};
+use crate::exit::Exit;
+use crate::output::machine_id_legend;
+use crate::ssh::remote::run_on_machine;
+use crate::units::{CreateCommand, lazy_create_units};
+use crate::wait::{Blocking, wait_for_unit_states};
+
+/// `restart` has no `--ssh-port`; the original used the default.
+const DEFAULT_SSH_PORT: u16 = 22;
+
+async fn set_and_wait(ctx: &Ctx, unit: &Unit, state: &str, blocking: Blocking) -> Result<(), Exit> {
+    if let Err(error) = ctx.client.set_unit_target_state(&unit.name, state).await {
+        ctx.console.err(&format!(
+            "Error setting target state of unit {}: {error}",
+            unit.name
+        ));
+        return Err(Exit::Failure);
+    }
+    let errors = wait_for_unit_states(
+        ctx,
+        std::slice::from_ref(&unit.name),
+        state,
+        "restart",
+        blocking,
+    )
+    .await;
+    if errors.is_empty() {
+        return Ok(());
+    }
+    for error in errors {
+        ctx.console
+            .err(&format!("Error waiting for units: {error}"));
+    }
+    Err(Exit::Failure)
+}
+
+async fn restart_global(ctx: &Ctx, unit: &Unit) -> Exit {
+    let states = match ctx.client.unit_states(None, Some(&unit.name)).await {
+        Ok(states) => states,
+        Err(error) => {
+            ctx.console.err(&format!(
+                "Error retrieving states of unit {}: {error}",
+                unit.name
+            ));
+            return Exit::Failure;
+        }
+    };
+    let argv = ["systemctl", "restart", unit.name.as_str()].map(String::from);
+    let mut exit = Exit::Success;
+    for state in states {
+        // Prints its own errors (SSH failures included).
+        let machine_exit = run_on_machine(ctx, &state.machine_id, &argv, DEFAULT_SSH_PORT).await;
+        if machine_exit != Exit::Success {
+            ctx.console.err(&format!(
+                "Error restarting global unit {} on machine {}",
+                unit.name,
+                machine_id_legend(&state.machine_id, false)
+            ));
+            exit = Exit::Failure;
+        }
+    }
+    if exit == Exit::Success {
+        ctx.console
+            .out(&format!("Triggered global unit {} restart", unit.name));
+    }
+    exit
+}
+
+pub async fn run(ctx: &Arc<Ctx>, args: RestartArgs) -> anyhow::Result<Exit> {
+    if args.units.is_empty() {
+        ctx.console.err("No units given");
+        return Ok(Exit::Success);
+    }
+    let blocking = Blocking::from_attempts(args.block_attempts);
+    if let Err(error) =
+        lazy_create_units(ctx, &args.units, CreateCommand::Restart, false, blocking).await
+    {
+        ctx.console.err(&format!("Error creating units: {error}"));
+        return Ok(Exit::Failure);
+    }
+    let units = match find_units(ctx, &args.units).await {
+        Ok(units) => units,
+        Err(error) => {
+            ctx.console.err(&error.to_string());
+            return Ok(Exit::Failure);
+        }
+    };
+    let mut exit = Exit::Success;
+    for unit in &units {
+        if is_global(unit) {
+            if restart_global(ctx, unit).await != Exit::Success {
+                exit = Exit::Failure;
+            }
+            continue;
+        }
+        let phases: &[&str] = match unit.current_state.as_str() {
+            "inactive" => {
+                ctx.console.err(&format!(
+                    "Unable to restart unit {} in state inactive",
+                    unit.name
+                ));
+                continue;
+            }
+            "loaded" => &["launched"],
+            _ => &["loaded", "launched"],
+        };
+        for state in phases {
+            if let Err(failure) = set_and_wait(ctx, unit, state, blocking).await {
+                return Ok(failure);
+            }
+        }
+    }
+    Ok(exit)
+}

@@ -1,0 +1,188 @@
+//! `load` and `start` (spec 7.6): create missing units (7.4), set the desired
+//! state, and wait (7.5).
+//!
+//! Fixed quirk 5: with `--no-block`, `start` prints `Triggered unit <n> start`
+//! once, not twice.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use fleet_api::entities::Unit;
+use fleet_systemd::unit::fleetctl_unit_name;
+
+use crate::cli::CreateArgs;
+use crate::commands::{Ctx, concurrently, is_global};
+use crate::exit::Exit;
+use crate::units::{CreateCommand, lazy_create_units};
+use crate::wait::{Blocking, wait_for_systemd_active, wait_for_unit_states};
+
+/// The deprecated `--sign` flag: the original refuses it with status 2.
+pub fn refuse_sign(ctx: &Ctx) -> Exit {
+    ctx.console
+        .err("WARNING: The signed/verified units feature is DEPRECATED and cannot be used.");
+    Exit::Verify
+}
+
+/// The original's `setTargetStateOfUnits`: sets `state` on every named unit
+/// not already there; returns the units it changed (as they were before).
+///
+/// `known` holds units this command just created: they are not fetched again.
+///
+/// # Errors
+/// The first failure in argument order.
+pub async fn set_target_state_of_units(
+    ctx: &Arc<Ctx>,
+    names: Vec<String>,
+    known: Vec<Unit>,
+    state: &'static str,
+) -> Result<Vec<Unit>, String> {
+    let known: Arc<HashMap<String, Unit>> = Arc::new(
+        known
+            .into_iter()
+            .map(|unit| (unit.name.clone(), unit))
+            .collect(),
+    );
+    let results = concurrently(ctx, names, move |ctx, name| {
+        let known = Arc::clone(&known);
+        async move {
+            let fetched = match known.get(&name) {
+                Some(unit) => Ok(Some(unit.clone())),
+                None => ctx.client.unit(&name).await,
+            };
+            let unit = match fetched {
+                Ok(Some(unit)) => unit,
+                Ok(None) => return Err(format!("unable to find unit {name}")),
+                Err(error) => {
+                    return Err(format!(
+                        "error retrieving unit {name} from registry: {error}"
+                    ));
+                }
+            };
+            if unit.desired_state == state {
+                return Ok(None);
+            }
+            ctx.client
+                .set_unit_target_state(&name, state)
+                .await
+                .map_err(|error| error.to_string())?;
+            Ok(Some(unit))
+        }
+    })
+    .await;
+    let mut triggered = Vec::new();
+    for result in results {
+        if let Some(unit) = result? {
+            triggered.push(unit);
+        }
+    }
+    Ok(triggered)
+}
+
+/// Splits triggered units into the global ones (announced, never waited on)
+/// and the names to wait for.
+fn announce_global(ctx: &Ctx, triggered: &[Unit], verb: &str) -> Vec<String> {
+    let mut waiting = Vec::new();
+    for unit in triggered {
+        if is_global(unit) {
+            ctx.console
+                .out(&format!("Triggered global unit {} {verb}", unit.name));
+        } else {
+            waiting.push(unit.name.clone());
+        }
+    }
+    waiting
+}
+
+async fn create_and_trigger(
+    ctx: &Arc<Ctx>,
+    args: &CreateArgs,
+    command: CreateCommand,
+    state: &'static str,
+) -> Result<Vec<Unit>, Exit> {
+    let blocking = Blocking::from_args(&args.block);
+    let created = match lazy_create_units(ctx, &args.units, command, args.replace, blocking).await {
+        Ok(created) => created,
+        Err(error) => {
+            ctx.console.err(&format!("Error creating units: {error}"));
+            return Err(Exit::Failure);
+        }
+    };
+    let mut names: Vec<String> = Vec::new();
+    for name in args.units.iter().map(|arg| fleetctl_unit_name(arg)) {
+        if !names.contains(&name) {
+            names.push(name);
+        }
+    }
+    match set_target_state_of_units(ctx, names, created, state).await {
+        Ok(triggered) => Ok(triggered),
+        Err(error) => {
+            let verb = if command == CreateCommand::Load {
+                "loading"
+            } else {
+                "starting"
+            };
+            ctx.console.err(&format!("Error {verb} units: {error}"));
+            Err(Exit::Failure)
+        }
+    }
+}
+
+fn report_wait_errors(ctx: &Ctx, errors: &[String]) -> bool {
+    for error in errors {
+        ctx.console
+            .err(&format!("Error waiting for units: {error}"));
+    }
+    errors.is_empty()
+}
+
+pub async fn run_load(ctx: &Arc<Ctx>, args: CreateArgs) -> anyhow::Result<Exit> {
+    if args.sign {
+        return Ok(refuse_sign(ctx));
+    }
+    if args.units.is_empty() {
+        ctx.console.err("No units given");
+        return Ok(Exit::Success);
+    }
+    let triggered = match create_and_trigger(ctx, &args, CreateCommand::Load, "loaded").await {
+        Ok(triggered) => triggered,
+        Err(exit) => return Ok(exit),
+    };
+    let loading = announce_global(ctx, &triggered, "load");
+    let blocking = Blocking::from_args(&args.block);
+    let errors = wait_for_unit_states(ctx, &loading, "loaded", "load", blocking).await;
+    if !report_wait_errors(ctx, &errors) {
+        ctx.console
+            .err("Error waiting for unit states, exit status: 1");
+        return Ok(Exit::Failure);
+    }
+    Ok(Exit::Success)
+}
+
+pub async fn run_start(ctx: &Arc<Ctx>, args: CreateArgs) -> anyhow::Result<Exit> {
+    if args.sign {
+        return Ok(refuse_sign(ctx));
+    }
+    if args.units.is_empty() {
+        ctx.console.err("No units given");
+        return Ok(Exit::Success);
+    }
+    let triggered = match create_and_trigger(ctx, &args, CreateCommand::Start, "launched").await {
+        Ok(triggered) => triggered,
+        Err(exit) => return Ok(exit),
+    };
+    let starting = announce_global(ctx, &triggered, "start");
+    let blocking = Blocking::from_args(&args.block);
+    let errors = wait_for_unit_states(ctx, &starting, "launched", "start", blocking).await;
+    if !report_wait_errors(ctx, &errors) {
+        ctx.console
+            .err("Error waiting for unit states, exit status: 1");
+        return Ok(Exit::Failure);
+    }
+    let errors = wait_for_systemd_active(ctx, &starting, blocking).await;
+    if !report_wait_errors(ctx, &errors) {
+        ctx.console
+            .err("Error waiting for systemd unit states, err: 1");
+        return Ok(Exit::Failure);
+    }
+    Ok(Exit::Success)
+}

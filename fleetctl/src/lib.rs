@@ -1,0 +1,72 @@
+//! fleetctl, the command-line client of fleet (spec 7).
+//!
+//! Layout:
+//! - [`cli`]: clap types, the global [`cli::Config`] (flags, `FLEETCTL_*`, defaults).
+//! - [`commands`]: one module per verb; [`commands::Ctx`] carries the API client.
+//! - [`output`]: tables (Go tabwriter with tab padding), legends, the console.
+//! - [`units`]: unit creation from command-line arguments (spec 7.4).
+//! - [`wait`]: blocking until units reach a state (spec 7.5).
+//! - [`remote`]: running a command locally when the unit's machine is this host.
+//! - [`exit`]: the exit codes (spec 7.6).
+//! - [`ssh`]: `--tunnel`, `ssh`, and `status`/`journal` on other machines (spec 7.2, 7.3).
+//!
+//! Start reading at [`main_with`].
+
+pub mod cli;
+pub mod commands;
+pub mod exit;
+pub mod output;
+pub mod remote;
+pub mod ssh;
+pub mod units;
+pub mod wait;
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::process::ExitCode;
+
+use crate::cli::{Config, Parsed};
+use crate::exit::Exit;
+use crate::output::Console;
+
+/// Runs fleetctl with these arguments (program name first) and environment.
+pub fn main_with(args: Vec<OsString>, env: &HashMap<String, String>) -> ExitCode {
+    let console = Console;
+    match cli::parse(args) {
+        Parsed::Help(text) => {
+            console.out_raw(&text);
+            Exit::Success.into()
+        }
+        Parsed::Version => {
+            console.out(&format!("fleetctl version {}", cli::VERSION));
+            Exit::Success.into()
+        }
+        Parsed::Error(text) => {
+            eprint!("{text}");
+            Exit::Failure.into()
+        }
+        Parsed::Run(global, command) => {
+            let config = match Config::from_args(&global, env) {
+                Ok(config) => config,
+                Err(error) => {
+                    console.err(&format!("error: {error}"));
+                    return Exit::Failure.into();
+                }
+            };
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(error) => {
+                    console.err(&format!("error: cannot start the async runtime: {error}"));
+                    return Exit::Failure.into();
+                }
+            };
+            let exit = runtime.block_on(commands::run(config, command, console));
+            // A blocking stdin read (fd-forward) must not keep us alive.
+            runtime.shutdown_background();
+            exit.into()
+        }
+    }
+}

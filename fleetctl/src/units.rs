@@ -1,0 +1,664 @@
+//! Unit creation from command-line arguments (spec 7.4), shared by `submit`,
+//! `load`, `start` and `restart`.
+//!
+//! For each argument: mangle it to a unit name, look the unit up, decide
+//! (pure: [`decide_existing`]) whether an existing unit is kept, replaced or
+//! refused, find the unit file (local file, registry template, local
+//! template), validate it and `PUT` it. Then wait until every created unit
+//! reports `inactive`. Messages are the original's, byte for byte.
+//!
+//! Arguments are handled concurrently (bounded) because batches of a
+//! thousand template instances are a normal use; messages about one argument
+//! keep their order, and the first error in argument order wins.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use fleet_api::entities::{Unit, UnitOption as ApiOption};
+use fleet_systemd::unit::{
+    UnitFile, UnitName, fleetctl_unit_name, unrecognized_requirements, validate_options,
+};
+
+use crate::commands::{Ctx, concurrently, unit_file_of};
+use crate::output::go_list;
+use crate::wait::{Blocking, wait_for_unit_states};
+
+/// Registry templates looked up during one batch, by template name.
+type TemplateCache = Arc<tokio::sync::Mutex<HashMap<String, Option<Unit>>>>;
+
+/// Which command creates the units; it decides what `--replace` may replace.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CreateCommand {
+    Submit,
+    Load,
+    Start,
+    Restart,
+}
+
+/// One command-line argument, resolved.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnitArg {
+    /// The local path: the argument with `.service` appended when its type is
+    /// not recognized (`maybeAppendDefaultUnitType`).
+    pub path: String,
+    /// The unit name: the base name of `path` (`unitNameMangle`).
+    pub name: String,
+}
+
+impl UnitArg {
+    pub fn new(arg: &str) -> UnitArg {
+        let name = fleetctl_unit_name(arg);
+        // The mangled name is the base name, plus `.service` when the type was
+        // not recognized; the path gets the same suffix.
+        let path = if arg.ends_with(&name) {
+            arg.to_owned()
+        } else {
+            format!("{arg}.service")
+        };
+        UnitArg { path, name }
+    }
+}
+
+/// The original's `UnitNameInfo` on a name that may not be valid yet.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NameInfo {
+    pub instance: String,
+    pub template: String,
+}
+
+impl NameInfo {
+    /// `None` when the name has no `.` (the original returns nil).
+    pub fn of(name: &str) -> Option<NameInfo> {
+        let (base, suffix) = name.rsplit_once('.')?;
+        let (prefix, instance) = base.split_once('@').map_or((base, ""), |(p, i)| (p, i));
+        let template = if base.contains('@') {
+            format!("{prefix}@.{suffix}")
+        } else {
+            String::new()
+        };
+        Some(NameInfo {
+            instance: instance.to_owned(),
+            template,
+        })
+    }
+
+    pub fn is_instance(&self) -> bool {
+        !self.instance.is_empty()
+    }
+}
+
+/// How an existing unit compares with what is on disk.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LocalComparison {
+    /// Same hash as the local file (or local template).
+    Same,
+    /// Differs from the local file (`template: false`) or local template.
+    Different { template: bool },
+    /// Nothing local to compare with; the text is the original's error.
+    Missing(String),
+}
+
+/// A line to print, on stdout or stderr.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Message {
+    Out(String),
+    Err(String),
+}
+
+/// What to do with an argument whose unit already exists.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// Leave the registry's unit as it is.
+    Keep,
+    /// Replace it with the local file (`--replace` and allowed).
+    Replace,
+}
+
+/// The original's `checkUnitCreation` for an existing unit: `Err` is a hard
+/// error (exit 1). Pure, so every branch is tested below.
+///
+/// # Errors
+/// The comparison's error when `--replace` has nothing local to compare
+/// with, or when `command` cannot replace at all.
+pub fn decide_existing(
+    command: CreateCommand,
+    replace: bool,
+    existing: &Unit,
+    local_path: &str,
+    comparison: &LocalComparison,
+) -> Result<(Decision, Vec<Message>), String> {
+    let mut messages = Vec::new();
+    if let LocalComparison::Different { template } = comparison
+        && !replace
+    {
+        let kind = if *template {
+            "local template unit file"
+        } else {
+            "local unit file"
+        };
+        messages.push(Message::Err(format!(
+            "WARNING: Unit {} in registry differs from {kind} {local_path}. Add --replace to override.",
+            existing.name
+        )));
+    }
+    if !replace {
+        return Ok((Decision::Keep, messages));
+    }
+    match comparison {
+        LocalComparison::Missing(error) => Err(error.clone()),
+        LocalComparison::Same => {
+            messages.push(Message::Out(format!(
+                "Found same Unit({}) in Registry, nothing to do",
+                existing.name
+            )));
+            Ok((Decision::Keep, messages))
+        }
+        LocalComparison::Different { .. } => {
+            let allowed: &[&str] = match command {
+                CreateCommand::Submit => &["inactive"],
+                CreateCommand::Load => &["inactive", "loaded"],
+                CreateCommand::Start => &["inactive", "loaded", "launched"],
+                CreateCommand::Restart => {
+                    return Err(
+                        "error: replacing units is not supported in this context".to_owned()
+                    );
+                }
+            };
+            if allowed.contains(&existing.desired_state.as_str()) {
+                Ok((Decision::Replace, messages))
+            } else {
+                messages.push(Message::Err(format!(
+                    "Warning: can not replace Unit({}) in state '{}', use the appropriate command",
+                    existing.name, existing.desired_state
+                )));
+                Ok((Decision::Keep, messages))
+            }
+        }
+    }
+}
+
+/// Go's `path.Dir` joined with `file` (`path.Join(path.Dir(p), file)`).
+fn sibling(path: &str, file: &str) -> PathBuf {
+    match Path::new(path).parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.join(file),
+        _ => PathBuf::from(file),
+    }
+}
+
+/// Reads and parses a local unit file.
+fn read_unit_file(path: &Path) -> Result<UnitFile, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|error| format!("open {}: {error}", path.display()))?;
+    UnitFile::parse(&text).map_err(|error| error.to_string())
+}
+
+/// The original's `matchLocalFileAndUnit`: `Err` when the file does not exist;
+/// a file that does not parse counts as different.
+fn matches_local_file(path: &Path, unit: &Unit) -> Result<bool, String> {
+    if let Err(error) = std::fs::metadata(path) {
+        return Err(format!("stat {}: {error}", path.display()));
+    }
+    Ok(read_unit_file(path).is_ok_and(|local| local.hash() == unit_file_of(unit).hash()))
+}
+
+/// The original's `isLocalUnitDifferent`.
+pub fn compare_with_local(local_path: &str, unit: &Unit) -> LocalComparison {
+    match matches_local_file(Path::new(local_path), unit) {
+        Ok(true) => return LocalComparison::Same,
+        Ok(false) => return LocalComparison::Different { template: false },
+        Err(_) => {}
+    }
+    let base = Path::new(local_path)
+        .file_name()
+        .map_or_else(String::new, |b| b.to_string_lossy().into_owned());
+    let info = match NameInfo::of(&base) {
+        None => {
+            return LocalComparison::Missing(format!(
+                "error extracting information from unit name {local_path}"
+            ));
+        }
+        Some(info) if !info.is_instance() => {
+            return LocalComparison::Missing(format!(
+                "error Unit {local_path} does not seem to be a template unit"
+            ));
+        }
+        Some(info) => info,
+    };
+    let template_path = sibling(local_path, &info.template);
+    match matches_local_file(&template_path, unit) {
+        Ok(true) => LocalComparison::Same,
+        Ok(false) => LocalComparison::Different { template: true },
+        Err(error) => LocalComparison::Missing(error),
+    }
+}
+
+fn print(ctx: &Ctx, messages: Vec<Message>) {
+    for message in messages {
+        match message {
+            Message::Out(text) => ctx.console.out(&text),
+            Message::Err(text) => ctx.console.err(&text),
+        }
+    }
+}
+
+/// The original's `getUnitFile`: the local file, else the template of an
+/// instance from the registry, else the local template file.
+///
+/// Templates fetched from the registry are cached for the whole batch: a
+/// thousand instances of one template cost one `GET` of it, not a thousand.
+async fn find_unit_file(
+    ctx: &Ctx,
+    arg: &UnitArg,
+    templates: &TemplateCache,
+) -> Result<UnitFile, String> {
+    if std::fs::metadata(&arg.path).is_ok() {
+        return read_unit_file(Path::new(&arg.path))
+            .map_err(|error| format!("failed getting Unit({}) from file: {error}", arg.path));
+    }
+    let info = NameInfo::of(&arg.name)
+        .ok_or_else(|| format!("error extracting information from unit name {}", arg.name))?;
+    if !info.is_instance() {
+        return Err(format!(
+            "unable to find Unit({}) in Registry or on filesystem",
+            arg.name
+        ));
+    }
+    let from_template = async {
+        let template = {
+            // Held across the lookup so concurrent instances wait for one GET.
+            let mut cache = templates.lock().await;
+            match cache.get(&info.template) {
+                Some(template) => template.clone(),
+                None => {
+                    let template = ctx.client.unit(&info.template).await.map_err(|error| {
+                        format!(
+                            "error retrieving template Unit({}) from Registry: {error}",
+                            info.template
+                        )
+                    })?;
+                    cache.insert(info.template.clone(), template.clone());
+                    template
+                }
+            }
+        };
+        if let Some(template) = template {
+            // Only a warning when the local template differs.
+            if let LocalComparison::Different { template: true } =
+                compare_with_local(&arg.path, &template)
+            {
+                ctx.console.err(&format!(
+                    "WARNING: Unit {} in registry differs from local template unit file {}. Add --replace to override.",
+                    template.name, arg.path
+                ));
+            }
+            return Ok(unit_file_of(&template));
+        }
+        let template_path = sibling(&arg.path, &info.template);
+        if std::fs::metadata(&template_path).is_err() {
+            return Err(format!(
+                "unable to find template Unit({}) in Registry or on filesystem",
+                info.template
+            ));
+        }
+        read_unit_file(&template_path).map_err(|error| {
+            format!(
+                "unable to load template Unit({}) from file: {error}",
+                info.template
+            )
+        })
+    };
+    from_template
+        .await
+        .map_err(|error| format!("failed getting Unit({}) from template: {error}", arg.path))
+}
+
+/// The original's `createUnit`: validate, warn about unknown `[X-Fleet]`
+/// keys, `PUT` name and options (desired state left to the API: inactive).
+async fn create_unit(ctx: &Ctx, name: &str, unit_file: &UnitFile) -> Result<Unit, String> {
+    name.parse::<UnitName>()
+        .map_err(|error| error.to_string())?;
+    validate_options(unit_file)?;
+    let unknown = unrecognized_requirements(unit_file);
+    if !unknown.is_empty() {
+        ctx.console.err(&format!(
+            "WARNING: Unit {name}: unrecognized requirements: {}",
+            go_list(&unknown)
+        ));
+    }
+    let unit = Unit {
+        name: name.to_owned(),
+        options: unit_file
+            .options()
+            .iter()
+            .map(|o| ApiOption {
+                section: o.section.clone(),
+                name: o.name.clone(),
+                value: o.value.clone(),
+            })
+            .collect(),
+        ..Unit::default()
+    };
+    ctx.client
+        .create_unit(&unit)
+        .await
+        .map_err(|error| format!("failed creating unit {name}: {error}"))?;
+    Ok(Unit {
+        desired_state: "inactive".to_owned(),
+        ..unit
+    })
+}
+
+/// Checks, finds and creates the unit of one argument; `Ok(Some(unit))` when
+/// it was created (or replaced), `Ok(None)` when the existing unit is kept.
+async fn create_one(
+    ctx: Arc<Ctx>,
+    arg: String,
+    command: CreateCommand,
+    replace: bool,
+    templates: TemplateCache,
+) -> Result<Option<Unit>, String> {
+    let arg = UnitArg::new(&arg);
+    let existing =
+        ctx.client.unit(&arg.name).await.map_err(|error| {
+            format!("error retrieving Unit({}) from Registry: {error}", arg.name)
+        })?;
+    if let Some(existing) = existing {
+        let comparison = compare_with_local(&arg.path, &existing);
+        let (decision, messages) =
+            decide_existing(command, replace, &existing, &arg.path, &comparison)?;
+        print(&ctx, messages);
+        if decision == Decision::Keep {
+            return Ok(None);
+        }
+    }
+    let unit_file = find_unit_file(&ctx, &arg, &templates).await?;
+    create_unit(&ctx, &arg.name, &unit_file).await.map(Some)
+}
+
+/// The original's `lazyCreateUnits`: creates the units named by `args` that
+/// do not exist yet (or replaces them with `--replace`), then waits for each
+/// created unit to report `inactive` (`Unit <n> inactive`). The wait ignores
+/// `--no-block` like the original.
+///
+/// Returns the units it created, as sent (desired state `inactive`), so the
+/// caller need not fetch them again.
+///
+/// # Errors
+/// The first error, in argument order; the caller prints
+/// `Error creating units: <err>`.
+pub async fn lazy_create_units(
+    ctx: &Arc<Ctx>,
+    args: &[String],
+    command: CreateCommand,
+    replace: bool,
+    blocking: Blocking,
+) -> Result<Vec<Unit>, String> {
+    // The same unit twice must be created once, as the original's sequential loop did.
+    let mut seen = std::collections::HashSet::new();
+    let args: Vec<String> = args
+        .iter()
+        .filter(|arg| seen.insert(fleetctl_unit_name(arg)))
+        .cloned()
+        .collect();
+    let templates = TemplateCache::default();
+    let results = concurrently(ctx, args, move |ctx, arg| {
+        create_one(ctx, arg, command, replace, Arc::clone(&templates))
+    })
+    .await;
+    let mut created = Vec::new();
+    for result in results {
+        if let Some(unit) = result? {
+            created.push(unit);
+        }
+    }
+    let names: Vec<String> = created.iter().map(|unit| unit.name.clone()).collect();
+    let errors = wait_for_unit_states(
+        ctx,
+        &names,
+        "inactive",
+        "submit",
+        blocking.ignoring_no_block(),
+    )
+    .await;
+    if errors.is_empty() {
+        return Ok(created);
+    }
+    for error in &errors {
+        ctx.console
+            .err(&format!("Error waiting on unit creation: {error}"));
+    }
+    Err("One or more errors creating units".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unit(name: &str, desired_state: &str) -> Unit {
+        Unit {
+            name: name.to_owned(),
+            desired_state: desired_state.to_owned(),
+            ..Unit::default()
+        }
+    }
+
+    #[test]
+    fn arguments_are_mangled_like_the_original() {
+        let cases = [
+            ("foo", "foo.service", "foo.service"),
+            ("foo.1", "foo.1.service", "foo.1.service"),
+            ("foo/bar.socket", "foo/bar.socket", "bar.socket"),
+            (
+                "/tmp/hello@1.service",
+                "/tmp/hello@1.service",
+                "hello@1.service",
+            ),
+            ("foo.target", "foo.target.service", "foo.target.service"),
+        ];
+        for (arg, path, name) in cases {
+            assert_eq!(
+                UnitArg::new(arg),
+                UnitArg {
+                    path: path.to_owned(),
+                    name: name.to_owned()
+                },
+                "arg {arg:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn name_info() {
+        let info = NameInfo::of("foo@bar@baz.service").unwrap();
+        assert_eq!(info.instance, "bar@baz");
+        assert_eq!(info.template, "foo@.service");
+        assert!(!NameInfo::of("foo@.service").unwrap().is_instance());
+        assert!(!NameInfo::of("foo.service").unwrap().is_instance());
+        assert_eq!(NameInfo::of("foo"), None);
+    }
+
+    #[test]
+    fn existing_units_without_replace_are_kept_with_a_warning_when_different() {
+        let existing = unit("a.service", "launched");
+        let (decision, messages) = decide_existing(
+            CreateCommand::Start,
+            false,
+            &existing,
+            "a.service",
+            &LocalComparison::Different { template: false },
+        )
+        .unwrap();
+        assert_eq!(decision, Decision::Keep);
+        assert_eq!(
+            messages,
+            [Message::Err(
+                "WARNING: Unit a.service in registry differs from local unit file a.service. Add --replace to override."
+                    .to_owned()
+            )]
+        );
+        let (_, messages) = decide_existing(
+            CreateCommand::Load,
+            false,
+            &existing,
+            "x/a@1.service",
+            &LocalComparison::Different { template: true },
+        )
+        .unwrap();
+        assert_eq!(
+            messages,
+            [Message::Err(
+                "WARNING: Unit a.service in registry differs from local template unit file x/a@1.service. Add --replace to override."
+                    .to_owned()
+            )]
+        );
+        // Nothing local is fine without --replace.
+        let (decision, messages) = decide_existing(
+            CreateCommand::Submit,
+            false,
+            &existing,
+            "a.service",
+            &LocalComparison::Missing("e".into()),
+        )
+        .unwrap();
+        assert_eq!((decision, messages), (Decision::Keep, vec![]));
+    }
+
+    #[test]
+    fn replace_rules_follow_the_command() {
+        let check = |command, desired: &str| {
+            decide_existing(
+                command,
+                true,
+                &unit("a.service", desired),
+                "a.service",
+                &LocalComparison::Different { template: false },
+            )
+            .unwrap()
+        };
+        assert_eq!(
+            check(CreateCommand::Submit, "inactive").0,
+            Decision::Replace
+        );
+        assert_eq!(check(CreateCommand::Load, "loaded").0, Decision::Replace);
+        assert_eq!(check(CreateCommand::Start, "launched").0, Decision::Replace);
+        let (decision, messages) = check(CreateCommand::Submit, "loaded");
+        assert_eq!(decision, Decision::Keep);
+        assert_eq!(
+            messages,
+            [Message::Err(
+                "Warning: can not replace Unit(a.service) in state 'loaded', use the appropriate command".to_owned()
+            )]
+        );
+        assert_eq!(check(CreateCommand::Load, "launched").0, Decision::Keep);
+    }
+
+    #[test]
+    fn replace_with_identical_or_missing_local_file() {
+        let existing = unit("a.service", "inactive");
+        let (decision, messages) = decide_existing(
+            CreateCommand::Submit,
+            true,
+            &existing,
+            "a.service",
+            &LocalComparison::Same,
+        )
+        .unwrap();
+        assert_eq!(decision, Decision::Keep);
+        assert_eq!(
+            messages,
+            [Message::Out(
+                "Found same Unit(a.service) in Registry, nothing to do".to_owned()
+            )]
+        );
+        let error = decide_existing(
+            CreateCommand::Submit,
+            true,
+            &existing,
+            "a.service",
+            &LocalComparison::Missing(
+                "error Unit a.service does not seem to be a template unit".to_owned(),
+            ),
+        )
+        .unwrap_err();
+        assert_eq!(
+            error,
+            "error Unit a.service does not seem to be a template unit"
+        );
+    }
+
+    #[test]
+    fn comparison_with_local_files_and_templates() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = "[Service]\nExecStart=/bin/sleep 100\n";
+        let registry_unit = |text: &str| {
+            let file = UnitFile::parse(text).unwrap();
+            Unit {
+                name: "x".to_owned(),
+                options: file
+                    .options()
+                    .iter()
+                    .map(|o| ApiOption {
+                        section: o.section.clone(),
+                        name: o.name.clone(),
+                        value: o.value.clone(),
+                    })
+                    .collect(),
+                ..Unit::default()
+            }
+        };
+        let plain = dir.path().join("plain.service");
+        std::fs::write(&plain, text).unwrap();
+        let plain = plain.to_string_lossy().into_owned();
+        assert_eq!(
+            compare_with_local(&plain, &registry_unit(text)),
+            LocalComparison::Same
+        );
+        assert_eq!(
+            compare_with_local(
+                &plain,
+                &registry_unit("[Service]\nExecStart=/bin/sleep 2\n")
+            ),
+            LocalComparison::Different { template: false }
+        );
+
+        std::fs::write(dir.path().join("hello@.service"), text).unwrap();
+        let instance = dir
+            .path()
+            .join("hello@1.service")
+            .to_string_lossy()
+            .into_owned();
+        assert_eq!(
+            compare_with_local(&instance, &registry_unit(text)),
+            LocalComparison::Same
+        );
+        assert_eq!(
+            compare_with_local(
+                &instance,
+                &registry_unit("[Service]\nExecStart=/bin/true\n")
+            ),
+            LocalComparison::Different { template: true }
+        );
+
+        let missing = dir
+            .path()
+            .join("missing.service")
+            .to_string_lossy()
+            .into_owned();
+        assert_eq!(
+            compare_with_local(&missing, &registry_unit(text)),
+            LocalComparison::Missing(format!(
+                "error Unit {missing} does not seem to be a template unit"
+            ))
+        );
+        let orphan = dir
+            .path()
+            .join("orphan@1.service")
+            .to_string_lossy()
+            .into_owned();
+        assert!(matches!(
+            compare_with_local(&orphan, &registry_unit(text)),
+            LocalComparison::Missing(error) if error.starts_with("stat ")
+        ));
+    }
+}

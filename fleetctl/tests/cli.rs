@@ -1,0 +1,479 @@
+//! Runs the built `fleetctl` binary: version, help, usage errors and their
+//! exit codes, endpoint errors, `fd-forward`, and a few commands against a
+//! scripted API server on a unix socket (a std thread that checks each
+//! request line in order and answers it). End-to-end tests against a real
+//! fleetd live in `functional-tests/`.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixListener;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::thread::JoinHandle;
+
+const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// `fleetctl` with a clean `FLEETCTL_*` environment.
+fn fleetctl() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_fleetctl"));
+    for (name, _) in std::env::vars() {
+        if name.starts_with("FLEETCTL_") {
+            command.env_remove(name);
+        }
+    }
+    command.stdin(Stdio::null());
+    command
+}
+
+fn run(args: &[&str]) -> Output {
+    fleetctl().args(args).output().expect("fleetctl runs")
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn version_in_every_spelling() {
+    for args in [&["version"][..], &["--version"], &["-v"]] {
+        let output = run(args);
+        assert_eq!(output.status.code(), Some(0), "{args:?}");
+        assert_eq!(
+            stdout(&output),
+            format!("fleetctl version {VERSION}\n"),
+            "{args:?}"
+        );
+    }
+}
+
+#[test]
+fn help_exits_zero_and_shows_the_version() {
+    for args in [&["help"][..], &["--help"], &["-h"], &[]] {
+        let output = run(args);
+        assert_eq!(output.status.code(), Some(0), "{args:?}");
+        let text = stdout(&output);
+        assert!(text.contains(VERSION), "{args:?}: {text}");
+        assert!(text.contains("list-machines"), "{args:?}: {text}");
+    }
+    let output = run(&["help", "list-units"]);
+    assert_eq!(output.status.code(), Some(0));
+    assert!(
+        stdout(&output).contains("--no-legend"),
+        "{}",
+        stdout(&output)
+    );
+}
+
+#[test]
+fn unknown_commands_and_flags_fail() {
+    let output = run(&["bogus"]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(stderr(&output).contains("bogus"), "{}", stderr(&output));
+
+    let output = run(&["list-units", "--bogus"]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(stderr(&output).contains("--bogus"), "{}", stderr(&output));
+
+    let output = run(&["list-u"]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stderr(&output).contains("ambiguous command"),
+        "{}",
+        stderr(&output)
+    );
+}
+
+#[test]
+fn unreachable_endpoint() {
+    let output = run(&["--endpoint", "unix:///nonexistent.sock", "list-machines"]);
+    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(stdout(&output), "");
+    let text = stderr(&output);
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(
+        lines[0].starts_with("Error retrieving list of active machines from fleet API (")
+            && lines[0].contains("unix:///nonexistent.sock"),
+        "{text}"
+    );
+    assert_eq!(
+        &lines[1..],
+        [
+            "Possible issues:",
+            "  etcd is unhealthy and/or lost quorum",
+            "  connection cannot be established to any etcd servers"
+        ]
+    );
+}
+
+#[test]
+fn endpoint_from_the_environment_and_prefix_commands() {
+    let output = fleetctl()
+        .env("FLEETCTL_ENDPOINT", "unix:///nonexistent-env.sock")
+        .args(["list-m"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stderr(&output).contains("unix:///nonexistent-env.sock"),
+        "{}",
+        stderr(&output)
+    );
+}
+
+#[test]
+fn bad_endpoints_and_unsupported_transports() {
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["--endpoint", "/var/run/fleet.sock", "list-units"],
+            "Unable to initialize client: URL scheme undefined",
+        ),
+        (
+            &["--endpoint", "unix://host/x.sock", "list-units"],
+            r#"Unable to initialize client: unable to connect to host "host" with scheme "unix""#,
+        ),
+        (
+            &["--endpoint", "https://h:1", "list-units"],
+            "https endpoints are not supported yet",
+        ),
+        (
+            &["--driver", "etcd", "list-units"],
+            "etcd driver is not supported",
+        ),
+        (
+            &[
+                "status",
+                "--no-block",
+                "--endpoint",
+                "unix:///nonexistent.sock",
+                "global.service",
+            ],
+            "Error retrieving unit",
+        ),
+    ];
+    for (args, expected) in cases {
+        let output = run(args);
+        assert_eq!(output.status.code(), Some(1), "{args:?}");
+        assert!(
+            stderr(&output).contains(expected),
+            "{args:?}: {}",
+            stderr(&output)
+        );
+    }
+}
+
+#[test]
+fn verify_is_deprecated_with_status_2() {
+    let output = run(&["verify", "a.service"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(stderr(&output).contains("DEPRECATED"));
+}
+
+#[test]
+fn fd_forward_fails_when_it_cannot_dial() {
+    let output = run(&["fd-forward", "/nonexistent/fleet.sock"]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stderr(&output).contains("/nonexistent/fleet.sock"),
+        "{}",
+        stderr(&output)
+    );
+}
+
+#[test]
+fn fd_forward_copies_both_ways() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("echo.sock");
+    let listener = UnixListener::bind(&socket).unwrap();
+    // Echo everything until the client half-closes, then close.
+    let server = std::thread::spawn(move || {
+        let (mut stream, _) = listener.accept().unwrap();
+        let mut received = Vec::new();
+        stream.read_to_end(&mut received).unwrap();
+        stream.write_all(&received).unwrap();
+    });
+    let mut child = fleetctl()
+        .args(["fd-forward", &socket.to_string_lossy()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"ping over the socket")
+        .unwrap();
+    let output = child.wait_with_output().unwrap();
+    server.join().unwrap();
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert_eq!(stdout(&output), "ping over the socket");
+}
+
+/// One scripted exchange: the request line we expect (without ` HTTP/1.1`),
+/// then the status and body we answer.
+type Exchange = (String, u16, String);
+
+/// Serves `script` in order on `socket`, one connection per request (as the
+/// client makes them); returns the request bodies it saw.
+fn scripted_api(socket: &Path, script: Vec<Exchange>) -> JoinHandle<Vec<String>> {
+    let listener = UnixListener::bind(socket).unwrap();
+    std::thread::spawn(move || {
+        let mut bodies = Vec::new();
+        for (expected_line, status, body) in script {
+            let (stream, _) = listener.accept().unwrap();
+            let mut reader = BufReader::new(stream);
+            let mut request_line = String::new();
+            reader.read_line(&mut request_line).unwrap();
+            let mut content_length = 0;
+            loop {
+                let mut header = String::new();
+                reader.read_line(&mut header).unwrap();
+                if let Some(value) = header.to_ascii_lowercase().strip_prefix("content-length:") {
+                    content_length = value.trim().parse().unwrap();
+                }
+                if header == "\r\n" || header.is_empty() {
+                    break;
+                }
+            }
+            let mut request_body = vec![0; content_length];
+            reader.read_exact(&mut request_body).unwrap();
+            bodies.push(String::from_utf8_lossy(&request_body).into_owned());
+            assert_eq!(request_line.trim_end(), format!("{expected_line} HTTP/1.1"));
+            let reply = format!(
+                "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            reader.get_mut().write_all(reply.as_bytes()).unwrap();
+        }
+        bodies
+    })
+}
+
+/// Waits for the scripted server after fleetctl has exited. If fleetctl made
+/// fewer requests than scripted, the server is still in `accept`: an empty
+/// connection makes it fail its request-line check instead of hanging.
+fn finish(server: JoinHandle<Vec<String>>, socket: &Path) -> Vec<String> {
+    let _poke = std::os::unix::net::UnixStream::connect(socket);
+    match server.join() {
+        Ok(bodies) => bodies,
+        Err(panic) => std::panic::resume_unwind(panic),
+    }
+}
+
+fn exchange(line: &str, status: u16, body: &str) -> Exchange {
+    (line.to_owned(), status, body.to_owned())
+}
+
+#[test]
+fn list_units_renders_the_original_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("api.sock");
+    let server = scripted_api(
+        &socket,
+        vec![
+            exchange(
+                "GET /fleet/v1/state?alt=json",
+                200,
+                r#"{"states":[{"name":"hello.service","hash":"e55c0aeb44ba0b68004ceb8a200e685194448b45","machineID":"113f16a7e4bd4a9a8d6c3a1d3bb6a4c2","systemdLoadState":"loaded","systemdActiveState":"active","systemdSubState":"running"}]}"#,
+            ),
+            exchange(
+                "GET /fleet/v1/machines?alt=json",
+                200,
+                r#"{"machines":[{"id":"113f16a7e4bd4a9a8d6c3a1d3bb6a4c2","primaryIP":"172.17.8.103"}]}"#,
+            ),
+        ],
+    );
+    let endpoint = format!("unix://{}", socket.display());
+    let output = run(&["--endpoint", &endpoint, "list-units"]);
+    finish(server, &socket);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert_eq!(
+        stdout(&output),
+        "UNIT\t\tMACHINE\t\t\t\tACTIVE\tSUB\nhello.service\t113f16a7.../172.17.8.103\tactive\trunning\n"
+    );
+}
+
+#[test]
+fn api_errors_read_like_googleapi() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("api.sock");
+    let server = scripted_api(
+        &socket,
+        vec![exchange(
+            "GET /fleet/v1/units?alt=json",
+            503,
+            r#"{"error":{"code":503,"message":"fleet server unable to communicate with etcd"}}"#,
+        )],
+    );
+    let endpoint = format!("unix://{}", socket.display());
+    let output = run(&["--endpoint", &endpoint, "list-unit-files"]);
+    finish(server, &socket);
+    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(
+        stderr(&output),
+        "Error retrieving list of units from repository: googleapi: Error 503: fleet server unable to communicate with etcd\n"
+    );
+}
+
+#[test]
+fn start_no_block_creates_then_triggers_once() {
+    // The unit it just created is not fetched again before setting its state.
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("api.sock");
+    let unit_path = dir.path().join("hello.service");
+    std::fs::write(&unit_path, "[Service]\nExecStart=/bin/sleep 100\n").unwrap();
+    let existing = r#"{"name":"hello.service","options":[{"section":"Service","name":"ExecStart","value":"/bin/sleep 100"}],"desiredState":"inactive","currentState":"inactive"}"#;
+    let server = scripted_api(
+        &socket,
+        vec![
+            exchange(
+                "GET /fleet/v1/units/hello.service?alt=json",
+                404,
+                r#"{"error":{"code":404,"message":"unit does not exist"}}"#,
+            ),
+            exchange("PUT /fleet/v1/units/hello.service?alt=json", 201, ""),
+            // One unit to wait for: a GET of it, not a listing.
+            exchange("GET /fleet/v1/units/hello.service?alt=json", 200, existing),
+            exchange("PUT /fleet/v1/units/hello.service?alt=json", 204, ""),
+        ],
+    );
+    let endpoint = format!("unix://{}", socket.display());
+    let output = run(&[
+        "--endpoint",
+        &endpoint,
+        "start",
+        "--no-block",
+        &unit_path.to_string_lossy(),
+    ]);
+    let bodies = finish(server, &socket);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert_eq!(
+        stdout(&output),
+        "Unit hello.service inactive\nTriggered unit hello.service start\n"
+    );
+    assert_eq!(
+        bodies[1],
+        r#"{"name":"hello.service","options":[{"section":"Service","name":"ExecStart","value":"/bin/sleep 100"}]}"#
+    );
+    assert_eq!(
+        bodies[3],
+        r#"{"name":"hello.service","desiredState":"launched"}"#
+    );
+}
+
+#[test]
+fn cat_prints_the_canonical_text_without_extra_newline() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("api.sock");
+    let server = scripted_api(
+        &socket,
+        vec![
+            exchange(
+                "GET /fleet/v1/units/hello.service?alt=json",
+                200,
+                r#"{"name":"hello.service","options":[{"section":"Unit","name":"Description","value":"Hello"},{"section":"Service","name":"ExecStart","value":"/bin/true"}]}"#,
+            ),
+            exchange(
+                "GET /fleet/v1/units/nope.service?alt=json",
+                404,
+                r#"{"error":{"code":404,"message":"unit does not exist"}}"#,
+            ),
+        ],
+    );
+    let endpoint = format!("unix://{}", socket.display());
+    let output = run(&["--endpoint", &endpoint, "cat", "hello"]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert_eq!(
+        stdout(&output),
+        "[Unit]\nDescription=Hello\n\n[Service]\nExecStart=/bin/true\n"
+    );
+    let output = run(&["--endpoint", &endpoint, "cat", "nope.service"]);
+    finish(server, &socket);
+    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(stderr(&output), "Unit nope.service not found\n");
+}
+
+#[test]
+fn destroy_waits_until_no_machine_reports_the_unit() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("api.sock");
+    let unit = r#"{"name":"hello.service","options":[{"section":"Service","name":"ExecStart","value":"/bin/true"}],"desiredState":"launched"}"#;
+    let server = scripted_api(
+        &socket,
+        vec![
+            exchange(
+                "GET /fleet/v1/units?alt=json",
+                200,
+                &format!(r#"{{"units":[{unit}]}}"#),
+            ),
+            exchange("DELETE /fleet/v1/units/hello.service?alt=json", 204, ""),
+            // The record is gone but a machine still reports the unit: keep waiting.
+            exchange("GET /fleet/v1/units?alt=json", 200, "{}"),
+            exchange(
+                "GET /fleet/v1/state?alt=json",
+                200,
+                r#"{"states":[{"name":"hello.service","machineID":"m1"}]}"#,
+            ),
+            exchange("GET /fleet/v1/units?alt=json", 200, "{}"),
+            exchange("GET /fleet/v1/state?alt=json", 200, "{}"),
+        ],
+    );
+    let endpoint = format!("unix://{}", socket.display());
+    let output = run(&["--endpoint", &endpoint, "destroy", "hello"]);
+    finish(server, &socket);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert_eq!(stdout(&output), "Destroyed hello.service\n");
+}
+
+#[test]
+fn destroy_no_block_does_not_wait() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("api.sock");
+    let server = scripted_api(
+        &socket,
+        vec![
+            exchange(
+                "GET /fleet/v1/units?alt=json",
+                200,
+                r#"{"units":[{"name":"hello.service"}]}"#,
+            ),
+            exchange(
+                "DELETE /fleet/v1/units/hello.service?alt=json",
+                404,
+                r#"{"error":{"code":404,"message":"unit does not exist"}}"#,
+            ),
+        ],
+    );
+    let endpoint = format!("unix://{}", socket.display());
+    let output = run(&[
+        "--endpoint",
+        &endpoint,
+        "destroy",
+        "--no-block",
+        "hello.service",
+        "other",
+    ]);
+    finish(server, &socket);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    // A unit someone else destroyed first counts as destroyed.
+    assert_eq!(stdout(&output), "Destroyed hello.service\n");
+}
+
+#[test]
+fn stop_reports_units_not_found() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("api.sock");
+    let server = scripted_api(
+        &socket,
+        vec![exchange("GET /fleet/v1/units?alt=json", 200, "{}")],
+    );
+    let endpoint = format!("unix://{}", socket.display());
+    let output = run(&["--endpoint", &endpoint, "stop", "nothere"]);
+    finish(server, &socket);
+    assert_eq!(output.status.code(), Some(0));
+    assert_eq!(stderr(&output), "Units not found in registry\n");
+}

@@ -1,0 +1,866 @@
+//! The agent: makes this machine's systemd match its schedule and reports
+//! what systemd says back into etcd (spec 5, DESIGN points 2, 3 and 6).
+//!
+//! One loop ([`Agent::run`]) over a closed set of inputs:
+//! - the schedule: `P/schedule/<me>/` read once at a revision, then watched
+//!   from the next one (re-listed after a compaction);
+//! - systemd's signals (job ends, unit property changes) from one D-Bus
+//!   subscription: states are never polled;
+//! - the machine lease ([`Presence`]): unit states are published under it,
+//!   all again when it changes;
+//! - timers: a short debounce that batches events, retries with backoff, and
+//!   a slow resync as a safety net.
+//!
+//! A reconcile pass is [`plan::plan`] (pure) over the schedule and the units
+//! directory, then the tasks in order. A failing unit does not stop the
+//! others: its failure is logged with systemd's message, shows in its
+//! reported state, and the pass is retried with backoff.
+//!
+//! Restart adoption: units a previous fleetd left running with the right
+//! content are adopted, never restarted. Shutdown leaves units running unless
+//! `stop_units_on_shutdown`, which stops and unloads them once, within a
+//! deadline (the original could spin forever, quirk 13).
+
+mod plan;
+mod units_dir;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use fleet_registry::keys::RegistryKey;
+use fleet_registry::store::{Revision, WatchEvent, WatchEventKind, WatchStream};
+use fleet_registry::{MachineId, Registry, RegistryError, TargetState, UnitState};
+use fleet_systemd::dbus::{DbusError, Event, Events, Manager, UnitStatus};
+use fleet_systemd::unit::{UnitFile, UnitHash, UnitName};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use crate::backoff::Backoff;
+use crate::config::AgentConfig;
+use crate::heart::Presence;
+
+pub use plan::{Current, Desired, Task, plan};
+pub use units_dir::{UnitsDir, UnitsDirError};
+
+/// How long schedule events are batched before a reconcile pass.
+const RECONCILE_DEBOUNCE: Duration = Duration::from_millis(50);
+/// How long systemd's signals are batched before states are read and published.
+const STATE_DEBOUNCE: Duration = Duration::from_millis(100);
+/// The safety-net pass, in case an event was missed.
+const RESYNC_INTERVAL: Duration = Duration::from_secs(300);
+/// Retry delays (systemd, etcd, failed tasks): 1 s doubling to 1 min.
+const RETRY_INITIAL: Duration = Duration::from_secs(1);
+const RETRY_MAX: Duration = Duration::from_secs(60);
+/// The bound on stopping and unloading every unit at shutdown.
+const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(30);
+/// Names per `ListUnitsByNames` call.
+const STATUS_CHUNK: usize = 1000;
+
+/// systemd's answer when a unit is not loaded.
+const NO_SUCH_UNIT: &str = "org.freedesktop.systemd1.NoSuchUnit";
+
+/// Why one task failed.
+#[derive(Debug, thiserror::Error)]
+enum TaskError {
+    #[error(transparent)]
+    Dbus(#[from] DbusError),
+    #[error(transparent)]
+    File(#[from] UnitsDirError),
+    #[error("the content of {unit} (hash {hash}) is not in the registry")]
+    MissingContent { unit: UnitName, hash: UnitHash },
+    #[error("cannot fetch the content of {unit}: {source}")]
+    Registry {
+        unit: UnitName,
+        #[source]
+        source: RegistryError,
+    },
+    #[error("Failed to enable systemd unit {unit}: {message}")]
+    Enable { unit: UnitName, message: String },
+}
+
+impl TaskError {
+    /// The D-Bus connection is gone: stop the pass and reconnect.
+    fn lost_connection(&self) -> Option<&DbusError> {
+        match self {
+            TaskError::Dbus(error) if error.is_connection_lost() => Some(error),
+            _ => None,
+        }
+    }
+}
+
+/// The last task that failed for a unit, shown in its reported state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Failure {
+    /// Reported as `LoadState=error`.
+    Load,
+    /// Reported as `ActiveState=failed` (unless systemd says it is active).
+    Start,
+    /// Stop or unload: systemd's own state says enough.
+    Other,
+}
+
+/// Why [`Agent::serve`] returned.
+enum Exit {
+    Shutdown,
+    SystemdLost(DbusError),
+}
+
+/// Drives this machine's systemd from its schedule.
+pub struct Agent {
+    config: AgentConfig,
+    registry: Registry,
+    machine: MachineId,
+    presence: Presence,
+    units: UnitsDir,
+    /// The schedule of this machine, once read.
+    desired: BTreeMap<UnitName, Desired>,
+    schedule_known: bool,
+    /// The revision `desired` reflects (watch from the next one).
+    schedule_revision: Revision,
+    /// The next schedule read must be a full list (start, compaction).
+    need_relist: bool,
+    /// Unit contents by hash, for the hashes in `desired`.
+    contents: HashMap<UnitHash, Arc<UnitFile>>,
+    /// The files in the units directory and their hashes.
+    on_disk: BTreeMap<UnitName, Option<UnitHash>>,
+    /// What this agent brought each unit to.
+    reached: BTreeMap<UnitName, TargetState>,
+    failures: BTreeMap<UnitName, Failure>,
+    /// systemd's last known view of the units we manage.
+    statuses: BTreeMap<UnitName, UnitStatus>,
+    /// What we last wrote to etcd, and under which lease.
+    published: BTreeMap<UnitName, UnitState>,
+    published_lease: Option<i64>,
+}
+
+impl Agent {
+    pub fn new(
+        config: AgentConfig,
+        registry: Registry,
+        machine: MachineId,
+        presence: Presence,
+    ) -> Agent {
+        let units = UnitsDir::new(config.units_directory.clone());
+        Agent {
+            config,
+            registry,
+            machine,
+            presence,
+            units,
+            desired: BTreeMap::new(),
+            schedule_known: false,
+            schedule_revision: 0,
+            need_relist: true,
+            contents: HashMap::new(),
+            on_disk: BTreeMap::new(),
+            reached: BTreeMap::new(),
+            failures: BTreeMap::new(),
+            statuses: BTreeMap::new(),
+            published: BTreeMap::new(),
+            published_lease: None,
+        }
+    }
+
+    /// Runs until `shutdown`. systemd or etcd being unreachable is retried
+    /// with backoff (units keep running meanwhile), never an error.
+    ///
+    /// # Errors
+    /// The units directory cannot be created.
+    pub async fn run(mut self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        self.units.ensure().await.with_context(|| {
+            format!(
+                "preparing the units directory {}",
+                self.config.units_directory.display()
+            )
+        })?;
+        let mut backoff = Backoff::new(RETRY_INITIAL, RETRY_MAX);
+        loop {
+            let connected = async {
+                let manager = Manager::connect(self.config.bus_address.as_deref()).await?;
+                let events = manager.subscribe().await?;
+                Ok::<_, DbusError>((manager, events))
+            };
+            let (manager, events) = tokio::select! {
+                () = shutdown.cancelled() => return Ok(()),
+                connected = connected => match connected {
+                    Ok(connected) => connected,
+                    Err(error) => {
+                        warn!(%error, retry_within = ?backoff.ceiling(), "Cannot reach systemd; retrying.");
+                        if !backoff.wait(&shutdown).await {
+                            return Ok(());
+                        }
+                        continue;
+                    }
+                },
+            };
+            backoff.reset();
+            info!(address = manager.address(), "Connected to systemd.");
+            match self.serve(&manager, events, &shutdown).await {
+                Exit::Shutdown => {
+                    if self.config.stop_units_on_shutdown {
+                        self.stop_everything(&manager).await;
+                    } else {
+                        info!(
+                            units = self.on_disk.len(),
+                            "Stopping the agent; units keep running."
+                        );
+                    }
+                    return Ok(());
+                }
+                Exit::SystemdLost(error) => {
+                    warn!(%error, "Lost the connection to systemd; reconnecting.");
+                    if !backoff.wait(&shutdown).await {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+
+    /// The loop on one systemd connection.
+    async fn serve(
+        &mut self,
+        manager: &Manager,
+        mut events: Events,
+        shutdown: &CancellationToken,
+    ) -> Exit {
+        match self.units.scan().await {
+            Ok(found) => self.on_disk = found,
+            Err(error) => warn!(%error, "Cannot read the units directory; using what we knew."),
+        }
+        let mut schedule: Option<WatchStream> = None;
+        let mut registry_backoff = Backoff::new(RETRY_INITIAL, RETRY_MAX);
+        let mut task_backoff = Backoff::new(RETRY_INITIAL, RETRY_MAX);
+        let mut state_backoff = Backoff::new(RETRY_INITIAL, RETRY_MAX);
+        let mut list_at = Some(Instant::now());
+        let mut reconcile_at: Option<Instant> = None;
+        let mut states_at: Option<Instant> = None;
+        let mut resync_at = Instant::now() + RESYNC_INTERVAL;
+        let mut dirty: BTreeSet<UnitName> = BTreeSet::new();
+        let mut presence_open = true;
+        loop {
+            let wake = [list_at, reconcile_at, states_at]
+                .into_iter()
+                .flatten()
+                .fold(resync_at, Instant::min);
+            tokio::select! {
+                () = shutdown.cancelled() => return Exit::Shutdown,
+                event = events.next() => match event {
+                    Ok(event) => {
+                        if self.on_systemd_event(event, &mut dirty) {
+                            states_at = Some(earliest(states_at, Instant::now() + STATE_DEBOUNCE));
+                        }
+                    }
+                    Err(error) => return Exit::SystemdLost(error),
+                },
+                batch = next_batch(&mut schedule) => match batch {
+                    Ok(Some(batch)) => {
+                        if self.apply_schedule_events(batch) {
+                            reconcile_at = Some(earliest(reconcile_at, Instant::now() + RECONCILE_DEBOUNCE));
+                        }
+                    }
+                    Ok(None) => {
+                        warn!("etcd ended the schedule watch; watching again.");
+                        schedule = None;
+                        list_at = Some(Instant::now() + registry_backoff.next_delay());
+                    }
+                    Err(error) => {
+                        if matches!(error, RegistryError::Compacted { .. }) {
+                            self.need_relist = true;
+                        }
+                        warn!(%error, "The schedule watch failed; watching again.");
+                        schedule = None;
+                        list_at = Some(Instant::now() + registry_backoff.next_delay());
+                    }
+                },
+                changed = self.presence.changed(), if presence_open => {
+                    if changed.is_err() {
+                        presence_open = false; // the heart is gone: nothing more will change
+                    }
+                    states_at = Some(Instant::now());
+                },
+                () = tokio::time::sleep_until(wake) => {}
+            }
+
+            let now = Instant::now();
+            if list_at.is_some_and(|at| at <= now) {
+                list_at = None;
+                match self.watch_schedule().await {
+                    Ok(stream) => {
+                        schedule = Some(stream);
+                        registry_backoff.reset();
+                        reconcile_at = Some(now);
+                    }
+                    Err(error) => {
+                        if matches!(error, RegistryError::Compacted { .. }) {
+                            self.need_relist = true;
+                        }
+                        warn!(%error, retry_within = ?registry_backoff.ceiling(), "Cannot read this machine's schedule; retrying.");
+                        list_at = Some(now + registry_backoff.next_delay());
+                    }
+                }
+            }
+            let resync = resync_at <= now;
+            if reconcile_at.is_some_and(|at| at <= now) || resync {
+                reconcile_at = None;
+                resync_at = now + RESYNC_INTERVAL;
+                if resync {
+                    debug!("Periodic resync.");
+                    match self.units.scan().await {
+                        Ok(found) => self.on_disk = found,
+                        Err(error) => {
+                            warn!(%error, "Cannot read the units directory; using what we knew.")
+                        }
+                    }
+                }
+                // Never act on an unknown schedule: with etcd unreachable the
+                // units keep running as they are (spec 1.9).
+                if self.schedule_known {
+                    match self.reconcile(manager).await {
+                        Err(error) => return Exit::SystemdLost(error),
+                        Ok(true) => task_backoff.reset(),
+                        Ok(false) => reconcile_at = Some(now + task_backoff.next_delay()),
+                    }
+                    dirty.clear();
+                    states_at = Some(now);
+                }
+            }
+            if states_at.is_some_and(|at| at <= now) {
+                states_at = None;
+                if !dirty.is_empty() {
+                    let names: Vec<UnitName> = std::mem::take(&mut dirty).into_iter().collect();
+                    if let Err(error) = self.refresh_statuses(manager, &names).await {
+                        if error.is_connection_lost() {
+                            return Exit::SystemdLost(error);
+                        }
+                        warn!(%error, "Cannot read unit states from systemd; retrying.");
+                        dirty.extend(names);
+                        states_at = Some(now + state_backoff.next_delay());
+                        continue;
+                    }
+                }
+                if self.publish_states().await {
+                    state_backoff.reset();
+                } else {
+                    states_at = Some(now + state_backoff.next_delay());
+                }
+            }
+        }
+    }
+
+    // --- the schedule ---
+
+    /// Lists the schedule if needed and watches it from the next revision.
+    async fn watch_schedule(&mut self) -> Result<WatchStream, RegistryError> {
+        if self.need_relist {
+            let (placements, revision) = self.registry.machine_schedule(&self.machine).await?;
+            self.desired = placements
+                .into_iter()
+                .map(|p| {
+                    (
+                        p.unit,
+                        Desired {
+                            hash: p.hash,
+                            target: p.target_state,
+                        },
+                    )
+                })
+                .collect();
+            self.schedule_revision = revision;
+            self.schedule_known = true;
+            self.need_relist = false;
+            debug!(
+                units = self.desired.len(),
+                revision, "Read this machine's schedule."
+            );
+        }
+        let prefix = self.registry.keys().machine_schedule(self.machine.as_str());
+        self.registry
+            .watch_prefix(prefix, self.schedule_revision + 1)
+            .await
+    }
+
+    /// Applies a batch of schedule changes; `true` if the schedule changed.
+    fn apply_schedule_events(&mut self, batch: Vec<WatchEvent>) -> bool {
+        let mut changed = false;
+        for event in batch {
+            self.schedule_revision = self.schedule_revision.max(event.mod_revision);
+            match event.kind {
+                WatchEventKind::Put => {
+                    let Some(placement) = self.registry.decode_placement(&event.key, &event.value)
+                    else {
+                        continue;
+                    };
+                    if placement.machine != self.machine {
+                        continue;
+                    }
+                    let desired = Desired {
+                        hash: placement.hash,
+                        target: placement.target_state,
+                    };
+                    changed |= self.desired.insert(placement.unit, desired) != Some(desired);
+                }
+                WatchEventKind::Delete => {
+                    if let Some(RegistryKey::Scheduled { machine, unit }) =
+                        self.registry.parse_key(&event.key)
+                        && machine == self.machine
+                    {
+                        changed |= self.desired.remove(&unit).is_some();
+                    }
+                }
+            }
+        }
+        if changed {
+            debug!(
+                units = self.desired.len(),
+                revision = self.schedule_revision,
+                "This machine's schedule changed."
+            );
+        }
+        changed
+    }
+
+    // --- systemd's signals ---
+
+    /// Notes what a signal tells; `true` if states should be read again.
+    fn on_systemd_event(&mut self, event: Event, dirty: &mut BTreeSet<UnitName>) -> bool {
+        match event {
+            Event::Reloading { active: false } => {
+                dirty.extend(self.managed());
+                true
+            }
+            Event::Reloading { active: true } => false,
+            Event::JobRemoved {
+                ref unit,
+                ref result,
+                ..
+            } => {
+                let Some(unit) = self.managed_unit(unit) else {
+                    return false;
+                };
+                if result != "done" {
+                    // systemd's word for why (failed, dependency, timeout, canceled).
+                    warn!(unit = %unit, result = %result, "A systemd job of the unit did not succeed.");
+                }
+                dirty.insert(unit);
+                true
+            }
+            Event::UnitChanged { ref unit, .. } | Event::UnitRemoved { ref unit } => {
+                let Some(unit) = self.managed_unit(unit) else {
+                    return false;
+                };
+                dirty.insert(unit);
+                true
+            }
+        }
+    }
+
+    /// `name` if we manage that unit.
+    fn managed_unit(&self, name: &str) -> Option<UnitName> {
+        let unit: UnitName = name.parse().ok()?;
+        (self.desired.contains_key(&unit) || self.on_disk.contains_key(&unit)).then_some(unit)
+    }
+
+    /// Every unit we manage: scheduled here or on disk.
+    fn managed(&self) -> BTreeSet<UnitName> {
+        self.desired
+            .keys()
+            .chain(self.on_disk.keys())
+            .cloned()
+            .collect()
+    }
+
+    /// Reads systemd's state of `names` into `statuses`.
+    async fn refresh_statuses(
+        &mut self,
+        manager: &Manager,
+        names: &[UnitName],
+    ) -> Result<(), DbusError> {
+        for chunk in names.chunks(STATUS_CHUNK) {
+            let query: Vec<String> = chunk.iter().map(ToString::to_string).collect();
+            let rows = manager.list_units_by_names(&query).await?;
+            for row in rows {
+                if let Ok(unit) = row.name.parse::<UnitName>() {
+                    self.statuses.insert(unit, row);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    // --- reconciling ---
+
+    /// One pass: plan, run the tasks. `Ok(false)` if a task failed (retry
+    /// later); `Err` only when the connection to systemd is lost.
+    async fn reconcile(&mut self, manager: &Manager) -> Result<bool, DbusError> {
+        let managed: Vec<UnitName> = self.managed().into_iter().collect();
+        if let Err(error) = self.refresh_statuses(manager, &managed).await {
+            if error.is_connection_lost() {
+                return Err(error);
+            }
+            warn!(%error, "Cannot read unit states from systemd; will retry the pass.");
+            return Ok(false);
+        }
+        let current: BTreeMap<UnitName, Current> = self
+            .on_disk
+            .iter()
+            .map(|(unit, hash)| {
+                let status = self.statuses.get(unit);
+                let current = Current {
+                    hash: *hash,
+                    reached: self.reached.get(unit).copied(),
+                    loaded: status.is_some_and(|s| s.load_state == "loaded"),
+                    active: status.is_some_and(|s| {
+                        matches!(
+                            s.active_state.as_str(),
+                            "active" | "activating" | "reloading"
+                        )
+                    }),
+                };
+                (unit.clone(), current)
+            })
+            .collect();
+        let tasks = plan(&self.desired, &current);
+        let mut all_ok = true;
+        if !tasks.is_empty() {
+            debug!(
+                tasks = tasks.len(),
+                scheduled = self.desired.len(),
+                "Reconciling units."
+            );
+            let mut failed: BTreeSet<UnitName> = BTreeSet::new();
+            // Counts per task kind for the pass summary (INFO is per pass,
+            // not per unit: a pass may touch thousands).
+            let mut done: BTreeMap<&'static str, usize> = BTreeMap::new();
+            let mut skipped = 0usize;
+            for task in &tasks {
+                if task.unit().is_some_and(|unit| failed.contains(unit)) {
+                    skipped += 1; // an earlier task of this unit failed this pass
+                    continue;
+                }
+                let unit = task.unit().map_or("", UnitName::as_str);
+                match self.execute(manager, task).await {
+                    Ok(()) => {
+                        if let Some(unit) = task.unit() {
+                            self.failures.remove(unit);
+                        }
+                        *done.entry(task.kind()).or_default() += 1;
+                        debug!(
+                            task = task.kind(),
+                            unit,
+                            reason = task.reason(),
+                            "AgentReconciler completed task."
+                        );
+                    }
+                    Err(error) => {
+                        if let Some(lost) = error.lost_connection() {
+                            return Err(lost.clone());
+                        }
+                        all_ok = false;
+                        error!(task = task.kind(), unit, reason = task.reason(), %error, "AgentReconciler task failed.");
+                        if let Some(unit) = task.unit() {
+                            failed.insert(unit.clone());
+                            let failure = match task {
+                                Task::Load { .. } => Failure::Load,
+                                Task::Start { .. } => Failure::Start,
+                                _ => Failure::Other,
+                            };
+                            self.failures.insert(unit.clone(), failure);
+                        }
+                    }
+                }
+            }
+            info!(done = ?done, failed = failed.len(), skipped, "Reconcile pass finished.");
+            let managed: Vec<UnitName> = self.managed().into_iter().collect();
+            if let Err(error) = self.refresh_statuses(manager, &managed).await {
+                if error.is_connection_lost() {
+                    return Err(error);
+                }
+                warn!(%error, "Cannot read unit states from systemd after the pass.");
+                all_ok = false;
+            }
+        }
+        // Forget what no longer concerns us.
+        let hashes: HashSet<UnitHash> = self.desired.values().map(|d| d.hash).collect();
+        self.contents.retain(|hash, _| hashes.contains(hash));
+        let managed = self.managed();
+        self.statuses.retain(|unit, _| managed.contains(unit));
+        self.failures.retain(|unit, _| managed.contains(unit));
+        Ok(all_ok)
+    }
+
+    async fn execute(&mut self, manager: &Manager, task: &Task) -> Result<(), TaskError> {
+        match task {
+            Task::Load { unit, hash, .. } => self.load(manager, unit, *hash).await,
+            Task::Unload { unit, .. } => self.unload(manager, unit).await,
+            Task::ReloadUnitFiles => Ok(manager.reload().await?),
+            Task::Adopt { unit, reached } => {
+                self.reached.insert(unit.clone(), *reached);
+                Ok(())
+            }
+            Task::Stop { unit, .. } => {
+                let job = manager.stop_unit(unit.as_str()).await?;
+                debug!(unit = %unit, job = %job.path, "Stop job queued.");
+                self.reached.insert(unit.clone(), TargetState::Loaded);
+                Ok(())
+            }
+            Task::Start { unit, .. } => {
+                let job = manager.start_unit(unit.as_str()).await?;
+                debug!(unit = %unit, job = %job.path, "Start job queued.");
+                self.reached.insert(unit.clone(), TargetState::Launched);
+                Ok(())
+            }
+        }
+    }
+
+    /// The content of `hash`, from the cache or the registry.
+    async fn content(
+        &mut self,
+        unit: &UnitName,
+        hash: UnitHash,
+    ) -> Result<Arc<UnitFile>, TaskError> {
+        if let Some(file) = self.contents.get(&hash) {
+            return Ok(Arc::clone(file));
+        }
+        match self.registry.unit_content(&hash).await {
+            Ok(Some(file)) => {
+                let file = Arc::new(file);
+                self.contents.insert(hash, Arc::clone(&file));
+                Ok(file)
+            }
+            Ok(None) => Err(TaskError::MissingContent {
+                unit: unit.clone(),
+                hash,
+            }),
+            Err(source) => Err(TaskError::Registry {
+                unit: unit.clone(),
+                source,
+            }),
+        }
+    }
+
+    /// Writes the file, links it, enables it if it has `[Install]`. On
+    /// failure nothing is left behind, so the next pass starts clean.
+    async fn load(
+        &mut self,
+        manager: &Manager,
+        unit: &UnitName,
+        hash: UnitHash,
+    ) -> Result<(), TaskError> {
+        let file = self.content(unit, hash).await?;
+        let path = self.units.write(unit, &file).await?;
+        self.on_disk.insert(unit.clone(), Some(hash));
+        let paths = [path.to_string_lossy().into_owned()];
+        let linked = async {
+            manager.link_unit_files(&paths, true, true).await?;
+            if file.has_section("Install") {
+                match manager.enable_unit_files(&paths, true, true).await {
+                    Ok(report) if report.carries_install_info => {}
+                    Ok(_) => {
+                        return Err(TaskError::Enable {
+                            unit: unit.clone(),
+                            message: "systemd reports no install information".to_owned(),
+                        });
+                    }
+                    Err(error) if error.is_connection_lost() => return Err(error.into()),
+                    Err(error) => {
+                        return Err(TaskError::Enable {
+                            unit: unit.clone(),
+                            message: error.to_string(),
+                        });
+                    }
+                }
+            }
+            Ok(())
+        };
+        if let Err(error) = linked.await {
+            if error.lost_connection().is_none()
+                && let Err(disable_error) =
+                    manager.disable_unit_files(&[unit.to_string()], true).await
+            {
+                debug!(unit = %unit, error = %disable_error, "Unlinking after a failed load failed.");
+            }
+            if let Err(remove_error) = self.units.remove(unit).await {
+                warn!(unit = %unit, error = %remove_error, "Cannot remove the file of a unit that failed to load.");
+            } else {
+                self.on_disk.remove(unit);
+            }
+            return Err(error);
+        }
+        self.reached.insert(unit.clone(), TargetState::Loaded);
+        Ok(())
+    }
+
+    /// Stops the unit and, only if that worked (so it never becomes
+    /// unmanageable), disables it, resets its failed state and removes its
+    /// file. The file goes even if disable or reset-failed fail.
+    async fn unload(&mut self, manager: &Manager, unit: &UnitName) -> Result<(), TaskError> {
+        self.reached.remove(unit);
+        match manager.stop_unit(unit.as_str()).await {
+            Ok(_) => {}
+            Err(error) if error.systemd_error_name() == Some(NO_SUCH_UNIT) => {}
+            Err(error) => return Err(error.into()),
+        }
+        let disabled = manager.disable_unit_files(&[unit.to_string()], true).await;
+        if let Err(error) = &disabled
+            && error.is_connection_lost()
+        {
+            return Err(error.clone().into());
+        }
+        match manager.reset_failed_unit(unit.as_str()).await {
+            Ok(()) => {}
+            Err(error) if error.systemd_error_name() == Some(NO_SUCH_UNIT) => {}
+            Err(error) if error.is_connection_lost() => return Err(error.into()),
+            Err(error) => debug!(unit = %unit, %error, "ResetFailedUnit failed."),
+        }
+        self.units.remove(unit).await?;
+        self.on_disk.remove(unit);
+        disabled?;
+        Ok(())
+    }
+
+    // --- states ---
+
+    /// What we report for a scheduled unit.
+    fn report(&self, unit: &UnitName, desired: &Desired) -> UnitState {
+        let (load_state, active_state, sub_state) = match self.statuses.get(unit) {
+            Some(status) => (
+                status.load_state.clone(),
+                status.active_state.clone(),
+                status.sub_state.clone(),
+            ),
+            None => (
+                "not-found".to_owned(),
+                "inactive".to_owned(),
+                "dead".to_owned(),
+            ),
+        };
+        let (load_state, active_state) = match self.failures.get(unit) {
+            Some(Failure::Load) => ("error".to_owned(), active_state),
+            Some(Failure::Start) if active_state != "active" => (load_state, "failed".to_owned()),
+            _ => (load_state, active_state),
+        };
+        UnitState {
+            unit: unit.clone(),
+            machine: self.machine.clone(),
+            hash: self
+                .on_disk
+                .get(unit)
+                .copied()
+                .flatten()
+                .unwrap_or(desired.hash),
+            load_state,
+            active_state,
+            sub_state,
+            reached: self
+                .reached
+                .get(unit)
+                .copied()
+                .unwrap_or(TargetState::Inactive),
+        }
+    }
+
+    /// Writes the states that changed since the last publication (all of
+    /// them under a new lease) and deletes those of units no longer
+    /// scheduled here. `false` if etcd failed (retry later).
+    async fn publish_states(&mut self) -> bool {
+        if !self.schedule_known {
+            return true;
+        }
+        let Some(lease) = *self.presence.borrow() else {
+            return true; // not registered: a presence change wakes us
+        };
+        if self.published_lease != Some(lease) {
+            self.published.clear();
+            self.published_lease = Some(lease);
+        }
+        let states: Vec<UnitState> = self
+            .desired
+            .iter()
+            .filter(|(_, desired)| desired.target != TargetState::Inactive)
+            .map(|(unit, desired)| self.report(unit, desired))
+            .collect();
+        let states_units: BTreeSet<UnitName> =
+            states.iter().map(|state| state.unit.clone()).collect();
+        let (mut puts, mut deletes) = (0usize, 0usize);
+        for state in states {
+            if self.published.get(&state.unit) == Some(&state) {
+                continue;
+            }
+            if let Err(error) = self.registry.put_unit_state(&state, lease).await {
+                warn!(unit = %state.unit, %error, "Publishing the unit's state failed; retrying.");
+                return false;
+            }
+            puts += 1;
+            self.published.insert(state.unit.clone(), state);
+        }
+        let stale: Vec<UnitName> = self
+            .published
+            .keys()
+            .filter(|unit| !states_units.contains(*unit))
+            .cloned()
+            .collect();
+        for unit in stale {
+            if let Err(error) = self.registry.delete_unit_state(&unit, &self.machine).await {
+                warn!(unit = %unit, %error, "Deleting the unit's state failed; retrying.");
+                return false;
+            }
+            deletes += 1;
+            self.published.remove(&unit);
+        }
+        if puts + deletes > 0 {
+            debug!(puts, deletes, lease, "Published unit states.");
+        }
+        true
+    }
+
+    // --- shutdown ---
+
+    /// `stop_units_on_shutdown`: one pass of unload over every unit on disk,
+    /// within [`SHUTDOWN_DEADLINE`]; a unit systemd refuses to stop is left
+    /// as it is (logged), never retried forever.
+    async fn stop_everything(&mut self, manager: &Manager) {
+        let work = async {
+            let units: Vec<UnitName> = self.on_disk.keys().cloned().collect();
+            info!(
+                units = units.len(),
+                "Stopping and unloading every unit (stop_units_on_shutdown)."
+            );
+            for unit in &units {
+                if let Err(error) = self.unload(manager, unit).await {
+                    warn!(unit = %unit, %error, "Cannot unload the unit at shutdown; leaving it.");
+                }
+            }
+            if let Err(error) = manager.reload().await {
+                warn!(%error, "Reloading systemd after unloading the units failed.");
+            }
+            let published: Vec<UnitName> =
+                std::mem::take(&mut self.published).into_keys().collect();
+            for unit in published {
+                if let Err(error) = self.registry.delete_unit_state(&unit, &self.machine).await {
+                    debug!(unit = %unit, %error, "Deleting the unit's state at shutdown failed.");
+                }
+            }
+        };
+        if tokio::time::timeout(SHUTDOWN_DEADLINE, work).await.is_err() {
+            warn!(after = ?SHUTDOWN_DEADLINE, "Unloading the units at shutdown did not finish in time; leaving the rest.");
+        }
+    }
+}
+
+/// The next batch of the schedule watch; never ready without a watch.
+async fn next_batch(
+    watch: &mut Option<WatchStream>,
+) -> Result<Option<Vec<WatchEvent>>, RegistryError> {
+    match watch {
+        Some(watch) => watch.next().await,
+        None => std::future::pending().await,
+    }
+}
+
+fn earliest(current: Option<Instant>, candidate: Instant) -> Instant {
+    current.map_or(candidate, |at| at.min(candidate))
+}

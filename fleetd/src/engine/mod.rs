@@ -1,0 +1,614 @@
+//! The engine: leader election and scheduling.
+//!
+//! Every fleetd with the engine enabled runs an [`Engine`]. One of them leads:
+//! it holds `P/engine/leader` under its own lease (TTL `lease_ttl`, kept alive
+//! every TTL/3), keeps an in-memory [`model::Model`] of the cluster (one
+//! snapshot at a revision, then watches from the next revision, re-listing
+//! after a compaction), batches watch events for about 50 ms, runs the pure
+//! [`scheduler::schedule`] and writes the decisions with
+//! [`Registry::commit_schedule`], whose transactions are guarded by the
+//! leadership so that a deposed leader cannot write. The others follow: they
+//! watch the leader key and campaign when it disappears.
+//!
+//! Machine loss goes through [`loss::LossTracker`] (grace period and breaker);
+//! the scheduler gets its verdict as an input.
+//!
+//! The engine never talks to systemd and never writes anything but the
+//! schedule and its leader key.
+
+pub mod loss;
+pub mod model;
+pub mod scheduler;
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::time::{Instant, sleep, sleep_until};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use fleet_registry::keys::RegistryKey;
+use fleet_registry::store::{
+    Leadership, LeaseId, ScheduleChange, WatchEvent, WatchEventKind, WatchStream,
+};
+use fleet_registry::{MachineId, Registry, RegistryError};
+use fleet_systemd::unit::UnitName;
+
+use crate::backoff::Backoff;
+use crate::config::EngineConfig;
+use crate::engine::loss::{BreakerEvent, LossTracker};
+use crate::engine::model::Model;
+use crate::engine::scheduler::{Decision, schedule};
+
+/// How long watch events are gathered before a pass: a `fleetctl start` of
+/// 100 units arrives as 100 events, and one pass with one batch of writes is
+/// far cheaper than 100.
+const BATCH_WINDOW: Duration = Duration::from_millis(50);
+
+/// The safety-net resync: re-list everything and run a pass, in case a watch
+/// silently missed something. Slow on purpose (a re-list of 20,000 units is
+/// a large read).
+const RESYNC_INTERVAL: Duration = Duration::from_secs(60);
+
+/// The breaker window when nothing better is known: the default agent TTL,
+/// the time over which machine leases expire together after a blip.
+const DEFAULT_BREAKER_WINDOW: Duration = Duration::from_secs(30);
+
+/// At most this many unschedulable units are logged one by one per pass.
+const MAX_UNSCHEDULABLE_LOGGED: usize = 20;
+
+/// What the engine is doing, for observers (tests, a future status API).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EngineStatus {
+    /// The leader as last seen.
+    pub leader: Option<MachineId>,
+    /// Our leadership while we lead.
+    pub leadership: Option<Leadership>,
+    /// Our engine lease while we lead.
+    pub lease: Option<LeaseId>,
+    /// Whether the machine-loss breaker holds.
+    pub breaker_tripped: bool,
+}
+
+/// See the module docs.
+pub struct Engine {
+    config: EngineConfig,
+    registry: Registry,
+    machine: MachineId,
+    breaker_window: Duration,
+    status: watch::Sender<EngineStatus>,
+}
+
+/// Why leading stopped.
+enum Stop {
+    Shutdown,
+    Deposed,
+}
+
+impl Engine {
+    pub fn new(config: EngineConfig, registry: Registry, machine: MachineId) -> Engine {
+        let breaker_window = DEFAULT_BREAKER_WINDOW.max(config.machine_loss_grace);
+        Engine {
+            config,
+            registry,
+            machine,
+            breaker_window,
+            status: watch::Sender::new(EngineStatus::default()),
+        }
+    }
+
+    /// The breaker window: machines vanishing within it count together
+    /// (default 30 s, the default agent TTL; use the configured `agent_ttl`).
+    pub fn with_breaker_window(mut self, window: Duration) -> Engine {
+        self.breaker_window = window;
+        self
+    }
+
+    /// A view of what the engine is doing.
+    pub fn status(&self) -> watch::Receiver<EngineStatus> {
+        self.status.subscribe()
+    }
+
+    /// Campaigns, leads or follows until `shutdown`; a leader resigns on the
+    /// way out so that another engine takes over at once.
+    ///
+    /// # Errors
+    /// None so far: etcd errors are retried with backoff for as long as it takes.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let mut backoff = Backoff::new(
+            Duration::from_secs(1),
+            self.config.lease_ttl.max(Duration::from_secs(2)),
+        );
+        info!(machine = %self.machine, "Engine started.");
+        while !shutdown.is_cancelled() {
+            match self.round(&shutdown).await {
+                Ok(()) => backoff.reset(),
+                Err(error) => {
+                    warn!(%error, "Engine election round failed; retrying.");
+                    if !backoff.wait(&shutdown).await {
+                        break;
+                    }
+                }
+            }
+        }
+        info!("Engine stopped.");
+        Ok(())
+    }
+
+    fn note_leader(&self, leader: Option<&MachineId>) {
+        let changed = self.status.borrow().leader.as_ref() != leader;
+        if changed {
+            match leader {
+                Some(leader) => info!(leader = %leader, "Engine leader is {leader}."),
+                None => info!("No engine leader."),
+            }
+            self.status
+                .send_modify(|status| status.leader = leader.cloned());
+        }
+    }
+
+    /// One election round: follow a live leader until its key goes, or
+    /// campaign and lead.
+    async fn round(&self, shutdown: &CancellationToken) -> Result<(), RegistryError> {
+        if let Some(leader) = self.registry.leader().await? {
+            self.note_leader(Some(&leader));
+            return self.follow(shutdown).await;
+        }
+        let lease = self.registry.grant_lease(self.config.lease_ttl).await?;
+        let leadership = match self.registry.campaign(&self.machine, lease).await {
+            Ok(Some(leadership)) => leadership,
+            Ok(None) => {
+                self.revoke(lease).await;
+                return Ok(());
+            }
+            Err(error) => {
+                self.revoke(lease).await;
+                return Err(error);
+            }
+        };
+        self.note_leader(Some(&self.machine));
+        info!(
+            revision = leadership.revision,
+            lease, "Became the engine leader."
+        );
+        self.status.send_modify(|status| {
+            status.leadership = Some(leadership.clone());
+            status.lease = Some(lease);
+        });
+        let stop = self.lead(&leadership, lease, shutdown).await;
+        self.status.send_modify(|status| {
+            status.leadership = None;
+            status.lease = None;
+            status.breaker_tripped = false;
+        });
+        match stop {
+            Stop::Shutdown => {
+                if let Err(error) = self.registry.resign(&leadership).await {
+                    warn!(%error, "Resigning the engine leadership failed; it ends with the lease.");
+                }
+                self.revoke(lease).await;
+                info!("Resigned the engine leadership.");
+            }
+            Stop::Deposed => {
+                warn!("Lost the engine leadership.");
+                self.revoke(lease).await;
+                self.note_leader(None);
+            }
+        }
+        Ok(())
+    }
+
+    async fn revoke(&self, lease: LeaseId) {
+        if let Err(error) = self.registry.revoke_lease(lease).await {
+            debug!(%error, lease, "Revoking the engine lease failed; it expires by itself.");
+        }
+    }
+
+    /// Waits until the leader key is gone (or a lease TTL passes, as a
+    /// safety net), without any request while the leader lives.
+    async fn follow(&self, shutdown: &CancellationToken) -> Result<(), RegistryError> {
+        // Revision 0: from now. The key may have gone between our read and
+        // the watch, so read again once the watch is in place.
+        let mut stream = self
+            .registry
+            .watch_prefix(self.registry.keys().engine_leader(), 0)
+            .await?;
+        match self.registry.leader().await? {
+            None => return Ok(()),
+            Some(leader) => self.note_leader(Some(&leader)),
+        }
+        let deadline = sleep(self.config.lease_ttl * 2);
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return Ok(()),
+                () = &mut deadline => return Ok(()),
+                events = stream.next() => match events? {
+                    None => return Ok(()),
+                    Some(events) => {
+                        for event in events {
+                            match event.kind {
+                                WatchEventKind::Delete => return Ok(()),
+                                WatchEventKind::Put => {
+                                    if let Ok(leader) = String::from_utf8_lossy(&event.value).parse::<MachineId>() {
+                                        self.note_leader(Some(&leader));
+                                    }
+                                }
+                            }
+                        }
+                    }
+                },
+            }
+        }
+    }
+
+    /// Leads until shutdown or until the leadership is lost. Errors other
+    /// than losing the leadership are retried inside.
+    async fn lead(
+        &self,
+        leadership: &Leadership,
+        lease: LeaseId,
+        shutdown: &CancellationToken,
+    ) -> Stop {
+        let mut leader = Leader::new(self, leadership.clone());
+        let mut backoff = Backoff::new(
+            Duration::from_millis(200),
+            self.config.lease_ttl.max(Duration::from_secs(1)),
+        );
+        let keep_alive_every = (self.config.lease_ttl / 3).max(Duration::from_millis(100));
+        let mut last_keep_alive = Instant::now();
+        let mut keep_alive = tokio::time::interval(keep_alive_every);
+        keep_alive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+
+        'relist: loop {
+            let mut watches = match leader.relist().await {
+                Ok(watches) => watches,
+                Err(error) => {
+                    warn!(%error, "Listing the cluster failed; retrying.");
+                    tokio::select! {
+                        () = shutdown.cancelled() => return Stop::Shutdown,
+                        () = sleep(backoff.next_delay()) => continue 'relist,
+                    }
+                }
+            };
+            backoff.reset();
+            let mut dirty_since: Option<Instant> = Some(Instant::now());
+            let resync_at = Instant::now() + RESYNC_INTERVAL;
+            loop {
+                let now = Instant::now();
+                let batch_deadline = dirty_since.map(|since| since + BATCH_WINDOW);
+                let loss_deadline = leader
+                    .loss
+                    .next_deadline(now.into_std())
+                    .map(Instant::from_std);
+                let wake = [batch_deadline, loss_deadline, Some(resync_at)]
+                    .into_iter()
+                    .flatten()
+                    .min()
+                    .unwrap_or(resync_at);
+                tokio::select! {
+                    () = shutdown.cancelled() => return Stop::Shutdown,
+                    _ = keep_alive.tick() => match self.registry.keep_alive_once(lease).await {
+                        Ok(Some(_)) => last_keep_alive = Instant::now(),
+                        Ok(None) => return Stop::Deposed,
+                        Err(error) => {
+                            warn!(%error, "Keeping the engine lease alive failed.");
+                            if last_keep_alive.elapsed() >= self.config.lease_ttl {
+                                return Stop::Deposed;
+                            }
+                        }
+                    },
+                    events = watches.machines.next() => {
+                        if !leader.on_events(events, &mut dirty_since).await { continue 'relist; }
+                    }
+                    events = watches.metadata.next() => {
+                        if !leader.on_events(events, &mut dirty_since).await { continue 'relist; }
+                    }
+                    events = watches.units.next() => {
+                        if !leader.on_events(events, &mut dirty_since).await { continue 'relist; }
+                    }
+                    events = watches.content.next() => {
+                        if !leader.on_events(events, &mut dirty_since).await { continue 'relist; }
+                    }
+                    () = sleep_until(wake) => {
+                        if Instant::now() >= resync_at {
+                            debug!("Periodic resync.");
+                            continue 'relist;
+                        }
+                        dirty_since = None;
+                        match leader.pass().await {
+                            Ok(()) => {}
+                            Err(RegistryError::NotLeader) => return Stop::Deposed,
+                            Err(error) => {
+                                // Some batches may have been written: re-list
+                                // rather than guess what the schedule holds.
+                                warn!(%error, "Writing the schedule failed; re-listing.");
+                                tokio::select! {
+                                    () = shutdown.cancelled() => return Stop::Shutdown,
+                                    () = sleep(backoff.next_delay()) => continue 'relist,
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The watches of a leader.
+struct Watches {
+    machines: WatchStream,
+    metadata: WatchStream,
+    units: WatchStream,
+    content: WatchStream,
+}
+
+/// The state of a leading engine.
+struct Leader<'a> {
+    engine: &'a Engine,
+    leadership: Leadership,
+    model: Model,
+    loss: LossTracker,
+    /// The reason last logged for each unschedulable unit, so that a unit
+    /// stuck for an hour is logged once, not every pass.
+    reported: HashMap<UnitName, String>,
+}
+
+impl<'a> Leader<'a> {
+    fn new(engine: &'a Engine, leadership: Leadership) -> Leader<'a> {
+        let config = &engine.config;
+        Leader {
+            engine,
+            leadership,
+            model: Model::default(),
+            loss: LossTracker::new(
+                config.machine_loss_grace,
+                config.breaker_fraction,
+                engine.breaker_window,
+            ),
+            reported: HashMap::new(),
+        }
+    }
+
+    fn registry(&self) -> &Registry {
+        &self.engine.registry
+    }
+
+    /// Reads a snapshot and watches from the revision after it.
+    async fn relist(&mut self) -> Result<Watches, RegistryError> {
+        let snapshot = self.registry().snapshot().await?;
+        let revision = snapshot.revision;
+        let keys = self.registry().keys().clone();
+        let from = revision + 1;
+        let watches = Watches {
+            machines: self.registry().watch_prefix(keys.machines(), from).await?,
+            metadata: self
+                .registry()
+                .watch_prefix(keys.all_metadata(), from)
+                .await?,
+            units: self.registry().watch_prefix(keys.units(), from).await?,
+            content: self
+                .registry()
+                .watch_prefix(keys.all_content(), from)
+                .await?,
+        };
+        self.model = Model::from_snapshot(snapshot);
+        // Machines that hold placements but are gone: their clock starts now
+        // if we did not see them go (we may have just become the leader).
+        let now = Instant::now().into_std();
+        for machine in self.model.absent_placed_machines() {
+            self.loss.vanished(&machine, now);
+        }
+        for machine in self.model.machines.keys() {
+            self.loss.returned(machine);
+        }
+        info!(
+            revision,
+            n_machines = self.model.machines.len(),
+            n_units = self.model.units.len(),
+            n_placements = self.model.placements.len(),
+            "Engine listed the cluster."
+        );
+        Ok(watches)
+    }
+
+    /// Applies a batch from one watch. `false` when the watch broke and the
+    /// model must be re-listed.
+    async fn on_events(
+        &mut self,
+        events: Result<Option<Vec<WatchEvent>>, RegistryError>,
+        dirty_since: &mut Option<Instant>,
+    ) -> bool {
+        let events = match events {
+            Ok(Some(events)) => events,
+            Ok(None) => {
+                warn!("An engine watch ended; re-listing.");
+                return false;
+            }
+            Err(error) => {
+                warn!(%error, "An engine watch failed; re-listing.");
+                return false;
+            }
+        };
+        for event in &events {
+            self.apply(event).await;
+        }
+        dirty_since.get_or_insert_with(Instant::now);
+        true
+    }
+
+    async fn apply(&mut self, event: &WatchEvent) {
+        let registry = self.engine.registry.clone();
+        let Some(key) = registry.parse_key(&event.key) else {
+            return;
+        };
+        let now = Instant::now().into_std();
+        match (key, event.kind) {
+            (RegistryKey::Machine(machine), WatchEventKind::Delete) => {
+                if self.model.machines.remove(&machine).is_some() {
+                    info!(machine = %machine, "Machine vanished.");
+                }
+                self.loss.vanished(&machine, now);
+            }
+            // A machine record or its dynamic metadata changed: read the
+            // machine with its metadata merged (rare events).
+            (RegistryKey::Machine(machine), WatchEventKind::Put)
+            | (RegistryKey::Metadata { machine, .. }, _) => {
+                match registry.machine(&machine).await {
+                    Ok(Some(state)) => {
+                        if self.model.machines.insert(machine.clone(), state).is_none() {
+                            info!(machine = %machine, "Machine present.");
+                        }
+                        self.loss.returned(&machine);
+                    }
+                    Ok(None) => {
+                        if self.model.machines.remove(&machine).is_some() {
+                            self.loss.vanished(&machine, now);
+                        }
+                    }
+                    Err(error) => {
+                        warn!(%error, machine = %machine, "Reading a changed machine failed; the next resync corrects it.")
+                    }
+                }
+            }
+            (RegistryKey::Unit(name), WatchEventKind::Put) => {
+                if let Some((name, hash, desired_state)) =
+                    registry.decode_unit_record(&event.key, &event.value)
+                {
+                    self.model.put_unit_record(name, hash, desired_state);
+                } else {
+                    self.model.remove_unit(&name);
+                }
+            }
+            (RegistryKey::Unit(name), WatchEventKind::Delete) => self.model.remove_unit(&name),
+            (RegistryKey::Content(_), WatchEventKind::Put) => {
+                if let Some((hash, file)) = registry.decode_content(&event.key, &event.value) {
+                    self.model.put_content(hash, file);
+                }
+            }
+            (RegistryKey::Content(hash), WatchEventKind::Delete) => {
+                self.model.remove_content(&hash)
+            }
+            _ => {}
+        }
+    }
+
+    /// One scheduling pass over the model; writes its decisions.
+    async fn pass(&mut self) -> Result<(), RegistryError> {
+        // Units whose content has not come through the content watch yet
+        // (it is a separate stream): read them directly.
+        for name in self.model.units_without_content() {
+            match self.engine.registry.unit(&name).await? {
+                Some(unit) => self.model.put_unit(unit),
+                None => self.model.remove_unit(&name),
+            }
+        }
+        let now = Instant::now().into_std();
+        let n_present = self.model.machines.len();
+        let (policy, event) = self.loss.evaluate(now, n_present);
+        self.log_breaker(event, n_present);
+        self.engine.status.send_if_modified(|status| {
+            let changed = status.breaker_tripped != policy.breaker_tripped;
+            status.breaker_tripped = policy.breaker_tripped;
+            changed
+        });
+        let model = &self.model;
+        self.loss
+            .prune(now, |machine| model.has_placements_on(machine));
+
+        let started = std::time::Instant::now();
+        let (machines, units, placements) = self.model.scheduler_input();
+        let outcome = schedule(&machines, &units, &placements, &policy);
+        let elapsed = started.elapsed();
+        debug!(
+            n_decisions = outcome.decisions.len(),
+            n_unschedulable = outcome.unschedulable.len(),
+            ?elapsed,
+            "Scheduler pass."
+        );
+        self.log_unschedulable(&outcome.unschedulable);
+        if outcome.decisions.is_empty() {
+            return Ok(());
+        }
+        let changes: Vec<ScheduleChange> = outcome
+            .decisions
+            .iter()
+            .map(|decision| match decision {
+                Decision::Place { placement, .. } => ScheduleChange::Place(placement.clone()),
+                Decision::Unplace { unit, machine, .. } => ScheduleChange::Unplace {
+                    unit: unit.clone(),
+                    machine: machine.clone(),
+                },
+            })
+            .collect();
+        for decision in &outcome.decisions {
+            debug!(unit = %decision.unit(), machine = %decision.machine(), reason = decision.reason(), "{}", if matches!(decision, Decision::Place { .. }) { "Placing unit." } else { "Unplacing unit." });
+        }
+        self.engine
+            .registry
+            .commit_schedule(&self.leadership, &changes)
+            .await?;
+        self.model.apply(&changes);
+        let n_placed = changes
+            .iter()
+            .filter(|change| matches!(change, ScheduleChange::Place(_)))
+            .count();
+        info!(
+            n_placed,
+            n_unplaced = changes.len() - n_placed,
+            "Engine wrote schedule changes."
+        );
+        Ok(())
+    }
+
+    fn log_breaker(&self, event: Option<BreakerEvent>, n_present: usize) {
+        match event {
+            None => {}
+            Some(BreakerEvent::Tripped {
+                lost,
+                known,
+                window,
+            }) => warn!(
+                lost,
+                known,
+                "Rescheduling paused: {lost} of {known} machines vanished within {window:?}; waiting for them to return or for an operator."
+            ),
+            Some(BreakerEvent::ResumedMachinesReturned { still_lost }) => {
+                info!(
+                    still_lost,
+                    n_present, "Rescheduling resumed: enough machines returned."
+                );
+            }
+            Some(BreakerEvent::ResumedHoldExpired { lost, held }) => {
+                warn!(
+                    lost,
+                    ?held,
+                    "Rescheduling resumed: the vanished machines stayed away too long; moving their units."
+                );
+            }
+        }
+    }
+
+    fn log_unschedulable(&mut self, unschedulable: &[scheduler::Unschedulable]) {
+        let mut n_logged = 0;
+        let mut current = HashMap::with_capacity(unschedulable.len());
+        for entry in unschedulable {
+            if self.reported.get(&entry.unit) != Some(&entry.reason) {
+                if n_logged < MAX_UNSCHEDULABLE_LOGGED {
+                    warn!(unit = %entry.unit, reason = %entry.reason, "Unit cannot be scheduled: {}.", entry.reason);
+                }
+                n_logged += 1;
+            }
+            current.insert(entry.unit.clone(), entry.reason.clone());
+        }
+        if n_logged > MAX_UNSCHEDULABLE_LOGGED {
+            warn!(
+                n_units = n_logged - MAX_UNSCHEDULABLE_LOGGED,
+                "More units cannot be scheduled (not listed)."
+            );
+        }
+        self.reported = current;
+    }
+}

@@ -1,0 +1,279 @@
+//! The engine's in-memory model of the cluster, fed by one snapshot at a
+//! revision and then by watch events (DESIGN.md change 1).
+//!
+//! It holds what the scheduler needs: live machines (metadata merged), units
+//! with their requirements computed once per (unit, hash), and the schedule.
+//! The schedule is not watched: the engine is its only writer, so the model
+//! applies its own committed changes (and re-lists after a failed commit).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use fleet_registry::store::{ScheduleChange, Snapshot};
+use fleet_registry::{MachineId, MachineState, Placement, TargetState, Unit};
+use fleet_systemd::unit::{UnitFile, UnitHash, UnitName};
+
+use crate::engine::scheduler::UnitSpec;
+
+/// One unit record and, when its content is known, its scheduling view.
+#[derive(Clone, Debug)]
+pub struct UnitRecord {
+    pub hash: UnitHash,
+    pub desired_state: TargetState,
+    /// `None` while the content of `hash` has not been seen yet (the unit
+    /// record and its content arrive on different watches).
+    pub spec: Option<UnitSpec>,
+}
+
+/// See the module docs.
+#[derive(Clone, Debug, Default)]
+pub struct Model {
+    pub machines: BTreeMap<MachineId, MachineState>,
+    pub units: BTreeMap<UnitName, UnitRecord>,
+    /// Parsed content by hash, shared by every unit with that hash.
+    contents: HashMap<UnitHash, Arc<UnitFile>>,
+    /// Units waiting for the content of a hash.
+    waiting: HashMap<UnitHash, Vec<UnitName>>,
+    pub placements: BTreeMap<(UnitName, MachineId), Placement>,
+}
+
+impl Model {
+    /// The model at a snapshot.
+    pub fn from_snapshot(snapshot: Snapshot) -> Model {
+        let mut model = Model::default();
+        for machine in snapshot.machines {
+            model.machines.insert(machine.id.clone(), machine);
+        }
+        for unit in snapshot.units {
+            model.put_unit(unit);
+        }
+        for placement in snapshot.placements {
+            model.placements.insert(
+                (placement.unit.clone(), placement.machine.clone()),
+                placement,
+            );
+        }
+        model
+    }
+
+    /// A unit with its content (from a snapshot or a direct read).
+    pub fn put_unit(&mut self, unit: Unit) {
+        self.contents
+            .entry(unit.hash)
+            .or_insert_with(|| unit.file.clone());
+        self.put_unit_record(unit.name, unit.hash, unit.desired_state);
+    }
+
+    /// A unit record event: recomputes the requirements only when the hash
+    /// changed (the desired state alone changes nothing else).
+    pub fn put_unit_record(&mut self, name: UnitName, hash: UnitHash, desired_state: TargetState) {
+        if let Some(record) = self.units.get_mut(&name)
+            && record.hash == hash
+            && record.spec.is_some()
+        {
+            record.desired_state = desired_state;
+            if let Some(spec) = &mut record.spec {
+                spec.desired_state = desired_state;
+            }
+            return;
+        }
+        let spec = self
+            .contents
+            .get(&hash)
+            .map(|file| UnitSpec::new(name.clone(), file, hash, desired_state));
+        if spec.is_none() {
+            self.waiting.entry(hash).or_default().push(name.clone());
+        }
+        self.units.insert(
+            name,
+            UnitRecord {
+                hash,
+                desired_state,
+                spec,
+            },
+        );
+    }
+
+    pub fn remove_unit(&mut self, name: &UnitName) {
+        self.units.remove(name);
+    }
+
+    /// Content seen: completes the units that waited for it.
+    pub fn put_content(&mut self, hash: UnitHash, file: UnitFile) {
+        let file = Arc::new(file);
+        self.contents.insert(hash, file.clone());
+        for name in self.waiting.remove(&hash).unwrap_or_default() {
+            if let Some(record) = self.units.get_mut(&name)
+                && record.hash == hash
+                && record.spec.is_none()
+            {
+                record.spec = Some(UnitSpec::new(
+                    name.clone(),
+                    &file,
+                    hash,
+                    record.desired_state,
+                ));
+            }
+        }
+    }
+
+    pub fn remove_content(&mut self, hash: &UnitHash) {
+        self.contents.remove(hash);
+    }
+
+    /// Units whose content has not arrived.
+    pub fn units_without_content(&self) -> Vec<UnitName> {
+        self.units
+            .iter()
+            .filter(|(_, record)| record.spec.is_none())
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
+
+    /// What the scheduler takes. Units without content are left out, and so
+    /// are their placements, so that a pass neither places nor removes them.
+    pub fn scheduler_input(&self) -> (Vec<MachineState>, Vec<UnitSpec>, Vec<Placement>) {
+        let machines = self.machines.values().cloned().collect();
+        let units = self
+            .units
+            .values()
+            .filter_map(|record| record.spec.clone())
+            .collect();
+        let placements = self
+            .placements
+            .values()
+            .filter(|placement| {
+                self.units
+                    .get(&placement.unit)
+                    .is_none_or(|record| record.spec.is_some())
+            })
+            .cloned()
+            .collect();
+        (machines, units, placements)
+    }
+
+    /// Applies committed schedule changes.
+    pub fn apply(&mut self, changes: &[ScheduleChange]) {
+        for change in changes {
+            match change {
+                ScheduleChange::Place(placement) => {
+                    self.placements.insert(
+                        (placement.unit.clone(), placement.machine.clone()),
+                        placement.clone(),
+                    );
+                }
+                ScheduleChange::Unplace { unit, machine } => {
+                    self.placements.remove(&(unit.clone(), machine.clone()));
+                }
+            }
+        }
+    }
+
+    /// Whether any placement names `machine`.
+    pub fn has_placements_on(&self, machine: &MachineId) -> bool {
+        self.placements
+            .values()
+            .any(|placement| &placement.machine == machine)
+    }
+
+    /// Machines that placements name but that are not live.
+    pub fn absent_placed_machines(&self) -> Vec<MachineId> {
+        let mut absent: Vec<MachineId> = self
+            .placements
+            .values()
+            .map(|placement| &placement.machine)
+            .filter(|machine| !self.machines.contains_key(*machine))
+            .cloned()
+            .collect();
+        absent.sort();
+        absent.dedup();
+        absent
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(x_fleet: &str) -> UnitFile {
+        UnitFile::parse(&format!("[Service]\nExecStart=/bin/true\n{x_fleet}"))
+            .expect("test unit file")
+    }
+
+    fn name(unit: &str) -> UnitName {
+        unit.parse().expect("unit name")
+    }
+
+    fn placement(unit: &str, hash: UnitHash) -> Placement {
+        Placement {
+            unit: name(unit),
+            machine: "m1".parse().expect("id"),
+            hash,
+            target_state: TargetState::Launched,
+        }
+    }
+
+    #[test]
+    fn a_unit_waits_for_its_content_and_keeps_its_placements_meanwhile() {
+        let content = file("[X-Fleet]\nConflicts=b.service\n");
+        let hash = content.hash();
+        let mut model = Model::default();
+        model.put_unit_record(name("a.service"), hash, TargetState::Launched);
+        model.apply(&[ScheduleChange::Place(placement("a.service", hash))]);
+        assert_eq!(model.units_without_content(), vec![name("a.service")]);
+        let (_, units, placements) = model.scheduler_input();
+        assert!(
+            units.is_empty() && placements.is_empty(),
+            "neither placed nor unplaced while its content is unknown"
+        );
+
+        model.put_content(hash, content);
+        assert!(model.units_without_content().is_empty());
+        let (_, units, placements) = model.scheduler_input();
+        assert_eq!(units.len(), 1);
+        assert_eq!(
+            units[0].requirements.conflicts,
+            vec!["b.service".to_owned()]
+        );
+        assert_eq!(placements.len(), 1);
+    }
+
+    #[test]
+    fn a_desired_state_change_keeps_the_requirements_and_a_new_hash_recomputes_them() {
+        let first = file("[X-Fleet]\nGlobal=true\n");
+        let second = file("");
+        let mut model = Model::default();
+        model.put_content(first.hash(), first.clone());
+        model.put_content(second.hash(), second.clone());
+        model.put_unit_record(name("a.service"), first.hash(), TargetState::Launched);
+        let before = model.units[&name("a.service")].spec.clone().expect("spec");
+        model.put_unit_record(name("a.service"), first.hash(), TargetState::Loaded);
+        let after = model.units[&name("a.service")].spec.clone().expect("spec");
+        assert!(
+            Arc::ptr_eq(&before.requirements, &after.requirements),
+            "requirements are not recomputed"
+        );
+        assert_eq!(after.desired_state, TargetState::Loaded);
+        model.put_unit_record(name("a.service"), second.hash(), TargetState::Loaded);
+        let spec = model.units[&name("a.service")].spec.clone().expect("spec");
+        assert!(!spec.requirements.global);
+        assert_eq!(spec.hash, second.hash());
+    }
+
+    #[test]
+    fn placements_on_absent_machines_are_listed() {
+        let mut model = Model::default();
+        let hash = file("").hash();
+        model.apply(&[ScheduleChange::Place(placement("a.service", hash))]);
+        assert_eq!(
+            model.absent_placed_machines(),
+            vec!["m1".parse::<MachineId>().expect("id")]
+        );
+        assert!(model.has_placements_on(&"m1".parse().expect("id")));
+        model.apply(&[ScheduleChange::Unplace {
+            unit: name("a.service"),
+            machine: "m1".parse().expect("id"),
+        }]);
+        assert!(model.absent_placed_machines().is_empty());
+    }
+}

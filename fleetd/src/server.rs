@@ -1,0 +1,389 @@
+//! The server: wires fleetd's parts together and owns their lifecycle.
+//!
+//! One *generation* is the set of components built from one config: the
+//! registry handle, the [`Heart`], the engine (unless `disable_engine`), the
+//! agent (unless `disable_agent`) and the API router. Each runs as
+//! `run(shutdown)` on the generation's [`TaskTracker`] with a child token.
+//! The API listeners outlive generations: they serve an [`ApiSwitch`] into
+//! which each generation's router is swapped.
+//!
+//! Signals:
+//! - SIGTERM / SIGINT: graceful stop (the heart unregisters and revokes the
+//!   lease; units keep running unless `stop_units_on_shutdown`, the agent's
+//!   call), exit 0. A second signal during the stop exits at once.
+//! - SIGHUP: "Reloading configuration from <path>", the same loader again; on
+//!   error the old config keeps running, else "Restarting server
+//!   components": the old generation stops cleanly and a new one starts on
+//!   the same listeners (fix of spec quirk 12).
+//! - SIGUSR1: a state dump at INFO.
+//!
+//! systemd hears READY=1 once this machine is first registered (or after a
+//! minute without etcd, so its start timeout does not kill a waiting fleetd)
+//! and STOPPING=1 when the stop begins.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use anyhow::Context;
+use fleet_api::server::{ApiState, Availability};
+use fleet_registry::{MachineId, Registry};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, debug, error, info, info_span, warn};
+
+use crate::agent::Agent;
+use crate::config::{Config, DEFAULT_CONFIG_PATH, Loaded};
+use crate::engine::Engine;
+use crate::heart::{Heart, HeartConfig, Presence};
+use crate::listeners::{ApiSwitch, Listeners};
+use crate::machine::{LocalMachine, VERSION, read_machine_id};
+
+/// How long a generation's components get to stop before we give up on them.
+const STOP_GRACE: Duration = Duration::from_secs(60);
+
+/// How long fleetd waits for its first registration before it tells
+/// systemd READY=1 anyway (below systemd's default 90 s start timeout).
+const READY_FALLBACK: Duration = Duration::from_secs(60);
+
+/// How long the listeners get to finish in-flight requests on exit.
+const LISTENER_GRACE: Duration = Duration::from_secs(5);
+
+/// What [`run`] needs besides the first config.
+pub struct ServerOptions {
+    /// The `-config` path, if one was given (reloads read the same one).
+    pub explicit_config: Option<PathBuf>,
+    /// The environment the loader reads `FLEET_*` from on reload.
+    pub env: HashMap<String, String>,
+}
+
+/// Runs fleetd until SIGTERM/SIGINT (or a component fails).
+///
+/// # Errors
+/// Start-up failures (no machine id, unusable registry config, listeners
+/// that cannot be bound), a component that fails for good, or a second
+/// signal that cut the graceful stop short.
+pub async fn run(loaded: Loaded, options: ServerOptions) -> anyhow::Result<()> {
+    let mut signals = Signals::new()?;
+    let availability = Availability::new();
+    let ready_sent = Arc::new(AtomicBool::new(false));
+    let mut config = loaded.config;
+
+    let pieces = Pieces::prepare(&config).await?;
+    let listeners = Listeners::open(&config.api_listen).context("opening the API listeners")?;
+    let mut generation = Generation::start(&config, pieces, &availability, &ready_sent);
+    let switch = ApiSwitch::new(generation.router.clone());
+
+    let listener_shutdown = CancellationToken::new();
+    let listener_tasks = TaskTracker::new();
+    let created_socket_files = listeners.created_socket_files.clone();
+    for listener in listeners.listeners {
+        listener_tasks.spawn(crate::listeners::serve(
+            listener,
+            switch.service(),
+            listener_shutdown.child_token(),
+        ));
+    }
+    listener_tasks.close();
+
+    // Why the loop ended; `Interrupted` skips the graceful stop.
+    enum Exit {
+        Stop,
+        Failed(String),
+        Interrupted,
+    }
+    let exit = loop {
+        tokio::select! {
+            _ = signals.terminate.recv() => { info!("Received SIGTERM; stopping."); break Exit::Stop; }
+            _ = signals.interrupt.recv() => { info!("Received SIGINT; stopping."); break Exit::Stop; }
+            () = generation.failed.cancelled() => break Exit::Failed(generation.failure()),
+            _ = signals.hangup.recv() => {
+                let path = options.explicit_config.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH));
+                info!("Reloading configuration from {}", path.display());
+                let Some((new_config, pieces)) = reload(&options, &config).await else { continue };
+                info!("Restarting server components");
+                if !generation.stop(&mut signals).await {
+                    break Exit::Interrupted;
+                }
+                generation = Generation::start(&new_config, pieces, &availability, &ready_sent);
+                switch.replace(generation.router.clone());
+                config = new_config;
+            }
+            _ = signals.user1.recv() => generation.dump(),
+        }
+    };
+
+    notify_systemd(&[sd_notify::NotifyState::Stopping]);
+    let stopped = match exit {
+        Exit::Interrupted => false,
+        Exit::Stop | Exit::Failed(_) => generation.stop(&mut signals).await,
+    };
+    availability.set(false);
+    listener_shutdown.cancel();
+    if stopped
+        && tokio::time::timeout(LISTENER_GRACE, listener_tasks.wait())
+            .await
+            .is_err()
+    {
+        warn!(grace = ?LISTENER_GRACE, "API connections still open; closing them.");
+    }
+    for path in &created_socket_files {
+        if let Err(error) = std::fs::remove_file(path) {
+            debug!(%error, path = %path.display(), "Removing the API socket file failed.");
+        }
+    }
+    if let Exit::Failed(failure) = exit {
+        anyhow::bail!(failure);
+    }
+    if !stopped {
+        anyhow::bail!("a second signal cut the graceful stop short");
+    }
+    info!("fleetd stopped.");
+    Ok(())
+}
+
+/// Loads the config again; `None` (after logging why) keeps the old one.
+async fn reload(options: &ServerOptions, old: &Config) -> Option<(Config, Pieces)> {
+    let loaded = match Config::load(options.explicit_config.as_deref(), &options.env) {
+        Ok(loaded) => loaded,
+        Err(error) => {
+            error!("Failed to reload the configuration, keeping the old one: {error}");
+            return None;
+        }
+    };
+    for notice in &loaded.notices {
+        warn!("{notice}");
+    }
+    if loaded.config.api_listen != old.api_listen {
+        warn!(
+            "The API listeners cannot change on reload (they are kept); restart fleetd to apply api_listen."
+        );
+    }
+    match Pieces::prepare(&loaded.config).await {
+        Ok(pieces) => Some((loaded.config, pieces)),
+        Err(error) => {
+            error!("Failed to reload the configuration, keeping the old one: {error:#}");
+            None
+        }
+    }
+}
+
+/// What a generation needs that can fail, built before an old generation
+/// is stopped so a bad reload leaves the old one running.
+struct Pieces {
+    machine: MachineId,
+    registry: Registry,
+}
+
+impl Pieces {
+    async fn prepare(config: &Config) -> anyhow::Result<Pieces> {
+        let machine = read_machine_id(&config.machine_id_file)?;
+        let registry = Registry::connect(&config.registry())
+            .await
+            .context("setting up the etcd client")?;
+        Ok(Pieces { machine, registry })
+    }
+}
+
+/// The components built from one config.
+struct Generation {
+    machine: MachineId,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+    /// Cancelled when a component fails for good; `failure` says why.
+    failed: CancellationToken,
+    failure: Arc<Mutex<Option<String>>>,
+    presence: Presence,
+    router: axum::Router,
+    engine_enabled: bool,
+    agent_enabled: bool,
+}
+
+impl Generation {
+    fn start(
+        config: &Config,
+        pieces: Pieces,
+        availability: &Availability,
+        ready_sent: &Arc<AtomicBool>,
+    ) -> Generation {
+        let Pieces { machine, registry } = pieces;
+        let shutdown = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        let failed = CancellationToken::new();
+        let failure = Arc::new(Mutex::new(None));
+
+        let (heart, presence) = Heart::new(
+            HeartConfig::for_ttl(config.agent_ttl),
+            registry.clone(),
+            LocalMachine::from_config(config),
+        );
+        let spawn =
+            |name: &'static str,
+             task: std::pin::Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>| {
+                let failed = failed.clone();
+                let failure = Arc::clone(&failure);
+                let span = info_span!("component", name, machine = %machine);
+                tasks.spawn(
+                    async move {
+                        if let Err(error) = task.await {
+                            let message = format!("{name} failed: {error:#}");
+                            error!("{message}");
+                            failure
+                                .lock()
+                                .unwrap_or_else(PoisonError::into_inner)
+                                .get_or_insert(message);
+                            failed.cancel();
+                        }
+                    }
+                    .instrument(span),
+                );
+            };
+        spawn("heart", Box::pin(heart.run(shutdown.child_token())));
+        tasks.spawn(track_availability(
+            presence.clone(),
+            availability.clone(),
+            Arc::clone(ready_sent),
+            shutdown.child_token(),
+        ));
+        if config.disable_engine {
+            info!("The engine is disabled on this machine (disable_engine).");
+        } else {
+            let engine = Engine::new(config.engine(), registry.clone(), machine.clone());
+            spawn("engine", Box::pin(engine.run(shutdown.child_token())));
+        }
+        if config.disable_agent {
+            info!("The agent is disabled on this machine (disable_agent).");
+        } else {
+            let agent = Agent::new(
+                config.agent(),
+                registry.clone(),
+                machine.clone(),
+                presence.clone(),
+            );
+            spawn("agent", Box::pin(agent.run(shutdown.child_token())));
+        }
+        tasks.close();
+
+        let router = fleet_api::server::router(ApiState {
+            registry,
+            token_limit: config.token_limit,
+            version: VERSION.to_owned(),
+            available: availability.clone(),
+        });
+        Generation {
+            machine,
+            shutdown,
+            tasks,
+            failed,
+            failure,
+            presence,
+            router,
+            engine_enabled: !config.disable_engine,
+            agent_enabled: !config.disable_agent,
+        }
+    }
+
+    fn failure(&self) -> String {
+        self.failure
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+            .unwrap_or_else(|| "a component failed".to_owned())
+    }
+
+    /// Stops every component and waits for them (up to [`STOP_GRACE`]).
+    /// Returns `false` if a second SIGTERM/SIGINT cut the wait short.
+    async fn stop(&self, signals: &mut Signals) -> bool {
+        self.shutdown.cancel();
+        tokio::select! {
+            () = self.tasks.wait() => { debug!("All components stopped."); true }
+            () = tokio::time::sleep(STOP_GRACE) => {
+                warn!(grace = ?STOP_GRACE, "Components still running after the grace period; going on without them.");
+                true
+            }
+            _ = signals.terminate.recv() => { warn!("Second signal; exiting now."); false }
+            _ = signals.interrupt.recv() => { warn!("Second signal; exiting now."); false }
+        }
+    }
+
+    /// SIGUSR1: what this fleetd is doing, at INFO.
+    fn dump(&self) {
+        info!(
+            machine = %self.machine,
+            lease = ?*self.presence.borrow(),
+            engine = self.engine_enabled,
+            agent = self.agent_enabled,
+            components_running = self.tasks.len(),
+            "State dump."
+        );
+    }
+}
+
+/// Turns presence into API availability (503 while unregistered) and tells
+/// systemd READY=1 the first time this machine is registered, or after
+/// [`READY_FALLBACK`] without registration (etcd down at boot), so systemd's
+/// start timeout never kills a fleetd that is only waiting for etcd.
+async fn track_availability(
+    mut presence: Presence,
+    availability: Availability,
+    ready_sent: Arc<AtomicBool>,
+    shutdown: CancellationToken,
+) {
+    let ready_deadline = tokio::time::Instant::now() + READY_FALLBACK;
+    loop {
+        let lease = *presence.borrow_and_update();
+        availability.set(lease.is_some());
+        if lease.is_some() {
+            notify_systemd(&[sd_notify::NotifyState::Status("Registered in etcd")]);
+            if !ready_sent.swap(true, Ordering::AcqRel) {
+                notify_systemd(&[sd_notify::NotifyState::Ready]);
+            }
+        } else {
+            notify_systemd(&[sd_notify::NotifyState::Status(
+                "Not registered in etcd; retrying",
+            )]);
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => break,
+            changed = presence.changed() => if changed.is_err() { break },
+            () = tokio::time::sleep_until(ready_deadline), if !ready_sent.load(Ordering::Acquire) => {
+                if !ready_sent.swap(true, Ordering::AcqRel) {
+                    warn!(after = ?READY_FALLBACK, "Not registered in etcd yet; telling systemd we are ready anyway (the API answers 503).");
+                    notify_systemd(&[sd_notify::NotifyState::Ready]);
+                }
+            }
+        }
+    }
+    availability.set(false);
+}
+
+fn notify_systemd(states: &[sd_notify::NotifyState<'_>]) {
+    // Without NOTIFY_SOCKET this does nothing; a failure only matters to Type=notify.
+    if let Err(error) = sd_notify::notify(states) {
+        warn!(%error, "Notifying systemd failed.");
+    }
+}
+
+/// The signals fleetd handles, registered once for the whole run.
+struct Signals {
+    terminate: tokio::signal::unix::Signal,
+    interrupt: tokio::signal::unix::Signal,
+    hangup: tokio::signal::unix::Signal,
+    user1: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> anyhow::Result<Signals> {
+        let register =
+            |kind: SignalKind, name: &str| signal(kind).with_context(|| format!("handling {name}"));
+        Ok(Signals {
+            terminate: register(SignalKind::terminate(), "SIGTERM")?,
+            interrupt: register(SignalKind::interrupt(), "SIGINT")?,
+            hangup: register(SignalKind::hangup(), "SIGHUP")?,
+            user1: register(SignalKind::user_defined1(), "SIGUSR1")?,
+        })
+    }
+}

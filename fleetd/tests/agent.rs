@@ -1,0 +1,433 @@
+//! The agent against a real etcd and a real systemd (owned by the agent's
+//! author): a `systemd-nspawn` host booted by `functional_tests::Cluster`,
+//! the agent running in this process and talking to the host's bus.
+//!
+//! The agent writes unit files where it runs (here, outside the host) and
+//! hands the same paths to systemd (inside the host). To make one path name
+//! the same file on both sides, the units directory is the host's own
+//! `/var/lib/fleet-agent-test/units` seen from outside (through the host's
+//! root overlay), and inside the host that outside path is a symlink to it.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+use fleet_registry::testing::Etcd;
+use fleet_registry::{MachineId, Placement, Registry, ScheduleChange, TargetState, UnitState};
+use fleet_systemd::dbus::Manager;
+use fleet_systemd::unit::{UnitFile, UnitName};
+use fleetd::agent::Agent;
+use fleetd::config::AgentConfig;
+use functional_tests::{Cluster, STATE_DIR};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// How long the agent may take to bring a unit where it is asked.
+const DEADLINE: Duration = Duration::from_secs(30);
+/// The units directory inside the host.
+const INSIDE_DIR: &str = "/var/lib/fleet-agent-test/units";
+
+/// Polls `check` every 100 ms until it returns `Some`, or panics after `DEADLINE`.
+async fn wait_for<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "timed out after {DEADLINE:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+struct Fixture {
+    registry: Registry,
+    machine: MachineId,
+    leadership: fleet_registry::Leadership,
+    units_dir: PathBuf,
+    bus: String,
+    systemd: Manager,
+}
+
+impl Fixture {
+    fn config(&self, stop_units_on_shutdown: bool) -> AgentConfig {
+        AgentConfig {
+            units_directory: self.units_dir.clone(),
+            bus_address: Some(self.bus.clone()),
+            agent_ttl: Duration::from_secs(10),
+            stop_units_on_shutdown,
+        }
+    }
+
+    /// Starts an agent with a fresh lease; returns its lease, its stop token and its task.
+    async fn start_agent(
+        &self,
+        stop_units_on_shutdown: bool,
+    ) -> (i64, CancellationToken, JoinHandle<anyhow::Result<()>>) {
+        let lease = self
+            .registry
+            .grant_lease(Duration::from_secs(30))
+            .await
+            .expect("granting a lease");
+        let (_sender, presence) = watch::channel(Some(lease));
+        // The sender may go: the receiver keeps the last value.
+        let agent = Agent::new(
+            self.config(stop_units_on_shutdown),
+            self.registry.clone(),
+            self.machine.clone(),
+            presence,
+        );
+        let token = CancellationToken::new();
+        let task = tokio::spawn(agent.run(token.clone()));
+        (lease, token, task)
+    }
+
+    async fn submit(&self, name: &str, text: &str, target: TargetState) -> (UnitName, UnitFile) {
+        let unit = UnitName::from_str(name).expect("unit name");
+        let file = UnitFile::parse(text).expect("unit text");
+        self.registry
+            .create_unit(&unit, &file, target)
+            .await
+            .expect("create unit");
+        self.place(&unit, &file, target).await;
+        (unit, file)
+    }
+
+    async fn place(&self, unit: &UnitName, file: &UnitFile, target: TargetState) {
+        let placement = Placement {
+            unit: unit.clone(),
+            machine: self.machine.clone(),
+            hash: file.hash(),
+            target_state: target,
+        };
+        self.registry
+            .commit_schedule(&self.leadership, &[ScheduleChange::Place(placement)])
+            .await
+            .expect("placing the unit");
+    }
+
+    async fn unplace(&self, unit: &UnitName) {
+        let change = ScheduleChange::Unplace {
+            unit: unit.clone(),
+            machine: self.machine.clone(),
+        };
+        self.registry
+            .commit_schedule(&self.leadership, &[change])
+            .await
+            .expect("unplacing the unit");
+    }
+
+    /// Waits until our machine's state of `unit` satisfies `matches`.
+    async fn wait_state(
+        &self,
+        unit: &UnitName,
+        what: &str,
+        matches: impl Fn(&UnitState) -> bool,
+    ) -> UnitState {
+        wait_for(what, || async {
+            let states = self.registry.states_of_unit(unit).await.ok()?;
+            states
+                .into_iter()
+                .find(|s| s.machine == self.machine && matches(s))
+        })
+        .await
+    }
+
+    async fn wait_no_state(&self, unit: &UnitName) {
+        wait_for("the unit's state to be deleted", || async {
+            let states = self.registry.states_of_unit(unit).await.ok()?;
+            states
+                .iter()
+                .all(|s| s.machine != self.machine)
+                .then_some(())
+        })
+        .await;
+    }
+
+    async fn active(&self, unit: &UnitName) -> (String, String) {
+        let rows = self
+            .systemd
+            .list_units_by_names(&[unit.to_string()])
+            .await
+            .expect("ListUnitsByNames");
+        let row = rows.into_iter().next().expect("one row");
+        (row.active_state, row.sub_state)
+    }
+}
+
+fn running(state: &UnitState) -> bool {
+    state.active_state == "active"
+        && state.sub_state == "running"
+        && state.reached == TargetState::Launched
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agent_drives_a_real_systemd() {
+    let cluster = tokio::task::spawn_blocking(|| Cluster::start(1))
+        .await
+        .expect("the harness thread")
+        .expect("booting a test host (run scripts/setup.sh as root first)");
+    let etcd = Etcd::start().await;
+    let registry = Registry::connect(&etcd.config("/agent-test/"))
+        .await
+        .expect("connecting to etcd");
+    let machine = MachineId::from_str("agent-test-machine").expect("machine id");
+    let engine_lease = registry
+        .grant_lease(Duration::from_secs(60))
+        .await
+        .expect("engine lease");
+    let leadership = registry
+        .campaign(&machine, engine_lease)
+        .await
+        .expect("campaign")
+        .expect("we lead");
+
+    // One path, one file, on both sides (see the module doc).
+    let root = PathBuf::from(format!("{STATE_DIR}/hosts/h1/root"));
+    let units_dir = root.join(INSIDE_DIR.trim_start_matches('/'));
+    let link = units_dir.display().to_string();
+    let parent = Path::new(&link)
+        .parent()
+        .expect("a parent")
+        .display()
+        .to_string();
+    cluster
+        .exec_ok(
+            "h1",
+            &[
+                "sh",
+                "-c",
+                &format!("mkdir -p {INSIDE_DIR} {parent} && ln -sfn {INSIDE_DIR} {link}"),
+            ],
+        )
+        .expect("linking the units dir inside the host");
+    let bus = cluster.bus("h1").expect("bus address");
+    let systemd = Manager::connect(Some(&bus))
+        .await
+        .expect("the host's systemd");
+    let fx = Fixture {
+        registry,
+        machine,
+        leadership,
+        units_dir,
+        bus,
+        systemd,
+    };
+
+    // --- a launched unit runs, its state is published under the lease ---
+    let (lease, token, agent) = fx.start_agent(false).await;
+    let (hello, hello_file) = fx
+        .submit(
+            "hello.service",
+            "[Service]\nExecStart=/usr/bin/sleep 3000\n\n[Install]\nWantedBy=multi-user.target\n",
+            TargetState::Launched,
+        )
+        .await;
+    let state = fx
+        .wait_state(&hello, "hello.service active/running", running)
+        .await;
+    assert_eq!(state.hash, hello_file.hash());
+    assert_eq!(state.load_state, "loaded");
+    let file = fx.units_dir.join("hello.service");
+    let mode = std::fs::metadata(&file)
+        .expect("the unit file")
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o644);
+    assert_eq!(
+        std::fs::read_to_string(&file).expect("unit file"),
+        hello_file.serialize()
+    );
+    // [Install]: enabled at runtime (spec 3.8).
+    let wants = "/run/systemd/system/multi-user.target.wants/hello.service";
+    cluster
+        .exec_ok("h1", &["test", "-L", wants])
+        .expect("hello.service is enabled (runtime)");
+    let started = fx
+        .systemd
+        .unit_properties("hello.service")
+        .await
+        .expect("properties")
+        .exec_main_start_timestamp;
+
+    // --- a failing unit does not stop the others; its failure is its state ---
+    let (broken, _) = fx
+        .submit(
+            "broken.service",
+            "[Service]\nExecStart=/usr/bin/sleep 3000\n\n[Install]\nX-Nothing=1\n",
+            TargetState::Launched,
+        )
+        .await;
+    let (other, _) = fx
+        .submit(
+            "other.service",
+            "[Service]\nExecStart=/usr/bin/sleep 3001\n",
+            TargetState::Launched,
+        )
+        .await;
+    fx.wait_state(
+        &other,
+        "other.service running next to a broken unit",
+        running,
+    )
+    .await;
+    let state = fx
+        .wait_state(&broken, "broken.service reported as failed to load", |s| {
+            s.load_state == "error"
+        })
+        .await;
+    assert_ne!(state.reached, TargetState::Launched, "{state:?}");
+    fx.unplace(&broken).await;
+    fx.wait_no_state(&broken).await;
+    assert!(
+        !fx.units_dir.join("broken.service").exists(),
+        "a unit that failed to load leaves no file"
+    );
+
+    // --- new content: the unit is replaced and runs the new text ---
+    let (_, replaced) = fx
+        .submit(
+            "other.service",
+            "[Service]\nExecStart=/usr/bin/sleep 3002\n",
+            TargetState::Launched,
+        )
+        .await;
+    fx.wait_state(&other, "other.service replaced", |s| {
+        running(s) && s.hash == replaced.hash()
+    })
+    .await;
+    let on_disk =
+        std::fs::read_to_string(fx.units_dir.join("other.service")).expect("other.service's file");
+    assert!(on_disk.contains("sleep 3002"), "{on_disk}");
+
+    // --- restart: the running unit is adopted, not restarted ---
+    token.cancel();
+    agent
+        .await
+        .expect("agent task")
+        .expect("the agent stops cleanly");
+    assert_eq!(
+        fx.active(&hello).await,
+        ("active".to_owned(), "running".to_owned()),
+        "units keep running"
+    );
+    // What the heart does on shutdown: the states go with the lease.
+    fx.registry
+        .revoke_lease(lease)
+        .await
+        .expect("revoking the lease");
+    fx.wait_no_state(&hello).await;
+    let (lease, token, agent) = fx.start_agent(false).await;
+    // A new lease: the new agent publishes everything again.
+    fx.wait_state(&hello, "hello.service adopted", running)
+        .await;
+    let again = fx
+        .systemd
+        .unit_properties("hello.service")
+        .await
+        .expect("properties")
+        .exec_main_start_timestamp;
+    assert_eq!(again, started, "hello.service was not restarted");
+
+    // --- target loaded: stopped; unplaced: unloaded, state and file gone ---
+    fx.place(&hello, &hello_file, TargetState::Loaded).await;
+    fx.wait_state(&hello, "hello.service stopped", |s| {
+        s.reached == TargetState::Loaded && s.active_state == "inactive"
+    })
+    .await;
+    fx.unplace(&hello).await;
+    fx.wait_no_state(&hello).await;
+    wait_for("hello.service's file to be removed", || async {
+        (!file.exists()).then_some(())
+    })
+    .await;
+    let still_enabled = cluster
+        .exec("h1", &["test", "-L", wants])
+        .expect("test in the host");
+    assert!(
+        !still_enabled.status.success(),
+        "unloading disabled hello.service"
+    );
+    token.cancel();
+    agent
+        .await
+        .expect("agent task")
+        .expect("the agent stops cleanly");
+    assert_eq!(
+        fx.active(&other).await.0,
+        "active",
+        "other.service keeps running after the agent stops"
+    );
+    fx.registry
+        .revoke_lease(lease)
+        .await
+        .expect("revoking the lease");
+    fx.wait_no_state(&other).await;
+
+    // --- stop_units_on_shutdown: everything stopped and unloaded, in bounded time ---
+    let (_lease, token, agent) = fx.start_agent(true).await;
+    fx.wait_state(&other, "other.service adopted", running)
+        .await;
+    token.cancel();
+    tokio::time::timeout(Duration::from_secs(40), agent)
+        .await
+        .expect("the agent stops within its shutdown deadline")
+        .expect("agent task")
+        .expect("the agent stops cleanly");
+    assert!(
+        !fx.units_dir.join("other.service").exists(),
+        "other.service's file is removed"
+    );
+    let (active, _) = fx.active(&other).await;
+    assert_ne!(active, "active", "other.service is stopped");
+
+    drop(fx);
+    drop(etcd);
+    tokio::task::spawn_blocking(move || drop(cluster))
+        .await
+        .expect("cleanup thread");
+}
+
+/// With systemd unreachable the agent keeps retrying (it does not fail), and
+/// it still stops at once when asked.
+#[tokio::test]
+async fn agent_waits_for_an_unreachable_systemd() {
+    let etcd = Etcd::start().await;
+    let registry = Registry::connect(&etcd.config("/agent-nobus/"))
+        .await
+        .expect("connecting to etcd");
+    let units = tempfile::tempdir().expect("a temporary units dir");
+    let config = AgentConfig {
+        units_directory: units.path().join("units"),
+        bus_address: Some(format!("unix:path={}/no-bus", units.path().display())),
+        agent_ttl: Duration::from_secs(10),
+        stop_units_on_shutdown: true,
+    };
+    let (_sender, presence) = watch::channel(None);
+    let machine = MachineId::from_str("agent-nobus").expect("machine id");
+    let token = CancellationToken::new();
+    let mut agent =
+        tokio::spawn(Agent::new(config, registry, machine, presence).run(token.clone()));
+    // It must still be retrying after a few attempts (1 s backoff ceiling at first).
+    let early = tokio::time::timeout(Duration::from_secs(2), &mut agent).await;
+    assert!(early.is_err(), "the agent ended without systemd: {early:?}");
+    assert!(
+        units.path().join("units").is_dir(),
+        "the units directory is created"
+    );
+    token.cancel();
+    tokio::time::timeout(Duration::from_secs(5), agent)
+        .await
+        .expect("the agent stops promptly")
+        .expect("agent task")
+        .expect("the agent stops cleanly");
+}

@@ -1,0 +1,11 @@
+//! fleetd's integration tests, one binary (style.md 10): the heart against a
+//! real etcd, and the real `fleetd` binary with its API listeners.
+//!
+//! - `util`: waiting on conditions, machine-id files, raw HTTP requests.
+//! - `heart`: presence: registration, duplicates, lease loss, etcd restarts.
+//! - `daemon`: the `fleetd` binary: 503 without etcd, the API on unix and
+//!   TCP sockets, config errors, SIGTERM.
+
+mod daemon;
+mod heart;
+mod util;

@@ -1,0 +1,462 @@
+//! A real etcd for tests (feature `testing`): free loopback ports, a temporary
+//! data dir, killed on drop.
+//!
+//! ```no_run
+//! # async fn example() {
+//! use fleet_registry::{Registry, testing::Etcd};
+//! let etcd = Etcd::start().await;
+//! let registry = Registry::connect(&etcd.config("/test-1/")).await.unwrap();
+//! # }
+//! ```
+//!
+//! There is no fake registry: code that talks to etcd is tested against etcd.
+//! [`Etcd::stop`] and [`Etcd::restart`] keep the data dir and the ports, so a
+//! test can check that a client recovers when etcd comes back.
+
+use std::fs::File;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::store::{Registry, RegistryConfig, RegistryError, Revision};
+
+/// How long etcd may take to become healthy (a cold start on a loaded
+/// 2-core machine takes a few seconds).
+const START_DEADLINE: Duration = Duration::from_secs(30);
+
+/// The request timeout of [`Etcd::config`].
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A running etcd, owned by a test. Killed (and its data dir removed) on drop.
+#[derive(Debug)]
+pub struct Etcd {
+    process: Option<Child>,
+    data_dir: tempfile::TempDir,
+    client_port: u16,
+    peer_port: u16,
+    /// Serves `/health` over plain HTTP, also when the client port is TLS.
+    metrics_port: u16,
+    tls: Option<TlsFiles>,
+}
+
+/// The certificates of an etcd started with [`Etcd::start_tls`].
+#[derive(Clone, Debug)]
+pub struct TlsFiles {
+    /// The CA that signed the server and the client certificate.
+    pub ca_file: PathBuf,
+    pub server_cert_file: PathBuf,
+    pub server_key_file: PathBuf,
+    /// A client certificate etcd accepts (`--client-cert-auth`).
+    pub client_cert_file: PathBuf,
+    pub client_key_file: PathBuf,
+}
+
+/// A port nobody listens on now (the OS picks it; we release it for etcd).
+fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("binding 127.0.0.1:0 for a free port");
+    listener
+        .local_addr()
+        .expect("a bound socket has an address")
+        .port()
+}
+
+/// A temporary dir on tmpfs when there is one: etcd fsyncs every write, and on
+/// a shared disk that makes tests slow.
+fn temp_dir() -> tempfile::TempDir {
+    let shm = Path::new("/dev/shm");
+    if shm.is_dir()
+        && let Ok(dir) = tempfile::Builder::new()
+            .prefix("fleet-etcd-")
+            .tempdir_in(shm)
+    {
+        return dir;
+    }
+    tempfile::Builder::new()
+        .prefix("fleet-etcd-")
+        .tempdir()
+        .expect("creating a temporary dir for etcd")
+}
+
+impl Etcd {
+    /// Starts etcd and waits until it is healthy.
+    ///
+    /// # Panics
+    /// When the `etcd` binary is missing ("etcd not found: run
+    /// scripts/setup.sh (Debian package etcd-server)"), or etcd is not healthy
+    /// within 30 s (the message includes its log).
+    pub async fn start() -> Etcd {
+        let mut etcd = Etcd::unstarted();
+        etcd.spawn().await;
+        etcd
+    }
+
+    /// Starts etcd serving clients over TLS only, requiring a client
+    /// certificate signed by a fresh test CA (made with the `openssl` CLI).
+    /// [`Etcd::config`] then carries the CA and a client certificate.
+    ///
+    /// # Panics
+    /// As [`Etcd::start`], and when `openssl` is missing or fails.
+    pub async fn start_tls() -> Etcd {
+        let mut etcd = Etcd::unstarted();
+        etcd.tls = Some(make_certificates(etcd.data_dir.path()));
+        etcd.spawn().await;
+        etcd
+    }
+
+    fn unstarted() -> Etcd {
+        Etcd {
+            process: None,
+            data_dir: temp_dir(),
+            client_port: free_port(),
+            peer_port: free_port(),
+            metrics_port: free_port(),
+            tls: None,
+        }
+    }
+
+    /// `http://127.0.0.1:<port>` (`https://` for [`Etcd::start_tls`]).
+    pub fn endpoint(&self) -> String {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.client_port)
+    }
+
+    /// The certificates of a TLS etcd.
+    pub fn tls_files(&self) -> Option<&TlsFiles> {
+        self.tls.as_ref()
+    }
+
+    /// A registry config for this etcd under `prefix` (unique per test),
+    /// with a 2 s request timeout.
+    pub fn config(&self, prefix: &str) -> RegistryConfig {
+        RegistryConfig {
+            endpoints: vec![self.endpoint()],
+            key_prefix: prefix.to_owned(),
+            request_timeout: REQUEST_TIMEOUT,
+            username: None,
+            password: None,
+            ca_file: self
+                .tls
+                .as_ref()
+                .map(|tls| tls.ca_file.display().to_string()),
+            cert_file: self
+                .tls
+                .as_ref()
+                .map(|tls| tls.client_cert_file.display().to_string()),
+            key_file: self
+                .tls
+                .as_ref()
+                .map(|tls| tls.client_key_file.display().to_string()),
+        }
+    }
+
+    /// etcd's log (stdout and stderr of every run), for failure messages.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// Kills etcd, keeping its data dir and ports for [`Etcd::restart`].
+    pub fn stop(&mut self) {
+        if let Some(mut process) = self.process.take() {
+            // Already exited is fine: we only want it gone.
+            let _ = process.kill();
+            let _ = process.wait();
+        }
+    }
+
+    /// Starts etcd again on the same ports with the same data, and waits until
+    /// it is healthy.
+    pub async fn restart(&mut self) {
+        self.stop();
+        self.spawn().await;
+    }
+
+    fn data_path(&self) -> PathBuf {
+        self.data_dir.path().join("data")
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.data_dir.path().join("etcd.log")
+    }
+
+    async fn spawn(&mut self) {
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .expect("creating etcd's log file in its temporary dir");
+        let log_err = log.try_clone().expect("duplicating etcd's log file handle");
+        let client_url = self.endpoint();
+        let peer_url = format!("http://127.0.0.1:{}", self.peer_port);
+        let mut command = Command::new("etcd");
+        if let Some(tls) = &self.tls {
+            command
+                .arg(format!("--cert-file={}", tls.server_cert_file.display()))
+                .arg(format!("--key-file={}", tls.server_key_file.display()))
+                .arg(format!("--trusted-ca-file={}", tls.ca_file.display()))
+                .arg("--client-cert-auth=true");
+        }
+        let spawned = command
+            .arg("--name=fleet-test")
+            .arg(format!("--data-dir={}", self.data_path().display()))
+            .arg(format!("--listen-client-urls={client_url}"))
+            .arg(format!("--advertise-client-urls={client_url}"))
+            .arg(format!("--listen-peer-urls={peer_url}"))
+            .arg(format!("--initial-advertise-peer-urls={peer_url}"))
+            .arg(format!("--initial-cluster=fleet-test={peer_url}"))
+            .arg("--initial-cluster-state=new")
+            .arg(format!(
+                "--listen-metrics-urls=http://127.0.0.1:{}",
+                self.metrics_port
+            ))
+            .arg("--logger=zap")
+            .arg("--log-outputs=stderr")
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log_err)
+            .spawn();
+        let process = match spawned {
+            Ok(process) => process,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                panic!("etcd not found: run scripts/setup.sh (Debian package etcd-server)")
+            }
+            Err(error) => panic!("cannot start etcd: {error}"),
+        };
+        self.process = Some(process);
+        self.wait_healthy().await;
+    }
+
+    async fn wait_healthy(&mut self) {
+        let address = SocketAddr::from(([127, 0, 0, 1], self.metrics_port));
+        let deadline = Instant::now() + START_DEADLINE;
+        loop {
+            if let Some(process) = self.process.as_mut()
+                && let Ok(Some(status)) = process.try_wait()
+            {
+                panic!(
+                    "etcd exited with {status} before it was healthy; its log:\n{}",
+                    self.log()
+                );
+            }
+            if healthy(address).await {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "etcd was not healthy within {START_DEADLINE:?}; its log:\n{}",
+                    self.log()
+                );
+            }
+            // Polling a local port; there is no event to wait on.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Whether etcd's `/health` answers `"health":"true"`.
+async fn healthy(address: SocketAddr) -> bool {
+    let check = async {
+        let mut stream = tokio::net::TcpStream::connect(address).await.ok()?;
+        stream
+            .write_all(b"GET /health HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+            .await
+            .ok()?;
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).await.ok()?;
+        let response = String::from_utf8_lossy(&response);
+        Some(response.contains("\"health\":\"true\""))
+    };
+    matches!(
+        tokio::time::timeout(Duration::from_secs(2), check).await,
+        Ok(Some(true))
+    )
+}
+
+/// Runs `openssl` with `args` in `dir`, panicking with its output on failure.
+fn openssl(dir: &Path, args: &[&str]) {
+    let output = match Command::new("openssl").args(args).current_dir(dir).output() {
+        Ok(output) => output,
+        Err(error) => panic!("cannot run openssl (Debian package openssl): {error}"),
+    };
+    assert!(
+        output.status.success(),
+        "openssl {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// A CA, a server certificate for 127.0.0.1 and a client certificate, all
+/// P-256 keys (fast to make), valid for a day.
+fn make_certificates(dir: &Path) -> TlsFiles {
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let mut ca = vec![
+        "req",
+        "-x509",
+        "-days",
+        "1",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-subj",
+        "/CN=fleet test CA",
+    ];
+    ca.extend(ec);
+    ca.extend([
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign",
+    ]);
+    openssl(dir, &ca);
+    for (name, usage, alt) in [
+        ("server", "serverAuth", "IP:127.0.0.1"),
+        ("client", "clientAuth", "DNS:fleet-test-client"),
+    ] {
+        let (key, csr, cert, ext) = (
+            format!("{name}.key"),
+            format!("{name}.csr"),
+            format!("{name}.pem"),
+            format!("{name}.ext"),
+        );
+        let extensions = format!(
+            "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage={usage}\nsubjectAltName={alt}\n"
+        );
+        std::fs::write(dir.join(&ext), extensions).expect("writing an openssl extension file");
+        let mut request = vec![
+            "req",
+            "-keyout",
+            key.as_str(),
+            "-out",
+            csr.as_str(),
+            "-subj",
+        ];
+        let subject = format!("/CN=fleet test {name}");
+        request.push(&subject);
+        request.extend(ec);
+        openssl(dir, &request);
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-days",
+                "1",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                &cert,
+                "-extfile",
+                &ext,
+            ],
+        );
+    }
+    TlsFiles {
+        ca_file: dir.join("ca.pem"),
+        server_cert_file: dir.join("server.pem"),
+        server_key_file: dir.join("server.key"),
+        client_cert_file: dir.join("client.pem"),
+        client_key_file: dir.join("client.key"),
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Compacts etcd's history up to `revision`, so tests can check how watchers
+/// handle [`RegistryError::Compacted`].
+///
+/// # Errors
+/// Whatever etcd says (e.g. a revision in the future).
+pub async fn compact(registry: &Registry, revision: Revision) -> Result<(), RegistryError> {
+    const OP: &str = "compact";
+    let mut kv = registry.clients(OP).await?.kv.clone();
+    let options = etcd_client::CompactionOptions::new().with_physical();
+    registry
+        .deadline(OP, async move { kv.compact(revision, Some(options)).await })
+        .await?;
+    Ok(())
+}
+
+/// The number of keys under the registry's prefix (tests check that nothing
+/// is left behind).
+///
+/// # Errors
+/// Transport errors and timeouts.
+pub async fn count_keys(registry: &Registry) -> Result<i64, RegistryError> {
+    const OP: &str = "count keys";
+    let mut kv = registry.clients(OP).await?.kv.clone();
+    let prefix = registry.keys().prefix().to_owned();
+    let options = etcd_client::GetOptions::new()
+        .with_prefix()
+        .with_count_only();
+    let response = registry
+        .deadline(OP, async move { kv.get(prefix, Some(options)).await })
+        .await?;
+    Ok(response.count())
+}
+
+/// Every key under the registry's prefix, for assertion messages.
+///
+/// # Errors
+/// Transport errors and timeouts.
+pub async fn list_keys(registry: &Registry) -> Result<Vec<String>, RegistryError> {
+    const OP: &str = "list keys";
+    let mut kv = registry.clients(OP).await?.kv.clone();
+    let prefix = registry.keys().prefix().to_owned();
+    let options = etcd_client::GetOptions::new()
+        .with_prefix()
+        .with_keys_only();
+    let response = registry
+        .deadline(OP, async move { kv.get(prefix, Some(options)).await })
+        .await?;
+    Ok(response
+        .kvs()
+        .iter()
+        .map(|kv| String::from_utf8_lossy(kv.key()).into_owned())
+        .collect())
+}
+
+/// Writes a raw value behind the registry's back (to plant corrupt records).
+///
+/// # Errors
+/// Transport errors and timeouts.
+pub async fn put_raw(registry: &Registry, key: &str, value: &[u8]) -> Result<(), RegistryError> {
+    const OP: &str = "put raw";
+    let mut kv = registry.clients(OP).await?.kv.clone();
+    let (key, value) = (key.to_owned(), value.to_vec());
+    registry
+        .deadline(OP, async move { kv.put(key, value, None).await })
+        .await?;
+    Ok(())
+}
+
+/// Deletes a raw key behind the registry's back.
+///
+/// # Errors
+/// Transport errors and timeouts.
+pub async fn delete_raw(registry: &Registry, key: &str) -> Result<(), RegistryError> {
+    const OP: &str = "delete raw";
+    let mut kv = registry.clients(OP).await?.kv.clone();
+    let key = key.to_owned();
+    registry
+        .deadline(OP, async move { kv.delete(key, None).await })
+        .await?;
+    Ok(())
+}

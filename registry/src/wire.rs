@@ -1,0 +1,282 @@
+//! The JSON values stored in etcd, and their conversion to and from the model.
+//!
+//! These serde types are a compatibility promise with every fleetd of the
+//! cluster (and with data already in etcd), so they are private, spelled out
+//! field by field, and converted by hand: renaming a model field never changes
+//! what is stored. Keys are not parsed here: the caller passes the names it
+//! took from the key (see [`crate::keys`]).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use fleet_systemd::unit::{UnitHash, UnitName};
+
+use crate::model::{MachineId, MachineState, Placement, TargetState, UnitState};
+
+/// `P/machines/<machine>`.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct MachineRecord {
+    id: String,
+    #[serde(rename = "publicIP", default)]
+    public_ip: String,
+    /// The configured metadata only; dynamic metadata lives under `P/metadata/`.
+    #[serde(default)]
+    metadata: BTreeMap<String, String>,
+    #[serde(default)]
+    version: String,
+    #[serde(default)]
+    disable_engine: bool,
+}
+
+/// `P/units/<unit>`.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct UnitRecord {
+    pub(crate) hash: String,
+    pub(crate) desired_state: String,
+}
+
+/// `P/schedule/<machine>/<unit>`.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ScheduleRecord {
+    hash: String,
+    target_state: String,
+}
+
+/// `P/states/<unit>/<machine>`.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct StateRecord {
+    hash: String,
+    load_state: String,
+    active_state: String,
+    sub_state: String,
+    reached: String,
+}
+
+/// Why a stored value could not be decoded (the caller adds the key).
+pub(crate) type DecodeResult<T> = Result<T, String>;
+
+fn to_json<T: Serialize>(value: &T) -> Vec<u8> {
+    // Serializing these plain structs of strings, bools and string maps cannot
+    // fail: serde_json only fails on non-string map keys or failing Serialize impls.
+    serde_json::to_vec(value).expect("wire records always serialize")
+}
+
+fn from_json<'a, T: Deserialize<'a>>(value: &'a [u8]) -> DecodeResult<T> {
+    serde_json::from_slice(value).map_err(|error| error.to_string())
+}
+
+fn parse_hash(hash: &str) -> DecodeResult<UnitHash> {
+    hash.parse::<UnitHash>().map_err(|error| error.to_string())
+}
+
+fn parse_state(state: &str) -> DecodeResult<TargetState> {
+    state
+        .parse::<TargetState>()
+        .map_err(|error| error.to_string())
+}
+
+pub(crate) fn encode_machine(machine: &MachineState) -> Vec<u8> {
+    to_json(&MachineRecord {
+        id: machine.id.to_string(),
+        public_ip: machine.public_ip.clone(),
+        metadata: machine.metadata.clone(),
+        version: machine.version.clone(),
+        disable_engine: machine.disable_engine,
+    })
+}
+
+/// Decodes a machine record of `machine` (the id from the key wins over the
+/// one in the value, which is informative only). Metadata is the configured one.
+pub(crate) fn decode_machine(machine: &MachineId, value: &[u8]) -> DecodeResult<MachineState> {
+    let record: MachineRecord = from_json(value)?;
+    if record.id != machine.as_str() {
+        return Err(format!("the record names machine {:?}", record.id));
+    }
+    Ok(MachineState {
+        id: machine.clone(),
+        public_ip: record.public_ip,
+        metadata: record.metadata,
+        version: record.version,
+        disable_engine: record.disable_engine,
+    })
+}
+
+pub(crate) fn encode_unit(hash: &UnitHash, desired_state: TargetState) -> Vec<u8> {
+    to_json(&UnitRecord {
+        hash: hash.to_string(),
+        desired_state: desired_state.as_str().to_owned(),
+    })
+}
+
+pub(crate) fn decode_unit(value: &[u8]) -> DecodeResult<(UnitHash, TargetState)> {
+    let record: UnitRecord = from_json(value)?;
+    Ok((
+        parse_hash(&record.hash)?,
+        parse_state(&record.desired_state)?,
+    ))
+}
+
+pub(crate) fn encode_placement(placement: &Placement) -> Vec<u8> {
+    to_json(&ScheduleRecord {
+        hash: placement.hash.to_string(),
+        target_state: placement.target_state.as_str().to_owned(),
+    })
+}
+
+pub(crate) fn decode_placement(
+    unit: UnitName,
+    machine: MachineId,
+    value: &[u8],
+) -> DecodeResult<Placement> {
+    let record: ScheduleRecord = from_json(value)?;
+    Ok(Placement {
+        unit,
+        machine,
+        hash: parse_hash(&record.hash)?,
+        target_state: parse_state(&record.target_state)?,
+    })
+}
+
+pub(crate) fn encode_unit_state(state: &UnitState) -> Vec<u8> {
+    to_json(&StateRecord {
+        hash: state.hash.to_string(),
+        load_state: state.load_state.clone(),
+        active_state: state.active_state.clone(),
+        sub_state: state.sub_state.clone(),
+        reached: state.reached.as_str().to_owned(),
+    })
+}
+
+pub(crate) fn decode_unit_state(
+    unit: UnitName,
+    machine: MachineId,
+    value: &[u8],
+) -> DecodeResult<UnitState> {
+    let record: StateRecord = from_json(value)?;
+    Ok(UnitState {
+        unit,
+        machine,
+        hash: parse_hash(&record.hash)?,
+        load_state: record.load_state,
+        active_state: record.active_state,
+        sub_state: record.sub_state,
+        reached: parse_state(&record.reached)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn machine_id(id: &str) -> MachineId {
+        id.parse().expect("test ids are valid")
+    }
+
+    fn hash(byte: u8) -> UnitHash {
+        UnitHash([byte; 20])
+    }
+
+    #[test]
+    fn machine_round_trips_and_is_camel_case() {
+        let machine = MachineState {
+            id: machine_id("m1"),
+            public_ip: "10.0.0.5".to_owned(),
+            metadata: BTreeMap::from([("region".to_owned(), "us-west".to_owned())]),
+            version: "0.1.0".to_owned(),
+            disable_engine: true,
+        };
+        let bytes = encode_machine(&machine);
+        let json: serde_json::Value = serde_json::from_slice(&bytes).expect("valid json");
+        assert_eq!(
+            json,
+            serde_json::json!({"id":"m1","publicIP":"10.0.0.5","metadata":{"region":"us-west"},
+                "version":"0.1.0","disableEngine":true})
+        );
+        assert_eq!(decode_machine(&machine_id("m1"), &bytes), Ok(machine));
+    }
+
+    #[test]
+    fn machine_with_another_id_is_refused() {
+        let bytes = br#"{"id":"m2"}"#;
+        assert!(decode_machine(&machine_id("m1"), bytes).is_err());
+        let minimal = decode_machine(&machine_id("m2"), bytes).expect("optional fields default");
+        assert!(minimal.metadata.is_empty() && !minimal.disable_engine);
+    }
+
+    #[test]
+    fn unit_round_trips() {
+        let bytes = encode_unit(&hash(0xab), TargetState::Launched);
+        let json: serde_json::Value = serde_json::from_slice(&bytes).expect("valid json");
+        assert_eq!(
+            json,
+            serde_json::json!({"hash": "ab".repeat(20), "desiredState": "launched"})
+        );
+        assert_eq!(decode_unit(&bytes), Ok((hash(0xab), TargetState::Launched)));
+    }
+
+    #[test]
+    fn bad_values_are_errors() {
+        assert!(decode_unit(br#"{"hash":"zz","desiredState":"launched"}"#).is_err());
+        assert!(
+            decode_unit(
+                format!(
+                    r#"{{"hash":"{}","desiredState":"running"}}"#,
+                    "00".repeat(20)
+                )
+                .as_bytes()
+            )
+            .is_err()
+        );
+        assert!(decode_unit(b"").is_err());
+        assert!(decode_unit(b"not json").is_err());
+    }
+
+    #[test]
+    fn placement_round_trips() {
+        let placement = Placement {
+            unit: "a.service".parse::<UnitName>().expect("a valid name"),
+            machine: machine_id("m1"),
+            hash: hash(1),
+            target_state: TargetState::Loaded,
+        };
+        let bytes = encode_placement(&placement);
+        let json: serde_json::Value = serde_json::from_slice(&bytes).expect("valid json");
+        assert_eq!(
+            json,
+            serde_json::json!({"hash": "01".repeat(20), "targetState": "loaded"})
+        );
+        assert_eq!(
+            decode_placement(placement.unit.clone(), placement.machine.clone(), &bytes),
+            Ok(placement)
+        );
+    }
+
+    #[test]
+    fn unit_state_round_trips() {
+        let state = UnitState {
+            unit: "a.service".parse::<UnitName>().expect("a valid name"),
+            machine: machine_id("m1"),
+            hash: hash(2),
+            load_state: "loaded".to_owned(),
+            active_state: "active".to_owned(),
+            sub_state: "running".to_owned(),
+            reached: TargetState::Launched,
+        };
+        let bytes = encode_unit_state(&state);
+        let json: serde_json::Value = serde_json::from_slice(&bytes).expect("valid json");
+        assert_eq!(
+            json,
+            serde_json::json!({"hash": "02".repeat(20), "loadState": "loaded", "activeState": "active",
+                "subState": "running", "reached": "launched"})
+        );
+        assert_eq!(
+            decode_unit_state(state.unit.clone(), state.machine.clone(), &bytes),
+            Ok(state)
+        );
+    }
+}

@@ -1,0 +1,10 @@
+//! Integration tests of the registry against a real etcd (one binary, one
+//! module per area). Every test starts its own etcd and uses a unique prefix.
+
+mod engine;
+mod machines;
+mod states;
+#[cfg(feature = "tls")]
+mod tls;
+mod units;
+mod util;

@@ -1,0 +1,259 @@
+//! Units: content stored once per hash, released with its last reference in
+//! the same txn, desired state, and nothing left behind.
+
+use std::sync::Arc;
+
+use fleet_registry::testing::{count_keys, delete_raw, list_keys, put_raw};
+use fleet_registry::{Registry, RegistryError, TargetState};
+use fleet_systemd::unit::UnitHash;
+
+use crate::util::{registry, unit_file, unit_name};
+
+/// The content keys under the registry's prefix.
+async fn content_keys(registry: &Registry) -> Vec<String> {
+    let all_content = registry.keys().all_content();
+    list_keys(registry)
+        .await
+        .expect("list keys")
+        .into_iter()
+        .filter(|key| key.starts_with(&all_content))
+        .collect()
+}
+
+fn content_key(registry: &Registry, hash: &UnitHash) -> String {
+    registry.keys().content(&hash.to_string())
+}
+
+#[tokio::test]
+async fn create_replace_and_destroy_release_content() {
+    let (_etcd, registry) = registry("units").await;
+    let (a, b) = (unit_name("a.service"), unit_name("b.service"));
+    let (one, two) = (unit_file("/bin/one"), unit_file("/bin/two"));
+
+    registry
+        .create_unit(&a, &one, TargetState::Launched)
+        .await
+        .expect("create a");
+    registry
+        .create_unit(&b, &one, TargetState::Inactive)
+        .await
+        .expect("create b");
+    assert_eq!(
+        content_keys(&registry).await,
+        vec![content_key(&registry, &one.hash())],
+        "one content for one hash"
+    );
+
+    let unit = registry.unit(&a).await.expect("get a").expect("a exists");
+    assert_eq!(
+        (unit.hash, unit.desired_state, &*unit.file),
+        (one.hash(), TargetState::Launched, &one)
+    );
+
+    // Replacing a with other content keeps the old content while b uses it.
+    registry
+        .create_unit(&a, &two, TargetState::Loaded)
+        .await
+        .expect("replace a");
+    let mut expected = vec![
+        content_key(&registry, &one.hash()),
+        content_key(&registry, &two.hash()),
+    ];
+    expected.sort();
+    assert_eq!(content_keys(&registry).await, expected);
+
+    // Replacing b too releases the last reference to `one`: it is deleted.
+    registry
+        .create_unit(&b, &two, TargetState::Loaded)
+        .await
+        .expect("replace b");
+    assert_eq!(
+        content_keys(&registry).await,
+        vec![content_key(&registry, &two.hash())]
+    );
+
+    // Destroying one of two users keeps the content; the last one deletes it.
+    assert!(registry.destroy_unit(&a).await.expect("destroy a"));
+    assert_eq!(
+        content_keys(&registry).await,
+        vec![content_key(&registry, &two.hash())]
+    );
+    assert!(registry.destroy_unit(&b).await.expect("destroy b"));
+    assert!(
+        !registry.destroy_unit(&b).await.expect("destroy b again"),
+        "already gone"
+    );
+    assert_eq!(
+        list_keys(&registry).await.expect("list"),
+        Vec::<String>::new(),
+        "nothing left behind"
+    );
+    assert_eq!(registry.unit(&a).await.expect("get a"), None);
+}
+
+#[tokio::test]
+async fn a_thousand_instances_share_one_content_and_leave_nothing_behind() {
+    let (_etcd, registry) = registry("instances").await;
+    let template = unit_file("/bin/worker %i");
+    let names: Vec<_> = (0..1000)
+        .map(|i| unit_name(&format!("worker@{i}.service")))
+        .collect();
+    for name in &names {
+        registry
+            .create_unit(name, &template, TargetState::Launched)
+            .await
+            .expect("create instance");
+    }
+    assert_eq!(
+        content_keys(&registry).await.len(),
+        1,
+        "content is stored once"
+    );
+
+    let units = registry.units().await.expect("units");
+    assert_eq!(units.len(), 1000);
+    assert!(
+        units.windows(2).all(|pair| pair[0].name < pair[1].name),
+        "sorted by name"
+    );
+    assert!(
+        units
+            .iter()
+            .all(|unit| Arc::ptr_eq(&unit.file, &units[0].file)),
+        "parsed once and shared"
+    );
+    assert_eq!(*units[0].file, template);
+
+    // unit record + content ref per instance, plus the content.
+    assert_eq!(count_keys(&registry).await.expect("count"), 2001);
+    for name in &names {
+        assert!(registry.destroy_unit(name).await.expect("destroy instance"));
+    }
+    assert_eq!(
+        count_keys(&registry).await.expect("count"),
+        0,
+        "left: {:?}",
+        list_keys(&registry).await
+    );
+}
+
+#[tokio::test]
+async fn desired_state_changes_only_existing_units() {
+    let (_etcd, registry) = registry("desired").await;
+    let name = unit_name("a.service");
+    assert!(
+        !registry
+            .set_desired_state(&name, TargetState::Launched)
+            .await
+            .expect("set on a missing unit")
+    );
+    registry
+        .create_unit(&name, &unit_file("/bin/a"), TargetState::Inactive)
+        .await
+        .expect("create");
+    assert!(
+        registry
+            .set_desired_state(&name, TargetState::Launched)
+            .await
+            .expect("set")
+    );
+    let unit = registry.unit(&name).await.expect("get").expect("exists");
+    assert_eq!(unit.desired_state, TargetState::Launched);
+    assert_eq!(
+        unit.hash,
+        unit_file("/bin/a").hash(),
+        "the content is unchanged"
+    );
+    // The agent fetches content by hash.
+    let content = registry.unit_content(&unit.hash).await.expect("content");
+    assert_eq!(content, Some(unit_file("/bin/a")));
+    let unknown = registry
+        .unit_content(&unit_file("/bin/b").hash())
+        .await
+        .expect("content");
+    assert_eq!(unknown, None);
+}
+
+#[tokio::test]
+async fn a_unit_without_content_is_skipped_in_lists_and_an_error_alone() {
+    let (_etcd, registry) = registry("missing-content").await;
+    let (a, b) = (unit_name("a.service"), unit_name("b.service"));
+    registry
+        .create_unit(&a, &unit_file("/bin/a"), TargetState::Launched)
+        .await
+        .expect("create a");
+    registry
+        .create_unit(&b, &unit_file("/bin/b"), TargetState::Launched)
+        .await
+        .expect("create b");
+    // Break b by hand: drop its reference, then let the collector take the content.
+    let b_hash = unit_file("/bin/b").hash().to_string();
+    delete_raw(
+        &registry,
+        &registry.keys().content_ref(&b_hash, "b.service"),
+    )
+    .await
+    .expect("delete the ref");
+    assert!(
+        registry
+            .collect_content(&unit_file("/bin/b").hash())
+            .await
+            .expect("collect")
+    );
+    assert!(
+        !registry
+            .collect_content(&unit_file("/bin/a").hash())
+            .await
+            .expect("collect a"),
+        "a still refers to it"
+    );
+
+    let names: Vec<_> = registry
+        .units()
+        .await
+        .expect("units")
+        .into_iter()
+        .map(|unit| unit.name)
+        .collect();
+    assert_eq!(names, vec![a]);
+    assert!(matches!(
+        registry.unit(&b).await,
+        Err(RegistryError::Decode { .. })
+    ));
+}
+
+#[tokio::test]
+async fn undecodable_records_are_skipped() {
+    let (_etcd, registry) = registry("corrupt").await;
+    let a = unit_name("a.service");
+    registry
+        .create_unit(&a, &unit_file("/bin/a"), TargetState::Launched)
+        .await
+        .expect("create a");
+    put_raw(&registry, &registry.keys().unit("b.service"), b"not json")
+        .await
+        .expect("plant");
+    put_raw(&registry, &registry.keys().machine("m1"), b"{")
+        .await
+        .expect("plant");
+    let names: Vec<_> = registry
+        .units()
+        .await
+        .expect("units")
+        .into_iter()
+        .map(|unit| unit.name)
+        .collect();
+    assert_eq!(names, vec![a]);
+    assert_eq!(registry.machines().await.expect("machines"), vec![]);
+    assert!(matches!(
+        registry.unit(&unit_name("b.service")).await,
+        Err(RegistryError::Decode { .. })
+    ));
+    // Destroying the corrupt record still works (its content cannot be known).
+    assert!(
+        registry
+            .destroy_unit(&unit_name("b.service"))
+            .await
+            .expect("destroy b")
+    );
+}

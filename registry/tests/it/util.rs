@@ -1,0 +1,79 @@
+//! Shared fixtures: a connected registry on a fresh etcd, test values, and a
+//! condition wait with a deadline.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use fleet_registry::testing::Etcd;
+use fleet_registry::{MachineId, MachineState, Registry};
+use fleet_systemd::unit::{UnitFile, UnitName, UnitOption};
+
+/// A prefix no other test uses (tests of one binary share the process).
+pub fn unique_prefix(test: &str) -> String {
+    static COUNTER: AtomicUsize = AtomicUsize::new(0);
+    format!(
+        "/fleet-test/{test}-{}-{}/",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A fresh etcd and a registry on it under a unique prefix.
+pub async fn registry(test: &str) -> (Etcd, Registry) {
+    let etcd = Etcd::start().await;
+    let registry = Registry::connect(&etcd.config(&unique_prefix(test)))
+        .await
+        .expect("connecting to the test etcd");
+    (etcd, registry)
+}
+
+pub fn machine_id(id: &str) -> MachineId {
+    id.parse().expect("test machine ids are valid")
+}
+
+pub fn unit_name(name: &str) -> UnitName {
+    name.parse().expect("test unit names are valid")
+}
+
+pub fn machine(id: &str) -> MachineState {
+    MachineState {
+        id: machine_id(id),
+        public_ip: "10.0.0.1".to_owned(),
+        metadata: Default::default(),
+        version: "0.1.0".to_owned(),
+        disable_engine: false,
+    }
+}
+
+/// A small unit file whose content differs with `exec`.
+pub fn unit_file(exec: &str) -> UnitFile {
+    UnitFile::from_options(vec![
+        UnitOption {
+            section: "Unit".to_owned(),
+            name: "Description".to_owned(),
+            value: "test".to_owned(),
+        },
+        UnitOption {
+            section: "Service".to_owned(),
+            name: "ExecStart".to_owned(),
+            value: exec.to_owned(),
+        },
+    ])
+}
+
+/// Waits until `condition` holds, polling, or panics with `what` after `timeout`.
+pub async fn wait_until<F, Fut>(timeout: Duration, what: &str, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while !condition().await {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting until {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

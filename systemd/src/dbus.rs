@@ -1,1 +1,0 @@
-//! The systemd D-Bus client (to be written).
