@@ -438,7 +438,13 @@ launch_host() {
     local home
     for home in root home/core; do
         mkdir -p "$h/root/$home/.ssh"
-        cp "$STATE/ssh/id_ed25519.pub" "$h/root/$home/.ssh/authorized_keys"
+        # Appended, never replaced: keys added in the host survive a re-boot.
+        local keys="$h/root/$home/.ssh/authorized_keys"
+        if [ ! -e "$keys" ]; then
+            install -m 0600 "$STATE/ssh/id_ed25519.pub" "$keys"
+        elif ! grep -qxF "$(cat "$STATE/ssh/id_ed25519.pub")" "$keys"; then
+            cat "$STATE/ssh/id_ed25519.pub" >>"$keys"
+        fi
     done
     chown -R 500:500 "$h/root/home/core/.ssh"
     chmod 700 "$h/root/root/.ssh" "$h/root/home/core/.ssh"

@@ -240,6 +240,7 @@ impl Api {
                 .collect(),
             version: "0.1.0".to_owned(),
             disable_engine: false,
+            disable_agent: false,
         };
         self.registry
             .register_machine(&machine, lease)

@@ -39,6 +39,7 @@ fn machines() -> Vec<MachineState> {
                 metadata,
                 version: "0.1.0".to_owned(),
                 disable_engine: false,
+                disable_agent: false,
             }
         })
         .collect()

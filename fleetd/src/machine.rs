@@ -70,6 +70,8 @@ pub struct LocalMachine {
     pub metadata: BTreeMap<String, String>,
     /// `disable_engine`, published so the API and other engines can see it.
     pub disable_engine: bool,
+    /// `disable_agent`, published so the engine places no units here.
+    pub disable_agent: bool,
 }
 
 impl LocalMachine {
@@ -79,6 +81,7 @@ impl LocalMachine {
             public_ip: config.public_ip.clone(),
             metadata: config.metadata.clone(),
             disable_engine: config.disable_engine,
+            disable_agent: config.disable_agent,
         }
     }
 
@@ -102,6 +105,7 @@ impl LocalMachine {
             metadata: self.metadata.clone(),
             version: VERSION.to_owned(),
             disable_engine: self.disable_engine,
+            disable_agent: self.disable_agent,
         })
     }
 }
@@ -225,6 +229,7 @@ eth1\t00000000\t0101A8C0\t0003\t0\t0\t200\t00000000\t0\t0\t0
             public_ip: "10.0.0.9".to_owned(),
             metadata: BTreeMap::from([("role".to_owned(), "db".to_owned())]),
             disable_engine: true,
+            disable_agent: false,
         };
         let state = local.state().expect("state");
         assert_eq!(state.id.as_str(), "m1");

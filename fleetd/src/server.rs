@@ -251,7 +251,9 @@ impl Generation {
         if config.disable_engine {
             info!("The engine is disabled on this machine (disable_engine).");
         } else {
-            let engine = Engine::new(config.engine(), registry.clone(), machine.clone());
+            // Machines vanishing within one agent TTL is what the breaker counts.
+            let engine = Engine::new(config.engine(), registry.clone(), machine.clone())
+                .with_breaker_window(config.agent_ttl);
             spawn("engine", Box::pin(engine.run(shutdown.child_token())));
         }
         if config.disable_agent {

@@ -80,6 +80,7 @@ impl SimMachine {
             metadata: BTreeMap::new(),
             version: "0.1.0".to_owned(),
             disable_engine: false,
+            disable_agent: false,
         };
         registry
             .register_machine(&state, lease)

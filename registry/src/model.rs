@@ -59,6 +59,9 @@ pub struct MachineState {
     pub version: String,
     /// `disable_engine`: this machine never campaigns for the engine.
     pub disable_engine: bool,
+    /// `disable_agent`: this machine runs no agent, so the engine never places
+    /// units on it (an engine- or API-only fleetd).
+    pub disable_agent: bool,
 }
 
 /// The states a unit can be asked to reach (spec 3.5), in chain order.

@@ -28,6 +28,8 @@ struct MachineRecord {
     version: String,
     #[serde(default)]
     disable_engine: bool,
+    #[serde(default)]
+    disable_agent: bool,
 }
 
 /// `P/units/<unit>`.
@@ -87,6 +89,7 @@ pub(crate) fn encode_machine(machine: &MachineState) -> Vec<u8> {
         metadata: machine.metadata.clone(),
         version: machine.version.clone(),
         disable_engine: machine.disable_engine,
+        disable_agent: machine.disable_agent,
     })
 }
 
@@ -103,6 +106,7 @@ pub(crate) fn decode_machine(machine: &MachineId, value: &[u8]) -> DecodeResult<
         metadata: record.metadata,
         version: record.version,
         disable_engine: record.disable_engine,
+        disable_agent: record.disable_agent,
     })
 }
 
@@ -189,13 +193,14 @@ mod tests {
             metadata: BTreeMap::from([("region".to_owned(), "us-west".to_owned())]),
             version: "0.1.0".to_owned(),
             disable_engine: true,
+            disable_agent: false,
         };
         let bytes = encode_machine(&machine);
         let json: serde_json::Value = serde_json::from_slice(&bytes).expect("valid json");
         assert_eq!(
             json,
             serde_json::json!({"id":"m1","publicIP":"10.0.0.5","metadata":{"region":"us-west"},
-                "version":"0.1.0","disableEngine":true})
+                "version":"0.1.0","disableEngine":true,"disableAgent":false})
         );
         assert_eq!(decode_machine(&machine_id("m1"), &bytes), Ok(machine));
     }

@@ -133,7 +133,13 @@ impl Model {
     /// What the scheduler takes. Units without content are left out, and so
     /// are their placements, so that a pass neither places nor removes them.
     pub fn scheduler_input(&self) -> (Vec<MachineState>, Vec<UnitSpec>, Vec<Placement>) {
-        let machines = self.machines.values().cloned().collect();
+        // A machine without an agent would never run what is placed on it.
+        let machines = self
+            .machines
+            .values()
+            .filter(|machine| !machine.disable_agent)
+            .cloned()
+            .collect();
         let units = self
             .units
             .values()

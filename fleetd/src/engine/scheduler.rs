@@ -1094,6 +1094,7 @@ mod tests {
                 .collect(),
             version: "0.1.0".to_owned(),
             disable_engine: false,
+            disable_agent: false,
         }
     }
 

@@ -31,6 +31,7 @@ fn local(machine_id_file: &Path) -> LocalMachine {
         public_ip: "10.0.0.1".to_owned(),
         metadata: BTreeMap::from([("role".to_owned(), "test".to_owned())]),
         disable_engine: false,
+        disable_agent: false,
     }
 }
 

@@ -181,7 +181,12 @@ impl<'a> Fleet<'a> {
     }
 
     /// Waits until `condition` holds on `list-units`.
-    pub fn wait_units<F>(&self, deadline: Duration, what: &str, mut condition: F) -> anyhow::Result<()>
+    pub fn wait_units<F>(
+        &self,
+        deadline: Duration,
+        what: &str,
+        mut condition: F,
+    ) -> anyhow::Result<()>
     where
         F: FnMut(&[UnitRow]) -> bool,
     {
@@ -358,7 +363,10 @@ fn machines_register_leave_and_bad_input_is_said() -> anyhow::Result<()> {
     // The unix socket inside a host: 200 JSON with the same machines.
     let answer = api_in_host(&cluster, "h2", "/fleet/v1/machines")?;
     assert_eq!(answer.status, 200, "{answer:?}");
-    assert!(answer.content_type.starts_with("application/json"), "{answer:?}");
+    assert!(
+        answer.content_type.starts_with("application/json"),
+        "{answer:?}"
+    );
     let page: serde_json::Value = serde_json::from_str(&answer.body)
         .with_context(|| format!("machines page {:?}", answer.body))?;
     let listed = page["machines"]
@@ -372,7 +380,12 @@ fn machines_register_leave_and_bad_input_is_said() -> anyhow::Result<()> {
         r#"[{{"op":"add","path":"/{}/metadata/foo","value":{{"value":"bar"}}}}]"#,
         ids["h1"]
     );
-    let answer = fleet.api("PATCH", "/fleet/v1/machines", Some("application/json"), Some(&patch))?;
+    let answer = fleet.api(
+        "PATCH",
+        "/fleet/v1/machines",
+        Some("application/json"),
+        Some(&patch),
+    )?;
     assert_eq!(answer.status, 204, "{answer:?}");
     let h1_metadata = || -> anyhow::Result<String> {
         Ok(fleet
@@ -396,16 +409,27 @@ fn machines_register_leave_and_bad_input_is_said() -> anyhow::Result<()> {
         ids["h1"]
     );
     for body in [bad_op.as_str(), bad_path.as_str(), "this is not json", "{}"] {
-        let answer = fleet.api("PATCH", "/fleet/v1/machines", Some("application/json"), Some(body))?;
+        let answer = fleet.api(
+            "PATCH",
+            "/fleet/v1/machines",
+            Some("application/json"),
+            Some(body),
+        )?;
         assert_eq!(answer.status, 400, "PATCH {body}: {answer:?}");
-        assert!(answer.content_type.starts_with("application/json"), "{answer:?}");
+        assert!(
+            answer.content_type.starts_with("application/json"),
+            "{answer:?}"
+        );
         assert!(answer.body.contains("\"error\""), "{answer:?}");
     }
     assert_eq!(h1_metadata()?, "foo=bar,hostname=h1");
 
     // An unknown fleetctl flag: a non-zero exit and a message naming it.
     let output = fleet.ctl(&["list-machines", "--no-such-flag"])?;
-    assert!(!output.status.success(), "unknown flag accepted: {output:?}");
+    assert!(
+        !output.status.success(),
+        "unknown flag accepted: {output:?}"
+    );
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("--no-such-flag"), "stderr {stderr:?}");
 
@@ -434,7 +458,10 @@ fn machines_register_leave_and_bad_input_is_said() -> anyhow::Result<()> {
     assert_eq!(h1_row.ip, cluster.ip("h1")?, "h2 took over h1's record");
     // fleet itself stays up in h2: it waits (systemd may still call it `activating`, since
     // READY=1 waits for the registration), it does not crash-loop.
-    let show = cluster.exec_ok("h2", &["systemctl", "show", "-p", "ActiveState,NRestarts", "fleet"])?;
+    let show = cluster.exec_ok(
+        "h2",
+        &["systemctl", "show", "-p", "ActiveState,NRestarts", "fleet"],
+    )?;
     assert!(
         show.contains("NRestarts=0")
             && (show.contains("ActiveState=active") || show.contains("ActiveState=activating")),
@@ -452,7 +479,10 @@ fn machines_register_leave_and_bad_input_is_said() -> anyhow::Result<()> {
     let conf = read_conf(&cluster, "h2")?;
     write_conf(&cluster, "h2", &format!("{conf}agent_ttl=banana\n"))?;
     let restart = cluster.exec("h2", &["systemctl", "restart", "fleet"])?;
-    assert!(!restart.status.success(), "fleet started with agent_ttl=banana");
+    assert!(
+        !restart.status.success(),
+        "fleet started with agent_ttl=banana"
+    );
     let journal = cluster.exec_ok("h2", &["journalctl", "--no-pager", "-u", "fleet"])?;
     assert!(
         journal.contains("agent_ttl") && journal.contains("banana"),

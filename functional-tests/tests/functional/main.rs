@@ -6,7 +6,6 @@
 
 mod harness;
 mod ssh;
-// mod foundation; // Fleet-level tests (list-machines, start/stop units, ...) go here.
 mod agent;
 mod foundation;
 mod units;

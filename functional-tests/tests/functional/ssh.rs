@@ -259,6 +259,26 @@ fn tunnel_host_keys_and_ssh() -> anyhow::Result<()> {
     assert!(output.status.success(), "{}", stderr(&output));
     assert_eq!(stdout(&output), "<a b><c>");
 
+    // With a terminal on stdin, the remote command gets a PTY (`script` provides one).
+    let fleetctl_bin = bin_dir().join("fleetctl");
+    let line = format!(
+        "{} --known-hosts-file {} --tunnel {h1} ssh {prefix} -- tty",
+        fleetctl_bin.display(),
+        known_hosts.display()
+    );
+    let output = Command::new("script")
+        .args(["-q", "-e", "-c", &line, "/dev/null"])
+        .env("SSH_AUTH_SOCK", &agent.socket)
+        .stdin(Stdio::null())
+        .output()
+        .context("running script (package bsdutils)")?;
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(
+        stdout(&output).contains("/dev/pts/"),
+        "no PTY: {}",
+        stdout(&output)
+    );
+
     // Resolution errors.
     let output = fleetctl(
         &closed,
@@ -405,6 +425,22 @@ fn status_and_journal_over_ssh() -> anyhow::Result<()> {
         "{out}"
     );
 
+    // `ssh --unit` goes to the unit's machine.
+    let output = fleetctl(
+        &yes,
+        &[
+            "--endpoint",
+            &endpoint,
+            "ssh",
+            "--unit",
+            "ssh-probe.service",
+            "hostname",
+        ],
+    )?;
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(stdout(&output).trim(), "h2");
+
+    // core may not read the system journal; --sudo (passwordless in the test hosts) can.
     wait_until(Duration::from_secs(10), "the probe's journal line", || {
         let output = fleetctl(
             &yes,
@@ -412,6 +448,7 @@ fn status_and_journal_over_ssh() -> anyhow::Result<()> {
                 "--endpoint",
                 &endpoint,
                 "journal",
+                "--sudo",
                 "--lines",
                 "20",
                 "ssh-probe",

@@ -40,7 +40,10 @@ fn etcd_keys(cluster: &Cluster, sub: &str) -> anyhow::Result<Vec<String>> {
         .output()
         .context("running etcdctl")?;
     if !output.status.success() {
-        bail!("etcdctl failed: {}", String::from_utf8_lossy(&output.stderr));
+        bail!(
+            "etcdctl failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
     }
     Ok(String::from_utf8_lossy(&output.stdout)
         .lines()
@@ -77,7 +80,10 @@ fn units_are_stored_once_and_bad_units_are_refused() -> anyhow::Result<()> {
     assert_eq!(files[0].hash, HELLO_HASH);
     assert_eq!(files[0].dstate, "inactive");
     let cat = fleet.ctl_ok(&["cat", "hello.service"])?;
-    assert_eq!(cat, HELLO_CANONICAL, "fleetctl cat is not the canonical text");
+    assert_eq!(
+        cat, HELLO_CANONICAL,
+        "fleetctl cat is not the canonical text"
+    );
     fleet.ctl_ok(&["destroy", "hello.service"])?;
     wait_until(Duration::from_secs(10), "hello.service destroyed", || {
         Ok(fleet.unit_files()?.is_empty())
@@ -87,7 +93,12 @@ fn units_are_stored_once_and_bad_units_are_refused() -> anyhow::Result<()> {
     let template = examples.join("hello@.service");
     let mut names = vec![template.to_string_lossy().into_owned()];
     for idx in 1..=N_INSTANCES {
-        names.push(examples.join(format!("hello@{idx}.service")).to_string_lossy().into_owned());
+        names.push(
+            examples
+                .join(format!("hello@{idx}.service"))
+                .to_string_lossy()
+                .into_owned(),
+        );
     }
     let args: Vec<&str> = std::iter::once("submit")
         .chain(names.iter().map(String::as_str))
@@ -100,7 +111,11 @@ fn units_are_stored_once_and_bad_units_are_refused() -> anyhow::Result<()> {
         .find(|row| row.unit == "hello@.service")
         .map(|row| row.hash.clone())
         .context("hello@.service not listed")?;
-    assert!(files.iter().all(|row| row.hash == template_hash && row.dstate == "inactive"));
+    assert!(
+        files
+            .iter()
+            .all(|row| row.hash == template_hash && row.dstate == "inactive")
+    );
     // The text is stored once, however many units use it.
     let content = etcd_keys(&cluster, "content/")?;
     assert_eq!(content, [format!("{PREFIX}content/{template_hash}")]);
@@ -151,7 +166,10 @@ fn units_are_stored_once_and_bad_units_are_refused() -> anyhow::Result<()> {
         let output = fleet.ctl(&["submit", path])?;
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(!output.status.success(), "submit {path} succeeded");
-        assert!(stderr.contains(message), "submit {path}: stderr {stderr:?}, want {message:?}");
+        assert!(
+            stderr.contains(message),
+            "submit {path}: stderr {stderr:?}, want {message:?}"
+        );
     }
 
     // The same through the API, plus bodies fleetctl never sends.
@@ -164,17 +182,56 @@ fn units_are_stored_once_and_bad_units_are_refused() -> anyhow::Result<()> {
     );
     let good = r#"{"desiredState":"inactive","options":[{"section":"Service","name":"ExecStart","value":"/bin/true"}]}"#;
     let requests: [(&str, &str, &str, u16, &str); 4] = [
-        ("pinned.service", "application/json", pinned_global.as_str(), 400, "MachineID cannot be used with Global"),
-        ("bad%25name.service", "application/json", good, 400, "invalid character '%' in unit name"),
-        ("nojson.service", "application/json", "this is not json", 400, "unable to decode body"),
-        ("texty.service", "text/plain", good, 415, "only acceptable Content-Type is application/json"),
+        (
+            "pinned.service",
+            "application/json",
+            pinned_global.as_str(),
+            400,
+            "MachineID cannot be used with Global",
+        ),
+        (
+            "bad%25name.service",
+            "application/json",
+            good,
+            400,
+            "invalid character '%' in unit name",
+        ),
+        (
+            "nojson.service",
+            "application/json",
+            "this is not json",
+            400,
+            "unable to decode body",
+        ),
+        (
+            "texty.service",
+            "text/plain",
+            good,
+            415,
+            "only acceptable Content-Type is application/json",
+        ),
     ];
     for (name, content_type, body, status, message) in requests {
-        let answer = fleet.api("PUT", &format!("/fleet/v1/units/{name}"), Some(content_type), Some(body))?;
+        let answer = fleet.api(
+            "PUT",
+            &format!("/fleet/v1/units/{name}"),
+            Some(content_type),
+            Some(body),
+        )?;
         assert_eq!(answer.status, status, "PUT {name}: {answer:?}");
-        assert!(answer.body.contains(message), "PUT {name}: {answer:?}, want {message:?}");
-        assert!(answer.content_type.starts_with("application/json"), "PUT {name}: {answer:?}");
+        assert!(
+            answer.body.contains(message),
+            "PUT {name}: {answer:?}, want {message:?}"
+        );
+        assert!(
+            answer.content_type.starts_with("application/json"),
+            "PUT {name}: {answer:?}"
+        );
     }
-    assert_eq!(fleet.unit_files()?, before, "bad input changed the registry");
+    assert_eq!(
+        fleet.unit_files()?,
+        before,
+        "bad input changed the registry"
+    );
     Ok(())
 }

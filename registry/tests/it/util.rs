@@ -43,6 +43,7 @@ pub fn machine(id: &str) -> MachineState {
         metadata: Default::default(),
         version: "0.1.0".to_owned(),
         disable_engine: false,
+        disable_agent: false,
     }
 }
 

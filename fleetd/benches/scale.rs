@@ -1,0 +1,1270 @@
+//! The scale benchmark (the performance issue): the real `fleetd` engine and
+//! API against a real etcd, with M simulated machines and N units.
+//!
+//! What runs for real: etcd (spawned here on free loopback ports, data dir on
+//! tmpfs, `--metrics=extensive`), and the `fleetd` binary in engine+API-only
+//! mode (`disable_agent=true`, `api_listen=tcp://…`), i.e. the production
+//! engine, scheduler, leader-guarded schedule writes and API server.
+//!
+//! What is simulated, in this process: M machines. Each is what a real agent
+//! does to etcd, through the production [`Registry`]: its own lease (granted,
+//! kept alive every TTL/3), its machine record via `register_machine`, one
+//! watch on its own `P/schedule/<id>/` prefix only, and for every placement
+//! two unit-state writes under its lease (`reached=loaded`, then
+//! `reached=launched` with `active`/`running`), as the agent reports what
+//! systemd says. There is no systemd: the simulated unit "starts" at once.
+//! All simulated machines share ONE `Registry` (one HTTP/2 connection; etcd
+//! multiplexes the 1,000 watch streams and requests over it); a real cluster
+//! has one connection per machine, which costs etcd more sockets, not more
+//! requests.
+//!
+//! The engine's own machine is kept out of scheduling by metadata: fleetd runs
+//! with `metadata=role=engine`, the simulated machines with `role=worker`, and
+//! every unit says `MachineMetadata=role=worker`.
+//!
+//! Figures (see `Documentation/performance.md` for targets):
+//! - time from the first `PUT /fleet/v1/units/<name>` (desiredState launched,
+//!   32 concurrent clients) until all N units are reported active;
+//! - time to move the units of 10% of the machines after their leases are
+//!   revoked, until all of them are active elsewhere (includes
+//!   `machine_loss_grace`, reported separately);
+//! - etcd requests, writes and bytes received per unit scheduled (etcd
+//!   `/metrics` deltas over the submit-to-active phase);
+//! - etcd writes per second in the idle cluster (after everything settled);
+//! - peak RSS (`VmHWM`) of the engine fleetd;
+//! - latency of `GET /fleet/v1/units` (all pages), `GET /fleet/v1/state`
+//!   (all pages) and of `fleetctl list-units`.
+//!
+//! Run: `scripts/scale-bench.sh --machines 1000 --units 20000 --json out.json`,
+//! or `cargo bench -p fleetd --bench scale -- --help`.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{ExitCode, Stdio};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, anyhow, bail};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::process::{Child, Command};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use fleet_api::client::{Client, Endpoint};
+use fleet_api::entities;
+use fleet_registry::keys::RegistryKey;
+use fleet_registry::store::{LeaseId, WatchEventKind, WatchStream};
+use fleet_registry::{
+    MachineId, MachineState, Registry, RegistryConfig, RegistryError, TargetState, UnitState,
+};
+use fleet_systemd::unit::UnitName;
+
+const USAGE: &str = "\
+scale benchmark: the real fleetd engine+API and etcd, M simulated machines, N units
+
+Options (cargo bench -p fleetd --bench scale -- OPTIONS):
+  --machines M          simulated machines (default 50)
+  --units N             units to submit (default 500)
+  --json PATH           also write the figures as JSON
+  --fleetd PATH         fleetd binary (default target/release/fleetd, or $FLEETD_BIN)
+  --fleetctl PATH       fleetctl binary (default target/release/fleetctl, or $FLEETCTL_BIN)
+  --concurrency C       concurrent API clients submitting units (default 32)
+  --kill-fraction F     fraction of machines whose leases are revoked (default 0.1)
+  --loss-grace S        fleetd machine_loss_grace in seconds (default 10, fleetd's default)
+  --idle-seconds S      length of the idle-writes window (default 10)
+  --agent-ttl S         lease TTL of the simulated machines (default 30, fleetd's agent_ttl)
+  --keep                keep the work dir (etcd and fleetd logs) even on success
+";
+
+/// The key prefix of the benchmark's cluster.
+const PREFIX: &str = "/fleet-scale/";
+
+/// Deadline of one etcd request of the simulated machines: 1,000 machines on
+/// two cores share the CPU with etcd and fleetd, so be patient.
+const SIM_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Simulated machines registered concurrently.
+const REGISTER_CONCURRENCY: usize = 64;
+
+#[derive(Debug, Clone)]
+struct Args {
+    machines: usize,
+    units: usize,
+    json: Option<PathBuf>,
+    fleetd: PathBuf,
+    fleetctl: PathBuf,
+    concurrency: usize,
+    kill_fraction: f64,
+    loss_grace: f64,
+    idle_seconds: f64,
+    agent_ttl: u64,
+    keep: bool,
+}
+
+fn workspace_binary(name: &str, env: &str) -> PathBuf {
+    if let Some(path) = std::env::var_os(env) {
+        return PathBuf::from(path);
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    target.join("release").join(name)
+}
+
+fn parse_args(raw: &[String]) -> anyhow::Result<Option<Args>> {
+    let mut args = Args {
+        machines: 50,
+        units: 500,
+        json: None,
+        fleetd: workspace_binary("fleetd", "FLEETD_BIN"),
+        fleetctl: workspace_binary("fleetctl", "FLEETCTL_BIN"),
+        concurrency: 32,
+        kill_fraction: 0.1,
+        loss_grace: 10.0,
+        idle_seconds: 10.0,
+        agent_ttl: 30,
+        keep: false,
+    };
+    let mut iter = raw.iter();
+    while let Some(flag) = iter.next() {
+        let mut value = |name: &str| {
+            iter.next()
+                .cloned()
+                .ok_or_else(|| anyhow!("{name} needs a value"))
+        };
+        match flag.as_str() {
+            // cargo bench passes --bench to every bench binary.
+            "--bench" => {}
+            "--help" | "-h" => return Ok(None),
+            "--machines" => args.machines = value(flag)?.parse().context("--machines")?,
+            "--units" => args.units = value(flag)?.parse().context("--units")?,
+            "--json" => args.json = Some(PathBuf::from(value(flag)?)),
+            "--fleetd" => args.fleetd = PathBuf::from(value(flag)?),
+            "--fleetctl" => args.fleetctl = PathBuf::from(value(flag)?),
+            "--concurrency" => args.concurrency = value(flag)?.parse().context("--concurrency")?,
+            "--kill-fraction" => {
+                args.kill_fraction = value(flag)?.parse().context("--kill-fraction")?;
+            }
+            "--loss-grace" => args.loss_grace = value(flag)?.parse().context("--loss-grace")?,
+            "--idle-seconds" => {
+                args.idle_seconds = value(flag)?.parse().context("--idle-seconds")?;
+            }
+            "--agent-ttl" => args.agent_ttl = value(flag)?.parse().context("--agent-ttl")?,
+            "--keep" => args.keep = true,
+            other => bail!("unknown option {other:?}\n{USAGE}"),
+        }
+    }
+    if args.machines < 2 || args.units == 0 || args.concurrency == 0 {
+        bail!("need --machines >= 2, --units >= 1 and --concurrency >= 1");
+    }
+    if !(args.kill_fraction > 0.0 && args.kill_fraction < 0.5) {
+        bail!("--kill-fraction must be in (0, 0.5): more trips the engine's breaker");
+    }
+    for binary in [&args.fleetd, &args.fleetctl] {
+        if !binary.is_file() {
+            bail!(
+                "{} does not exist: run `cargo build --release -p fleetd -p fleetctl` (or scripts/scale-bench.sh)",
+                binary.display()
+            );
+        }
+    }
+    Ok(Some(args))
+}
+
+fn main() -> ExitCode {
+    let raw: Vec<String> = std::env::args().skip(1).collect();
+    let args = match parse_args(&raw) {
+        Ok(Some(args)) => args,
+        Ok(None) => {
+            print!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        Err(error) => {
+            eprintln!("scale: {error:#}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("scale: cannot start tokio: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("scale: FAILED: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+// --- processes -------------------------------------------------------------
+
+/// A port nobody listens on now (the OS picks it; we release it for the child).
+fn free_port() -> anyhow::Result<u16> {
+    let listener = TcpListener::bind("127.0.0.1:0").context("binding 127.0.0.1:0")?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// The work dir: on tmpfs when there is one (etcd fsyncs every write, and a
+/// shared disk would measure the disk, not fleet).
+fn work_dir() -> anyhow::Result<tempfile::TempDir> {
+    let shm = Path::new("/dev/shm");
+    let builder = {
+        let mut builder = tempfile::Builder::new();
+        builder.prefix("fleet-scale-");
+        builder
+    };
+    if shm.is_dir()
+        && let Ok(dir) = builder.tempdir_in(shm)
+    {
+        return Ok(dir);
+    }
+    builder.tempdir().context("creating a work dir")
+}
+
+struct EtcdProcess {
+    child: Child,
+    client_url: String,
+    metrics_port: u16,
+}
+
+async fn start_etcd(dir: &Path) -> anyhow::Result<EtcdProcess> {
+    let (client_port, peer_port, metrics_port) = (free_port()?, free_port()?, free_port()?);
+    let client_url = format!("http://127.0.0.1:{client_port}");
+    let peer_url = format!("http://127.0.0.1:{peer_port}");
+    let log = std::fs::File::create(dir.join("etcd.log"))?;
+    let child = Command::new("etcd")
+        .arg("--name=fleet-scale")
+        .arg(format!("--data-dir={}", dir.join("etcd-data").display()))
+        .arg(format!("--listen-client-urls={client_url}"))
+        .arg(format!("--advertise-client-urls={client_url}"))
+        .arg(format!("--listen-peer-urls={peer_url}"))
+        .arg(format!("--initial-advertise-peer-urls={peer_url}"))
+        .arg(format!("--initial-cluster=fleet-scale={peer_url}"))
+        .arg("--initial-cluster-state=new")
+        .arg(format!(
+            "--listen-metrics-urls=http://127.0.0.1:{metrics_port}"
+        ))
+        .arg("--metrics=extensive")
+        .arg("--logger=zap")
+        .arg("--log-outputs=stderr")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .context("starting etcd (Debian package etcd-server)")?;
+    let etcd = EtcdProcess {
+        child,
+        client_url,
+        metrics_port,
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(body) = http_get(metrics_port, "/health").await
+            && body.contains("\"health\":\"true\"")
+        {
+            return Ok(etcd);
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "etcd not healthy within 30 s; see {}",
+                dir.join("etcd.log").display()
+            );
+        }
+        // Polling a local port: there is no event to wait on.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A plain HTTP/1.0 GET on 127.0.0.1 (etcd's metrics port), the body.
+async fn http_get(port: u16, path: &str) -> anyhow::Result<String> {
+    let fetch = async {
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+        stream
+            .write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
+            .await?;
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).await?;
+        anyhow::Ok(String::from_utf8_lossy(&response).into_owned())
+    };
+    let response = tokio::time::timeout(Duration::from_secs(10), fetch)
+        .await
+        .context("GET timed out")??;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default();
+    Ok(body)
+}
+
+struct Fleetd {
+    child: Child,
+    pid: u32,
+    api_url: String,
+    machine: MachineId,
+}
+
+async fn start_fleetd(
+    args: &Args,
+    dir: &Path,
+    etcd_url: &str,
+) -> anyhow::Result<Fleetd> {
+    let api_port = free_port()?;
+    let api_url = format!("http://127.0.0.1:{api_port}");
+    let machine: MachineId = "e0e0e0e0fleetscaleengine00000000"
+        .parse()
+        .map_err(|error| anyhow!("{error}"))?;
+    let machine_id_file = dir.join("machine-id");
+    std::fs::write(&machine_id_file, format!("{machine}\n"))?;
+    let config_file = dir.join("fleet.conf");
+    let config = format!(
+        "etcd_servers={etcd_url}\n\
+         etcd_key_prefix={PREFIX}\n\
+         api_listen=tcp://127.0.0.1:{api_port}\n\
+         machine_id_file={}\n\
+         disable_agent=true\n\
+         public_ip=127.0.0.1\n\
+         metadata=role=engine\n\
+         machine_loss_grace={}\n",
+        machine_id_file.display(),
+        args.loss_grace,
+    );
+    std::fs::write(&config_file, config)?;
+    let log = std::fs::File::create(dir.join("fleetd.log"))?;
+    let child = Command::new(&args.fleetd)
+        .arg("-config")
+        .arg(&config_file)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("starting {}", args.fleetd.display()))?;
+    let pid = child.id().ok_or_else(|| anyhow!("fleetd exited at once"))?;
+    Ok(Fleetd {
+        child,
+        pid,
+        api_url,
+        machine,
+    })
+}
+
+impl Fleetd {
+    /// `VmHWM` and `VmRSS` of the fleetd process, in bytes.
+    fn memory(&self) -> anyhow::Result<(u64, u64)> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid))?;
+        let field = |name: &str| -> anyhow::Result<u64> {
+            let line = status
+                .lines()
+                .find(|line| line.starts_with(name))
+                .ok_or_else(|| anyhow!("no {name} in /proc/{}/status", self.pid))?;
+            let kib: u64 = line
+                .trim_start_matches(name)
+                .trim()
+                .trim_end_matches("kB")
+                .trim()
+                .parse()?;
+            Ok(kib * 1024)
+        };
+        Ok((field("VmHWM:")?, field("VmRSS:")?))
+    }
+
+    /// SIGTERM, then SIGKILL if it is not gone within 10 s.
+    async fn stop(&mut self) {
+        if let Ok(pid) = i32::try_from(self.pid) {
+            // SAFETY: kill(2) on our own child's pid; no memory is involved.
+            unsafe {
+                libc::kill(pid, libc::SIGTERM);
+            }
+        }
+        if tokio::time::timeout(Duration::from_secs(10), self.child.wait())
+            .await
+            .is_err()
+        {
+            let _ = self.child.kill().await;
+        }
+    }
+}
+
+// --- etcd metrics ----------------------------------------------------------
+
+/// One scrape of etcd's `/metrics`: every series, and sums per metric name.
+#[derive(Clone, Debug, Default)]
+struct Metrics {
+    series: HashMap<String, f64>,
+    sums: HashMap<String, f64>,
+}
+
+impl Metrics {
+    async fn scrape(port: u16) -> anyhow::Result<Metrics> {
+        let body = http_get(port, "/metrics").await?;
+        let mut metrics = Metrics::default();
+        for line in body.lines() {
+            if line.starts_with('#') || line.trim().is_empty() {
+                continue;
+            }
+            let Some((series, value)) = line.rsplit_once(' ') else {
+                continue;
+            };
+            let Ok(value) = value.parse::<f64>() else {
+                continue;
+            };
+            let name = series.split('{').next().unwrap_or(series);
+            *metrics.sums.entry(name.to_owned()).or_default() += value;
+            metrics.series.insert(series.to_owned(), value);
+        }
+        if metrics.sums.is_empty() {
+            bail!("etcd's /metrics was empty");
+        }
+        Ok(metrics)
+    }
+
+    fn sum(&self, name: &str) -> f64 {
+        self.sums.get(name).copied().unwrap_or(0.0)
+    }
+
+    fn delta(&self, earlier: &Metrics, name: &str) -> f64 {
+        self.sum(name) - earlier.sum(name)
+    }
+
+    /// Requests etcd handled (every gRPC method; a keep-alive stream counts once).
+    fn requests(&self, earlier: &Metrics) -> f64 {
+        self.delta(earlier, "grpc_server_handled_total")
+    }
+
+    /// Keys written or deleted (every put and delete, in txns too).
+    fn writes(&self, earlier: &Metrics) -> f64 {
+        self.delta(earlier, "etcd_mvcc_put_total") + self.delta(earlier, "etcd_mvcc_delete_total")
+    }
+
+    /// Raft proposals committed (writes, lease grants and revokes; not
+    /// keep-alives).
+    fn proposals(&self, earlier: &Metrics) -> f64 {
+        self.delta(earlier, "etcd_server_proposals_committed_total")
+    }
+
+    /// gRPC requests per method, as deltas, largest first.
+    fn by_method(&self, earlier: &Metrics) -> Vec<(String, f64)> {
+        let mut methods: BTreeMap<String, f64> = BTreeMap::new();
+        for (series, value) in &self.series {
+            if !series.starts_with("grpc_server_handled_total{") {
+                continue;
+            }
+            let method = series
+                .split("grpc_method=\"")
+                .nth(1)
+                .and_then(|rest| rest.split('"').next())
+                .unwrap_or("?");
+            let before = earlier.series.get(series).copied().unwrap_or(0.0);
+            *methods.entry(method.to_owned()).or_default() += value - before;
+        }
+        let mut methods: Vec<(String, f64)> =
+            methods.into_iter().filter(|(_, n)| *n > 0.0).collect();
+        methods.sort_by(|a, b| b.1.total_cmp(&a.1));
+        methods
+    }
+}
+
+// --- simulated machines ----------------------------------------------------
+
+/// What the simulated agents reported, shared with the coordinator.
+#[derive(Default)]
+struct Tracker {
+    /// Unit → the machine (index) that last reported it active.
+    active_on: HashMap<String, usize>,
+}
+
+struct Sim {
+    registry: Registry,
+    tracker: Mutex<Tracker>,
+    /// Bumped after every report, so the coordinator wakes and re-checks.
+    progress: watch::Sender<u64>,
+    state_writes: AtomicU64,
+    errors: AtomicU64,
+    keep_alive_every: Duration,
+}
+
+impl Sim {
+    fn error(&self, what: &str, error: &dyn std::fmt::Display) {
+        let n = self.errors.fetch_add(1, Ordering::Relaxed);
+        if n < 20 {
+            eprintln!("scale: simulated agent: {what}: {error}");
+        }
+    }
+
+    fn report_active(&self, unit: &str, machine: usize) {
+        if let Ok(mut tracker) = self.tracker.lock() {
+            tracker.active_on.insert(unit.to_owned(), machine);
+        }
+        self.progress.send_modify(|n| *n += 1);
+    }
+
+    fn report_gone(&self, unit: &str, machine: usize) {
+        if let Ok(mut tracker) = self.tracker.lock()
+            && tracker.active_on.get(unit) == Some(&machine)
+        {
+            tracker.active_on.remove(unit);
+        }
+        self.progress.send_modify(|n| *n += 1);
+    }
+}
+
+/// A retriable etcd error is retried a few times with backoff, as an agent does.
+async fn retry<T, F, Fut>(mut attempt: F) -> Result<T, RegistryError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, RegistryError>>,
+{
+    let mut delay = Duration::from_millis(50);
+    let mut tries = 0;
+    loop {
+        match attempt().await {
+            Ok(value) => return Ok(value),
+            Err(error) if error.is_retriable() && tries < 8 => {
+                tries += 1;
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+            Err(error) => return Err(error),
+        }
+    }
+}
+
+/// A 32-hex-digit machine id whose first 8 digits (the short id) are unique.
+fn sim_machine_id(index: usize) -> MachineId {
+    let n = u32::try_from(index).unwrap_or(u32::MAX);
+    // Multiplying by an odd constant is a bijection on u32: unique shorts.
+    let short = n.wrapping_mul(2_654_435_761);
+    format!("{short:08x}5ca1e0000000000{n:09x}")
+        .parse()
+        .expect("a hex string is a valid machine id")
+}
+
+struct SimMachine {
+    id: MachineId,
+    lease: LeaseId,
+    cancel: CancellationToken,
+}
+
+async fn register(sim: &Sim, index: usize, ttl: Duration) -> anyhow::Result<(SimMachine, WatchStream)> {
+    let registry = &sim.registry;
+    let id = sim_machine_id(index);
+    let lease = retry(|| registry.grant_lease(ttl)).await?;
+    let state = MachineState {
+        id: id.clone(),
+        public_ip: format!("10.{}.{}.{}", index / 65536 % 256, index / 256 % 256, index % 256),
+        metadata: BTreeMap::from([("role".to_owned(), "worker".to_owned())]),
+        version: "0.1.0".to_owned(),
+        disable_engine: true,
+        disable_agent: false,
+    };
+    // Watch first (from the revision of our empty schedule), then announce
+    // ourselves: no placement can slip in between.
+    let (_, revision) = retry(|| registry.machine_schedule(&id)).await?;
+    let prefix = registry.keys().machine_schedule(id.as_str());
+    let stream = retry(|| registry.watch_prefix(prefix.clone(), revision + 1)).await?;
+    retry(|| registry.register_machine(&state, lease)).await?;
+    Ok((
+        SimMachine {
+            id,
+            lease,
+            cancel: CancellationToken::new(),
+        },
+        stream,
+    ))
+}
+
+/// One simulated agent: keeps its lease alive and acknowledges its schedule.
+async fn run_machine(
+    sim: Arc<Sim>,
+    index: usize,
+    id: MachineId,
+    lease: LeaseId,
+    mut stream: WatchStream,
+    cancel: CancellationToken,
+    first_keep_alive: Duration,
+) {
+    let mut keep_alive = tokio::time::interval_at(
+        tokio::time::Instant::now() + first_keep_alive,
+        sim.keep_alive_every,
+    );
+    keep_alive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            _ = keep_alive.tick() => match sim.registry.keep_alive_once(lease).await {
+                Ok(Some(_)) => {}
+                Ok(None) => sim.error("keep-alive", &format!("lease of {id} expired")),
+                Err(error) => sim.error("keep-alive", &error),
+            },
+            batch = stream.next() => match batch {
+                Ok(Some(events)) => {
+                    for event in events {
+                        if cancel.is_cancelled() {
+                            return;
+                        }
+                        handle_event(&sim, index, &id, lease, &event.key, &event.value, event.kind).await;
+                    }
+                }
+                Ok(None) => {
+                    sim.error("watch", &format!("the watch of {id} ended"));
+                    return;
+                }
+                Err(error) => {
+                    sim.error("watch", &error);
+                    return;
+                }
+            },
+        }
+    }
+}
+
+async fn handle_event(
+    sim: &Sim,
+    index: usize,
+    id: &MachineId,
+    lease: LeaseId,
+    key: &str,
+    value: &[u8],
+    kind: WatchEventKind,
+) {
+    let registry = &sim.registry;
+    match kind {
+        WatchEventKind::Put => {
+            let Some(placement) = registry.decode_placement(key, value) else {
+                sim.error("decode", &format!("undecodable placement at {key}"));
+                return;
+            };
+            let mut state = UnitState {
+                unit: placement.unit.clone(),
+                machine: id.clone(),
+                hash: placement.hash.clone(),
+                load_state: "loaded".to_owned(),
+                active_state: "inactive".to_owned(),
+                sub_state: "dead".to_owned(),
+                reached: TargetState::Loaded,
+            };
+            if let Err(error) = retry(|| registry.put_unit_state(&state, lease)).await {
+                sim.error("put unit state", &error);
+                return;
+            }
+            sim.state_writes.fetch_add(1, Ordering::Relaxed);
+            if placement.target_state == TargetState::Launched {
+                state.active_state = "active".to_owned();
+                state.sub_state = "running".to_owned();
+                state.reached = TargetState::Launched;
+                if let Err(error) = retry(|| registry.put_unit_state(&state, lease)).await {
+                    sim.error("put unit state", &error);
+                    return;
+                }
+                sim.state_writes.fetch_add(1, Ordering::Relaxed);
+                sim.report_active(placement.unit.as_str(), index);
+            } else {
+                sim.report_gone(placement.unit.as_str(), index);
+            }
+        }
+        WatchEventKind::Delete => {
+            let Some(RegistryKey::Scheduled { unit, .. }) = registry.parse_key(key) else {
+                return;
+            };
+            if let Err(error) = retry(|| registry.delete_unit_state(&unit, id)).await {
+                sim.error("delete unit state", &error);
+                return;
+            }
+            sim.state_writes.fetch_add(1, Ordering::Relaxed);
+            sim.report_gone(unit.as_str(), index);
+        }
+    }
+}
+
+/// Waits until `done` holds for the tracker, or `deadline` passes; the time
+/// it took from `since`, or `None` on timeout.
+async fn wait_until(
+    sim: &Sim,
+    since: Instant,
+    deadline: Duration,
+    mut done: impl FnMut(&Tracker) -> bool,
+    mut describe: impl FnMut(&Tracker) -> String,
+) -> Option<Duration> {
+    let mut progress = sim.progress.subscribe();
+    let end = tokio::time::Instant::from_std(since + deadline);
+    let mut last_report = Instant::now();
+    loop {
+        {
+            let tracker = sim.tracker.lock().ok()?;
+            if done(&tracker) {
+                return Some(since.elapsed());
+            }
+            if last_report.elapsed() > Duration::from_secs(5) {
+                eprintln!(
+                    "scale:   … {:.0} s: {}",
+                    since.elapsed().as_secs_f64(),
+                    describe(&tracker)
+                );
+                last_report = Instant::now();
+            }
+        }
+        // Wake on progress, and at least every second to print where we are.
+        let tick = tokio::time::Instant::now() + Duration::from_secs(1);
+        tokio::select! {
+            () = tokio::time::sleep_until(end) => {
+                let tracker = sim.tracker.lock().ok()?;
+                eprintln!("scale: TIMEOUT after {deadline:?}: {}", describe(&tracker));
+                return None;
+            }
+            () = tokio::time::sleep_until(tick) => {}
+            changed = progress.changed() => {
+                if changed.is_err() {
+                    return None;
+                }
+            }
+        }
+    }
+}
+
+// --- the run ---------------------------------------------------------------
+
+fn unit_entity(index: usize) -> entities::Unit {
+    let option = |section: &str, name: &str, value: &str| entities::UnitOption {
+        section: section.to_owned(),
+        name: name.to_owned(),
+        value: value.to_owned(),
+    };
+    entities::Unit {
+        name: unit_name(index),
+        options: vec![
+            option("Unit", "Description", "fleet scale benchmark unit"),
+            option("Service", "ExecStart", "/bin/sleep infinity"),
+            option("X-Fleet", "MachineMetadata", "role=worker"),
+        ],
+        desired_state: "launched".to_owned(),
+        ..entities::Unit::default()
+    }
+}
+
+fn unit_name(index: usize) -> String {
+    format!("scale-{index:06}.service")
+}
+
+fn secs(duration: Duration) -> f64 {
+    (duration.as_secs_f64() * 1000.0).round() / 1000.0
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let dir = work_dir()?;
+    eprintln!(
+        "scale: M={} machines, N={} units; work dir {}",
+        args.machines,
+        args.units,
+        dir.path().display()
+    );
+    let outcome = run_in(&args, dir.path()).await;
+    if outcome.is_err() || args.keep {
+        // Keep the logs of a failed run for whoever reads the error.
+        let kept = dir.keep();
+        eprintln!("scale: logs kept in {}", kept.display());
+    }
+    outcome
+}
+
+async fn run_in(args: &Args, dir: &Path) -> anyhow::Result<()> {
+    let mut etcd = start_etcd(dir).await?;
+    let metrics_port = etcd.metrics_port;
+    let mut fleetd = start_fleetd(args, dir, &etcd.client_url).await?;
+    let outcome = measure(args, &etcd, &fleetd, metrics_port).await;
+    fleetd.stop().await;
+    let _ = etcd.child.kill().await;
+    let report = outcome?;
+    print_table(args, &report);
+    if let Some(path) = &args.json {
+        let json = serde_json::to_string_pretty(&report.json)?;
+        std::fs::write(path, json + "\n")
+            .with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("scale: wrote {}", path.display());
+    }
+    Ok(())
+}
+
+struct Report {
+    rows: Vec<(String, String, String)>,
+    json: serde_json::Value,
+}
+
+async fn measure(
+    args: &Args,
+    etcd: &EtcdProcess,
+    fleetd: &Fleetd,
+    metrics_port: u16,
+) -> anyhow::Result<Report> {
+    let (m, n) = (args.machines, args.units);
+    let config = RegistryConfig {
+        endpoints: vec![etcd.client_url.clone()],
+        key_prefix: PREFIX.to_owned(),
+        request_timeout: SIM_REQUEST_TIMEOUT,
+        username: None,
+        password: None,
+        ca_file: None,
+        cert_file: None,
+        key_file: None,
+    };
+    let registry = Registry::connect(&config).await?;
+    let client = Client::new(
+        Endpoint::parse(&fleetd.api_url).map_err(|error| anyhow!("{error}"))?,
+    )
+    .with_timeout(Some(Duration::from_secs(120)));
+
+    // 1. fleetd up: registered (the API answers) and leading the engine.
+    let started = Instant::now();
+    loop {
+        let leader = registry.leader().await.ok().flatten();
+        if leader.as_ref() == Some(&fleetd.machine) && client.machines().await.is_ok() {
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(60) {
+            bail!("fleetd did not serve the API and lead the engine within 60 s (see fleetd.log)");
+        }
+        // Polling another process's readiness: no event to wait on.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!(
+        "scale: fleetd (pid {}) leads, API at {} ({:.1} s)",
+        fleetd.pid,
+        fleetd.api_url,
+        started.elapsed().as_secs_f64()
+    );
+
+    // 2. M simulated machines.
+    let ttl = Duration::from_secs(args.agent_ttl);
+    let sim = Arc::new(Sim {
+        registry: registry.clone(),
+        tracker: Mutex::new(Tracker::default()),
+        progress: watch::Sender::new(0),
+        state_writes: AtomicU64::new(0),
+        errors: AtomicU64::new(0),
+        keep_alive_every: ttl / 3,
+    });
+    let started = Instant::now();
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut workers = Vec::new();
+    for _ in 0..REGISTER_CONCURRENCY.min(m) {
+        let (sim, next) = (sim.clone(), next.clone());
+        workers.push(tokio::spawn(async move {
+            let mut mine = Vec::new();
+            loop {
+                let index = next.fetch_add(1, Ordering::Relaxed);
+                if index >= m {
+                    return anyhow::Ok(mine);
+                }
+                let (machine, stream) = register(&sim, index, ttl)
+                    .await
+                    .with_context(|| format!("registering simulated machine {index}"))?;
+                let stagger = sim.keep_alive_every.mul_f64(index as f64 / m as f64);
+                tokio::spawn(run_machine(
+                    sim.clone(),
+                    index,
+                    machine.id.clone(),
+                    machine.lease,
+                    stream,
+                    machine.cancel.clone(),
+                    stagger.max(Duration::from_millis(1)),
+                ));
+                mine.push((index, machine));
+            }
+        }));
+    }
+    let mut machines: Vec<Option<SimMachine>> = (0..m).map(|_| None).collect();
+    for worker in workers {
+        for (index, machine) in worker.await?? {
+            machines[index] = Some(machine);
+        }
+    }
+    let machines: Vec<SimMachine> = machines.into_iter().flatten().collect();
+    let register_time = started.elapsed();
+    // The API lists them once the engine-side registry has them all.
+    loop {
+        let listed = client.machines().await?.len();
+        if listed > m {
+            break;
+        }
+        if started.elapsed() > Duration::from_secs(120) {
+            bail!("the API lists {listed} machines, expected {}", m + 1);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    eprintln!(
+        "scale: {m} simulated machines registered and watching ({:.1} s)",
+        register_time.as_secs_f64()
+    );
+
+    // 3. Submit N units through the API, wait until all are active.
+    let before_submit = Metrics::scrape(metrics_port).await?;
+    let writes_before = sim.state_writes.load(Ordering::Relaxed);
+    let started = Instant::now();
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut submitters = Vec::new();
+    for _ in 0..args.concurrency.min(n) {
+        let (client, next) = (client.clone(), next.clone());
+        submitters.push(tokio::spawn(async move {
+            loop {
+                let index = next.fetch_add(1, Ordering::Relaxed);
+                if index >= n {
+                    return anyhow::Ok(());
+                }
+                client
+                    .create_unit(&unit_entity(index))
+                    .await
+                    .with_context(|| format!("PUT {}", unit_name(index)))?;
+            }
+        }));
+    }
+    for submitter in submitters {
+        submitter.await??;
+    }
+    let submit_time = started.elapsed();
+    eprintln!(
+        "scale: {n} units submitted ({:.1} s); waiting until all are active",
+        submit_time.as_secs_f64()
+    );
+    let active_deadline = Duration::from_secs(120).max(Duration::from_millis(20 * n as u64));
+    let all_active = wait_until(
+        &sim,
+        started,
+        active_deadline,
+        |tracker| tracker.active_on.len() >= n,
+        |tracker| format!("{} of {n} units active", tracker.active_on.len()),
+    )
+    .await
+    .ok_or_else(|| anyhow!("not all units became active within {active_deadline:?}"))?;
+    let after_active = Metrics::scrape(metrics_port).await?;
+    let state_writes = sim.state_writes.load(Ordering::Relaxed) - writes_before;
+    let (hwm_after_active, _) = fleetd.memory()?;
+    eprintln!(
+        "scale: all {n} units active after {:.2} s",
+        all_active.as_secs_f64()
+    );
+
+    // 4. Listing latencies at N units.
+    let started = Instant::now();
+    let units = client.units().await?;
+    let list_units_api = started.elapsed();
+    let launched = units
+        .iter()
+        .filter(|unit| unit.current_state == "launched")
+        .count();
+    if units.len() != n || launched != n {
+        bail!(
+            "GET /units lists {} units, {launched} launched; expected {n}",
+            units.len()
+        );
+    }
+    let started = Instant::now();
+    let states = client.unit_states(None, None).await?;
+    let list_states_api = started.elapsed();
+    let active_states = states
+        .iter()
+        .filter(|state| state.systemd_active_state == "active")
+        .count();
+    if active_states != n {
+        bail!("GET /state has {active_states} active states, expected {n}");
+    }
+    let started = Instant::now();
+    let output = Command::new(&args.fleetctl)
+        .arg(format!("--endpoint={}", fleetd.api_url))
+        .arg("list-units")
+        .arg("--no-legend")
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .context("running fleetctl")?;
+    let list_units_fleetctl = started.elapsed();
+    let rows = String::from_utf8_lossy(&output.stdout).lines().count();
+    if !output.status.success() || rows != n {
+        bail!(
+            "fleetctl list-units: {}, {rows} rows (expected {n}): {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    eprintln!(
+        "scale: GET /units {:.2} s, GET /state {:.2} s, fleetctl list-units {:.2} s",
+        list_units_api.as_secs_f64(),
+        list_states_api.as_secs_f64(),
+        list_units_fleetctl.as_secs_f64()
+    );
+
+    // 5. Revoke the leases of a fraction of the machines; wait until their
+    // units are active elsewhere.
+    let n_kill = ((m as f64 * args.kill_fraction).round() as usize).max(1);
+    let stride = m / n_kill;
+    let killed: HashSet<usize> = (0..n_kill).map(|k| k * stride).collect();
+    let affected: Vec<String> = {
+        let tracker = sim
+            .tracker
+            .lock()
+            .map_err(|_| anyhow!("tracker lock poisoned"))?;
+        tracker
+            .active_on
+            .iter()
+            .filter(|(_, machine)| killed.contains(machine))
+            .map(|(unit, _)| unit.clone())
+            .collect()
+    };
+    let before_kill = Metrics::scrape(metrics_port).await?;
+    let started = Instant::now();
+    for &index in &killed {
+        machines[index].cancel.cancel();
+    }
+    let mut revokes = Vec::new();
+    for &index in &killed {
+        let (registry, lease) = (registry.clone(), machines[index].lease);
+        revokes.push(tokio::spawn(async move {
+            retry(|| registry.revoke_lease(lease)).await
+        }));
+    }
+    for revoke in revokes {
+        revoke.await??;
+    }
+    let revoked = started.elapsed();
+    eprintln!(
+        "scale: revoked {n_kill} leases ({} units to move) in {:.2} s",
+        affected.len(),
+        revoked.as_secs_f64()
+    );
+    let resched_deadline = Duration::from_secs_f64(args.loss_grace + 120.0);
+    let moved = |tracker: &Tracker| {
+        affected
+            .iter()
+            .filter(|unit| {
+                tracker
+                    .active_on
+                    .get(*unit)
+                    .is_some_and(|machine| !killed.contains(machine))
+            })
+            .count()
+    };
+    let reschedule = wait_until(
+        &sim,
+        started,
+        resched_deadline,
+        |tracker| moved(tracker) == affected.len(),
+        |tracker| format!("{} of {} units moved", moved(tracker), affected.len()),
+    )
+    .await
+    .ok_or_else(|| anyhow!("the units of the lost machines did not move within {resched_deadline:?}"))?;
+    let after_resched = Metrics::scrape(metrics_port).await?;
+    eprintln!(
+        "scale: {} units active elsewhere {:.2} s after the revoke (grace {} s)",
+        affected.len(),
+        reschedule.as_secs_f64(),
+        args.loss_grace
+    );
+
+    // 6. Idle: wait until etcd sees no writes for 3 s (at most 60 s), then
+    // count writes over the idle window.
+    let settle_start = Instant::now();
+    let mut last = Metrics::scrape(metrics_port).await?;
+    let mut quiet_since = Instant::now();
+    while quiet_since.elapsed() < Duration::from_secs(3)
+        && settle_start.elapsed() < Duration::from_secs(60)
+    {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let now = Metrics::scrape(metrics_port).await?;
+        if now.writes(&last) > 0.0 || now.proposals(&last) > 0.0 {
+            quiet_since = Instant::now();
+        }
+        last = now;
+    }
+    let idle_start = Metrics::scrape(metrics_port).await?;
+    let idle_started = Instant::now();
+    tokio::time::sleep(Duration::from_secs_f64(args.idle_seconds)).await;
+    let idle_end = Metrics::scrape(metrics_port).await?;
+    let idle_secs = idle_started.elapsed().as_secs_f64();
+    let idle_writes = idle_end.writes(&idle_start) / idle_secs;
+    let idle_proposals = idle_end.proposals(&idle_start) / idle_secs;
+    let idle_requests = idle_end.requests(&idle_start) / idle_secs;
+    let (hwm, rss) = fleetd.memory()?;
+    let sim_errors = sim.errors.load(Ordering::Relaxed);
+    for machine in &machines {
+        machine.cancel.cancel();
+    }
+
+    // The figures.
+    let per_unit = |value: f64| value / n as f64;
+    let submit_requests = after_active.requests(&before_submit);
+    let submit_writes = after_active.writes(&before_submit);
+    let submit_proposals = after_active.proposals(&before_submit);
+    let received = after_active.delta(&before_submit, "etcd_network_client_grpc_received_bytes_total");
+    let sent = after_active.delta(&before_submit, "etcd_network_client_grpc_sent_bytes_total");
+    let wal_bytes = after_active.delta(&before_submit, "etcd_disk_wal_write_bytes_total");
+    let resched_requests = after_resched.requests(&before_kill);
+    let resched_writes = after_resched.writes(&before_kill);
+    let mib = |bytes: u64| bytes as f64 / (1024.0 * 1024.0);
+    let after_grace = (reschedule.as_secs_f64() - args.loss_grace).max(0.0);
+
+    let met = |ok: bool| if ok { "met" } else { "MISSED" }.to_owned();
+    let mut rows: Vec<(String, String, String)> = vec![
+        (
+            format!("submit {n} units via API (PUT, {} clients)", args.concurrency),
+            format!("{:.2} s", submit_time.as_secs_f64()),
+            String::new(),
+        ),
+        (
+            format!("submit → all {n} active"),
+            format!("{:.2} s", all_active.as_secs_f64()),
+            format!("< 60 s: {}", met(all_active < Duration::from_secs(60))),
+        ),
+        (
+            format!(
+                "reschedule {} units of {n_kill} lost machines (from revoke)",
+                affected.len()
+            ),
+            format!("{:.2} s", reschedule.as_secs_f64()),
+            format!("incl. machine_loss_grace {} s", args.loss_grace),
+        ),
+        (
+            "  … of which after the grace period".to_owned(),
+            format!("{after_grace:.2} s"),
+            format!("< 10 s: {}", met(after_grace < 10.0)),
+        ),
+        (
+            "etcd requests per unit (submit → active)".to_owned(),
+            format!("{:.2}", per_unit(submit_requests)),
+            String::new(),
+        ),
+        (
+            "etcd key writes per unit (puts + deletes)".to_owned(),
+            format!("{:.2}", per_unit(submit_writes)),
+            String::new(),
+        ),
+        (
+            "etcd Raft proposals per unit".to_owned(),
+            format!("{:.2}", per_unit(submit_proposals)),
+            String::new(),
+        ),
+        (
+            "etcd bytes received per unit (client gRPC)".to_owned(),
+            format!("{:.0} B", per_unit(received)),
+            String::new(),
+        ),
+        (
+            "etcd WAL bytes written per unit".to_owned(),
+            format!("{:.0} B", per_unit(wal_bytes)),
+            String::new(),
+        ),
+        (
+            format!("idle etcd writes per second ({idle_secs:.0} s window)"),
+            format!("{idle_writes:.2} (proposals {idle_proposals:.2})"),
+            format!("0: {}", met(idle_writes == 0.0 && idle_proposals == 0.0)),
+        ),
+        (
+            "idle etcd requests per second (lease keep-alives)".to_owned(),
+            format!("{idle_requests:.1}"),
+            String::new(),
+        ),
+        (
+            "engine fleetd peak RSS (VmHWM)".to_owned(),
+            format!("{:.1} MiB (now {:.1} MiB)", mib(hwm), mib(rss)),
+            format!("< 200 MB: {}", met(hwm < 200 * 1000 * 1000)),
+        ),
+        (
+            format!("GET /fleet/v1/units, all pages ({n} units)"),
+            format!("{:.2} s", list_units_api.as_secs_f64()),
+            String::new(),
+        ),
+        (
+            format!("GET /fleet/v1/state, all pages ({n} states)"),
+            format!("{:.2} s", list_states_api.as_secs_f64()),
+            String::new(),
+        ),
+        (
+            "fleetctl list-units".to_owned(),
+            format!("{:.2} s", list_units_fleetctl.as_secs_f64()),
+            format!("< 2 s: {}", met(list_units_fleetctl < Duration::from_secs(2))),
+        ),
+    ];
+    if sim_errors > 0 {
+        rows.push((
+            "simulated agent errors (see stderr)".to_owned(),
+            sim_errors.to_string(),
+            String::new(),
+        ));
+    }
+    let json = serde_json::json!({
+        "machines": m,
+        "units": n,
+        "concurrency": args.concurrency,
+        "machine_loss_grace_s": args.loss_grace,
+        "register_machines_s": secs(register_time),
+        "submit_s": secs(submit_time),
+        "all_active_s": secs(all_active),
+        "fleetd_hwm_after_active_bytes": hwm_after_active,
+        "reschedule": {
+            "machines_lost": n_kill,
+            "units_moved": affected.len(),
+            "from_revoke_s": secs(reschedule),
+            "after_grace_s": (after_grace * 1000.0).round() / 1000.0,
+            "etcd_requests": resched_requests,
+            "etcd_writes": resched_writes,
+        },
+        "per_unit": {
+            "etcd_requests": per_unit(submit_requests),
+            "etcd_writes": per_unit(submit_writes),
+            "etcd_proposals": per_unit(submit_proposals),
+            "etcd_received_bytes": per_unit(received),
+            "etcd_sent_bytes": per_unit(sent),
+            "etcd_wal_bytes": per_unit(wal_bytes),
+            "agent_state_writes": per_unit(state_writes as f64),
+        },
+        "submit_requests_by_method": after_active
+            .by_method(&before_submit)
+            .into_iter()
+            .map(|(method, count)| (method, serde_json::json!(count)))
+            .collect::<serde_json::Map<_, _>>(),
+        "idle": {
+            "window_s": idle_secs,
+            "writes_per_s": idle_writes,
+            "proposals_per_s": idle_proposals,
+            "requests_per_s": idle_requests,
+        },
+        "fleetd_rss": { "hwm_bytes": hwm, "rss_bytes": rss },
+        "latency_s": {
+            "api_get_units_all_pages": secs(list_units_api),
+            "api_get_state_all_pages": secs(list_states_api),
+            "fleetctl_list_units": secs(list_units_fleetctl),
+        },
+        "simulated_agent_errors": sim_errors,
+    });
+    Ok(Report { rows, json })
+}
+
+fn print_table(args: &Args, report: &Report) {
+    let width = report
+        .rows
+        .iter()
+        .map(|(figure, _, _)| figure.chars().count())
+        .max()
+        .unwrap_or(0);
+    let value_width = report
+        .rows
+        .iter()
+        .map(|(_, value, _)| value.chars().count())
+        .max()
+        .unwrap_or(0);
+    println!(
+        "\nfleet scale benchmark: {} machines, {} units",
+        args.machines, args.units
+    );
+    for (figure, value, target) in &report.rows {
+        println!("  {figure:<width$}  {value:>value_width$}  {target}");
+    }
+}
