@@ -15,8 +15,11 @@
 # concurrent apt runs (and the image's hook that deletes downloaded .debs) don't collide.
 set -euo pipefail
 
-PACKAGES=(etcd-server etcd-client protobuf-compiler debootstrap systemd-container iptables
-    iproute2 openssh-client openssh-server curl)
+# libprotobuf-dev: the google/protobuf/*.proto files etcd-client's build script compiles with
+# protoc (a "Recommends" of protobuf-compiler, which --no-install-recommends leaves out).
+# openssl: the etcd TLS test fixture makes its certificates with the openssl command.
+PACKAGES=(etcd-server etcd-client protobuf-compiler libprotobuf-dev debootstrap systemd-container
+    iptables iproute2 openssh-client openssh-server curl openssl)
 CACHE="${FLEET_CACHE:-/var/cache/fleet-build}"
 
 missing=()

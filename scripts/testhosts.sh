@@ -113,7 +113,9 @@ EOF
     ln -sf /lib/systemd/system/ssh.service "$r/etc/systemd/system/multi-user.target.wants/ssh.service"
     # The user the original functional tests ssh in as (uid 500), with passwordless sudo.
     chroot "$r" /usr/sbin/groupadd -g 500 core
-    chroot "$r" /usr/sbin/useradd -m -u 500 -g 500 -s /bin/bash core
+    # In systemd-journal and adm as on CoreOS, so `fleetctl journal` (journalctl over SSH as
+    # core, without sudo) can read the system journal.
+    chroot "$r" /usr/sbin/useradd -m -u 500 -g 500 -G systemd-journal,adm -s /bin/bash core
     echo 'core ALL=(ALL) NOPASSWD: ALL' >"$r/etc/sudoers.d/core"
     chmod 0440 "$r/etc/sudoers.d/core"
     echo 'export PATH=/opt/fleet/bin:$PATH' >"$r/etc/profile.d/fleet.sh"
@@ -122,6 +124,21 @@ EOF
 
 rootfs_key() {
     { echo "$SUITE $PACKAGES"; declare -f rootfs_tweaks; } | sha256sum | cut -c1-16
+}
+
+# Removes cached rootfs trees and tarballs of other keys (older versions of the tweaks), except
+# those a mounted overlay still uses.
+prune_rootfs_cache() {
+    local key=$1 path
+    for path in "$CACHE"/rootfs-*; do
+        [ -e "$path" ] || continue
+        case "$path" in "$CACHE/rootfs-$key" | "$CACHE/rootfs-$key".* | "$CACHE/rootfs.lock") continue ;; esac
+        if grep -qF "lowerdir=${path%.tar.gz}," /proc/mounts; then
+            continue
+        fi
+        log "removing stale cache $path"
+        rm -rf "$path"
+    done
 }
 
 # Prints the path of a complete rootfs, building or extracting it if needed.
@@ -167,6 +184,7 @@ ensure_rootfs() {
             touch "$tmp/.complete"
             mv "$tmp" "$dir"
             log "rootfs built in $(($(now_ms) - start)) ms"
+            prune_rootfs_cache "$key"
         fi
     fi
     flock -u 8

@@ -59,7 +59,6 @@ use fleet_registry::store::{LeaseId, WatchEventKind, WatchStream};
 use fleet_registry::{
     MachineId, MachineState, Registry, RegistryConfig, RegistryError, TargetState, UnitState,
 };
-use fleet_systemd::unit::UnitName;
 
 const USAGE: &str = "\
 scale benchmark: the real fleetd engine+API and etcd, M simulated machines, N units
@@ -313,11 +312,7 @@ struct Fleetd {
     machine: MachineId,
 }
 
-async fn start_fleetd(
-    args: &Args,
-    dir: &Path,
-    etcd_url: &str,
-) -> anyhow::Result<Fleetd> {
+async fn start_fleetd(args: &Args, dir: &Path, etcd_url: &str) -> anyhow::Result<Fleetd> {
     let api_port = free_port()?;
     let api_url = format!("http://127.0.0.1:{api_port}");
     let machine: MachineId = "e0e0e0e0fleetscaleengine00000000"
@@ -556,13 +551,22 @@ struct SimMachine {
     cancel: CancellationToken,
 }
 
-async fn register(sim: &Sim, index: usize, ttl: Duration) -> anyhow::Result<(SimMachine, WatchStream)> {
+async fn register(
+    sim: &Sim,
+    index: usize,
+    ttl: Duration,
+) -> anyhow::Result<(SimMachine, WatchStream)> {
     let registry = &sim.registry;
     let id = sim_machine_id(index);
     let lease = retry(|| registry.grant_lease(ttl)).await?;
     let state = MachineState {
         id: id.clone(),
-        public_ip: format!("10.{}.{}.{}", index / 65536 % 256, index / 256 % 256, index % 256),
+        public_ip: format!(
+            "10.{}.{}.{}",
+            index / 65536 % 256,
+            index / 256 % 256,
+            index % 256
+        ),
         metadata: BTreeMap::from([("role".to_owned(), "worker".to_owned())]),
         version: "0.1.0".to_owned(),
         disable_engine: true,
@@ -788,8 +792,7 @@ async fn run_in(args: &Args, dir: &Path) -> anyhow::Result<()> {
     print_table(args, &report);
     if let Some(path) = &args.json {
         let json = serde_json::to_string_pretty(&report.json)?;
-        std::fs::write(path, json + "\n")
-            .with_context(|| format!("writing {}", path.display()))?;
+        std::fs::write(path, json + "\n").with_context(|| format!("writing {}", path.display()))?;
         eprintln!("scale: wrote {}", path.display());
     }
     Ok(())
@@ -818,10 +821,8 @@ async fn measure(
         key_file: None,
     };
     let registry = Registry::connect(&config).await?;
-    let client = Client::new(
-        Endpoint::parse(&fleetd.api_url).map_err(|error| anyhow!("{error}"))?,
-    )
-    .with_timeout(Some(Duration::from_secs(120)));
+    let client = Client::new(Endpoint::parse(&fleetd.api_url).map_err(|error| anyhow!("{error}"))?)
+        .with_timeout(Some(Duration::from_secs(120)));
 
     // 1. fleetd up: registered (the API answers) and leading the engine.
     let started = Instant::now();
@@ -1060,7 +1061,9 @@ async fn measure(
         |tracker| format!("{} of {} units moved", moved(tracker), affected.len()),
     )
     .await
-    .ok_or_else(|| anyhow!("the units of the lost machines did not move within {resched_deadline:?}"))?;
+    .ok_or_else(|| {
+        anyhow!("the units of the lost machines did not move within {resched_deadline:?}")
+    })?;
     let after_resched = Metrics::scrape(metrics_port).await?;
     eprintln!(
         "scale: {} units active elsewhere {:.2} s after the revoke (grace {} s)",
@@ -1103,7 +1106,10 @@ async fn measure(
     let submit_requests = after_active.requests(&before_submit);
     let submit_writes = after_active.writes(&before_submit);
     let submit_proposals = after_active.proposals(&before_submit);
-    let received = after_active.delta(&before_submit, "etcd_network_client_grpc_received_bytes_total");
+    let received = after_active.delta(
+        &before_submit,
+        "etcd_network_client_grpc_received_bytes_total",
+    );
     let sent = after_active.delta(&before_submit, "etcd_network_client_grpc_sent_bytes_total");
     let wal_bytes = after_active.delta(&before_submit, "etcd_disk_wal_write_bytes_total");
     let resched_requests = after_resched.requests(&before_kill);
@@ -1114,7 +1120,10 @@ async fn measure(
     let met = |ok: bool| if ok { "met" } else { "MISSED" }.to_owned();
     let mut rows: Vec<(String, String, String)> = vec![
         (
-            format!("submit {n} units via API (PUT, {} clients)", args.concurrency),
+            format!(
+                "submit {n} units via API (PUT, {} clients)",
+                args.concurrency
+            ),
             format!("{:.2} s", submit_time.as_secs_f64()),
             String::new(),
         ),
@@ -1189,7 +1198,10 @@ async fn measure(
         (
             "fleetctl list-units".to_owned(),
             format!("{:.2} s", list_units_fleetctl.as_secs_f64()),
-            format!("< 2 s: {}", met(list_units_fleetctl < Duration::from_secs(2))),
+            format!(
+                "< 2 s: {}",
+                met(list_units_fleetctl < Duration::from_secs(2))
+            ),
         ),
     ];
     if sim_errors > 0 {

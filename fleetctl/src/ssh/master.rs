@@ -18,7 +18,8 @@
 //! is checked once and its connection reused.
 //!
 //! Dropping a [`Master`] sends `ssh -O exit` (the openssh crate's drop) and
-//! then removes its directory. Masters also end on their own after
+//! then removes its directory; while a command runs, Ctrl-C ends the command,
+//! not fleetctl, so that this cleanup happens. Masters also end on their own after
 //! [`IDLE_EXIT`] without channels, so a killed fleetctl leaves nothing
 //! running for long.
 
@@ -240,6 +241,10 @@ impl Master {
         if let Some(line) = command_line {
             command.arg(line);
         }
+        // Ctrl-C (without a PTY, e.g. `journal -f`) reaches ssh too, in the same
+        // process group; we outlive it so that dropping the master closes the connection
+        // and removes its directory instead of leaving them to the idle timeout.
+        let _interrupts = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt());
         let status = command
             .status()
             .await

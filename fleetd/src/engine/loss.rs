@@ -63,6 +63,11 @@ pub struct LossTracker {
     trip: Option<Trip>,
     /// Machines a breaker let go after its hold: not counted again.
     forgiven: BTreeSet<MachineId>,
+    /// The `now` of the last [`LossTracker::evaluate`]: a deadline after it
+    /// has not been acted on yet, even if it is already past (found by the
+    /// scale benchmark: with deadlines filtered on `> now`, the machines whose
+    /// grace ended while a pass ran waited for the next window deadline).
+    evaluated_at: Option<Instant>,
 }
 
 impl LossTracker {
@@ -74,6 +79,7 @@ impl LossTracker {
             vanished: BTreeMap::new(),
             trip: None,
             forgiven: BTreeSet::new(),
+            evaluated_at: None,
         }
     }
 
@@ -126,6 +132,7 @@ impl LossTracker {
         now: Instant,
         n_present: usize,
     ) -> (LossPolicy, Option<BreakerEvent>) {
+        self.evaluated_at = Some(now);
         let recent: BTreeSet<MachineId> = self
             .vanished
             .iter()
@@ -187,15 +194,18 @@ impl LossTracker {
 
     /// When the policy may next change by the clock alone (a grace period
     /// ending, the breaker's hold ending, a loss leaving the window): the
-    /// engine runs a pass then.
+    /// engine runs a pass then. A deadline that passed after the last
+    /// evaluation (e.g. while that pass was running) is returned too: it is
+    /// due at once.
     pub fn next_deadline(&self, now: Instant) -> Option<Instant> {
+        let after = self.evaluated_at.map_or(now, |at| at.min(now));
         let mut deadlines: Vec<Instant> = Vec::new();
         for since in self.vanished.values() {
             for deadline in [
                 *since + self.grace,
                 *since + self.window + Duration::from_millis(1),
             ] {
-                if deadline > now {
+                if deadline > after {
                     deadlines.push(deadline);
                 }
             }
@@ -314,6 +324,27 @@ mod tests {
         let (policy, event) = tracker.evaluate(start + GRACE * 5 + Duration::from_secs(1), 1);
         assert_eq!(event, None);
         assert!(!policy.breaker_tripped);
+    }
+
+    #[test]
+    fn a_grace_ending_during_a_pass_is_due_at_once() {
+        let start = Instant::now();
+        let mut tracker = LossTracker::new(GRACE, 0.5, WINDOW);
+        let later = start + Duration::from_millis(5);
+        tracker.vanished(&id("m1"), start);
+        tracker.vanished(&id("m2"), later);
+        let (policy, _) = tracker.evaluate(start + GRACE, 8);
+        assert!(released(&policy, "m1") && !released(&policy, "m2"));
+        // The pass took 20 ms: m2's grace ended meanwhile and is due now,
+        // not at the end of the breaker window.
+        let after_pass = start + GRACE + Duration::from_millis(20);
+        assert_eq!(tracker.next_deadline(after_pass), Some(later + GRACE));
+        let (policy, _) = tracker.evaluate(after_pass, 8);
+        assert!(released(&policy, "m2"));
+        assert_eq!(
+            tracker.next_deadline(after_pass),
+            Some(start + WINDOW + Duration::from_millis(1))
+        );
     }
 
     #[test]

@@ -1,0 +1,137 @@
+#!/usr/bin/env bash
+# Start latency on real systemd hosts: how long from `fleetctl start --no-block X.service`
+# until systemd in the chosen machine says `active` (as fleet's /fleet/v1/state reports it),
+# 20 runs with fresh unit names (min/median/max), then 150 instances of one template started
+# with one `fleetctl start --no-block` until all are active. Finally the largest fleetd
+# resident memory among the hosts.
+#
+# Usage: scripts/bench-start.sh [--endpoint http://IP:54728] [--runs N] [--instances N]
+#   Without --endpoint it boots its own 3-host cluster (scripts/testhosts.sh, state dir
+#   /run/fleet-testhosts-bench; it waits for any test cluster to finish first) and tears it
+#   down on exit. With --endpoint it uses a running cluster, e.g. the demo's
+#   (http://10.231.0.11:54728); memory is then read from the demo's hosts.
+# Needs root (for its own cluster) and target/debug/{fleetd,fleetctl} (or $FLEET_BINDIR).
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+BINDIR="${FLEET_BINDIR:-$root/target/debug}"
+FLEETCTL="$BINDIR/fleetctl"
+TH="$root/scripts/testhosts.sh"
+ENDPOINT=""
+RUNS=20
+INSTANCES=150
+LOCK=/run/fleet-testhosts.lock
+
+while (($#)); do
+    case "$1" in
+        --endpoint) ENDPOINT=${2:?--endpoint needs a URL}; shift 2 ;;
+        --runs) RUNS=${2:?--runs needs a number}; shift 2 ;;
+        --instances) INSTANCES=${2:?--instances needs a number}; shift 2 ;;
+        -h | --help) sed -n '2,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        *) echo "bench-start: unknown option $1 (see --help)" >&2; exit 2 ;;
+    esac
+done
+[ -x "$FLEETCTL" ] || { echo "bench-start: $FLEETCTL missing: cargo build -p fleetd -p fleetctl" >&2; exit 1; }
+command -v jq >/dev/null || { echo "bench-start: jq missing (apt-get install jq)" >&2; exit 1; }
+
+now_ns() { date +%s%N; }
+fc() { "$FLEETCTL" --endpoint "$ENDPOINT" "$@"; }
+WORK=$(mktemp -d /tmp/bench-start.XXXXXX)
+OWN_CLUSTER=0
+
+cleanup() {
+    rm -rf "$WORK"
+    if [ "$OWN_CLUSTER" = 1 ]; then
+        FLEET_TESTHOSTS_DIR=/run/fleet-testhosts-bench "$TH" cleanup >/dev/null 2>&1 || true
+    fi
+}
+trap cleanup EXIT
+
+if [ -z "$ENDPOINT" ]; then
+    [ "$(id -u)" = 0 ] || { echo "bench-start: needs root to boot its cluster" >&2; exit 1; }
+    export FLEET_TESTHOSTS_DIR=/run/fleet-testhosts-bench FLEET_BINDIR="$BINDIR"
+    # Clusters take turns on the functional tests' lock (held until this script exits).
+    exec 9>"$LOCK"
+    flock 9
+    OWN_CLUSTER=1
+    "$TH" cleanup >/dev/null
+    "$TH" rootfs >/dev/null
+    etcd_url=$("$TH" etcd start | tail -n1)
+    "$TH" boot 3 >/dev/null
+    for host in h1 h2 h3; do
+        "$TH" install-fleet "$host" "$etcd_url" "agent_ttl=10s" >/dev/null
+    done
+    ENDPOINT="http://$("$TH" ip h1):54728"
+fi
+# Hosts to read fleetd's memory from: ours, or the demo's.
+TH_DIR=${FLEET_TESTHOSTS_DIR:-/run/fleet-testhosts}
+
+n_machines=0
+for _ in $(seq 1 120); do
+    n_machines=$(fc list-machines --no-legend 2>/dev/null | grep -c . || true)
+    [ "$n_machines" -ge 3 ] && break
+    sleep 0.25
+done
+echo "endpoint $ENDPOINT, $n_machines machines, fleetctl $FLEETCTL"
+
+# One unit's state from the API: prints its systemdActiveState (or nothing).
+active_state() {
+    curl -s --max-time 5 "$ENDPOINT/fleet/v1/state?unitName=$1" |
+        jq -r '.states[0].systemdActiveState // empty' 2>/dev/null || true
+}
+
+tag=$(date +%s)
+times=()
+cmd_times=()
+for run in $(seq 1 "$RUNS"); do
+    name="bench-$tag-$run.service"
+    printf '[Service]\nExecStart=/bin/sleep 100000\n' >"$WORK/$name"
+    start=$(now_ns)
+    fc start --no-block "$WORK/$name" >/dev/null
+    cmd_ms=$((($(now_ns) - start) / 1000000))
+    deadline=$((start + 60000000000))
+    until [ "$(active_state "$name")" = active ]; do
+        [ "$(now_ns)" -lt "$deadline" ] || { echo "bench-start: $name not active after 60 s" >&2; exit 1; }
+    done
+    ms=$((($(now_ns) - start) / 1000000))
+    times+=("$ms")
+    cmd_times+=("$cmd_ms")
+    echo "run $run: $name active after $ms ms (the start command itself: $cmd_ms ms)"
+done
+sorted=$(printf '%s\n' "${times[@]}" | sort -n)
+min=$(head -n1 <<<"$sorted")
+max=$(tail -n1 <<<"$sorted")
+median=$(awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }' <<<"$sorted")
+echo "single unit, start --no-block until active, $RUNS runs: min $min ms, median $median ms, max $max ms"
+cmd_median=$(printf '%s\n' "${cmd_times[@]}" | sort -n | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }')
+echo "  of which the fleetctl start command itself: median $cmd_median ms"
+
+# A template and N instances in one command.
+template="bench$tag@.service"
+printf '[Unit]\nDescription=bench %%i\n\n[Service]\nExecStart=/bin/sleep 100000\n' >"$WORK/$template"
+args=()
+for idx in $(seq 1 "$INSTANCES"); do args+=("$WORK/bench$tag@$idx.service"); done
+start=$(now_ns)
+fc start --no-block "${args[@]}" >/dev/null
+cmd_ms=$((($(now_ns) - start) / 1000000))
+deadline=$((start + 300000000000))
+while :; do
+    n=$(fc list-units --no-legend --fields unit,active 2>/dev/null | awk -v p="bench$tag@" 'index($1, p) == 1 && $2 == "active"' | grep -c . || true)
+    [ "$n" -ge "$INSTANCES" ] && break
+    [ "$(now_ns)" -lt "$deadline" ] || { echo "bench-start: only $n of $INSTANCES active after 300 s" >&2; exit 1; }
+done
+all_ms=$((($(now_ns) - start) / 1000000))
+echo "$INSTANCES instances, one start --no-block: command $cmd_ms ms, all active after $all_ms ms"
+
+# The largest fleetd resident memory among the hosts (needs their state dir).
+max_rss=0
+for d in "$TH_DIR"/hosts/h*; do
+    [ -d "$d" ] || continue
+    host=$(basename "$d")
+    rss=$(FLEET_TESTHOSTS_DIR=$TH_DIR "$TH" exec "$host" ps -o rss= -C fleetd 2>/dev/null | sort -n | tail -n1 | tr -d ' ' || true)
+    [ -n "$rss" ] && echo "fleetd RSS in $host: $((rss / 1024)) MiB ($rss KiB)"
+    [ -n "$rss" ] && [ "$rss" -gt "$max_rss" ] && max_rss=$rss
+done
+[ "$max_rss" -gt 0 ] && echo "largest fleetd RSS: $((max_rss / 1024)) MiB"
+exit 0
