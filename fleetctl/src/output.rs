@@ -137,6 +137,19 @@ impl Format {
     }
 }
 
+/// The output format and the fields of a list command, or the message that
+/// says which of the two is wrong.
+///
+/// # Errors
+/// The message of [`Format::parse`] or [`parse_fields`].
+pub fn list_layout(
+    output: &str,
+    fields: &str,
+    valid: &[&str],
+) -> Result<(Format, Vec<String>), String> {
+    Ok((Format::parse(output)?, parse_fields(fields, valid)?))
+}
+
 /// Checks a `--fields` list against the valid field names, with the
 /// original's messages.
 ///

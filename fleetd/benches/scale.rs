@@ -652,7 +652,7 @@ async fn handle_event(
             let mut state = UnitState {
                 unit: placement.unit.clone(),
                 machine: id.clone(),
-                hash: placement.hash.clone(),
+                hash: placement.hash,
                 load_state: "loaded".to_owned(),
                 active_state: "inactive".to_owned(),
                 sub_state: "dead".to_owned(),

@@ -11,37 +11,65 @@ use http::StatusCode;
 use fleet_registry::UnitState;
 use fleet_systemd::unit::UnitName;
 
-use super::{ApiError, Query, Shared, json_response, paginate};
+use super::{ApiError, Query, Shared, json_response, paginate, paginate_shared};
 use crate::entities;
 
 /// `GET /state[?machineID=<id>][&unitName=<name>]`: filters are exact
 /// matches on the first value of each parameter, applied before paging; the
-/// states are sorted by (unit, machine).
+/// states are sorted by (unit, machine). Without `unitName`, the first page
+/// reads every state and the pages after it are cut from that listing while
+/// it is recent (see `Listing` in the parent module).
 pub(super) async fn list(shared: &Shared, query: &Query) -> Result<Response, ApiError> {
     let page = query.page(shared.api.token_limit)?;
     let registry = &shared.api.registry;
-    let unit_states = match query.first("unitName") {
+    let machine_filter = query.first("machineID");
+    let matches =
+        |state: &UnitState| machine_filter.is_none_or(|machine| state.machine.as_str() == machine);
+    let (states, next_page_token) = match query.first("unitName") {
         // Only the asked unit's prefix is read. A name that does not
         // validate has no states.
-        Some(unit_name) => match UnitName::from_str(unit_name) {
-            Ok(name) => registry
-                .states_of_unit(&name)
-                .await
-                .map_err(|error| ApiError::registry("get unit states", error))?,
-            Err(_) => Vec::new(),
-        },
-        None => registry
-            .unit_states()
-            .await
-            .map_err(|error| ApiError::registry("list unit states", error))?,
+        Some(unit_name) => {
+            let unit_states = match UnitName::from_str(unit_name) {
+                Ok(name) => registry
+                    .states_of_unit(&name)
+                    .await
+                    .map_err(|error| ApiError::registry("get unit states", error))?,
+                Err(_) => Vec::new(),
+            };
+            let matching: Vec<UnitState> = unit_states.into_iter().filter(matches).collect();
+            let (page_states, next_page_token) = paginate(matching, page);
+            (
+                page_states.iter().map(state_entity).collect(),
+                next_page_token,
+            )
+        }
+        None => {
+            let all_states = shared
+                .states_listing
+                .get_or_read(page, async {
+                    registry
+                        .unit_states()
+                        .await
+                        .map_err(|error| ApiError::registry("list unit states", error))
+                })
+                .await?;
+            let (page_states, next_page_token) = match machine_filter {
+                None => paginate_shared(&all_states, page),
+                Some(_) => {
+                    let matching: Vec<UnitState> = all_states
+                        .iter()
+                        .filter(|state| matches(state))
+                        .cloned()
+                        .collect();
+                    paginate(matching, page)
+                }
+            };
+            (
+                page_states.iter().map(state_entity).collect(),
+                next_page_token,
+            )
+        }
     };
-    let machine_filter = query.first("machineID");
-    let matching: Vec<UnitState> = unit_states
-        .into_iter()
-        .filter(|state| machine_filter.is_none_or(|machine| state.machine.as_str() == machine))
-        .collect();
-    let (page_states, next_page_token) = paginate(matching, page);
-    let states = page_states.iter().map(state_entity).collect();
     Ok(json_response(
         StatusCode::OK,
         &entities::UnitStatePage {

@@ -15,57 +15,19 @@ use serde::de::DeserializeOwned;
 use fleet_registry::{MachineId, TargetState, Unit};
 use fleet_systemd::unit::{Requirements, UnitFile, UnitName, UnitOption, validate_options};
 
-use super::{ApiError, Query, Shared, empty_response, json_response, paginate};
+use super::{ApiError, Query, Shared, empty_response, json_response, paginate_shared};
 use crate::entities;
 
-/// `GET /units`: one page of units sorted by name (spec 6.3).
+/// `GET /units`: one page of units sorted by name (spec 6.3). The first
+/// page reads etcd; the pages after it are cut from that listing while it
+/// is recent (see `Listing` in the parent module).
 pub(super) async fn list(shared: &Shared, query: &Query) -> Result<Response, ApiError> {
     let page = query.page(shared.api.token_limit)?;
-    let registry = &shared.api.registry;
-    let all_units = registry
-        .units()
-        .await
-        .map_err(|error| ApiError::registry("list units", error))?;
-    let (page_units, next_page_token) = paginate(all_units, page);
-    let mut units = Vec::with_capacity(page_units.len());
-    if !page_units.is_empty() {
-        let placements = registry
-            .placements()
-            .await
-            .map_err(|error| ApiError::registry("list placements", error))?;
-        let unit_states = registry
-            .unit_states()
-            .await
-            .map_err(|error| ApiError::registry("list unit states", error))?;
-        // A non-global unit has at most one placement; keep the first.
-        let mut placed_on: HashMap<&UnitName, &MachineId> = HashMap::new();
-        for placement in &placements {
-            placed_on
-                .entry(&placement.unit)
-                .or_insert(&placement.machine);
-        }
-        let reached: HashMap<(&UnitName, &MachineId), TargetState> = unit_states
-            .iter()
-            .map(|state| ((&state.unit, &state.machine), state.reached))
-            .collect();
-        for unit in &page_units {
-            let mut entity = unit_entity(unit);
-            if is_global(unit) {
-                // Quirk (spec 6.2, Appendix B 17): the list reports global
-                // units as inactive with no machine, while GET of one omits
-                // both. Kept: the original fleetctl reads this shape.
-                entity.current_state = TargetState::Inactive.as_str().to_owned();
-            } else {
-                let machine = placed_on.get(&unit.name).copied();
-                let current = machine
-                    .and_then(|machine| reached.get(&(&unit.name, machine)).copied())
-                    .unwrap_or(TargetState::Inactive);
-                entity.current_state = current.as_str().to_owned();
-                entity.machine_id = machine.map(ToString::to_string).unwrap_or_default();
-            }
-            units.push(entity);
-        }
-    }
+    let all_units = shared
+        .units_listing
+        .get_or_read(page, read_unit_entities(shared))
+        .await?;
+    let (units, next_page_token) = paginate_shared(&all_units, page);
     Ok(json_response(
         StatusCode::OK,
         &entities::UnitPage {
@@ -73,6 +35,56 @@ pub(super) async fn list(shared: &Shared, query: &Query) -> Result<Response, Api
             next_page_token,
         },
     ))
+}
+
+/// Every unit's entity with its current state and machine, sorted by name.
+async fn read_unit_entities(shared: &Shared) -> Result<Vec<entities::Unit>, ApiError> {
+    let registry = &shared.api.registry;
+    let all_units = registry
+        .units()
+        .await
+        .map_err(|error| ApiError::registry("list units", error))?;
+    let mut units = Vec::with_capacity(all_units.len());
+    if all_units.is_empty() {
+        return Ok(units);
+    }
+    let placements = registry
+        .placements()
+        .await
+        .map_err(|error| ApiError::registry("list placements", error))?;
+    let unit_states = registry
+        .unit_states()
+        .await
+        .map_err(|error| ApiError::registry("list unit states", error))?;
+    // A non-global unit has at most one placement; keep the first.
+    let mut placed_on: HashMap<&UnitName, &MachineId> = HashMap::new();
+    for placement in &placements {
+        placed_on
+            .entry(&placement.unit)
+            .or_insert(&placement.machine);
+    }
+    let reached: HashMap<(&UnitName, &MachineId), TargetState> = unit_states
+        .iter()
+        .map(|state| ((&state.unit, &state.machine), state.reached))
+        .collect();
+    for unit in &all_units {
+        let mut entity = unit_entity(unit);
+        if is_global(unit) {
+            // Quirk (spec 6.2, Appendix B 17): the list reports global
+            // units as inactive with no machine, while GET of one omits
+            // both. Kept: the original fleetctl reads this shape.
+            entity.current_state = TargetState::Inactive.as_str().to_owned();
+        } else {
+            let machine = placed_on.get(&unit.name).copied();
+            let current = machine
+                .and_then(|machine| reached.get(&(&unit.name, machine)).copied())
+                .unwrap_or(TargetState::Inactive);
+            entity.current_state = current.as_str().to_owned();
+            entity.machine_id = machine.map(ToString::to_string).unwrap_or_default();
+        }
+        units.push(entity);
+    }
+    Ok(units)
 }
 
 /// `GET /units/<name>`.
@@ -123,6 +135,7 @@ pub(super) async fn delete(shared: &Shared, item: &str) -> Result<Response, ApiE
         .destroy_unit(&name)
         .await
         .map_err(|error| ApiError::registry("destroy unit", error))?;
+    shared.units_listing.forget();
     if !destroyed {
         return Err(unit_not_found());
     }
@@ -187,6 +200,7 @@ pub(super) async fn put(
                 .set_desired_state(&name, desired_state)
                 .await
                 .map_err(|error| ApiError::registry("set desired state", error))?;
+            shared.units_listing.forget();
             if !updated {
                 // Deleted between our read and our write.
                 return Err(unit_not_found());
@@ -219,6 +233,7 @@ async fn create(
         .create_unit(name, file, desired_state)
         .await
         .map_err(|error| ApiError::registry("create unit", error))?;
+    shared.units_listing.forget();
     Ok(empty_response(StatusCode::CREATED))
 }
 

@@ -6,7 +6,7 @@ use crate::cli::ListMachinesArgs;
 use crate::commands::Ctx;
 use crate::exit::Exit;
 use crate::output::{
-    Format, format_metadata, machine_id_legend, or_dash, parse_fields, render_fields_table,
+    Format, format_metadata, list_layout, machine_id_legend, or_dash, render_fields_table,
     render_json,
 };
 
@@ -25,15 +25,8 @@ pub fn machine_row(machine: &Machine, fields: &[String], full: bool) -> Vec<Stri
 }
 
 pub async fn run(ctx: &Ctx, args: ListMachinesArgs) -> anyhow::Result<Exit> {
-    let format = match Format::parse(&args.list.output) {
-        Ok(format) => format,
-        Err(error) => {
-            ctx.console.err(&error);
-            return Ok(Exit::Failure);
-        }
-    };
-    let fields = match parse_fields(&args.fields, VALID_FIELDS) {
-        Ok(fields) => fields,
+    let (format, fields) = match list_layout(&args.list.output, &args.fields, VALID_FIELDS) {
+        Ok(layout) => layout,
         Err(error) => {
             ctx.console.err(&error);
             return Ok(Exit::Failure);

@@ -5,7 +5,7 @@ use fleet_api::entities::{Machine, Unit};
 use crate::cli::ListUnitFilesArgs;
 use crate::commands::{Ctx, is_global, unit_file_of};
 use crate::exit::Exit;
-use crate::output::{Format, legend_for, or_dash, parse_fields, render_fields_table, render_json};
+use crate::output::{Format, legend_for, list_layout, or_dash, render_fields_table, render_json};
 
 const VALID_FIELDS: &[&str] = &[
     "unit", "global", "dstate", "target", "tmachine", "state", "hash", "desc",
@@ -35,15 +35,8 @@ pub fn unit_row(unit: &Unit, fields: &[String], machines: &[Machine], full: bool
 }
 
 pub async fn run(ctx: &Ctx, args: ListUnitFilesArgs) -> anyhow::Result<Exit> {
-    let format = match Format::parse(&args.list.output) {
-        Ok(format) => format,
-        Err(error) => {
-            ctx.console.err(&error);
-            return Ok(Exit::Failure);
-        }
-    };
-    let fields = match parse_fields(&args.fields, VALID_FIELDS) {
-        Ok(fields) => fields,
+    let (format, fields) = match list_layout(&args.list.output, &args.fields, VALID_FIELDS) {
+        Ok(layout) => layout,
         Err(error) => {
             ctx.console.err(&error);
             return Ok(Exit::Failure);

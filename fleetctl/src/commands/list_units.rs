@@ -5,7 +5,7 @@ use fleet_api::entities::{Machine, UnitState};
 use crate::cli::ListUnitsArgs;
 use crate::commands::Ctx;
 use crate::exit::Exit;
-use crate::output::{Format, legend_for, or_dash, parse_fields, render_fields_table, render_json};
+use crate::output::{Format, legend_for, list_layout, or_dash, render_fields_table, render_json};
 
 const VALID_FIELDS: &[&str] = &["unit", "load", "active", "sub", "machine", "hash"];
 
@@ -33,15 +33,8 @@ pub fn state_row(
 }
 
 pub async fn run(ctx: &Ctx, args: ListUnitsArgs) -> anyhow::Result<Exit> {
-    let format = match Format::parse(&args.list.output) {
-        Ok(format) => format,
-        Err(error) => {
-            ctx.console.err(&error);
-            return Ok(Exit::Failure);
-        }
-    };
-    let fields = match parse_fields(&args.fields, VALID_FIELDS) {
-        Ok(fields) => fields,
+    let (format, fields) = match list_layout(&args.list.output, &args.fields, VALID_FIELDS) {
+        Ok(layout) => layout,
         Err(error) => {
             ctx.console.err(&error);
             return Ok(Exit::Failure);

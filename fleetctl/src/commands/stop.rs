@@ -3,6 +3,8 @@
 
 use std::sync::Arc;
 
+use fleet_api::entities::Unit;
+
 use crate::cli::BlockingUnitsArgs;
 use crate::commands::{Ctx, find_units, is_global};
 use crate::exit::Exit;
@@ -21,10 +23,9 @@ pub async fn run_stop(ctx: &Arc<Ctx>, args: BlockingUnitsArgs) -> anyhow::Result
         ctx.console.err("Units not found in registry");
         return Ok(Exit::Success);
     }
-    let mut stopping = Vec::new();
+    let mut to_stop = Vec::new();
     for unit in &units {
-        let global = is_global(unit);
-        if !global {
+        if !is_global(unit) {
             if unit.current_state == "inactive" {
                 ctx.console.err(&format!(
                     "Unable to stop unit {} in state inactive",
@@ -36,45 +37,16 @@ pub async fn run_stop(ctx: &Arc<Ctx>, args: BlockingUnitsArgs) -> anyhow::Result
                 continue;
             }
         }
-        if let Err(error) = ctx.client.set_unit_target_state(&unit.name, "loaded").await {
-            ctx.console.err(&format!(
-                "Error setting target state of unit {}: {error}",
-                unit.name
-            ));
-            return Ok(Exit::Failure);
-        }
-        if global {
-            ctx.console
-                .out(&format!("Triggered global unit {} stop", unit.name));
-        } else {
-            stopping.push(unit.name.clone());
-        }
+        to_stop.push(unit);
     }
-    let errors = wait_for_unit_states(
-        ctx,
-        &stopping,
-        "loaded",
-        "stop",
-        Blocking::from_args(&args.block),
-    )
-    .await;
-    for error in &errors {
-        ctx.console
-            .err(&format!("Error waiting for units: {error}"));
-    }
-    if errors.is_empty() {
-        ctx.console.err(&format!(
-            "Successfully stopped units {}.",
-            go_list(&stopping)
-        ));
-        Ok(Exit::Success)
-    } else {
-        ctx.console.err(&format!(
-            "Failed to stop units {}. exit status: 1",
-            go_list(&stopping)
-        ));
-        Ok(Exit::Failure)
-    }
+    let lowering = Lowering {
+        target: "loaded",
+        verb: "stop",
+        done: "stopped",
+    };
+    Ok(lowering
+        .run(ctx, &to_stop, Blocking::from_args(&args.block))
+        .await)
 }
 
 pub async fn run_unload(ctx: &Arc<Ctx>, args: BlockingUnitsArgs) -> anyhow::Result<Exit> {
@@ -85,53 +57,72 @@ pub async fn run_unload(ctx: &Arc<Ctx>, args: BlockingUnitsArgs) -> anyhow::Resu
             return Ok(Exit::Failure);
         }
     };
-    let mut waiting = Vec::new();
-    for unit in &units {
-        let global = is_global(unit);
-        if !global && unit.current_state == "inactive" {
-            continue;
+    let to_unload: Vec<&Unit> = units
+        .iter()
+        .filter(|unit| is_global(unit) || unit.current_state != "inactive")
+        .collect();
+    let lowering = Lowering {
+        target: "inactive",
+        verb: "unload",
+        done: "unloaded",
+    };
+    Ok(lowering
+        .run(ctx, &to_unload, Blocking::from_args(&args.block))
+        .await)
+}
+
+/// One lowering of desired state: the target and the words of its messages.
+struct Lowering {
+    target: &'static str,
+    verb: &'static str,
+    done: &'static str,
+}
+
+impl Lowering {
+    /// Sets the target on every unit, waits for the non-global ones (global
+    /// units are never waited on, spec 7.5) and prints the original's lines.
+    async fn run(&self, ctx: &Arc<Ctx>, units: &[&Unit], blocking: Blocking) -> Exit {
+        let mut waiting = Vec::new();
+        for unit in units {
+            if let Err(error) = ctx
+                .client
+                .set_unit_target_state(&unit.name, self.target)
+                .await
+            {
+                ctx.console.err(&format!(
+                    "Error setting target state of unit {}: {error}",
+                    unit.name
+                ));
+                return Exit::Failure;
+            }
+            if is_global(unit) {
+                ctx.console.out(&format!(
+                    "Triggered global unit {} {}",
+                    unit.name, self.verb
+                ));
+            } else {
+                waiting.push(unit.name.clone());
+            }
         }
-        if let Err(error) = ctx
-            .client
-            .set_unit_target_state(&unit.name, "inactive")
-            .await
-        {
-            ctx.console.err(&format!(
-                "Error setting target state of unit {}: {error}",
-                unit.name
-            ));
-            return Ok(Exit::Failure);
-        }
-        if global {
+        let errors = wait_for_unit_states(ctx, &waiting, self.target, self.verb, blocking).await;
+        for error in &errors {
             ctx.console
-                .out(&format!("Triggered global unit {} unload", unit.name));
-        } else {
-            waiting.push(unit.name.clone());
+                .err(&format!("Error waiting for units: {error}"));
         }
-    }
-    let errors = wait_for_unit_states(
-        ctx,
-        &waiting,
-        "inactive",
-        "unload",
-        Blocking::from_args(&args.block),
-    )
-    .await;
-    for error in &errors {
-        ctx.console
-            .err(&format!("Error waiting for units: {error}"));
-    }
-    if errors.is_empty() {
-        ctx.console.err(&format!(
-            "Successfully unloaded units {}.",
-            go_list(&waiting)
-        ));
-        Ok(Exit::Success)
-    } else {
-        ctx.console.err(&format!(
-            "Failed to unload units {}. exit status: 1",
-            go_list(&waiting)
-        ));
-        Ok(Exit::Failure)
+        if errors.is_empty() {
+            ctx.console.err(&format!(
+                "Successfully {} units {}.",
+                self.done,
+                go_list(&waiting)
+            ));
+            Exit::Success
+        } else {
+            ctx.console.err(&format!(
+                "Failed to {} units {}. exit status: 1",
+                self.verb,
+                go_list(&waiting)
+            ));
+            Exit::Failure
+        }
     }
 }

@@ -56,7 +56,11 @@ fn units_run_where_the_scheduler_puts_them() -> anyhow::Result<()> {
     let hello = hello.to_string_lossy();
 
     // start (blocking) → active in list-units and in the systemd of the machine it names.
-    fleet.ctl_ok(&["start", "--block-attempts=15", &hello])?;
+    let started = fleet.ctl_ok(&["start", "--block-attempts=15", &hello])?;
+    assert!(
+        started.contains("Unit hello.service launched on"),
+        "start said {started:?}"
+    );
     let placed = fleet.wait_active(&["hello.service"], ACTIVE_DEADLINE)?;
     let host = host_of(&cluster, &placed["hello.service"])?;
     assert_eq!(systemd_state(&cluster, &host, "hello.service")?, "active");
@@ -154,6 +158,26 @@ fn units_run_where_the_scheduler_puts_them() -> anyhow::Result<()> {
     fleet.wait_units(ACTIVE_DEADLINE, "conflict@ units gone", |units| {
         units.iter().all(|row| !row.unit.starts_with("conflict@"))
     })?;
+    // Destroying a running unit stops it in systemd too.
+    for host in cluster.hosts() {
+        wait_until(
+            ACTIVE_DEADLINE,
+            &format!("conflict@ units stopped in {host}"),
+            || {
+                let active = cluster.exec_ok(
+                    host,
+                    &[
+                        "systemctl",
+                        "list-units",
+                        "--state=active",
+                        "--no-legend",
+                        "conflict@*",
+                    ],
+                )?;
+                Ok(active.trim().is_empty())
+            },
+        )?;
+    }
 
     // MachineOf, MachineMetadata, MachineID.
     let h3_id = cluster.machine_id("h3")?;
@@ -268,6 +292,41 @@ fn units_run_where_the_scheduler_puts_them() -> anyhow::Result<()> {
         },
     )?;
 
+    // A one-way conflict (TestScheduleOneWayConflict), both held to h1: lonely waits while
+    // grumpy runs, and takes h1 once grumpy is destroyed.
+    let grumpy = unit_file(
+        dir.path(),
+        "grumpy.service",
+        &sleeper("Conflicts=lonely.service\nMachineMetadata=hostname=h1"),
+    )?;
+    let lonely = unit_file(
+        dir.path(),
+        "lonely.service",
+        &sleeper("MachineMetadata=hostname=h1"),
+    )?;
+    fleet.ctl_ok(&["start", "--block-attempts=15", &grumpy])?;
+    // marker, started with lonely, shows the engine has been through both.
+    let marker = unit_file(
+        dir.path(),
+        "marker.service",
+        &sleeper("MachineMetadata=hostname=h1"),
+    )?;
+    fleet.ctl_ok(&["start", "--no-block", &lonely, &marker])?;
+    fleet.wait_active(&["marker.service"], ACTIVE_DEADLINE)?;
+    let files = fleet.unit_files()?;
+    let lonely_row = files
+        .iter()
+        .find(|row| row.unit == "lonely.service")
+        .context("lonely.service not listed")?;
+    assert_eq!(
+        lonely_row.target, "-",
+        "lonely placed next to grumpy: {files:?}"
+    );
+    fleet.ctl_ok(&["destroy", "grumpy.service"])?;
+    let placed = fleet.wait_active(&["lonely.service"], ACTIVE_DEADLINE)?;
+    assert_eq!(placed["lonely.service"], cluster.machine_id("h1")?);
+    wait_systemd(&cluster, "h1", "grumpy.service", "inactive")?;
+
     // A unit whose binary does not exist is `failed`; another unit still starts.
     let broken = unit_file(
         dir.path(),
@@ -313,8 +372,18 @@ fn units_survive_fleet_restart_and_leave_a_lost_machine() -> anyhow::Result<()> 
         "work2.service",
         &sleeper("MachineMetadata=hostname=h2\nMachineMetadata=hostname=h3"),
     )?;
-    fleet.ctl_ok(&["start", "--no-block", &work1, &work2])?;
-    let placed = fleet.wait_active(&["work1.service", "work2.service"], ACTIVE_DEADLINE)?;
+    // follow2 goes wherever work2 goes.
+    let follow2 = unit_file(
+        dir.path(),
+        "follow2.service",
+        &sleeper("MachineOf=work2.service"),
+    )?;
+    fleet.ctl_ok(&["start", "--no-block", &work1, &work2, &follow2])?;
+    let placed = fleet.wait_active(
+        &["work1.service", "work2.service", "follow2.service"],
+        ACTIVE_DEADLINE,
+    )?;
+    assert_eq!(placed["follow2.service"], placed["work2.service"]);
     assert_eq!(placed["work1.service"], cluster.machine_id("h1")?);
 
     // `systemctl restart fleet` in h1: work1 keeps its process.
@@ -332,6 +401,10 @@ fn units_survive_fleet_restart_and_leave_a_lost_machine() -> anyhow::Result<()> 
         )
     };
     let before = show()?;
+    assert!(
+        before.contains("MainPID=") && !before.contains("MainPID=0\n"),
+        "work1 has no main process: {before}"
+    );
     cluster.exec_ok("h1", &["systemctl", "restart", "fleet"])?;
     let h1_id = cluster.machine_id("h1")?;
     wait_until(
@@ -351,10 +424,15 @@ fn units_survive_fleet_restart_and_leave_a_lost_machine() -> anyhow::Result<()> 
     let other_id = cluster.machine_id(other)?;
     cluster.break_host(&host2, "kill")?;
     let moved_deadline = Duration::from_secs(60);
-    wait_until(moved_deadline, "work2 active on the other machine", || {
-        let placed = fleet.wait_active(&["work2.service"], Duration::ZERO)?;
-        Ok(placed["work2.service"] == other_id)
-    })?;
+    wait_until(
+        moved_deadline,
+        "work2 and follow2 active on the other machine",
+        || {
+            let placed =
+                fleet.wait_active(&["work2.service", "follow2.service"], Duration::ZERO)?;
+            Ok(placed["work2.service"] == other_id && placed["follow2.service"] == other_id)
+        },
+    )?;
     wait_systemd(&cluster, other, "work2.service", "active")?;
     // ...and when that host boots again, fleet there does not run it.
     cluster.boot_one(&host2, false)?;
@@ -413,4 +491,95 @@ impl Drop for Thaw<'_> {
             eprintln!("thawing {}: {error:#}", self.host);
         }
     }
+}
+
+/// Undoes a `drop` of a host's etcd traffic on drop of the guard.
+struct Undrop<'a> {
+    cluster: &'a Cluster,
+    host: &'a str,
+}
+
+impl Drop for Undrop<'_> {
+    fn drop(&mut self) {
+        if let Err(error) = self.cluster.break_host(self.host, "undrop") {
+            eprintln!("undropping {}: {error:#}", self.host);
+        }
+    }
+}
+
+/// TestSingleNodeConnectivityLoss: a machine cut off etcd for longer than its TTL keeps its
+/// units running, and once it is back nothing is stopped or restarted.
+#[test]
+fn units_keep_running_while_etcd_is_unreachable() -> anyhow::Result<()> {
+    let cluster = Cluster::start(1)?;
+    crate::foundation::install_everywhere(&cluster)?;
+    let fleet = Fleet::new(&cluster, "h1")?;
+    let dir = tempfile::tempdir()?;
+    let launched = unit_file(dir.path(), "keep-launched.service", &sleeper(""))?;
+    let loaded = unit_file(dir.path(), "keep-loaded.service", &sleeper(""))?;
+    let global = workspace_root().join("examples/global.service");
+    fleet.ctl_ok(&["start", "--no-block", &launched, &global.to_string_lossy()])?;
+    fleet.ctl_ok(&["load", "--no-block", &loaded])?;
+    let expected = |units: &[crate::foundation::UnitRow]| {
+        let state = |name: &str| {
+            units
+                .iter()
+                .find(|row| row.unit == name)
+                .map(|row| row.active.clone())
+        };
+        state("keep-launched.service").as_deref() == Some("active")
+            && state("global.service").as_deref() == Some("active")
+            && state("keep-loaded.service").as_deref() == Some("inactive")
+    };
+    fleet.wait_units(ACTIVE_DEADLINE, "the units in their states", expected)?;
+    let show = || {
+        cluster.exec_ok(
+            "h1",
+            &[
+                "systemctl",
+                "show",
+                "-p",
+                "ExecMainStartTimestamp,MainPID",
+                "keep-launched.service",
+                "global.service",
+            ],
+        )
+    };
+    let before = show()?;
+
+    // Cut h1 off etcd until its lease has expired and fleet there knows it (503).
+    cluster.break_host("h1", "drop")?;
+    let undrop = Undrop {
+        cluster: &cluster,
+        host: "h1",
+    };
+    wait_until(Duration::from_secs(30), "h1's lease to expire", || {
+        Ok(crate::foundation::etcd_keys(&cluster, "machines/")?.is_empty())
+    })?;
+    wait_until(Duration::from_secs(30), "h1's API to answer 503", || {
+        Ok(crate::foundation::api_in_host(&cluster, "h1", "/fleet/v1/machines")?.status == 503)
+    })?;
+    assert_eq!(
+        show()?,
+        before,
+        "units restarted while etcd was unreachable"
+    );
+    assert_eq!(
+        systemd_state(&cluster, "h1", "keep-loaded.service")?,
+        "inactive"
+    );
+    drop(undrop);
+
+    // Back: the same states, and a later unit starts (the engine has been through a pass).
+    fleet.wait_units(ACTIVE_DEADLINE, "the units back in their states", expected)?;
+    let later = unit_file(dir.path(), "later.service", &sleeper(""))?;
+    fleet.ctl_ok(&["start", "--block-attempts=15", &later])?;
+    fleet.wait_active(&["later.service"], ACTIVE_DEADLINE)?;
+    assert_eq!(show()?, before, "units restarted after etcd came back");
+    let journal = cluster.exec_ok("h1", &["journalctl", "--no-pager", "_PID=1"])?;
+    assert!(
+        !journal.contains("Stopping keep-launched") && !journal.contains("Stopping Hello World"),
+        "systemd stopped a unit: {journal}"
+    );
+    Ok(())
 }

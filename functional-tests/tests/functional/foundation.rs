@@ -9,7 +9,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use functional_tests::{Cluster, wait_until};
+use functional_tests::{Cluster, bin_dir, wait_until};
 
 /// The conf lines every test cluster uses: a short TTL and grace, so that losing a machine
 /// is noticed in seconds instead of the defaults' 30 s + 10 s.
@@ -307,6 +307,37 @@ pub(crate) fn host_of(cluster: &Cluster, machine_id: &str) -> anyhow::Result<Str
     bail!("no host has machine id {machine_id:?}")
 }
 
+/// The default `etcd_key_prefix`.
+pub(crate) const PREFIX: &str = "/_coreos.com/fleet/";
+
+/// The keys under `P/<sub>` in etcd, read directly with etcdctl.
+pub(crate) fn etcd_keys(cluster: &Cluster, sub: &str) -> anyhow::Result<Vec<String>> {
+    let endpoint = cluster
+        .etcd_url()
+        .split(',')
+        .next()
+        .context("no etcd url")?
+        .to_string();
+    let output = Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .args(["--endpoints", &endpoint, "get", "--prefix", "--keys-only"])
+        .arg(format!("{PREFIX}{sub}"))
+        .stdin(Stdio::null())
+        .output()
+        .context("running etcdctl")?;
+    if !output.status.success() {
+        bail!(
+            "etcdctl failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter(|line| !line.trim().is_empty())
+        .map(str::to_string)
+        .collect())
+}
+
 /// Rewrites `/etc/fleet/fleet.conf` in `host` (from outside, through its root).
 fn write_conf(cluster: &Cluster, host: &str, text: &str) -> anyhow::Result<()> {
     let path = cluster.host_root(host).join("etc/fleet/fleet.conf");
@@ -426,6 +457,50 @@ fn machines_register_leave_and_bad_input_is_said() -> anyhow::Result<()> {
         assert!(answer.body.contains("\"error\""), "{answer:?}");
     }
     assert_eq!(h1_metadata()?, "foo=bar,hostname=h1");
+
+    // remove takes the key away again (an empty value).
+    let remove = format!(
+        r#"[{{"op":"remove","path":"/{}/metadata/foo","value":{{"value":""}}}}]"#,
+        ids["h1"]
+    );
+    let answer = fleet.api(
+        "PATCH",
+        "/fleet/v1/machines",
+        Some("application/json"),
+        Some(&remove),
+    )?;
+    assert_eq!(answer.status, 204, "{answer:?}");
+    wait_until(
+        Duration::from_secs(10),
+        "foo gone from h1's metadata",
+        || Ok(h1_metadata()? == "hostname=h1"),
+    )?;
+
+    // A page token for another page size: 400 with a JSON error (spec 6.3).
+    let answer = fleet.api(
+        "GET",
+        "/fleet/v1/machines?nextPageToken=EwBMLg==",
+        None,
+        None,
+    )?;
+    assert_eq!(answer.status, 400, "{answer:?}");
+    assert!(
+        answer.content_type.starts_with("application/json"),
+        "{answer:?}"
+    );
+
+    // The endpoint from the environment alone (TestFleetctlWithEnv).
+    let output = Command::new(bin_dir().join("fleetctl"))
+        .args(["list-machines", "--no-legend"])
+        .env("FLEETCTL_ENDPOINT", &fleet.endpoint)
+        .stdin(Stdio::null())
+        .output()?;
+    assert!(output.status.success(), "{output:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout).lines().count(),
+        3,
+        "{output:?}"
+    );
 
     // An unknown fleetctl flag: a non-zero exit and a message naming it.
     let output = fleet.ctl(&["list-machines", "--no-such-flag"])?;

@@ -2,13 +2,12 @@
 //! instances of one template stored once, destroy, and bad input refused with the spec's
 //! messages while the registry stays as it was.
 
-use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use functional_tests::{Cluster, wait_until, workspace_root};
 
-use crate::foundation::{Fleet, install_everywhere};
+use crate::foundation::{Fleet, PREFIX, etcd_keys, install_everywhere};
 
 /// `examples/hello.service` in canonical form (spec 3.2): the file is already canonical, so
 /// `fleetctl cat` must print exactly this.
@@ -20,37 +19,6 @@ const HELLO_HASH: &str = "e55c0aeb44ba0b68004ceb8a200e685194448b45";
 
 /// How many instances one `submit` creates.
 const N_INSTANCES: usize = 1000;
-
-/// The default `etcd_key_prefix`.
-const PREFIX: &str = "/_coreos.com/fleet/";
-
-/// The keys under `P/<sub>` in etcd, read directly with etcdctl.
-fn etcd_keys(cluster: &Cluster, sub: &str) -> anyhow::Result<Vec<String>> {
-    let endpoint = cluster
-        .etcd_url()
-        .split(',')
-        .next()
-        .context("no etcd url")?
-        .to_string();
-    let output = Command::new("etcdctl")
-        .env("ETCDCTL_API", "3")
-        .args(["--endpoints", &endpoint, "get", "--prefix", "--keys-only"])
-        .arg(format!("{PREFIX}{sub}"))
-        .stdin(Stdio::null())
-        .output()
-        .context("running etcdctl")?;
-    if !output.status.success() {
-        bail!(
-            "etcdctl failed: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-    Ok(String::from_utf8_lossy(&output.stdout)
-        .lines()
-        .filter(|line| !line.trim().is_empty())
-        .map(str::to_string)
-        .collect())
-}
 
 /// Submit and `cat` keep the canonical text and its hash; 1,000 instances submitted in one
 /// command share one stored copy of their template's text; destroy removes everything; bad
@@ -103,7 +71,12 @@ fn units_are_stored_once_and_bad_units_are_refused() -> anyhow::Result<()> {
     let args: Vec<&str> = std::iter::once("submit")
         .chain(names.iter().map(String::as_str))
         .collect();
+    let submit_started = Instant::now();
     fleet.ctl_ok(&args)?;
+    eprintln!(
+        "units: submitting the template and {N_INSTANCES} instances took {:?}",
+        submit_started.elapsed()
+    );
     let files = fleet.unit_files()?;
     assert_eq!(files.len(), N_INSTANCES + 1);
     let template_hash = files
@@ -125,10 +98,16 @@ fn units_are_stored_once_and_bad_units_are_refused() -> anyhow::Result<()> {
     let args: Vec<&str> = std::iter::once("destroy")
         .chain(unit_names.iter().map(String::as_str))
         .collect();
+    let destroy_started = Instant::now();
     fleet.ctl_ok(&args)?;
     wait_until(Duration::from_secs(30), "every unit destroyed", || {
         Ok(fleet.unit_files()?.is_empty())
     })?;
+    eprintln!(
+        "units: destroying {} units took {:?}",
+        unit_names.len(),
+        destroy_started.elapsed()
+    );
     wait_until(Duration::from_secs(10), "the content deleted", || {
         Ok(etcd_keys(&cluster, "content/")?.is_empty())
     })?;
