@@ -206,10 +206,18 @@ fn main() -> ExitCode {
 
 // --- processes -------------------------------------------------------------
 
-/// A port nobody listens on now (the OS picks it; we release it for the child).
-fn free_port() -> anyhow::Result<u16> {
-    let listener = TcpListener::bind("127.0.0.1:0").context("binding 127.0.0.1:0")?;
-    Ok(listener.local_addr()?.port())
+/// `N` distinct ports nobody listens on now (the OS picks them; we release
+/// them for the children). All are held until all are picked: picked one at
+/// a time, the OS may hand out the same port twice.
+fn free_ports<const N: usize>() -> anyhow::Result<[u16; N]> {
+    let mut listeners = Vec::with_capacity(N);
+    let mut ports = [0; N];
+    for port in &mut ports {
+        let listener = TcpListener::bind("127.0.0.1:0").context("binding 127.0.0.1:0")?;
+        *port = listener.local_addr()?.port();
+        listeners.push(listener);
+    }
+    Ok(ports)
 }
 
 /// The work dir: on tmpfs when there is one (etcd fsyncs every write, and a
@@ -231,12 +239,13 @@ fn work_dir() -> anyhow::Result<tempfile::TempDir> {
 
 struct EtcdProcess {
     child: Child,
+    pid: u32,
     client_url: String,
     metrics_port: u16,
 }
 
 async fn start_etcd(dir: &Path) -> anyhow::Result<EtcdProcess> {
-    let (client_port, peer_port, metrics_port) = (free_port()?, free_port()?, free_port()?);
+    let [client_port, peer_port, metrics_port] = free_ports()?;
     let client_url = format!("http://127.0.0.1:{client_port}");
     let peer_url = format!("http://127.0.0.1:{peer_port}");
     let log = std::fs::File::create(dir.join("etcd.log"))?;
@@ -261,8 +270,10 @@ async fn start_etcd(dir: &Path) -> anyhow::Result<EtcdProcess> {
         .kill_on_drop(true)
         .spawn()
         .context("starting etcd (Debian package etcd-server)")?;
+    let pid = child.id().ok_or_else(|| anyhow!("etcd exited at once"))?;
     let etcd = EtcdProcess {
         child,
+        pid,
         client_url,
         metrics_port,
     };
@@ -313,7 +324,7 @@ struct Fleetd {
 }
 
 async fn start_fleetd(args: &Args, dir: &Path, etcd_url: &str) -> anyhow::Result<Fleetd> {
-    let api_port = free_port()?;
+    let [api_port] = free_ports()?;
     let api_url = format!("http://127.0.0.1:{api_port}");
     let machine: MachineId = "e0e0e0e0fleetscaleengine00000000"
         .parse()
@@ -388,6 +399,67 @@ impl Fleetd {
         {
             let _ = self.child.kill().await;
         }
+    }
+}
+
+/// CPU time (user + system) a process has used so far, in seconds; 0 when
+/// it cannot be read.
+fn cpu_seconds(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // The command name (field 2) may hold spaces: count from after its ')'.
+    // utime and stime are fields 14 and 15, the 12th and 13th after it.
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return 0.0;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |index: usize| {
+        fields
+            .get(index)
+            .and_then(|field| field.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    (ticks(11) + ticks(12)) / hz.max(1.0)
+}
+
+/// CPU seconds of etcd, fleetd and this process (simulated machines and API
+/// clients): on a shared machine, where the time of a phase went.
+#[derive(Clone, Copy, Debug)]
+struct Cpu {
+    etcd: f64,
+    fleetd: f64,
+    bench: f64,
+}
+
+impl Cpu {
+    fn sample(etcd: u32, fleetd: u32) -> Cpu {
+        Cpu {
+            etcd: cpu_seconds(etcd),
+            fleetd: cpu_seconds(fleetd),
+            bench: cpu_seconds(std::process::id()),
+        }
+    }
+
+    fn since(self, earlier: Cpu) -> Cpu {
+        Cpu {
+            etcd: self.etcd - earlier.etcd,
+            fleetd: self.fleetd - earlier.fleetd,
+            bench: self.bench - earlier.bench,
+        }
+    }
+
+    fn describe(self) -> String {
+        format!(
+            "etcd {:.1} s, fleetd {:.1} s, bench {:.1} s",
+            self.etcd, self.fleetd, self.bench
+        )
+    }
+
+    fn json(self) -> serde_json::Value {
+        serde_json::json!({ "etcd_s": self.etcd, "fleetd_s": self.fleetd, "bench_s": self.bench })
     }
 }
 
@@ -909,6 +981,7 @@ async fn measure(
 
     // 3. Submit N units through the API, wait until all are active.
     let before_submit = Metrics::scrape(metrics_port).await?;
+    let cpu_before_submit = Cpu::sample(etcd.pid, fleetd.pid);
     let writes_before = sim.state_writes.load(Ordering::Relaxed);
     let started = Instant::now();
     let next = Arc::new(AtomicUsize::new(0));
@@ -947,6 +1020,7 @@ async fn measure(
     .await
     .ok_or_else(|| anyhow!("not all units became active within {active_deadline:?}"))?;
     let after_active = Metrics::scrape(metrics_port).await?;
+    let cpu_submit = Cpu::sample(etcd.pid, fleetd.pid).since(cpu_before_submit);
     let state_writes = sim.state_writes.load(Ordering::Relaxed) - writes_before;
     let (hwm_after_active, _) = fleetd.memory()?;
     eprintln!(
@@ -1088,9 +1162,11 @@ async fn measure(
         last = now;
     }
     let idle_start = Metrics::scrape(metrics_port).await?;
+    let cpu_before_idle = Cpu::sample(etcd.pid, fleetd.pid);
     let idle_started = Instant::now();
     tokio::time::sleep(Duration::from_secs_f64(args.idle_seconds)).await;
     let idle_end = Metrics::scrape(metrics_port).await?;
+    let cpu_idle = Cpu::sample(etcd.pid, fleetd.pid).since(cpu_before_idle);
     let idle_secs = idle_started.elapsed().as_secs_f64();
     let idle_writes = idle_end.writes(&idle_start) / idle_secs;
     let idle_proposals = idle_end.proposals(&idle_start) / idle_secs;
@@ -1204,6 +1280,16 @@ async fn measure(
             ),
         ),
     ];
+    rows.push((
+        "CPU used, submit → all active".to_owned(),
+        cpu_submit.describe(),
+        String::new(),
+    ));
+    rows.push((
+        "CPU used, idle window".to_owned(),
+        cpu_idle.describe(),
+        String::new(),
+    ));
     if sim_errors > 0 {
         rows.push((
             "simulated agent errors (see stderr)".to_owned(),
@@ -1255,6 +1341,7 @@ async fn measure(
             "fleetctl_list_units": secs(list_units_fleetctl),
         },
         "simulated_agent_errors": sim_errors,
+        "cpu": { "submit_to_active": cpu_submit.json(), "idle": cpu_idle.json() },
     });
     Ok(Report { rows, json })
 }

@@ -54,13 +54,19 @@ pub struct TlsFiles {
     pub client_key_file: PathBuf,
 }
 
-/// A port nobody listens on now (the OS picks it; we release it for etcd).
-fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("binding 127.0.0.1:0 for a free port");
-    listener
-        .local_addr()
-        .expect("a bound socket has an address")
-        .port()
+/// `N` distinct ports nobody listens on now. The OS picks them; all `N`
+/// listeners are held until every port is known, so the OS cannot hand the
+/// same port out twice, then released for etcd.
+fn free_ports<const N: usize>() -> [u16; N] {
+    let listeners: Vec<TcpListener> = (0..N)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("binding 127.0.0.1:0 for a free port"))
+        .collect();
+    std::array::from_fn(|index| {
+        listeners[index]
+            .local_addr()
+            .expect("a bound socket has an address")
+            .port()
+    })
 }
 
 /// A temporary dir on tmpfs when there is one: etcd fsyncs every write, and on
@@ -107,12 +113,13 @@ impl Etcd {
     }
 
     fn unstarted() -> Etcd {
+        let [client_port, peer_port, metrics_port] = free_ports();
         Etcd {
             process: None,
             data_dir: temp_dir(),
-            client_port: free_port(),
-            peer_port: free_port(),
-            metrics_port: free_port(),
+            client_port,
+            peer_port,
+            metrics_port,
             tls: None,
         }
     }

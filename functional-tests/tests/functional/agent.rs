@@ -1,8 +1,10 @@
 //! Units on real systemd hosts, end to end (issue 5): start/stop/unload/destroy reach
-//! systemd, the scheduler's constraints (Conflicts, MachineOf, MachineMetadata, MachineID,
-//! Global, Replaces) place units where they must, `--replace` reloads a changed unit, a lost
-//! machine's units move and its return does not run them twice, restarting fleet leaves the
-//! units alone, and a unit that cannot start is reported `failed` without blocking others.
+//! systemd, the scheduler's constraints (Conflicts, one-way conflicts, MachineOf,
+//! MachineMetadata, MachineID, Global, Replaces) place units where they must, `--replace`
+//! reloads a changed unit, a lost machine's units move (with their MachineOf followers) and
+//! neither a rebooted nor a thawed machine keeps running them, restarting fleet or losing etcd
+//! for longer than the TTL leaves the units alone, and a unit that cannot start is reported
+//! `failed` without blocking others.
 
 use std::collections::BTreeSet;
 use std::path::Path;

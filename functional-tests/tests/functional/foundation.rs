@@ -370,7 +370,8 @@ fn wait_api_unavailable(fleet: &Fleet<'_>) -> anyhow::Result<()> {
 
 /// Three machines register with their IPs and metadata, are served on the unix socket and TCP,
 /// edit metadata, leave when killed, refuse a duplicate machine id, and say what is wrong with
-/// bad config, an unreachable etcd, a malformed PATCH and an unknown fleetctl flag.
+/// bad config, an unreachable etcd, a malformed PATCH and an unknown fleetctl flag; reload on
+/// SIGHUP and stop cleanly.
 #[test]
 fn machines_register_leave_and_bad_input_is_said() -> anyhow::Result<()> {
     let cluster = Cluster::start(3)?;
@@ -582,5 +583,36 @@ fn machines_register_leave_and_bad_input_is_said() -> anyhow::Result<()> {
     wait_until(MACHINE_DEADLINE, "h2 listed after the restore", || {
         Ok(h2.machines()?.iter().any(|row| row.id == ids["h2"]))
     })?;
+
+    // SIGHUP (TestReconfigureServer): the config is reloaded and the API keeps serving.
+    cluster.exec_ok("h2", &["systemctl", "kill", "-s", "SIGHUP", "fleet"])?;
+    wait_until(Duration::from_secs(10), "the reload logged", || {
+        let journal = cluster.exec_ok("h2", &["journalctl", "--no-pager", "-u", "fleet"])?;
+        Ok(journal.contains("Reloading configuration"))
+    })?;
+    wait_api_up(&h2)?;
+    h2.ctl_ok(&["list-units"])?;
+    let journal = cluster.exec_ok("h2", &["journalctl", "--no-pager", "-u", "fleet"])?;
+    assert!(
+        !journal.contains("Failed serving HTTP on listener:"),
+        "{journal}"
+    );
+
+    // A clean stop (TestShutdown): exit 0 on SIGTERM, and the machine leaves at once (it
+    // revokes its lease instead of letting it expire).
+    cluster.exec_ok("h2", &["systemctl", "stop", "fleet"])?;
+    let show = cluster.exec_ok(
+        "h2",
+        &["systemctl", "show", "-p", "ActiveState,Result", "fleet"],
+    )?;
+    assert!(
+        show.contains("ActiveState=inactive") && show.contains("Result=success"),
+        "fleet in h2 after stop: {show}"
+    );
+    let machines = fleet.machines()?;
+    assert!(
+        machines.iter().all(|row| row.id != ids["h2"]),
+        "h2 still listed right after a clean stop: {machines:?}"
+    );
     Ok(())
 }
