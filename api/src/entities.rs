@@ -21,11 +21,23 @@ pub struct Unit {
     pub name: String,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub options: Vec<UnitOption>,
-    #[serde(default, rename = "desiredState", skip_serializing_if = "String::is_empty")]
+    #[serde(
+        default,
+        rename = "desiredState",
+        skip_serializing_if = "String::is_empty"
+    )]
     pub desired_state: String,
-    #[serde(default, rename = "currentState", skip_serializing_if = "String::is_empty")]
+    #[serde(
+        default,
+        rename = "currentState",
+        skip_serializing_if = "String::is_empty"
+    )]
     pub current_state: String,
-    #[serde(default, rename = "machineID", skip_serializing_if = "String::is_empty")]
+    #[serde(
+        default,
+        rename = "machineID",
+        skip_serializing_if = "String::is_empty"
+    )]
     pub machine_id: String,
 }
 
@@ -36,13 +48,29 @@ pub struct UnitState {
     pub name: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub hash: String,
-    #[serde(default, rename = "machineID", skip_serializing_if = "String::is_empty")]
+    #[serde(
+        default,
+        rename = "machineID",
+        skip_serializing_if = "String::is_empty"
+    )]
     pub machine_id: String,
-    #[serde(default, rename = "systemdLoadState", skip_serializing_if = "String::is_empty")]
+    #[serde(
+        default,
+        rename = "systemdLoadState",
+        skip_serializing_if = "String::is_empty"
+    )]
     pub systemd_load_state: String,
-    #[serde(default, rename = "systemdActiveState", skip_serializing_if = "String::is_empty")]
+    #[serde(
+        default,
+        rename = "systemdActiveState",
+        skip_serializing_if = "String::is_empty"
+    )]
     pub systemd_active_state: String,
-    #[serde(default, rename = "systemdSubState", skip_serializing_if = "String::is_empty")]
+    #[serde(
+        default,
+        rename = "systemdSubState",
+        skip_serializing_if = "String::is_empty"
+    )]
     pub systemd_sub_state: String,
 }
 
@@ -51,7 +79,11 @@ pub struct UnitState {
 pub struct Machine {
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub id: String,
-    #[serde(default, rename = "primaryIP", skip_serializing_if = "String::is_empty")]
+    #[serde(
+        default,
+        rename = "primaryIP",
+        skip_serializing_if = "String::is_empty"
+    )]
     pub primary_ip: String,
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub metadata: std::collections::BTreeMap<String, String>,
@@ -61,7 +93,11 @@ pub struct Machine {
 pub struct UnitPage {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub units: Vec<Unit>,
-    #[serde(default, rename = "nextPageToken", skip_serializing_if = "String::is_empty")]
+    #[serde(
+        default,
+        rename = "nextPageToken",
+        skip_serializing_if = "String::is_empty"
+    )]
     pub next_page_token: String,
 }
 
@@ -69,7 +105,11 @@ pub struct UnitPage {
 pub struct UnitStatePage {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub states: Vec<UnitState>,
-    #[serde(default, rename = "nextPageToken", skip_serializing_if = "String::is_empty")]
+    #[serde(
+        default,
+        rename = "nextPageToken",
+        skip_serializing_if = "String::is_empty"
+    )]
     pub next_page_token: String,
 }
 
@@ -77,7 +117,11 @@ pub struct UnitStatePage {
 pub struct MachinePage {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub machines: Vec<Machine>,
-    #[serde(default, rename = "nextPageToken", skip_serializing_if = "String::is_empty")]
+    #[serde(
+        default,
+        rename = "nextPageToken",
+        skip_serializing_if = "String::is_empty"
+    )]
     pub next_page_token: String,
 }
 
