@@ -4,8 +4,8 @@
 //! root and the tools `scripts/setup.sh` installs; each boots its own [`functional_tests::Cluster`],
 //! and clusters take turns (a file lock), so the default parallel test harness is safe.
 
-mod harness;
-mod ssh;
 mod agent;
 mod foundation;
+mod harness;
+mod ssh;
 mod units;
