@@ -74,7 +74,8 @@ struct Run<'a> {
     stdin: Option<&'a str>,
 }
 
-fn fleetctl(run: &Run<'_>, args: &[&str]) -> anyhow::Result<Output> {
+/// fleetctl set up for `run`, with stdout and stderr piped and stdin not yet set.
+fn fleetctl_command(run: &Run<'_>, args: &[&str]) -> Command {
     let mut command = Command::new(bin_dir().join("fleetctl"));
     command
         .arg("--known-hosts-file")
@@ -91,6 +92,11 @@ fn fleetctl(run: &Run<'_>, args: &[&str]) -> anyhow::Result<Output> {
     if let Some(agent) = run.agent {
         command.env("SSH_AUTH_SOCK", &agent.socket);
     }
+    command
+}
+
+fn fleetctl(run: &Run<'_>, args: &[&str]) -> anyhow::Result<Output> {
+    let mut command = fleetctl_command(run, args);
     command.stdin(if run.stdin.is_some() {
         Stdio::piped()
     } else {
@@ -400,7 +406,7 @@ fn status_and_journal_over_ssh() -> anyhow::Result<()> {
     std::fs::write(
         &unit,
         format!(
-            "[Unit]\nDescription=SSH probe\n\n[Service]\nExecStart=/bin/sh -c 'echo ssh-probe-says-hello; exec sleep 1000'\n\n[X-Fleet]\nMachineID={h2_id}\n"
+            "[Unit]\nDescription=SSH probe\n\n[Service]\nExecStart=/bin/sh -c 'echo ssh-probe-says-hello; while true; do echo ssh-probe-tick; sleep 1; done'\n\n[X-Fleet]\nMachineID={h2_id}\n"
         ),
     )?;
     let unit_path = unit.to_string_lossy().into_owned();
@@ -457,6 +463,69 @@ fn status_and_journal_over_ssh() -> anyhow::Result<()> {
         Ok(output.status.success() && stdout(&output).contains("ssh-probe-says-hello"))
     })?;
 
+    // `journal -f` streams new lines until interrupted: the probe prints a tick every second
+    // and `--lines 0` shows only what is written after the journal started.
+    let quiet = Run {
+        agent: Some(&agent),
+        known_hosts: &known_hosts,
+        stdin: None,
+    };
+    let follow_args = [
+        "--endpoint",
+        &endpoint,
+        "journal",
+        "-f",
+        "--sudo",
+        "--lines",
+        "0",
+        "ssh-probe",
+    ];
+    let mut follow = fleetctl_command(&quiet, &follow_args)
+        .stdin(Stdio::null())
+        .spawn()
+        .context("running fleetctl journal -f")?;
+    let result = count_streamed_ticks(&mut follow, 2, Duration::from_secs(20));
+    // Interrupted as Ctrl-C would, it ends.
+    let _ = Command::new("kill")
+        .args(["-INT", &follow.id().to_string()])
+        .status();
+    let ended = wait_until(
+        Duration::from_secs(10),
+        "journal -f to end on SIGINT",
+        || Ok(follow.try_wait()?.is_some()),
+    );
+    if ended.is_err() {
+        let _ = follow.kill();
+        let _ = follow.wait();
+    }
+    result?;
+    ended?;
+    Ok(())
+}
+
+/// Reads `child`'s stdout until `n` probe ticks arrived, or fails after `within`.
+fn count_streamed_ticks(child: &mut Child, n: usize, within: Duration) -> anyhow::Result<()> {
+    use std::io::{BufRead, BufReader};
+    let stdout = child.stdout.take().context("the journal's stdout")?;
+    let (lines_tx, lines_rx) = std::sync::mpsc::channel();
+    // The reader ends by itself when the child's stdout closes.
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if lines_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = std::time::Instant::now() + within;
+    let mut ticks = 0;
+    while ticks < n {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match lines_rx.recv_timeout(left) {
+            Ok(line) if line.contains("ssh-probe-tick") => ticks += 1,
+            Ok(_) => {}
+            Err(_) => bail!("journal -f streamed {ticks} of {n} new lines within {within:?}"),
+        }
+    }
     Ok(())
 }
 
