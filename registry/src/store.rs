@@ -590,28 +590,9 @@ impl Registry {
         value: &[u8],
         lease: LeaseId,
     ) -> Result<MachineWrite, RegistryError> {
-        let txn = Txn::new()
-            .when([Compare::create_revision(key, CompareOp::Equal, 0)])
-            .and_then([TxnOp::put(
-                key,
-                value,
-                Some(PutOptions::new().with_lease(lease)),
-            )])
-            .or_else([TxnOp::get(key, None)]);
-        let response = self.txn("register machine", txn).await?;
-        if response.succeeded() {
-            return Ok(MachineWrite::Done);
-        }
-        Ok(
-            match txn_ranges(&response)
-                .first()
-                .and_then(|get| get.kvs().first())
-            {
-                Some(kv) => MachineWrite::Held(kv.lease()),
-                // Expired between the compare and the read: try again later.
-                None => MachineWrite::Absent,
-            },
-        )
+        let absent = Compare::create_revision(key, CompareOp::Equal, 0);
+        self.put_machine_if("register machine", absent, key, value, lease)
+            .await
     }
 
     /// Rewrites the record only if it is under `lease`.
@@ -621,15 +602,30 @@ impl Registry {
         value: &[u8],
         lease: LeaseId,
     ) -> Result<MachineWrite, RegistryError> {
+        let ours = Compare::lease(key, CompareOp::Equal, lease);
+        self.put_machine_if("update machine", ours, key, value, lease)
+            .await
+    }
+
+    /// Puts the record under `lease` if `condition` holds; otherwise says who
+    /// holds it (or that it vanished between the compare and the read).
+    async fn put_machine_if(
+        &self,
+        op: &'static str,
+        condition: Compare,
+        key: &str,
+        value: &[u8],
+        lease: LeaseId,
+    ) -> Result<MachineWrite, RegistryError> {
         let txn = Txn::new()
-            .when([Compare::lease(key, CompareOp::Equal, lease)])
+            .when([condition])
             .and_then([TxnOp::put(
                 key,
                 value,
                 Some(PutOptions::new().with_lease(lease)),
             )])
             .or_else([TxnOp::get(key, None)]);
-        let response = self.txn("update machine", txn).await?;
+        let response = self.txn(op, txn).await?;
         if response.succeeded() {
             return Ok(MachineWrite::Done);
         }
