@@ -36,6 +36,13 @@ fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
+/// Asserts that fleetctl exited with `code` and said `needle` on stderr.
+#[track_caller]
+fn assert_fails(output: &Output, code: i32, needle: &str) {
+    assert_eq!(output.status.code(), Some(code), "{}", stderr(output));
+    assert!(stderr(output).contains(needle), "{}", stderr(output));
+}
+
 #[test]
 fn version_in_every_spelling() {
     for args in [&["version"][..], &["--version"], &["-v"]] {
@@ -70,20 +77,13 @@ fn help_exits_zero_and_shows_the_version() {
 #[test]
 fn unknown_commands_and_flags_fail() {
     let output = run(&["bogus"]);
-    assert_eq!(output.status.code(), Some(1));
-    assert!(stderr(&output).contains("bogus"), "{}", stderr(&output));
+    assert_fails(&output, 1, "bogus");
 
     let output = run(&["list-units", "--bogus"]);
-    assert_eq!(output.status.code(), Some(1));
-    assert!(stderr(&output).contains("--bogus"), "{}", stderr(&output));
+    assert_fails(&output, 1, "--bogus");
 
     let output = run(&["list-u"]);
-    assert_eq!(output.status.code(), Some(1));
-    assert!(
-        stderr(&output).contains("ambiguous command"),
-        "{}",
-        stderr(&output)
-    );
+    assert_fails(&output, 1, "ambiguous command");
 }
 
 #[test]
@@ -115,12 +115,7 @@ fn endpoint_from_the_environment_and_prefix_commands() {
         .args(["list-m"])
         .output()
         .unwrap();
-    assert_eq!(output.status.code(), Some(1));
-    assert!(
-        stderr(&output).contains("unix:///nonexistent-env.sock"),
-        "{}",
-        stderr(&output)
-    );
+    assert_fails(&output, 1, "unix:///nonexistent-env.sock");
 }
 
 #[test]
@@ -174,12 +169,7 @@ fn verify_is_deprecated_with_status_2() {
 #[test]
 fn fd_forward_fails_when_it_cannot_dial() {
     let output = run(&["fd-forward", "/nonexistent/fleet.sock"]);
-    assert_eq!(output.status.code(), Some(1));
-    assert!(
-        stderr(&output).contains("/nonexistent/fleet.sock"),
-        "{}",
-        stderr(&output)
-    );
+    assert_fails(&output, 1, "/nonexistent/fleet.sock");
 }
 
 #[test]
