@@ -996,8 +996,14 @@ impl Registry {
         let hash_hex = hash.to_string();
         let key = self.keys.unit(name.as_str());
         let content_key = self.keys.content(&hash_hex);
-        for _ in 0..MAX_CAS_ATTEMPTS {
-            let record = self.unit_record(OP, name).await?;
+        for attempt in 0..MAX_CAS_ATTEMPTS {
+            // Most creates are of new units: the first attempt assumes there is
+            // no record, which the guard checks, and saves a read per unit.
+            let record = if attempt == 0 {
+                None
+            } else {
+                self.unit_record(OP, name).await?
+            };
             let (guard, old_hash) = match &record {
                 None => (
                     Compare::create_revision(key.as_str(), CompareOp::Equal, 0),
@@ -1032,7 +1038,9 @@ impl Registry {
             {
                 return Ok(());
             }
-            debug!(unit = %name, "The unit record changed while we wrote it; retrying.");
+            if attempt > 0 {
+                debug!(unit = %name, "The unit record changed while we wrote it; retrying.");
+            }
         }
         Err(Self::cas_exhausted(OP))
     }
