@@ -589,31 +589,25 @@ fn page_query(token: &str) -> Query<'_> {
     }
 }
 
-/// Percent-encodes a unit name for one path segment. `@`, `:` and the
-/// unreserved characters stay; `\` (valid in unit names) and the rest do not.
+/// The bytes a unit name or query value keeps as they are: `@`, `:` and the
+/// unreserved characters; `\` (valid in unit names), `=`, `&` and the rest
+/// are escaped.
+const ESCAPED: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~')
+    .remove(b'@')
+    .remove(b':');
+
+/// Percent-encodes a unit name for one path segment.
 fn escape_path_segment(segment: &str) -> String {
-    escape(segment, |b| {
-        b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'@' | b':')
-    })
+    percent_encoding::utf8_percent_encode(segment, ESCAPED).to_string()
 }
 
 /// Percent-encodes a query value (`=`/`&` and friends escaped).
 fn escape_query_value(value: &str) -> String {
-    escape(value, |b| {
-        b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'@' | b':')
-    })
-}
-
-fn escape(text: &str, keep: impl Fn(u8) -> bool) -> String {
-    let mut out = String::with_capacity(text.len());
-    for byte in text.bytes() {
-        if keep(byte) {
-            out.push(byte as char);
-        } else {
-            out.push_str(&format!("%{byte:02X}"));
-        }
-    }
-    out
+    percent_encoding::utf8_percent_encode(value, ESCAPED).to_string()
 }
 
 #[cfg(test)]

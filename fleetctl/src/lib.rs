@@ -2,7 +2,9 @@
 //!
 //! Layout:
 //! - [`cli`]: clap types, the global [`cli::Config`] (flags, `FLEETCTL_*`, defaults).
-//! - [`commands`]: one module per verb; [`commands::Ctx`] carries the API client.
+//! - [`commands`]: one module per verb and the dispatcher [`commands::run`].
+//! - [`context`]: [`context::Ctx`] (config, API client, console, machine cache) and the
+//!   helpers several commands share; below the commands, so nothing imports upwards.
 //! - [`output`]: tables (Go tabwriter with tab padding), legends, the console.
 //! - [`units`]: unit creation from command-line arguments (spec 7.4).
 //! - [`wait`]: blocking until units reach a state (spec 7.5).
@@ -14,6 +16,7 @@
 
 pub mod cli;
 pub mod commands;
+pub mod context;
 pub mod exit;
 pub mod output;
 pub mod remote;

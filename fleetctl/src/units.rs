@@ -20,7 +20,7 @@ use fleet_systemd::unit::{
     UnitFile, UnitName, fleetctl_unit_name, unrecognized_requirements, validate_options,
 };
 
-use crate::commands::{Ctx, concurrently, unit_file_of};
+use crate::context::{Ctx, concurrently, unit_file_of};
 use crate::output::go_list;
 use crate::wait::{Blocking, wait_for_unit_states};
 

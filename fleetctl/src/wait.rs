@@ -17,7 +17,7 @@ use fleet_api::entities::Unit;
 use tokio::time::Instant;
 
 use crate::cli::BlockArgs;
-use crate::commands::{Ctx, is_global, unit_state_message};
+use crate::context::{Ctx, is_global, unit_state_message};
 
 /// How long one attempt lasts (the original's `defaultSleepTime` window).
 pub const ATTEMPT: Duration = Duration::from_secs(2);

@@ -3,10 +3,10 @@
 //! Exponential (doubling from `initial`), capped at `max`, with full jitter
 //! (each delay is uniform in `[0, ceiling]`, so many fleetds that lost etcd
 //! at the same moment do not come back in lock step), reset after a success.
-//! The randomness is a tiny xorshift seeded from the clock: this is jitter,
-//! not cryptography, and needs no crate.
+//! The randomness is `fastrand` (a small seeded-per-thread generator): this is
+//! jitter, not cryptography.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
@@ -17,7 +17,6 @@ pub struct Backoff {
     max: Duration,
     /// The ceiling of the next delay; doubles after each use, up to `max`.
     ceiling: Duration,
-    rng: XorShift,
 }
 
 impl Backoff {
@@ -29,7 +28,6 @@ impl Backoff {
             initial,
             max,
             ceiling: initial,
-            rng: XorShift::from_clock(),
         }
     }
 
@@ -39,7 +37,7 @@ impl Backoff {
         let ceiling = self.ceiling;
         self.ceiling = (self.ceiling * 2).min(self.max);
         let nanos = u64::try_from(ceiling.as_nanos()).unwrap_or(u64::MAX);
-        let jittered = self.rng.next() % nanos.saturating_add(1);
+        let jittered = fastrand::u64(0..=nanos);
         Duration::from_nanos(jittered).max(Duration::from_millis(1))
     }
 
@@ -60,33 +58,6 @@ impl Backoff {
             () = shutdown.cancelled() => false,
             () = tokio::time::sleep(delay) => true,
         }
-    }
-}
-
-/// xorshift64*: enough randomness for jitter.
-#[derive(Clone, Debug)]
-struct XorShift(u64);
-
-impl XorShift {
-    fn from_clock() -> XorShift {
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |elapsed| elapsed.as_nanos() as u64);
-        // Mix in the address of a stack value so two backoffs made in the
-        // same nanosecond still differ; the state must never be zero.
-        let marker = 0u8;
-        let seed =
-            nanos ^ (std::ptr::addr_of!(marker) as u64).rotate_left(32) ^ 0x9E37_79B9_7F4A_7C15;
-        XorShift(seed.max(1))
-    }
-
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
     }
 }
 

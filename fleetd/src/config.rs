@@ -66,8 +66,6 @@ pub const OPTION_NAMES: &[&str] = &[
 /// tests say what they use.
 #[derive(Clone, Debug, PartialEq)]
 pub struct EngineConfig {
-    /// `engine_reconcile_interval`: the safety-net resync period.
-    pub reconcile_interval: Duration,
     /// TTL of the engine leader lease: 5 × the reconcile interval (spec 1.6).
     pub lease_ttl: Duration,
     /// `machine_loss_grace`: how long a machine may be gone before its units move.
@@ -133,8 +131,10 @@ pub struct Config {
     /// `etcd_request_timeout` (float seconds, default 1.0): deadline of one
     /// etcd request (watches excepted).
     pub etcd_request_timeout: Duration,
-    /// `engine_reconcile_interval` (float seconds, default 2.0): the engine's
-    /// periodic resync; the leader lease TTL is 5 × this.
+    /// `engine_reconcile_interval` (float seconds, default 2.0): sets the
+    /// engine leader lease TTL (5 × this), so it bounds how long a dead
+    /// engine holds the leadership. The engine reacts to watch events and
+    /// resyncs on its own fixed period (`engine::RESYNC_INTERVAL`).
     pub engine_reconcile_interval: Duration,
     /// `public_ip` (default empty = detect from the default route, every minute).
     pub public_ip: String,
@@ -378,7 +378,6 @@ impl Config {
     /// The engine's config.
     pub fn engine(&self) -> EngineConfig {
         EngineConfig {
-            reconcile_interval: self.engine_reconcile_interval,
             lease_ttl: self.engine_reconcile_interval * 5,
             machine_loss_grace: self.machine_loss_grace,
             breaker_fraction: self.reschedule_breaker_fraction,

@@ -24,7 +24,6 @@ const WAIT: Duration = Duration::from_secs(20);
 
 fn engine_config(breaker_fraction: f64) -> EngineConfig {
     EngineConfig {
-        reconcile_interval: Duration::from_secs(1),
         lease_ttl: Duration::from_secs(3),
         machine_loss_grace: GRACE,
         breaker_fraction,

@@ -3,7 +3,7 @@
 use fleet_systemd::unit::fleetctl_unit_name;
 
 use crate::cli::CatArgs;
-use crate::commands::{Ctx, unit_file_of};
+use crate::context::{Ctx, unit_file_of};
 use crate::exit::Exit;
 
 pub async fn run(ctx: &Ctx, args: CatArgs) -> anyhow::Result<Exit> {

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use crate::cli::DestroyArgs;
-use crate::commands::{Ctx, concurrently, find_units};
+use crate::context::{Ctx, concurrently, find_units};
 use crate::exit::Exit;
 use crate::wait::{Blocking, wait_for_removal};
 

@@ -6,7 +6,7 @@
 use fleet_systemd::unit::fleetctl_unit_name;
 
 use crate::cli::JournalArgs;
-use crate::commands::{Ctx, is_global};
+use crate::context::{Ctx, is_global};
 use crate::exit::Exit;
 
 /// The command line the original runs: `[sudo] journalctl --unit <n>

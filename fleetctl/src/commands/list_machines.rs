@@ -3,7 +3,7 @@
 use fleet_api::entities::Machine;
 
 use crate::cli::ListMachinesArgs;
-use crate::commands::Ctx;
+use crate::context::Ctx;
 use crate::exit::Exit;
 use crate::output::{
     Format, format_metadata, list_layout, machine_id_legend, or_dash, render_fields_table,

@@ -3,7 +3,7 @@
 use fleet_api::entities::{Machine, Unit};
 
 use crate::cli::ListUnitFilesArgs;
-use crate::commands::{Ctx, is_global, unit_file_of};
+use crate::context::{Ctx, is_global, unit_file_of};
 use crate::exit::Exit;
 use crate::output::{Format, legend_for, list_layout, or_dash, render_fields_table, render_json};
 

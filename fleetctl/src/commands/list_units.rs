@@ -3,7 +3,7 @@
 use fleet_api::entities::{Machine, UnitState};
 
 use crate::cli::ListUnitsArgs;
-use crate::commands::Ctx;
+use crate::context::Ctx;
 use crate::exit::Exit;
 use crate::output::{Format, legend_for, list_layout, or_dash, render_fields_table, render_json};
 

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use fleet_api::entities::Unit;
 
 use crate::cli::RestartArgs;
-use crate::commands::{Ctx, find_units, is_global};
+use crate::context::{Ctx, find_units, is_global};
 use crate::exit::Exit;
 use crate::output::machine_id_legend;
 use crate::ssh::remote::run_on_machine;

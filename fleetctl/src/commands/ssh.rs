@@ -2,7 +2,7 @@
 //! (spec 7.6); the work is in [`crate::ssh::remote::ssh_command`].
 
 use crate::cli::SshArgs;
-use crate::commands::Ctx;
+use crate::context::Ctx;
 use crate::exit::Exit;
 
 pub async fn run(ctx: &Ctx, args: SshArgs) -> anyhow::Result<Exit> {

@@ -11,7 +11,7 @@ use fleet_api::entities::Unit;
 use fleet_systemd::unit::fleetctl_unit_name;
 
 use crate::cli::CreateArgs;
-use crate::commands::{Ctx, concurrently, is_global};
+use crate::context::{Ctx, concurrently, is_global};
 use crate::exit::Exit;
 use crate::units::{CreateCommand, lazy_create_units};
 use crate::wait::{Blocking, wait_for_systemd_active, wait_for_unit_states};

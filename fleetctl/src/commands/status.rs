@@ -7,7 +7,7 @@
 use fleet_systemd::unit::fleetctl_unit_name;
 
 use crate::cli::StatusArgs;
-use crate::commands::{Ctx, is_global};
+use crate::context::{Ctx, is_global};
 use crate::exit::Exit;
 
 async fn status_on(ctx: &Ctx, machine_id: &str, name: &str, ssh_port: u16) -> Exit {

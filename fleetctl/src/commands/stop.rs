@@ -6,7 +6,7 @@ use std::sync::Arc;
 use fleet_api::entities::Unit;
 
 use crate::cli::BlockingUnitsArgs;
-use crate::commands::{Ctx, find_units, is_global};
+use crate::context::{Ctx, find_units, is_global};
 use crate::exit::Exit;
 use crate::output::go_list;
 use crate::wait::{Blocking, wait_for_unit_states};

@@ -3,8 +3,8 @@
 use std::sync::Arc;
 
 use crate::cli::SubmitArgs;
-use crate::commands::Ctx;
 use crate::commands::start::refuse_sign;
+use crate::context::Ctx;
 use crate::exit::Exit;
 use crate::units::{CreateCommand, lazy_create_units};
 use crate::wait::Blocking;

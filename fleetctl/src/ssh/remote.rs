@@ -11,7 +11,7 @@
 use fleet_systemd::unit::fleetctl_unit_name;
 
 use crate::cli::SshArgs;
-use crate::commands::{Ctx, is_global};
+use crate::context::{Ctx, is_global};
 use crate::exit::Exit;
 use crate::remote::{local_machine_id, run_locally};
 use crate::ssh::master::{AgentForwarding, Master};

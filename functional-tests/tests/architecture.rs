@@ -1,0 +1,122 @@
+//! The architecture invariants of `Documentation/architecture.md` that the
+//! compiler does not enforce by itself, checked on the workspace:
+//!
+//! - only the `systemd` crate names `zbus`, and only the `registry` crate
+//!   names `etcd_client` (in sources and in `Cargo.toml`);
+//! - `fleetctl` links neither zbus nor etcd-client, nor axum (its dependency
+//!   tree, as `cargo tree` prints it).
+//!
+//! Each rule names the crate that broke it, so a failure says what to move.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The workspace root (this crate lives one level below it).
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("functional-tests has a parent directory")
+        .to_path_buf()
+}
+
+/// Every `.rs` and `Cargo.toml` file of a top-level crate directory.
+fn files_of(crate_dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut pending = vec![crate_dir.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        let entries = std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("read {dir:?}: {e}"));
+        for entry in entries {
+            let path = entry.expect("directory entry").path();
+            if path.is_dir() {
+                if path.file_name().is_some_and(|name| name != "target") {
+                    pending.push(path);
+                }
+            } else if path.extension().is_some_and(|ext| ext == "rs")
+                || path.file_name().is_some_and(|name| name == "Cargo.toml")
+            {
+                found.push(path);
+            }
+        }
+    }
+    found
+}
+
+/// The crates of the workspace (top-level directories with a `Cargo.toml`).
+fn crates() -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(workspace())
+        .expect("read the workspace")
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|path| {
+            path.join("Cargo.toml").is_file() && path.file_name() != Some("target".as_ref())
+        })
+        .collect();
+    dirs.sort();
+    dirs
+}
+
+/// Files outside `owner` that contain `needle`.
+fn offenders(needle: &str, owner: &str) -> Vec<PathBuf> {
+    crates()
+        .into_iter()
+        .filter(|dir| !dir.ends_with(owner))
+        .flat_map(|dir| files_of(&dir))
+        .filter(|file| {
+            std::fs::read_to_string(file).is_ok_and(|text| text.contains(needle))
+                && !file.ends_with("tests/architecture.rs")
+        })
+        .collect()
+}
+
+#[test]
+fn only_the_systemd_crate_names_zbus() {
+    let found = offenders("zbus", "systemd");
+    assert!(
+        found.is_empty(),
+        "zbus is named outside systemd/: {found:?}"
+    );
+}
+
+#[test]
+fn only_the_registry_crate_names_etcd_client() {
+    let mut found = offenders("etcd_client", "registry");
+    found.extend(offenders("etcd-client", "registry"));
+    assert!(
+        found.is_empty(),
+        "etcd-client is named outside registry/: {found:?}"
+    );
+}
+
+#[test]
+fn fleetctl_links_no_dbus_no_etcd_no_server() {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    let output = Command::new(cargo)
+        .args([
+            "tree",
+            "-p",
+            "fleetctl",
+            "-e",
+            "normal",
+            "--prefix",
+            "none",
+            "--offline",
+        ])
+        .current_dir(workspace())
+        .output()
+        .expect("run cargo tree");
+    assert!(
+        output.status.success(),
+        "cargo tree failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let tree = String::from_utf8_lossy(&output.stdout);
+    for forbidden in ["zbus ", "etcd-client ", "axum "] {
+        assert!(
+            !tree.lines().any(|line| line.starts_with(forbidden)),
+            "fleetctl links {forbidden}:\n{tree}"
+        );
+    }
+    assert!(
+        tree.lines().any(|line| line.starts_with("fleet-api ")),
+        "cargo tree printed no fleet-api:\n{tree}"
+    );
+}
