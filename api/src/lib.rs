@@ -9,6 +9,9 @@
 //! - `client` (feature `client`): the typed client fleetctl uses, over a unix
 //!   socket or HTTP.
 
+// Input and I/O paths return errors; unwrap() is for tests.
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
 pub mod entities;
 pub mod token;
 

@@ -14,6 +14,9 @@
 //!
 //! Start reading at [`main_with`].
 
+// Input and I/O paths return errors; unwrap() is for tests.
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
 pub mod cli;
 pub mod commands;
 pub mod context;

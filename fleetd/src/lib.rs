@@ -15,6 +15,9 @@
 //! `main.rs` only parses the command line, installs logging and calls
 //! [`server::run`].
 
+// Input and I/O paths return errors; unwrap() is for tests.
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
 pub mod agent;
 pub mod backoff;
 pub mod config;

@@ -6,6 +6,9 @@
 //! `-x=v` or `-x v`. `fleetd version` is `-version`. Options are set in the
 //! config file or the environment, never as flags.
 
+// Input and I/O paths return errors; unwrap() is for tests.
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::ExitCode;

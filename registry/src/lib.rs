@@ -12,10 +12,14 @@
 //! **Architecture invariant:** an idle cluster writes nothing: presence and
 //! unit states ride on one lease per machine, kept alive without writes.
 
+// Input and I/O paths return errors; unwrap() is for tests.
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
 pub mod keys;
 pub mod model;
 pub mod store;
 #[cfg(feature = "testing")]
+#[allow(clippy::unwrap_used)] // test support: a broken fixture should stop the test
 pub mod testing;
 mod wire;
 

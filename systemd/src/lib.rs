@@ -10,6 +10,9 @@
 //!
 //! Start reading at [`unit::UnitFile`].
 
+// Input and I/O paths return errors; unwrap() is for tests.
+#![cfg_attr(not(test), deny(clippy::unwrap_used))]
+
 pub mod unit;
 
 #[cfg(feature = "dbus")]
