@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 
-use crate::Cluster;
+use crate::{Cluster, wait_until};
 
 /// fleetd's key prefix in etcd (the default).
 const ETCD_PREFIX: &str = "/_coreos.com/fleet/";
@@ -115,7 +115,7 @@ impl Scenario {
                 Ok(Target::Host(None))
             }
             Scenario::KillEngine => {
-                let host = engine_host(cluster)?;
+                let host = retry("the engine leader", || engine_host(cluster))?;
                 kill_fleetd(cluster, &host)?;
                 Ok(Target::Host(None))
             }
@@ -142,12 +142,12 @@ impl Scenario {
             Scenario::FreezeHost => self.break_one(cluster, pick(4), "freeze"),
             Scenario::PartitionHost => self.break_one(cluster, pick(1), "cut"),
             Scenario::EtcdLeaderKill => {
-                let leader = etcd_leader(cluster)?;
+                let leader = retry("the etcd leader", || etcd_leader(cluster))?;
                 cluster.etcd_kill_member(leader)?;
                 Ok(Target::Members(vec![leader]))
             }
             Scenario::EtcdQuorumLoss => {
-                let leader = etcd_leader(cluster)?;
+                let leader = retry("the etcd leader", || etcd_leader(cluster))?;
                 // The leader and one follower: the survivor alone has no quorum.
                 let other = if leader == 1 { 2 } else { 1 };
                 cluster.etcd_kill_member(leader)?;
@@ -183,11 +183,25 @@ impl Scenario {
                 for member in members {
                     cluster.etcd_start_member(*member)?;
                 }
-                Ok(())
+                // The next scenario asks every member who leads.
+                wait_until(Duration::from_secs(60), "every etcd member healthy", || {
+                    Ok(etcdctl(cluster, &["endpoint", "health"]).is_ok())
+                })
             }
             _ => Ok(()),
         }
     }
+}
+
+/// `find`'s answer, asked until it has one (for 30 s): after the previous scenario a leader
+/// may still be being elected.
+fn retry<T>(what: &str, mut find: impl FnMut() -> anyhow::Result<T>) -> anyhow::Result<T> {
+    let mut found = None;
+    wait_until(Duration::from_secs(30), what, || {
+        found = Some(find()?);
+        Ok(true)
+    })?;
+    found.context("no answer")
 }
 
 /// SIGKILLs fleetd in `host` (systemd restarts it after `RestartSec`).
