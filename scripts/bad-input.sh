@@ -81,7 +81,7 @@ row() { # KIND INPUT RESULT VERDICT
     [ "${4%% *}" = ok ] || RESULTS=1
 }
 alive() { kill -0 "$FLEETD" 2>/dev/null && ! grep -q 'panicked' "$WORK/fleetd.log"; }
-short() { tr '\n|' ' /' | cut -c1-90 | sed 's/ *$//'; }
+short() { tr '\n|' ' /' | sed "s|$WORK|DIR|g" | cut -c1-90 | sed 's/ *$//'; }
 
 # api LABEL METHOD PATH [BODY] [CONTENT-TYPE]: the answer, and whether etcd stayed the same.
 # accept LABEL ...: input the original fleet accepts too (odd but valid): a 2xx, and fleetd up.
