@@ -22,6 +22,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
+pub mod chaos;
+
 /// The lock every cluster holds, so clusters in parallel tests take turns.
 pub const LOCK_PATH: &str = "/run/fleet-testhosts.lock";
 
