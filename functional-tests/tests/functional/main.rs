@@ -7,5 +7,6 @@
 mod agent;
 mod foundation;
 mod harness;
+mod rollout;
 mod ssh;
 mod units;
