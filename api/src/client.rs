@@ -16,6 +16,8 @@
 //!
 //! This module must not know about the CLI: no printing, no exit codes.
 
+mod rollouts;
+
 use std::fmt;
 use std::future::Future;
 use std::io;

@@ -3,6 +3,7 @@
 //! - [`entities`]: the JSON entities (Unit, UnitState, Machine, pages, the
 //!   error entity). A serialized type is a compatibility promise: the original
 //!   `fleetctl` reads these bytes.
+//! - [`rollout`]: the JSON of rolling updates (new resources beside v1).
 //! - [`token`]: pagination tokens (`{uint16 limit, uint16 page}`, URL-safe base64).
 //! - `server` (feature `server`): the axum router and its handlers over the
 //!   registry, mounted under `/fleet/v1` and `/v1-alpha`.
@@ -13,6 +14,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod entities;
+pub mod rollout;
 pub mod token;
 
 #[cfg(feature = "server")]

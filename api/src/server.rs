@@ -14,6 +14,8 @@
 //!   procedure of spec 6.5.
 //! - `states`: `GET /state[/<name>]`.
 //! - `machines`: `GET /machines` and the metadata `PATCH` of spec 6.6.
+//! - `rollouts`: rolling updates, new resources beside v1 (`GET/POST
+//!   /rollouts[/<name>]`).
 //!
 //! Handlers never hold registry data between requests, with one exception:
 //! the pages after the first of `GET /units` and `GET /state` are cut from
@@ -22,6 +24,7 @@
 //! agree.
 
 mod machines;
+mod rollouts;
 mod states;
 mod units;
 
@@ -237,6 +240,9 @@ async fn route_resource(
     resource: &str,
     request: Request,
 ) -> Result<Response, ApiError> {
+    if resource == "rollouts" || resource.starts_with("rollouts/") {
+        return rollouts::route(shared, resource.strip_prefix("rollouts/"), request).await;
+    }
     let query = Query::of(&request);
     let method = request.method().clone();
     match resource {

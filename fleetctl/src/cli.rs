@@ -219,6 +219,8 @@ pub enum Command {
     Submit(SubmitArgs),
     /// Unschedule one or more units in the cluster.
     Unload(BlockingUnitsArgs),
+    /// Roll new content out to existing units in batches, with health gates and automatic revert.
+    Update(crate::commands::update::UpdateArgs),
     /// DEPRECATED - No longer works
     #[command(hide = true)]
     Verify(UnitsArgs),

@@ -266,6 +266,16 @@ impl Generation {
                 presence.clone(),
             );
             spawn("agent", Box::pin(agent.run(shutdown.child_token())));
+            let health = crate::agent::health::HealthChecks::new(
+                registry.clone(),
+                machine.clone(),
+                crate::agent::UnitsDir::new(config.agent().units_directory),
+                presence.clone(),
+            );
+            spawn(
+                "health checks",
+                Box::pin(health.run(shutdown.child_token())),
+            );
         }
         tasks.close();
 

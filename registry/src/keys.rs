@@ -14,6 +14,10 @@
 //! | `P/placement/<unit>/<machine>` | empty | none | engine, with the schedule key in one txn |
 //! | `P/states/<unit>/<machine>` | `{"hash","loadState","activeState","subState","reached"}` | machine lease | the machine's agent |
 //! | `P/engine/leader` | the leader's machine id | engine lease | engines (create-if-absent) |
+//! | `P/rollouts/<name>` | a rolling update's spec and controls | none | API |
+//! | `P/rollout-progress/<name>` | the rollout's progress and history | none | engine (leader-guarded txn) |
+//! | `P/content-refs/<hash>/rollout:<name>` | empty | none | API at the rollout's start; engine at its end |
+//! | `P/health/<unit>/<machine>` | `healthy` or `unhealthy` (declared health check) | machine lease | the machine's agent |
 //!
 //! Why this shape:
 //! - Agents watch only `P/schedule/<their id>/`: a decision wakes one machine.
@@ -134,6 +138,38 @@ impl Keys {
     }
     pub fn engine_leader(&self) -> String {
         format!("{}engine/leader", self.prefix)
+    }
+
+    // --- Rolling updates. Writers: `P/rollouts/<name>` (the spec and the
+    // operator's controls) the API; `P/rollout-progress/<name>` the elected
+    // engine (leader-guarded); `P/content-refs/<hash>/rollout:<name>` (keeps
+    // a rollout's old and new content alive) the API when the rollout starts,
+    // released by the engine when it ends. At the end of a successful rollout
+    // the engine also switches the unit records to the new content.
+
+    pub fn rollouts(&self) -> String {
+        format!("{}rollouts/", self.prefix)
+    }
+    pub fn rollout(&self, name: &str) -> String {
+        format!("{}rollouts/{name}", self.prefix)
+    }
+    pub fn all_rollout_progress(&self) -> String {
+        format!("{}rollout-progress/", self.prefix)
+    }
+    pub fn rollout_progress(&self, name: &str) -> String {
+        format!("{}rollout-progress/{name}", self.prefix)
+    }
+    pub fn rollout_content_ref(&self, hash: &str, rollout: &str) -> String {
+        format!("{}content-refs/{hash}/rollout:{rollout}", self.prefix)
+    }
+    /// `P/health/<unit>/<machine>`: `healthy` or `unhealthy`, the verdict
+    /// of the unit's declared health check; written by that machine's agent
+    /// under its lease, only on change.
+    pub fn unit_health(&self, unit: &str) -> String {
+        format!("{}health/{unit}/", self.prefix)
+    }
+    pub fn health(&self, unit: &str, machine: &str) -> String {
+        format!("{}health/{unit}/{machine}", self.prefix)
     }
 
     /// What `key` names; `None` for keys outside the layout or with names

@@ -5,6 +5,7 @@
 //! - [`keys`]: the etcd key layout. **The only module that formats a key.**
 //! - [`store`]: [`Registry`], typed reads and writes, leases, watches, the
 //!   engine's snapshot, leader election and leader-guarded schedule writes.
+//! - [`rollouts`]: the stored side of rolling updates (spec, progress, content references).
 //! - `wire` (private): the JSON values stored in etcd, converted by hand.
 //! - [`testing`] (feature `testing`): a real etcd on free loopback ports for tests.
 //!
@@ -17,6 +18,7 @@
 
 pub mod keys;
 pub mod model;
+pub mod rollouts;
 pub mod store;
 #[cfg(feature = "testing")]
 #[allow(clippy::unwrap_used)] // test support: a broken fixture should stop the test

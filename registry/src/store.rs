@@ -325,7 +325,7 @@ fn txn_ranges(response: &TxnResponse) -> Vec<GetResponse> {
         .collect()
 }
 
-fn header_revision(response: &GetResponse) -> Revision {
+pub(crate) fn header_revision(response: &GetResponse) -> Revision {
     response.header().map_or(0, |header| header.revision())
 }
 
@@ -486,7 +486,7 @@ impl Registry {
         }
     }
 
-    async fn get(
+    pub(crate) async fn get(
         &self,
         op: &'static str,
         key: String,
@@ -498,7 +498,7 @@ impl Registry {
     }
 
     /// Every key under `prefix`, at `revision` (latest when `None`).
-    async fn get_prefix(
+    pub(crate) async fn get_prefix(
         &self,
         op: &'static str,
         prefix: String,
@@ -511,7 +511,11 @@ impl Registry {
         self.get(op, prefix, Some(options)).await
     }
 
-    async fn txn(&self, op: &'static str, txn: Txn) -> Result<TxnResponse, RegistryError> {
+    pub(crate) async fn txn(
+        &self,
+        op: &'static str,
+        txn: Txn,
+    ) -> Result<TxnResponse, RegistryError> {
         let mut kv = self.clients(op).await?.kv.clone();
         self.deadline(op, async move { kv.txn(txn).await }).await
     }
@@ -926,10 +930,19 @@ impl Registry {
     /// content when that was the last reference: the refs before and after
     /// ours must both be empty ranges (an empty range compares as a zero
     /// version in etcd).
-    fn release_content(&self, hash: &UnitHash, unit: &UnitName) -> Txn {
+    pub(crate) fn release_content(&self, hash: &UnitHash, unit: &UnitName) -> Txn {
+        self.release_content_ref(
+            hash,
+            &self.keys.content_ref(&hash.to_string(), unit.as_str()),
+        )
+    }
+
+    /// [`Registry::release_content`] for any reference key `own` under the
+    /// hash's refs (a unit's, or a rollout's).
+    pub(crate) fn release_content_ref(&self, hash: &UnitHash, own: &str) -> Txn {
         let hash = hash.to_string();
         let refs = self.keys.content_refs(&hash);
-        let own = self.keys.content_ref(&hash, unit.as_str());
+        let own = own.to_owned();
         let mut after_own = own.clone().into_bytes();
         after_own.push(0);
         Txn::new()

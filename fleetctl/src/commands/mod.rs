@@ -20,6 +20,7 @@ mod start;
 mod status;
 mod stop;
 mod submit;
+pub mod update;
 mod verify;
 
 use std::sync::Arc;
@@ -73,6 +74,7 @@ pub async fn run(config: Config, command: Command, console: Console) -> Exit {
         Command::Stop(args) => stop::run_stop(&ctx, args).await,
         Command::Submit(args) => submit::run(&ctx, args).await,
         Command::Unload(args) => stop::run_unload(&ctx, args).await,
+        Command::Update(args) => update::run(&ctx, args).await,
         Command::Verify(_) | Command::FdForward(_) | Command::Version => Ok(Exit::Success),
     };
     outcome.unwrap_or_else(|error| {

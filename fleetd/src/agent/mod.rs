@@ -21,6 +21,7 @@
 //! `stop_units_on_shutdown`, which stops and unloads them once, within a
 //! deadline (the original could spin forever, quirk 13).
 
+pub mod health;
 mod plan;
 mod units_dir;
 

@@ -13,11 +13,18 @@
 //! Machine loss goes through [`loss::LossTracker`] (grace period and breaker);
 //! the scheduler gets its verdict as an input.
 //!
+//! Rolling updates go through [`rollouts::Rollouts`], which runs the pure
+//! [`rollout_driver`] about once a second while a rollout is active and pins
+//! the placements it has updated to the new content.
+//!
 //! The engine never talks to systemd and never writes anything but the
-//! schedule and its leader key.
+//! schedule, its leader key, rollout progress and, at the end of a successful
+//! rollout, the rolled-out unit records.
 
 pub mod loss;
 pub mod model;
+pub mod rollout_driver;
+pub mod rollouts;
 pub mod scheduler;
 
 use std::collections::HashMap;
@@ -39,6 +46,7 @@ use crate::backoff::Backoff;
 use crate::config::EngineConfig;
 use crate::engine::loss::{BreakerEvent, LossTracker};
 use crate::engine::model::Model;
+use crate::engine::rollouts::Rollouts;
 use crate::engine::scheduler::{Decision, schedule};
 
 /// How long watch events are gathered before a pass: a `fleetctl start` of
@@ -54,6 +62,9 @@ const RESYNC_INTERVAL: Duration = Duration::from_secs(60);
 /// The breaker window when nothing better is known: the default agent TTL,
 /// the time over which machine leases expire together after a blip.
 const DEFAULT_BREAKER_WINDOW: Duration = Duration::from_secs(30);
+
+/// How often an active rollout looks at its units' health.
+const ROLLOUT_TICK: Duration = Duration::from_secs(1);
 
 /// At most this many unschedulable units are logged one by one per pass.
 const MAX_UNSCHEDULABLE_LOGGED: usize = 20;
@@ -274,6 +285,7 @@ impl Engine {
             };
             backoff.reset();
             let mut dirty_since: Option<Instant> = Some(Instant::now());
+            let mut rollout_at = Instant::now();
             let resync_at = Instant::now() + RESYNC_INTERVAL;
             loop {
                 let now = Instant::now();
@@ -311,6 +323,24 @@ impl Engine {
                     events = watches.content.next() => {
                         if !leader.on_events(events, &mut dirty_since).await { continue 'relist; }
                     }
+                    events = watches.rollouts.next() => {
+                        if !leader.on_rollout_events(events) { continue 'relist; }
+                        rollout_at = Instant::now();
+                    }
+                    () = sleep_until(rollout_at), if leader.rollouts.any_active() => {
+                        rollout_at = Instant::now() + ROLLOUT_TICK;
+                        match leader.rollout_tick().await {
+                            Ok(()) => {}
+                            Err(RegistryError::NotLeader) => return Stop::Deposed,
+                            Err(error) => {
+                                warn!(%error, "Advancing a rollout failed; re-listing.");
+                                tokio::select! {
+                                    () = shutdown.cancelled() => return Stop::Shutdown,
+                                    () = sleep(backoff.next_delay()) => continue 'relist,
+                                }
+                            }
+                        }
+                    }
                     () = sleep_until(wake) => {
                         if Instant::now() >= resync_at {
                             debug!("Periodic resync.");
@@ -343,6 +373,7 @@ struct Watches {
     metadata: WatchStream,
     units: WatchStream,
     content: WatchStream,
+    rollouts: WatchStream,
 }
 
 /// The state of a leading engine.
@@ -354,6 +385,8 @@ struct Leader<'a> {
     /// The reason last logged for each unschedulable unit, so that a unit
     /// stuck for an hour is logged once, not every pass.
     reported: HashMap<UnitName, String>,
+    /// The rolling updates, read at every re-list and fed by their watch.
+    rollouts: Rollouts,
 }
 
 impl<'a> Leader<'a> {
@@ -369,6 +402,7 @@ impl<'a> Leader<'a> {
                 engine.breaker_window,
             ),
             reported: HashMap::new(),
+            rollouts: Rollouts::default(),
         }
     }
 
@@ -393,8 +427,12 @@ impl<'a> Leader<'a> {
                 .registry()
                 .watch_prefix(keys.all_content(), from)
                 .await?,
+            rollouts: self.registry().watch_prefix(keys.rollouts(), from).await?,
         };
         self.model = Model::from_snapshot(snapshot);
+        // Read after the watch started, so no spec is missed; a spec seen
+        // twice is the same spec.
+        self.rollouts = Rollouts::load(self.registry()).await?;
         // Machines that hold placements but are gone: their clock starts now
         // if we did not see them go (we may have just become the leader).
         let now = Instant::now().into_std();
@@ -437,6 +475,39 @@ impl<'a> Leader<'a> {
         }
         dirty_since.get_or_insert_with(Instant::now);
         true
+    }
+
+    /// Applies a batch from the rollouts watch; `false` when it broke.
+    fn on_rollout_events(
+        &mut self,
+        events: Result<Option<Vec<WatchEvent>>, RegistryError>,
+    ) -> bool {
+        let events = match events {
+            Ok(Some(events)) => events,
+            Ok(None) | Err(_) => {
+                warn!("The engine's rollouts watch ended; re-listing.");
+                return false;
+            }
+        };
+        let keys = self.engine.registry.keys().clone();
+        for event in events {
+            let Some(name) = keys.child(&keys.rollouts(), &event.key) else {
+                continue;
+            };
+            match event.kind {
+                WatchEventKind::Put => self.rollouts.put_spec(name, &event.value),
+                WatchEventKind::Delete => self.rollouts.remove(name),
+            }
+        }
+        true
+    }
+
+    /// One step of every active rollout.
+    async fn rollout_tick(&mut self) -> Result<(), RegistryError> {
+        let registry = self.engine.registry.clone();
+        self.rollouts
+            .tick(&registry, &self.leadership, &mut self.model)
+            .await
     }
 
     async fn apply(&mut self, event: &WatchEvent) {
@@ -543,6 +614,10 @@ impl<'a> Leader<'a> {
                 },
             })
             .collect();
+        let changes = self.rollouts.apply_pins(changes, &self.model);
+        if changes.is_empty() {
+            return Ok(());
+        }
         for decision in &outcome.decisions {
             debug!(unit = %decision.unit(), machine = %decision.machine(), reason = decision.reason(), "{}", if matches!(decision, Decision::Place { .. }) { "Placing unit." } else { "Unplacing unit." });
         }

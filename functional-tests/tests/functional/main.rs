@@ -8,5 +8,6 @@ mod agent;
 mod chaos;
 mod foundation;
 mod harness;
+mod rollout;
 mod ssh;
 mod units;

@@ -38,6 +38,11 @@ const KNOWN_KEYS: &[&str] = &[
     MACHINE_METADATA,
     GLOBAL,
     REPLACES,
+    // Declared health checks, run by the agent (rolling updates wait for them).
+    "HealthCheckExec",
+    "HealthCheckHTTP",
+    "HealthCheckInterval",
+    "HealthCheckTimeout",
 ];
 
 /// Length of a machine's short id (`MachineState.ShortID`).

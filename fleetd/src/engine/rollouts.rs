@@ -1,0 +1,337 @@
+//! The engine's side of rolling updates: it reads the rollouts from etcd,
+//! runs the pure [`rollout_driver`](super::rollout_driver) about once a
+//! second while one is active, and applies its decisions: the progress (a
+//! leader-guarded write), the schedule (targets that started carry the new
+//! content; every other placement follows its unit record), the unit records
+//! at the end of a successful rollout, and the rollout's content references
+//! when it ends.
+//!
+//! Every step is idempotent and starts from what etcd holds, so a new engine
+//! continues a rollout a killed engine left half-done.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tracing::{info, warn};
+
+use fleet_api::rollout::{Phase, RolloutProgress, RolloutSpec, TargetPhase};
+use fleet_registry::store::ScheduleChange;
+use fleet_registry::{Leadership, Placement, Registry, RegistryError};
+use fleet_systemd::unit::{UnitHash, UnitName};
+
+use crate::engine::model::Model;
+use crate::engine::rollout_driver::{Observed, PlacementKey, pins, step};
+
+/// One rollout as the engine knows it.
+#[derive(Clone, Debug)]
+struct Entry {
+    spec: RolloutSpec,
+    progress: Option<RolloutProgress>,
+}
+
+impl Entry {
+    fn is_active(&self) -> bool {
+        !self
+            .progress
+            .as_ref()
+            .is_some_and(|progress| progress.id == self.spec.id && progress.phase.is_terminal())
+    }
+}
+
+/// Every rollout by name.
+#[derive(Clone, Debug, Default)]
+pub struct Rollouts {
+    entries: BTreeMap<String, Entry>,
+}
+
+impl Rollouts {
+    /// Reads every rollout (an undecodable one is logged and skipped).
+    pub async fn load(registry: &Registry) -> Result<Rollouts, RegistryError> {
+        let mut entries = BTreeMap::new();
+        for stored in registry.rollouts().await? {
+            let Some(spec) = decode_spec(&stored.name, &stored.spec) else {
+                continue;
+            };
+            let progress = stored
+                .progress
+                .and_then(|bytes| serde_json::from_slice(&bytes).ok());
+            entries.insert(stored.name, Entry { spec, progress });
+        }
+        Ok(Rollouts { entries })
+    }
+
+    /// A spec written by the API (a start or an operator's control).
+    pub fn put_spec(&mut self, name: &str, value: &[u8]) {
+        let Some(spec) = decode_spec(name, value) else {
+            return;
+        };
+        match self.entries.get_mut(name) {
+            Some(entry) => entry.spec = spec,
+            None => {
+                self.entries.insert(
+                    name.to_owned(),
+                    Entry {
+                        spec,
+                        progress: None,
+                    },
+                );
+            }
+        }
+    }
+
+    pub fn remove(&mut self, name: &str) {
+        self.entries.remove(name);
+    }
+
+    /// Whether any rollout is still going (the engine then ticks).
+    pub fn any_active(&self) -> bool {
+        self.entries.values().any(Entry::is_active)
+    }
+
+    /// The content every pinned placement must carry, over all rollouts.
+    pub fn pinned(&self) -> HashMap<PlacementKey, UnitHash> {
+        let mut all = HashMap::new();
+        for entry in self.entries.values() {
+            for (key, hash) in pins(&entry.spec, entry.progress.as_ref()) {
+                if let Ok(hash) = hash.parse() {
+                    all.insert(key, hash);
+                }
+            }
+        }
+        all
+    }
+
+    /// One step of every active rollout, applied.
+    pub async fn tick(
+        &mut self,
+        registry: &Registry,
+        leadership: &Leadership,
+        model: &mut Model,
+    ) -> Result<(), RegistryError> {
+        let names: Vec<String> = self
+            .entries
+            .iter()
+            .filter(|(_, entry)| entry.is_active())
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in names {
+            let Some(entry) = self.entries.get(&name).cloned() else {
+                continue;
+            };
+            let next = advance(registry, &entry, model).await?;
+            let changed = entry.progress.as_ref() != Some(&next);
+            if let Some(slot) = self.entries.get_mut(&name) {
+                slot.progress = Some(next.clone());
+            }
+            if next.phase == Phase::Succeeded && changed {
+                switch_records(registry, &entry.spec, model).await?;
+            }
+            self.follow_pins(registry, leadership, model).await?;
+            if next.phase.is_terminal() && changed {
+                release(registry, &entry.spec).await?;
+            }
+            if changed {
+                let bytes = serde_json::to_vec(&next).map_err(|error| RegistryError::Decode {
+                    key: name.clone(),
+                    message: error.to_string(),
+                })?;
+                registry
+                    .put_rollout_progress(leadership, &name, &bytes)
+                    .await?;
+                if let Some(event) = next.history.last() {
+                    info!(rollout = %name, phase = next.phase.as_str(), "Rollout: {}", event.message);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Rewrites every placement whose content differs from what the
+    /// rollouts pin (or, unpinned, from its unit record).
+    async fn follow_pins(
+        &self,
+        registry: &Registry,
+        leadership: &Leadership,
+        model: &mut Model,
+    ) -> Result<(), RegistryError> {
+        let changes = self.corrections(model);
+        if changes.is_empty() {
+            return Ok(());
+        }
+        registry.commit_schedule(leadership, &changes).await?;
+        model.apply(&changes);
+        Ok(())
+    }
+
+    /// The schedule changes that make the placements of every rollout's
+    /// units carry the content they should.
+    fn corrections(&self, model: &Model) -> Vec<ScheduleChange> {
+        let pinned = self.pinned();
+        let units: BTreeSet<&str> = self
+            .entries
+            .values()
+            .flat_map(|entry| entry.spec.units.iter().map(|unit| unit.unit.as_str()))
+            .collect();
+        model
+            .placements
+            .values()
+            .filter(|placement| units.contains(placement.unit.as_str()))
+            .filter_map(|placement| {
+                let key = (
+                    placement.unit.as_str().to_owned(),
+                    placement.machine.as_str().to_owned(),
+                );
+                let wanted = match pinned.get(&key) {
+                    Some(hash) => *hash,
+                    None => model.units.get(&placement.unit)?.hash,
+                };
+                (wanted != placement.hash).then(|| {
+                    ScheduleChange::Place(Placement {
+                        hash: wanted,
+                        ..placement.clone()
+                    })
+                })
+            })
+            .collect()
+    }
+
+    /// Sets the content of the scheduler's placement decisions to what the
+    /// rollouts pin, dropping those that then change nothing.
+    pub fn apply_pins(&self, changes: Vec<ScheduleChange>, model: &Model) -> Vec<ScheduleChange> {
+        let pinned = self.pinned();
+        if pinned.is_empty() {
+            return changes;
+        }
+        changes
+            .into_iter()
+            .filter_map(|change| match change {
+                ScheduleChange::Place(mut placement) => {
+                    let key = (
+                        placement.unit.as_str().to_owned(),
+                        placement.machine.as_str().to_owned(),
+                    );
+                    if let Some(hash) = pinned.get(&key) {
+                        placement.hash = *hash;
+                    }
+                    let existing = model
+                        .placements
+                        .get(&(placement.unit.clone(), placement.machine.clone()));
+                    (existing != Some(&placement)).then_some(ScheduleChange::Place(placement))
+                }
+                unplace => Some(unplace),
+            })
+            .collect()
+    }
+}
+
+fn decode_spec(name: &str, value: &[u8]) -> Option<RolloutSpec> {
+    match serde_json::from_slice(value) {
+        Ok(spec) => Some(spec),
+        Err(error) => {
+            warn!(rollout = name, %error, "Skipping an undecodable rollout.");
+            None
+        }
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| {
+            u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX)
+        })
+}
+
+/// Reads what the driver needs (the agents' reports for updating targets)
+/// and runs one step.
+async fn advance(
+    registry: &Registry,
+    entry: &Entry,
+    model: &Model,
+) -> Result<RolloutProgress, RegistryError> {
+    let units: BTreeSet<&str> = entry.spec.units.iter().map(|u| u.unit.as_str()).collect();
+    let placements: BTreeSet<PlacementKey> = model
+        .placements
+        .keys()
+        .filter(|(unit, _)| units.contains(unit.as_str()))
+        .map(|(unit, machine)| (unit.as_str().to_owned(), machine.as_str().to_owned()))
+        .collect();
+    let mut observed = HashMap::new();
+    let updating: BTreeSet<&str> = entry
+        .progress
+        .iter()
+        .filter(|progress| progress.id == entry.spec.id)
+        .flat_map(|progress| &progress.targets)
+        .filter(|target| target.phase == TargetPhase::Updating)
+        .map(|target| target.unit.as_str())
+        .collect();
+    for unit in updating {
+        let Ok(name) = unit.parse::<UnitName>() else {
+            continue;
+        };
+        let health: HashMap<String, bool> =
+            registry.unit_health(&name).await?.into_iter().collect();
+        for state in registry.states_of_unit(&name).await? {
+            let verdict = health.get(state.machine.as_str()).copied();
+            observed.insert(
+                (unit.to_owned(), state.machine.as_str().to_owned()),
+                Observed {
+                    hash: state.hash.to_string(),
+                    active_state: state.active_state,
+                    sub_state: state.sub_state,
+                    health: verdict,
+                },
+            );
+        }
+    }
+    Ok(step(
+        &entry.spec,
+        entry.progress.as_ref(),
+        &placements,
+        &observed,
+        now_ms(),
+    ))
+}
+
+/// Points every unit record of a successful rollout at the new content, and
+/// the model with it (so that no pass sends placements back meanwhile).
+async fn switch_records(
+    registry: &Registry,
+    spec: &RolloutSpec,
+    model: &mut Model,
+) -> Result<(), RegistryError> {
+    let Ok(new) = spec.new_hash.parse::<UnitHash>() else {
+        return Ok(());
+    };
+    for unit in &spec.units {
+        let (Ok(name), Ok(old)) = (
+            unit.unit.parse::<UnitName>(),
+            unit.old_hash.parse::<UnitHash>(),
+        ) else {
+            continue;
+        };
+        let outcome = registry.switch_unit_content(&name, &old, &new).await?;
+        if outcome == fleet_registry::rollouts::UnitSwitch::Changed {
+            warn!(unit = %name, "The unit changed during its rollout; its record was left alone.");
+            continue;
+        }
+        if let Some(record) = model.units.get(&name) {
+            let desired_state = record.desired_state;
+            model.put_unit_record(name, new, desired_state);
+        }
+    }
+    Ok(())
+}
+
+/// Drops the rollout's references on its contents.
+async fn release(registry: &Registry, spec: &RolloutSpec) -> Result<(), RegistryError> {
+    let mut hashes: Vec<UnitHash> = spec
+        .units
+        .iter()
+        .filter_map(|unit| unit.old_hash.parse().ok())
+        .collect();
+    hashes.extend(spec.new_hash.parse::<UnitHash>().ok());
+    hashes.sort();
+    hashes.dedup();
+    registry.release_rollout_content(&spec.name, &hashes).await
+}
