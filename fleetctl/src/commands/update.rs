@@ -16,7 +16,7 @@ use clap::Args;
 use fleet_api::rollout::{Action, Phase, Rollout, RolloutRequest, Strategy};
 use fleet_systemd::unit::fleetctl_unit_name;
 
-use super::Ctx;
+use crate::context::Ctx;
 use crate::exit::Exit;
 use crate::output;
 
