@@ -114,3 +114,56 @@ fn main() -> ExitCode {
         ExitCode::FAILURE
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_words(words: &[&str]) -> Result<Option<Args>, String> {
+        parse(words.iter().map(|word| word.to_string()))
+    }
+
+    #[test]
+    fn no_scenario_runs_them_all_on_five_hosts_with_300_units() {
+        let args = parse_words(&[]).unwrap().unwrap();
+        assert_eq!(args.options.scenarios, ALL.to_vec());
+        assert_eq!((args.options.hosts, args.options.units), (5, 300));
+        assert!(args.json.is_none());
+    }
+
+    #[test]
+    fn scenarios_repeat_in_order_and_json_names_a_file() {
+        let args = parse_words(&[
+            "--scenario",
+            "kill-host",
+            "--json",
+            "out.json",
+            "--scenario",
+            "kill-fleetd",
+        ])
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            args.options.scenarios,
+            [Scenario::KillHost, Scenario::KillFleetd]
+        );
+        assert_eq!(args.json, Some(PathBuf::from("out.json")));
+    }
+
+    #[test]
+    fn bad_usage_is_said() {
+        for (words, message) in [
+            (&["--scenario", "nope"][..], "unknown scenario \"nope\""),
+            (&["--scenario"][..], "--scenario needs a value"),
+            (
+                &["--hosts", "1"][..],
+                "--hosts must be a number from 2 to 20",
+            ),
+            (&["--units", "x"][..], "--units must be a number"),
+            (&["--fast"][..], "unknown argument \"--fast\""),
+        ] {
+            let error = parse_words(words).err().unwrap();
+            assert!(error.contains(message), "{words:?}: {error}");
+        }
+    }
+}

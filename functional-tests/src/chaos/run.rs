@@ -113,19 +113,18 @@ pub fn run(options: &Options, progress: &dyn Fn(&str)) -> anyhow::Result<Vec<Row
 fn run_one(cluster: &Cluster, scenario: Scenario, expected: &Expected) -> anyhow::Result<Row> {
     wait_converged(cluster, expected, CONVERGE_DEADLINE)
         .context("the cluster was not healthy before the scenario")?;
-    let first = sample(cluster);
     let loss_window = AGENT_TTL + MACHINE_LOSS_GRACE;
     let begin = Instant::now();
+    let first = sample(cluster);
     // The baseline needs the touched hosts, known once the fault picked its target; the
     // first sample, taken just before, is the healthy state it compares against.
     let target = scenario.inject(cluster)?;
     let touched = scenario.touched(&target);
-    let ledger = Arc::new(Mutex::new(Ledger::new(
-        expected.clone(),
-        limits(),
-        &first,
-        &touched,
-    )));
+    let mut ledger = Ledger::new(expected.clone(), limits(), &first, &touched);
+    // Recorded as the first tick, so a stretch that began while the fault was being injected
+    // (killing a host takes seconds) is dated from before it.
+    ledger.record(Duration::ZERO, &first);
+    let ledger = Arc::new(Mutex::new(ledger));
     let stop = Arc::new(AtomicBool::new(false));
     let result = thread::scope(|scope| {
         let watcher = scope.spawn(|| watch(cluster, begin, &ledger, &stop));
