@@ -14,6 +14,7 @@
 //!   procedure of spec 6.5.
 //! - `states`: `GET /state[/<name>]`.
 //! - `machines`: `GET /machines` and the metadata `PATCH` of spec 6.6.
+//! - `worker`: the read-only wrapper a worker's fleetd serves (writes refused).
 //!
 //! Handlers never hold registry data between requests, with one exception:
 //! the pages after the first of `GET /units` and `GET /state` are cut from
@@ -21,9 +22,11 @@
 //! request, and every first page, reads etcd, so two fleetds serving the API
 //! agree.
 
+mod line_breaks;
 mod machines;
 mod states;
 mod units;
+pub mod worker;
 
 pub use units::{entity_options, unit_file_from_options};
 
