@@ -41,14 +41,18 @@ install -d "$root/usr/bin" "$root/etc/systemd/system" "$root/etc/fleet"
 install -m 0755 "$bindir/fleetd" "$bindir/fleetctl" "$root/usr/bin/"
 install -m 0644 packaging/fleet.service packaging/fleet.socket "$root/etc/systemd/system/"
 if [ ! -e "$root/etc/fleet/fleet.conf" ]; then
-    {
-        echo "# fleetd configuration; every option: /usr/share/doc/fleet/configuration.md"
-        [ -n "$etcd" ] && echo "etcd_servers=$etcd"
-        [ -n "$metadata" ] && echo "metadata=$metadata"
-        echo
-        cat packaging/fleet.conf.sample
-    } >"$root/etc/fleet/fleet.conf"
-    chmod 0644 "$root/etc/fleet/fleet.conf"
+    # Mode 0600 from the first byte: fleet.conf can hold etcd credentials.
+    (
+        umask 077
+        {
+            echo "# fleetd configuration; every option: /usr/share/doc/fleet/configuration.md"
+            [ -n "$etcd" ] && echo "etcd_servers=$etcd"
+            [ -n "$metadata" ] && echo "metadata=$metadata"
+            echo
+            cat packaging/fleet.conf.sample
+        } >"$root/etc/fleet/fleet.conf"
+    )
+    chmod 0600 "$root/etc/fleet/fleet.conf"
     echo "install: wrote $root/etc/fleet/fleet.conf"
 else
     echo "install: kept the existing $root/etc/fleet/fleet.conf"

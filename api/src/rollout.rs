@@ -95,7 +95,7 @@ pub struct RolloutUnit {
     pub old_hash: String,
 }
 
-/// The rollout as requested (stored by the API at `P/rollouts/<name>`).
+/// The rollout as requested (stored by the API at `P/api/rollouts/<name>`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RolloutSpec {
@@ -207,7 +207,7 @@ pub struct HistoryEvent {
     pub message: String,
 }
 
-/// The engine's account of a rollout (stored at `P/rollout-progress/<name>`).
+/// The engine's account of a rollout (stored at `P/engine/rollout-progress/<name>`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RolloutProgress {

@@ -16,6 +16,7 @@
 //! - `machines`: `GET /machines` and the metadata `PATCH` of spec 6.6.
 //! - `rollouts`: rolling updates, new resources beside v1 (`GET/POST
 //!   /rollouts[/<name>]`).
+//! - `worker`: the read-only wrapper a worker's fleetd serves (writes refused).
 //!
 //! Handlers never hold registry data between requests, with one exception:
 //! the pages after the first of `GET /units` and `GET /state` are cut from
@@ -23,10 +24,12 @@
 //! request, and every first page, reads etcd, so two fleetds serving the API
 //! agree.
 
+mod line_breaks;
 mod machines;
 mod rollouts;
 mod states;
 mod units;
+pub mod worker;
 
 pub use units::{entity_options, unit_file_from_options};
 

@@ -9,7 +9,7 @@
 //! What is simulated, in this process: M machines. Each is what a real agent
 //! does to etcd, through the production [`Registry`]: its own lease (granted,
 //! kept alive every TTL/3), its machine record via `register_machine`, one
-//! watch on its own `P/schedule/<id>/` prefix only, and for every placement
+//! watch on its own `P/engine/schedule/<id>/` prefix only, and for every placement
 //! two unit-state writes under its lease (`reached=loaded`, then
 //! `reached=launched` with `active`/`running`), as the agent reports what
 //! systemd says. There is no systemd: the simulated unit "starts" at once.

@@ -60,6 +60,7 @@ pub const OPTION_NAMES: &[&str] = &[
     "machine_loss_grace",
     "reschedule_breaker_fraction",
     "stop_units_on_shutdown",
+    "allow_host_unit_override",
 ];
 
 /// The engine's slice of the config (see `fleetd::engine`). No `Default`:
@@ -87,6 +88,9 @@ pub struct AgentConfig {
     /// `stop_units_on_shutdown`: the original's behaviour of stopping every
     /// unit when fleetd stops (off by default, DESIGN change 6).
     pub stop_units_on_shutdown: bool,
+    /// `allow_host_unit_override`: fleet units may replace units the host
+    /// already has (off: the agent refuses them).
+    pub allow_host_unit_override: bool,
 }
 
 /// Where the API is served when systemd passes no sockets (`api_listen`).
@@ -182,6 +186,9 @@ pub struct Config {
     /// `stop_units_on_shutdown` (bool, default false): stop this machine's
     /// units when fleetd stops, as the original did. New.
     pub stop_units_on_shutdown: bool,
+    /// `allow_host_unit_override` (bool, default false): let a fleet unit
+    /// replace a unit this host already has (`ssh.service`). New.
+    pub allow_host_unit_override: bool,
 }
 
 impl Default for Config {
@@ -220,6 +227,7 @@ impl Default for Config {
             machine_loss_grace: Duration::from_secs(10),
             reschedule_breaker_fraction: 0.5,
             stop_units_on_shutdown: false,
+            allow_host_unit_override: false,
         }
     }
 }
@@ -391,6 +399,7 @@ impl Config {
             bus_address: non_empty(&self.systemd_bus_address),
             agent_ttl: self.agent_ttl,
             stop_units_on_shutdown: self.stop_units_on_shutdown,
+            allow_host_unit_override: self.allow_host_unit_override,
         }
     }
 
@@ -558,6 +567,12 @@ impl RawValues {
                 BOOL,
                 parse_go_bool,
                 d.stop_units_on_shutdown,
+            )?,
+            allow_host_unit_override: self.typed(
+                "allow_host_unit_override",
+                BOOL,
+                parse_go_bool,
+                d.allow_host_unit_override,
             )?,
         };
         // A path option set to empty means the default: an empty path names nothing.

@@ -11,6 +11,8 @@
 //! - [`listeners`]: the API sockets (socket activation or `api_listen`).
 //! - [`machine`]: the machine id, public IP detection and the published state.
 //! - [`backoff`]: the one retry delay policy.
+//! - [`etcd_role`]: control plane or worker, learned from etcd's permissions.
+//! - [`etcd_auth`]: `fleetd etcd-auth`, one etcd identity per machine.
 //!
 //! `main.rs` only parses the command line, installs logging and calls
 //! [`server::run`].
@@ -22,6 +24,8 @@ pub mod agent;
 pub mod backoff;
 pub mod config;
 pub mod engine;
+pub mod etcd_auth;
+pub mod etcd_role;
 pub mod heart;
 pub mod listeners;
 pub mod machine;

@@ -4,7 +4,8 @@
 //!
 //! `fleetd [-config PATH] [-version]`, Go flag style: `-x` and `--x`, with
 //! `-x=v` or `-x v`. `fleetd version` is `-version`. Options are set in the
-//! config file or the environment, never as flags.
+//! config file or the environment, never as flags. `fleetd etcd-auth ...`
+//! manages etcd identities (`fleetd::etcd_auth`).
 
 // Input and I/O paths return errors; unwrap() is for tests.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
@@ -29,9 +30,13 @@ const USAGE: &str = "Usage of fleetd:
 /// What the command line asks for.
 #[derive(Debug, PartialEq, Eq)]
 enum Command {
-    Run { config: Option<PathBuf> },
+    Run {
+        config: Option<PathBuf>,
+    },
     Version,
     Help,
+    /// `fleetd etcd-auth ...`: the arguments after `etcd-auth`.
+    EtcdAuth(Vec<String>),
 }
 
 /// A command line we refuse, with its exit code (Go's flag package exits 2).
@@ -42,6 +47,9 @@ struct Refusal {
 }
 
 fn parse_args(args: &[String]) -> Result<Command, Refusal> {
+    if args.first().map(String::as_str) == Some("etcd-auth") {
+        return Ok(Command::EtcdAuth(args[1..].to_vec()));
+    }
     let mut config = None;
     let mut version = false;
     let mut idx = 0;
@@ -128,6 +136,7 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Ok(Command::Run { config }) => config,
+        Ok(Command::EtcdAuth(args)) => return etcd_auth(&args),
         Err(refusal) => {
             eprint!("{}", refusal.message);
             return ExitCode::from(refusal.exit_code);
@@ -173,6 +182,38 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             error!("{error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `fleetd etcd-auth`: parse, connect with the operator's credentials, run.
+fn etcd_auth(args: &[String]) -> ExitCode {
+    let invocation = match fleetd::etcd_auth::parse(args) {
+        Ok(invocation) => invocation,
+        Err(message) => {
+            eprint!("{message}");
+            return ExitCode::from(2);
+        }
+    };
+    let env: HashMap<String, String> = std::env::vars_os()
+        .filter_map(|(key, value)| Some((key.into_string().ok()?, value.into_string().ok()?)))
+        .collect();
+    install_logging(0, env.get("RUST_LOG").map(String::as_str));
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("ERROR fleetd etcd-auth: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(fleetd::etcd_auth::run(invocation, &env)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("ERROR fleetd etcd-auth: {error:#}");
             ExitCode::FAILURE
         }
     }
@@ -231,6 +272,10 @@ mod tests {
             Ok(Command::Run { config: None })
         );
         assert_eq!(parse(&["-h"]), Ok(Command::Help));
+        assert_eq!(
+            parse(&["etcd-auth", "init"]),
+            Ok(Command::EtcdAuth(vec!["init".to_owned()]))
+        );
         let refusal = parse(&["list-units"]).expect_err("positional");
         assert_eq!(refusal.exit_code, 1);
         assert!(

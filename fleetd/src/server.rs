@@ -38,6 +38,7 @@ use tracing::{Instrument, debug, error, info, info_span, warn};
 use crate::agent::Agent;
 use crate::config::{Config, DEFAULT_CONFIG_PATH, Loaded};
 use crate::engine::Engine;
+use crate::etcd_role::EtcdRole;
 use crate::heart::{Heart, HeartConfig, Presence};
 use crate::listeners::{ApiSwitch, Listeners};
 use crate::machine::{LocalMachine, VERSION, read_machine_id};
@@ -176,6 +177,7 @@ async fn reload(options: &ServerOptions, old: &Config) -> Option<(Config, Pieces
 struct Pieces {
     machine: MachineId,
     registry: Registry,
+    role: EtcdRole,
 }
 
 impl Pieces {
@@ -184,7 +186,12 @@ impl Pieces {
         let registry = Registry::connect(&config.registry())
             .await
             .context("setting up the etcd client")?;
-        Ok(Pieces { machine, registry })
+        let role = crate::etcd_role::learn(config, &registry).await;
+        Ok(Pieces {
+            machine,
+            registry,
+            role,
+        })
     }
 }
 
@@ -209,7 +216,22 @@ impl Generation {
         availability: &Availability,
         ready_sent: &Arc<AtomicBool>,
     ) -> Generation {
-        let Pieces { machine, registry } = pieces;
+        let Pieces {
+            machine,
+            registry,
+            role,
+        } = pieces;
+        // A worker publishes and behaves as `disable_engine=true`.
+        let worker_config;
+        let config = if role == EtcdRole::Worker {
+            worker_config = Config {
+                disable_engine: true,
+                ..config.clone()
+            };
+            &worker_config
+        } else {
+            config
+        };
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
         let failed = CancellationToken::new();
@@ -280,11 +302,17 @@ impl Generation {
         tasks.close();
 
         let router = fleet_api::server::router(ApiState {
-            registry,
+            registry: registry.clone(),
             token_limit: config.token_limit,
             version: VERSION.to_owned(),
             available: availability.clone(),
         });
+        let router = match role {
+            EtcdRole::ControlPlane => router,
+            EtcdRole::Worker => {
+                fleet_api::server::worker::read_only(router, registry, machine.clone())
+            }
+        };
         Generation {
             machine,
             shutdown,

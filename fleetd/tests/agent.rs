@@ -64,6 +64,7 @@ impl Fixture {
             bus_address: Some(self.bus.clone()),
             agent_ttl: Duration::from_secs(10),
             stop_units_on_shutdown,
+            allow_host_unit_override: false,
         }
     }
 
@@ -133,21 +134,24 @@ impl Fixture {
         matches: impl Fn(&UnitState) -> bool,
     ) -> UnitState {
         wait_for(what, || async {
-            let states = self.registry.states_of_unit(unit).await.ok()?;
-            states
-                .into_iter()
-                .find(|s| s.machine == self.machine && matches(s))
+            let state = self
+                .registry
+                .unit_state_on(unit, &self.machine)
+                .await
+                .ok()?;
+            state.filter(|s| matches(s))
         })
         .await
     }
 
     async fn wait_no_state(&self, unit: &UnitName) {
         wait_for("the unit's state to be deleted", || async {
-            let states = self.registry.states_of_unit(unit).await.ok()?;
-            states
-                .iter()
-                .all(|s| s.machine != self.machine)
-                .then_some(())
+            let state = self
+                .registry
+                .unit_state_on(unit, &self.machine)
+                .await
+                .ok()?;
+            state.is_none().then_some(())
         })
         .await;
     }
@@ -411,6 +415,7 @@ async fn agent_waits_for_an_unreachable_systemd() {
         bus_address: Some(format!("unix:path={}/no-bus", units.path().display())),
         agent_ttl: Duration::from_secs(10),
         stop_units_on_shutdown: true,
+        allow_host_unit_override: false,
     };
     let (_sender, presence) = watch::channel(None);
     let machine = MachineId::from_str("agent-nobus").expect("machine id");

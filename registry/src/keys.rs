@@ -3,26 +3,52 @@
 //! `P` is `etcd_key_prefix` (default `/_coreos.com/fleet/`, always with a
 //! trailing `/`). Every value is JSON unless said otherwise.
 //!
+//! **The rule: a key's first segment after `P` names its only writer.** etcd
+//! grants permissions on key ranges, so grouping keys by writer lets each
+//! writer get a credential that reaches its own keys and nothing else (see
+//! `Documentation/security.md`, "etcd: one identity per machine"):
+//!
+//! - `P/machine/<kind>/<machine>…`: written by that machine's fleetd only.
+//!   Its etcd role is granted exactly [`Keys::machine_grants`], one range per
+//!   kind; a new kind a machine writes must be added there.
+//! - `P/engine/…`: written by the elected engine only (role `fleet-engine`).
+//! - `P/api/…`: written by the API of a control-plane fleetd (role
+//!   `fleet-api-writer`).
+//!
+//! Every fleetd may read all of `P` (its API serves reads, its agent reads
+//! its schedule and unit contents).
+//!
 //! | key | value | lease | writer |
 //! |---|---|---|---|
-//! | `P/machines/<machine>` | `{"id","publicIP","metadata","version","disableEngine"}` (configured metadata) | machine lease | the machine's heart |
-//! | `P/metadata/<machine>/<key>` | bare string; `""` removes a configured key | none (survives restarts) | API `PATCH /machines` |
-//! | `P/units/<unit>` | `{"hash","desiredState"}` | none | API |
-//! | `P/content/<hash>` | the canonical unit text | none | API; deleted with its last reference |
-//! | `P/content-refs/<hash>/<unit>` | empty | none | API, with the unit record in one txn |
-//! | `P/schedule/<machine>/<unit>` | `{"hash","targetState"}` | none | engine (leader-guarded txn) |
-//! | `P/placement/<unit>/<machine>` | empty | none | engine, with the schedule key in one txn |
-//! | `P/states/<unit>/<machine>` | `{"hash","loadState","activeState","subState","reached"}` | machine lease | the machine's agent |
+//! | `P/machine/presence/<machine>` | `{"id","publicIP","metadata","version","disableEngine"}` (configured metadata) | machine lease | the machine's heart |
+//! | `P/machine/states/<machine>/<unit>` | `{"hash","loadState","activeState","subState","reached"}` | machine lease | the machine's agent |
+//! | `P/api/units/<unit>` | `{"hash","desiredState"}` | none | API |
+//! | `P/api/content/<hash>` | the canonical unit text | none | API; deleted with its last reference |
+//! | `P/api/content-refs/<hash>/<unit>` | empty | none | API, with the unit record in one txn |
+//! | `P/api/metadata/<machine>/<key>` | bare string; `""` removes a configured key | none (survives restarts) | API `PATCH /machines` |
+//! | `P/engine/schedule/<machine>/<unit>` | `{"hash","targetState"}` | none | engine (leader-guarded txn) |
+//! | `P/engine/placement/<unit>/<machine>` | empty | none | engine, with the schedule key in one txn |
 //! | `P/engine/leader` | the leader's machine id | engine lease | engines (create-if-absent) |
-//! | `P/rollouts/<name>` | a rolling update's spec and controls | none | API |
-//! | `P/rollout-progress/<name>` | the rollout's progress and history | none | engine (leader-guarded txn) |
-//! | `P/content-refs/<hash>/rollout:<name>` | empty | none | API at the rollout's start; engine at its end |
-//! | `P/health/<unit>/<machine>` | `healthy` or `unhealthy` (declared health check) | machine lease | the machine's agent |
+//! | `P/api/rollouts/<name>` | a rolling update's spec and controls | none | API |
+//! | `P/engine/rollout-progress/<name>` | the rollout's progress and history | none | engine (leader-guarded txn) |
+//! | `P/api/content-refs/<hash>/rollout:<name>` | empty | none | API at the rollout's start; the engine (on a control-plane machine, which holds the API-writer role too) at its end |
+//! | `P/machine/health/<machine>/<unit>` | `healthy` or `unhealthy` (declared health check) | machine lease | the machine's agent |
+//!
+//! `P/engine/probe` and `P/api/probe` are never written: a fleetd learns
+//! whether its credential may write a writer's range with a transaction that
+//! would put them under a compare that never holds (etcd checks the
+//! permissions of every operation of a txn, taken branch or not).
 //!
 //! Why this shape:
-//! - Agents watch only `P/schedule/<their id>/`: a decision wakes one machine.
-//! - `P/placement/<unit>/` answers "where does this unit run" with one small
-//!   range read (what `GET /units/<name>` needs) instead of a scan of the schedule.
+//! - Agents watch only `P/engine/schedule/<their id>/`: a decision wakes one
+//!   machine.
+//! - `P/engine/placement/<unit>/` answers "where does this unit run" with one
+//!   small range read (what `GET /units/<name>` needs) instead of a scan of
+//!   the schedule.
+//! - Unit states are keyed machine first (the writer's range). The states of
+//!   one unit are read with one single-key get per live machine (one txn),
+//!   and the state on the machine a unit is placed on with one get: neither
+//!   scans the states of other units.
 //! - Content is stored once per hash; `content-refs` lets the last destroy
 //!   delete it in a txn that compares the whole refs range to empty.
 //! - Everything a machine reports lives under its lease: when it is gone, its
@@ -36,24 +62,32 @@ use crate::model::MachineId;
 /// way code outside this module learns what a key is.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RegistryKey {
-    /// `P/machines/<machine>`.
+    /// `P/machine/presence/<machine>`.
     Machine(MachineId),
-    /// `P/metadata/<machine>/<key>`.
+    /// `P/api/metadata/<machine>/<key>`.
     Metadata { machine: MachineId, key: String },
-    /// `P/units/<unit>`.
+    /// `P/api/units/<unit>`.
     Unit(UnitName),
-    /// `P/content/<hash>`.
+    /// `P/api/content/<hash>`.
     Content(UnitHash),
-    /// `P/content-refs/<hash>/<unit>`.
+    /// `P/api/content-refs/<hash>/<unit>`.
     ContentRef { hash: UnitHash, unit: UnitName },
-    /// `P/schedule/<machine>/<unit>`.
+    /// `P/engine/schedule/<machine>/<unit>`.
     Scheduled { machine: MachineId, unit: UnitName },
-    /// `P/placement/<unit>/<machine>`.
+    /// `P/engine/placement/<unit>/<machine>`.
     Placement { unit: UnitName, machine: MachineId },
-    /// `P/states/<unit>/<machine>`.
+    /// `P/machine/states/<machine>/<unit>`.
     State { unit: UnitName, machine: MachineId },
     /// `P/engine/leader`.
     EngineLeader,
+}
+
+/// A range of keys an etcd role is granted: one key, or every key under a
+/// prefix.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum KeyRange {
+    Key(String),
+    Prefix(String),
 }
 
 /// The key layout under one prefix.
@@ -76,152 +110,197 @@ impl Keys {
         &self.prefix
     }
 
+    // --- the writers' ranges (etcd roles are granted these) ---
+
+    /// Everything only the engine writes.
+    pub fn engine_prefix(&self) -> String {
+        format!("{}engine/", self.prefix)
+    }
+    /// Everything only API writers (control-plane fleetds) write.
+    pub fn api_prefix(&self) -> String {
+        format!("{}api/", self.prefix)
+    }
+    /// A key in the engine's range that is never written (see the module doc).
+    pub fn engine_probe(&self) -> String {
+        format!("{}engine/probe", self.prefix)
+    }
+    /// A key in the API writers' range that is never written.
+    pub fn api_probe(&self) -> String {
+        format!("{}api/probe", self.prefix)
+    }
+    /// Everything `machine` writes, and nothing another machine writes: its
+    /// presence key and its unit states.
+    pub fn machine_grants(&self, machine: &str) -> Vec<KeyRange> {
+        vec![
+            KeyRange::Key(self.machine(machine)),
+            KeyRange::Prefix(self.machine_states(machine)),
+            KeyRange::Prefix(self.machine_health(machine)),
+        ]
+    }
+
+    // --- written by each machine ---
+
     pub fn machines(&self) -> String {
-        format!("{}machines/", self.prefix)
+        format!("{}machine/presence/", self.prefix)
     }
     pub fn machine(&self, machine: &str) -> String {
-        format!("{}machines/{machine}", self.prefix)
-    }
-    pub fn all_metadata(&self) -> String {
-        format!("{}metadata/", self.prefix)
-    }
-    pub fn machine_metadata(&self, machine: &str) -> String {
-        format!("{}metadata/{machine}/", self.prefix)
-    }
-    pub fn metadata(&self, machine: &str, key: &str) -> String {
-        format!("{}metadata/{machine}/{key}", self.prefix)
-    }
-    pub fn units(&self) -> String {
-        format!("{}units/", self.prefix)
-    }
-    pub fn unit(&self, unit: &str) -> String {
-        format!("{}units/{unit}", self.prefix)
-    }
-    pub fn all_content(&self) -> String {
-        format!("{}content/", self.prefix)
-    }
-    pub fn content(&self, hash: &str) -> String {
-        format!("{}content/{hash}", self.prefix)
-    }
-    pub fn content_refs(&self, hash: &str) -> String {
-        format!("{}content-refs/{hash}/", self.prefix)
-    }
-    pub fn content_ref(&self, hash: &str, unit: &str) -> String {
-        format!("{}content-refs/{hash}/{unit}", self.prefix)
-    }
-    pub fn schedule(&self) -> String {
-        format!("{}schedule/", self.prefix)
-    }
-    pub fn machine_schedule(&self, machine: &str) -> String {
-        format!("{}schedule/{machine}/", self.prefix)
-    }
-    pub fn scheduled(&self, machine: &str, unit: &str) -> String {
-        format!("{}schedule/{machine}/{unit}", self.prefix)
-    }
-    pub fn placements(&self) -> String {
-        format!("{}placement/", self.prefix)
-    }
-    pub fn unit_placements(&self, unit: &str) -> String {
-        format!("{}placement/{unit}/", self.prefix)
-    }
-    pub fn placement(&self, unit: &str, machine: &str) -> String {
-        format!("{}placement/{unit}/{machine}", self.prefix)
+        format!("{}machine/presence/{machine}", self.prefix)
     }
     pub fn states(&self) -> String {
-        format!("{}states/", self.prefix)
+        format!("{}machine/states/", self.prefix)
     }
-    pub fn unit_states(&self, unit: &str) -> String {
-        format!("{}states/{unit}/", self.prefix)
+    pub fn machine_states(&self, machine: &str) -> String {
+        format!("{}machine/states/{machine}/", self.prefix)
     }
     pub fn state(&self, unit: &str, machine: &str) -> String {
-        format!("{}states/{unit}/{machine}", self.prefix)
+        format!("{}machine/states/{machine}/{unit}", self.prefix)
+    }
+
+    // --- written by the API ---
+
+    pub fn all_metadata(&self) -> String {
+        format!("{}api/metadata/", self.prefix)
+    }
+    pub fn machine_metadata(&self, machine: &str) -> String {
+        format!("{}api/metadata/{machine}/", self.prefix)
+    }
+    pub fn metadata(&self, machine: &str, key: &str) -> String {
+        format!("{}api/metadata/{machine}/{key}", self.prefix)
+    }
+    pub fn units(&self) -> String {
+        format!("{}api/units/", self.prefix)
+    }
+    pub fn unit(&self, unit: &str) -> String {
+        format!("{}api/units/{unit}", self.prefix)
+    }
+    pub fn all_content(&self) -> String {
+        format!("{}api/content/", self.prefix)
+    }
+    pub fn content(&self, hash: &str) -> String {
+        format!("{}api/content/{hash}", self.prefix)
+    }
+    pub fn content_refs(&self, hash: &str) -> String {
+        format!("{}api/content-refs/{hash}/", self.prefix)
+    }
+    pub fn content_ref(&self, hash: &str, unit: &str) -> String {
+        format!("{}api/content-refs/{hash}/{unit}", self.prefix)
+    }
+
+    // --- written by the engine ---
+
+    pub fn schedule(&self) -> String {
+        format!("{}engine/schedule/", self.prefix)
+    }
+    pub fn machine_schedule(&self, machine: &str) -> String {
+        format!("{}engine/schedule/{machine}/", self.prefix)
+    }
+    pub fn scheduled(&self, machine: &str, unit: &str) -> String {
+        format!("{}engine/schedule/{machine}/{unit}", self.prefix)
+    }
+    pub fn placements(&self) -> String {
+        format!("{}engine/placement/", self.prefix)
+    }
+    pub fn unit_placements(&self, unit: &str) -> String {
+        format!("{}engine/placement/{unit}/", self.prefix)
+    }
+    pub fn placement(&self, unit: &str, machine: &str) -> String {
+        format!("{}engine/placement/{unit}/{machine}", self.prefix)
     }
     pub fn engine_leader(&self) -> String {
         format!("{}engine/leader", self.prefix)
     }
 
-    // --- Rolling updates. Writers: `P/rollouts/<name>` (the spec and the
-    // operator's controls) the API; `P/rollout-progress/<name>` the elected
-    // engine (leader-guarded); `P/content-refs/<hash>/rollout:<name>` (keeps
+    // --- Rolling updates. Writers: `P/api/rollouts/<name>` (the spec and the
+    // operator's controls) the API; `P/engine/rollout-progress/<name>` the
+    // elected engine (leader-guarded); `P/api/content-refs/<hash>/rollout:<name>` (keeps
     // a rollout's old and new content alive) the API when the rollout starts,
     // released by the engine when it ends. At the end of a successful rollout
     // the engine also switches the unit records to the new content.
 
     pub fn rollouts(&self) -> String {
-        format!("{}rollouts/", self.prefix)
+        format!("{}api/rollouts/", self.prefix)
     }
     pub fn rollout(&self, name: &str) -> String {
-        format!("{}rollouts/{name}", self.prefix)
+        format!("{}api/rollouts/{name}", self.prefix)
     }
     pub fn all_rollout_progress(&self) -> String {
-        format!("{}rollout-progress/", self.prefix)
+        format!("{}engine/rollout-progress/", self.prefix)
     }
     pub fn rollout_progress(&self, name: &str) -> String {
-        format!("{}rollout-progress/{name}", self.prefix)
+        format!("{}engine/rollout-progress/{name}", self.prefix)
     }
     pub fn rollout_content_ref(&self, hash: &str, rollout: &str) -> String {
-        format!("{}content-refs/{hash}/rollout:{rollout}", self.prefix)
+        format!("{}api/content-refs/{hash}/rollout:{rollout}", self.prefix)
     }
-    /// `P/health/<unit>/<machine>`: `healthy` or `unhealthy`, the verdict
-    /// of the unit's declared health check; written by that machine's agent
-    /// under its lease, only on change.
-    pub fn unit_health(&self, unit: &str) -> String {
-        format!("{}health/{unit}/", self.prefix)
+    /// `P/machine/health/<machine>/<unit>`: `healthy` or `unhealthy`, the
+    /// verdict of the unit's declared health check; written by that
+    /// machine's agent under its lease, only on change. Machine first, like
+    /// unit states: the writer's own range.
+    pub fn all_health(&self) -> String {
+        format!("{}machine/health/", self.prefix)
+    }
+    pub fn machine_health(&self, machine: &str) -> String {
+        format!("{}machine/health/{machine}/", self.prefix)
     }
     pub fn health(&self, unit: &str, machine: &str) -> String {
-        format!("{}health/{unit}/{machine}", self.prefix)
+        format!("{}machine/health/{machine}/{unit}", self.prefix)
     }
 
     /// What `key` names; `None` for keys outside the layout or with names
     /// that do not parse (a foreign or corrupt key is ignored, never fatal).
     pub fn parse(&self, key: &str) -> Option<RegistryKey> {
         let rest = key.strip_prefix(&self.prefix)?;
-        let (dir, rest) = rest.split_once('/')?;
+        let (writer, rest) = rest.split_once('/')?;
+        let (dir, rest) = match rest.split_once('/') {
+            Some((dir, rest)) => (dir, rest),
+            // `P/engine/leader` is the only key directly under a writer.
+            None => (rest, ""),
+        };
         let one = || (!rest.is_empty() && !rest.contains('/')).then_some(rest);
         let two = || {
             let (a, b) = rest.split_once('/')?;
             (!a.is_empty() && !b.is_empty() && !b.contains('/')).then_some((a, b))
         };
-        match dir {
-            "machines" => Some(RegistryKey::Machine(one()?.parse().ok()?)),
-            "metadata" => {
+        match (writer, dir) {
+            ("machine", "presence") => Some(RegistryKey::Machine(one()?.parse().ok()?)),
+            ("machine", "states") => {
+                let (machine, unit) = two()?;
+                Some(RegistryKey::State {
+                    unit: unit.parse().ok()?,
+                    machine: machine.parse().ok()?,
+                })
+            }
+            ("api", "metadata") => {
                 let (machine, key) = two()?;
                 Some(RegistryKey::Metadata {
                     machine: machine.parse().ok()?,
                     key: key.to_owned(),
                 })
             }
-            "units" => Some(RegistryKey::Unit(one()?.parse().ok()?)),
-            "content" => Some(RegistryKey::Content(one()?.parse().ok()?)),
-            "content-refs" => {
+            ("api", "units") => Some(RegistryKey::Unit(one()?.parse().ok()?)),
+            ("api", "content") => Some(RegistryKey::Content(one()?.parse().ok()?)),
+            ("api", "content-refs") => {
                 let (hash, unit) = two()?;
                 Some(RegistryKey::ContentRef {
                     hash: hash.parse().ok()?,
                     unit: unit.parse().ok()?,
                 })
             }
-            "schedule" => {
+            ("engine", "schedule") => {
                 let (machine, unit) = two()?;
                 Some(RegistryKey::Scheduled {
                     machine: machine.parse().ok()?,
                     unit: unit.parse().ok()?,
                 })
             }
-            "placement" => {
+            ("engine", "placement") => {
                 let (unit, machine) = two()?;
                 Some(RegistryKey::Placement {
                     unit: unit.parse().ok()?,
                     machine: machine.parse().ok()?,
                 })
             }
-            "states" => {
-                let (unit, machine) = two()?;
-                Some(RegistryKey::State {
-                    unit: unit.parse().ok()?,
-                    machine: machine.parse().ok()?,
-                })
-            }
-            "engine" => (rest == "leader").then_some(RegistryKey::EngineLeader),
+            ("engine", "leader") => rest.is_empty().then_some(RegistryKey::EngineLeader),
             _ => None,
         }
     }
@@ -247,8 +326,8 @@ mod tests {
 
     #[test]
     fn prefix_gets_a_trailing_slash() {
-        assert_eq!(Keys::new("/x").machine("m1"), "/x/machines/m1");
-        assert_eq!(Keys::new("/x/").machine("m1"), "/x/machines/m1");
+        assert_eq!(Keys::new("/x").machine("m1"), "/x/machine/presence/m1");
+        assert_eq!(Keys::new("/x/").machine("m1"), "/x/machine/presence/m1");
     }
 
     #[test]
@@ -257,13 +336,13 @@ mod tests {
         let key = keys.state("a.service", "m1");
         assert_eq!(
             keys.children(&keys.states(), &key),
-            Some(("a.service", "m1"))
+            Some(("m1", "a.service"))
         );
         assert_eq!(
             keys.child(&keys.units(), &keys.unit("a.service")),
             Some("a.service")
         );
-        assert_eq!(keys.child(&keys.units(), "/p/units/a/b"), None);
+        assert_eq!(keys.child(&keys.units(), "/p/api/units/a/b"), None);
     }
 
     #[test]
@@ -290,10 +369,62 @@ mod tests {
             keys.parse(&keys.engine_leader()),
             Some(RegistryKey::EngineLeader)
         );
-        assert_eq!(keys.parse("/p/engine/other"), None);
-        assert_eq!(keys.parse("/q/machines/m1"), None);
-        assert_eq!(keys.parse("/p/machines/"), None);
-        assert_eq!(keys.parse("/p/machines/a/b"), None);
-        assert_eq!(keys.parse("/p/content/not-a-hash"), None);
+        assert_eq!(
+            keys.parse(&keys.state("a.service", "m1")),
+            Some(RegistryKey::State {
+                unit: "a.service".parse().expect("valid name"),
+                machine: "m1".parse().expect("valid id"),
+            })
+        );
+        assert_eq!(keys.parse(&keys.engine_probe()), None);
+        assert_eq!(keys.parse(&keys.api_probe()), None);
+        assert_eq!(keys.parse("/p/engine/leader/x"), None);
+        assert_eq!(keys.parse("/q/machine/presence/m1"), None);
+        assert_eq!(keys.parse("/p/machine/presence/"), None);
+        assert_eq!(keys.parse("/p/machine/presence/a/b"), None);
+        assert_eq!(keys.parse("/p/api/content/not-a-hash"), None);
+    }
+
+    /// Every key a machine writes is inside its grants, and no key of another
+    /// machine, the API or the engine is.
+    #[test]
+    fn machine_grants_cover_its_own_keys_only() {
+        let keys = Keys::new("/p/");
+        let within = |key: &str, machine: &str| {
+            keys.machine_grants(machine)
+                .iter()
+                .any(|range| match range {
+                    KeyRange::Key(own) => own == key,
+                    KeyRange::Prefix(prefix) => key.starts_with(prefix.as_str()),
+                })
+        };
+        assert!(within(&keys.machine("m1"), "m1"));
+        assert!(within(&keys.state("a.service", "m1"), "m1"));
+        assert!(within(&keys.health("a.service", "m1"), "m1"));
+        for foreign in [
+            keys.machine("m10"),
+            keys.machine("m2"),
+            keys.state("a.service", "m10"),
+            keys.health("a.service", "m2"),
+            keys.rollout("r1"),
+            keys.rollout_progress("r1"),
+            keys.metadata("m1", "region"),
+            keys.unit("a.service"),
+            keys.scheduled("m1", "a.service"),
+            keys.placement("a.service", "m1"),
+            keys.engine_leader(),
+        ] {
+            assert!(!within(&foreign, "m1"), "{foreign} is granted to m1");
+        }
+        for (writer, key) in [
+            (keys.api_prefix(), keys.unit("a.service")),
+            (keys.api_prefix(), keys.content_ref("ab", "a.service")),
+            (keys.api_prefix(), keys.metadata("m1", "region")),
+            (keys.engine_prefix(), keys.scheduled("m1", "a.service")),
+            (keys.engine_prefix(), keys.placement("a.service", "m1")),
+            (keys.engine_prefix(), keys.engine_leader()),
+        ] {
+            assert!(key.starts_with(&writer), "{key} is outside {writer}");
+        }
     }
 }

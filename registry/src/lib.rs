@@ -2,6 +2,7 @@
 //!
 //! - [`model`]: machines, units, placements (the schedule) and unit states, the
 //!   words every other crate uses.
+//! - [`auth`]: etcd users and roles, one identity per machine (`fleetd etcd-auth`).
 //! - [`keys`]: the etcd key layout. **The only module that formats a key.**
 //! - [`store`]: [`Registry`], typed reads and writes, leases, watches, the
 //!   engine's snapshot, leader election and leader-guarded schedule writes.
@@ -16,6 +17,7 @@
 // Input and I/O paths return errors; unwrap() is for tests.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
+pub mod auth;
 pub mod keys;
 pub mod model;
 pub mod rollouts;

@@ -2,8 +2,8 @@
 //!
 //! A rollout is two JSON values with one writer each (the registry stores
 //! them as bytes; `fleet_api::rollout` defines them): the spec at
-//! `P/rollouts/<name>`, written by the API (start, pause, resume, abort,
-//! promote), and the progress at `P/rollout-progress/<name>`, written by the
+//! `P/api/rollouts/<name>`, written by the API (start, pause, resume, abort,
+//! promote), and the progress at `P/engine/rollout-progress/<name>`, written by the
 //! elected engine in leader-guarded transactions.
 //!
 //! A rollout holds a content reference (`rollout:<name>`) on its new content
@@ -299,9 +299,12 @@ impl Registry {
         Ok(())
     }
 
-    /// The health verdicts on `unit`, by machine id.
+    /// The health verdicts on `unit`, by machine id. Verdicts are keyed
+    /// machine first (the agent's own range), so this reads all of them:
+    /// there is one per unit that declares a health check and runs, a small
+    /// set, read once per rollout step.
     pub async fn unit_health(&self, unit: &UnitName) -> Result<Vec<(String, bool)>, RegistryError> {
-        let dir = self.keys().unit_health(unit.as_str());
+        let dir = self.keys().all_health();
         let response = self
             .get_prefix("get unit health", dir.clone(), None)
             .await?;
@@ -309,8 +312,9 @@ impl Registry {
             .kvs()
             .iter()
             .filter_map(|kv| {
-                let machine = self.keys().child(&dir, kv.key_str().ok()?)?;
-                Some((machine.to_owned(), kv.value() == b"healthy"))
+                let rest = kv.key_str().ok()?.strip_prefix(dir.as_str())?;
+                let (machine, name) = rest.split_once('/')?;
+                (name == unit.as_str()).then(|| (machine.to_owned(), kv.value() == b"healthy"))
             })
             .collect())
     }

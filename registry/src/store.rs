@@ -49,6 +49,10 @@ pub const SCHEDULE_BATCH: usize = 64;
 /// same etcd limit as above, with room to spare).
 const METADATA_BATCH: usize = 100;
 
+/// The most single-key gets [`Registry::states_of_unit`] puts in one txn
+/// (etcd's default `--max-txn-ops` is 128).
+const STATE_GETS_BATCH: usize = 100;
+
 /// How often a read-modify-write of one unit record is retried when another
 /// writer changed the record in between. Contention on one unit is rare (two
 /// API calls for the same name at the same moment), so a few tries suffice.
@@ -339,7 +343,9 @@ enum MachineWrite {
 }
 
 #[cfg(feature = "tls")]
-fn tls_options(config: &RegistryConfig) -> Result<Option<etcd_client::TlsOptions>, RegistryError> {
+pub(crate) fn tls_options(
+    config: &RegistryConfig,
+) -> Result<Option<etcd_client::TlsOptions>, RegistryError> {
     use etcd_client::{Certificate, Identity, TlsOptions};
     if config.ca_file.is_none() && config.cert_file.is_none() && config.key_file.is_none() {
         return Ok(None);
@@ -1193,20 +1199,54 @@ impl Registry {
         Ok(self.decode_unit_states(response.kvs()))
     }
 
-    /// The states reported for one unit, sorted by machine.
+    /// The states live machines reported for one unit, sorted by machine.
+    /// States are keyed by machine (each machine may write only its own), so
+    /// this reads the live machines' ids (keys only) and then one key per
+    /// machine, in txns of [`STATE_GETS_BATCH`] gets: the cost grows with the
+    /// machines, never with the other units' states. A state outlives its
+    /// machine's presence only between a graceful unregister and the lease
+    /// revoke that follows it.
     pub async fn states_of_unit(&self, name: &UnitName) -> Result<Vec<UnitState>, RegistryError> {
-        let response = self
-            .get_prefix(
-                "get unit states",
-                self.keys.unit_states(name.as_str()),
-                None,
+        const OP: &str = "get unit states";
+        let machines = self
+            .get(
+                OP,
+                self.keys.machines(),
+                Some(prefix_options().with_keys_only()),
             )
             .await?;
-        Ok(self
-            .decode_unit_states(response.kvs())
-            .into_iter()
-            .filter(|state| state.unit == *name)
-            .collect())
+        let ids: Vec<MachineId> = machines
+            .kvs()
+            .iter()
+            .filter_map(|kv| match self.keys.parse(kv.key_str().ok()?)? {
+                RegistryKey::Machine(machine) => Some(machine),
+                _ => None,
+            })
+            .collect();
+        let mut states = Vec::new();
+        for batch in ids.chunks(STATE_GETS_BATCH) {
+            let gets: Vec<TxnOp> = batch
+                .iter()
+                .map(|machine| TxnOp::get(self.keys.state(name.as_str(), machine.as_str()), None))
+                .collect();
+            let response = self.txn(OP, Txn::new().and_then(gets)).await?;
+            for range in txn_ranges(&response) {
+                states.extend(self.decode_unit_states(range.kvs()));
+            }
+        }
+        states.sort_by(|a, b| a.machine.cmp(&b.machine));
+        Ok(states)
+    }
+
+    /// The state `machine` reported for `name`, if any (one get).
+    pub async fn unit_state_on(
+        &self,
+        name: &UnitName,
+        machine: &MachineId,
+    ) -> Result<Option<UnitState>, RegistryError> {
+        let key = self.keys.state(name.as_str(), machine.as_str());
+        let response = self.get("get unit state", key, None).await?;
+        Ok(self.decode_unit_states(response.kvs()).into_iter().next())
     }
 
     /// Publishes a unit state under the machine's lease.
@@ -1371,7 +1411,7 @@ impl Registry {
         Some((hash, file))
     }
 
-    /// A placement (a key under `P/schedule/`).
+    /// A placement (a key under `P/engine/schedule/`).
     pub fn decode_placement(&self, key: &str, value: &[u8]) -> Option<Placement> {
         let RegistryKey::Scheduled { machine, unit } = self.keys.parse(key)? else {
             return None;
@@ -1381,7 +1421,7 @@ impl Registry {
             .ok()
     }
 
-    /// A unit state (a key under `P/states/`).
+    /// A unit state (a key under `P/machine/states/`).
     pub fn decode_unit_state(&self, key: &str, value: &[u8]) -> Option<UnitState> {
         let RegistryKey::State { unit, machine } = self.keys.parse(key)? else {
             return None;
@@ -1424,6 +1464,24 @@ impl Registry {
             machine: machine.clone(),
             revision: kv.create_revision(),
         }))
+    }
+
+    /// Whether our etcd credential may write the range of `probe` (take it
+    /// from [`Keys::engine_probe`] or [`Keys::api_probe`]). Writes nothing:
+    /// the put sits behind a compare that never holds, and etcd checks the
+    /// permission of every operation of a txn before it evaluates compares.
+    /// Without etcd auth every credential may.
+    pub async fn may_write(&self, probe: String) -> Result<bool, RegistryError> {
+        let txn = Txn::new()
+            .when([Compare::version(probe.as_str(), CompareOp::Less, 0)])
+            .and_then([TxnOp::put(probe.as_str(), "", None)]);
+        match self.txn("probe write permission", txn).await {
+            Ok(_) => Ok(true),
+            Err(RegistryError::Etcd { message, .. }) if message.contains("permission denied") => {
+                Ok(false)
+            }
+            Err(error) => Err(error),
+        }
     }
 
     /// The current engine, if any.

@@ -27,6 +27,9 @@ use crate::store::{Registry, RegistryConfig, RegistryError, Revision};
 /// 2-core machine takes a few seconds).
 const START_DEADLINE: Duration = Duration::from_secs(30);
 
+/// The root password of an etcd started with [`Etcd::start_auth`].
+pub const ROOT_PASSWORD: &str = "fleet-test-root";
+
 /// The request timeout of [`Etcd::config`].
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -156,6 +159,39 @@ impl Etcd {
                 .tls
                 .as_ref()
                 .map(|tls| tls.client_key_file.display().to_string()),
+        }
+    }
+
+    /// Starts etcd with authentication on: the fleet roles for `prefix` are
+    /// created and the root user has [`ROOT_PASSWORD`] (what
+    /// `fleetd etcd-auth init` does). Connect with [`Etcd::root_config`] or
+    /// with a machine's credential ([`Etcd::config_as`]).
+    ///
+    /// # Panics
+    /// As [`Etcd::start`], and when etcd refuses to enable auth.
+    pub async fn start_auth(prefix: &str) -> Etcd {
+        let etcd = Etcd::start().await;
+        let admin = crate::auth::EtcdAdmin::connect(&etcd.root_config(prefix))
+            .await
+            .expect("connecting to the test etcd as root");
+        admin
+            .init(Some(ROOT_PASSWORD))
+            .await
+            .expect("enabling auth on the test etcd");
+        etcd
+    }
+
+    /// [`Etcd::config`] as etcd's root user.
+    pub fn root_config(&self, prefix: &str) -> RegistryConfig {
+        self.config_as(prefix, "root", ROOT_PASSWORD)
+    }
+
+    /// [`Etcd::config`] as `username`.
+    pub fn config_as(&self, prefix: &str, username: &str, password: &str) -> RegistryConfig {
+        RegistryConfig {
+            username: Some(username.to_owned()),
+            password: Some(password.to_owned()),
+            ..self.config(prefix)
         }
     }
 

@@ -14,14 +14,14 @@ use fleet_systemd::unit::{UnitHash, UnitName};
 
 use crate::model::{MachineId, MachineState, Placement, TargetState, UnitState};
 
-/// `P/machines/<machine>`.
+/// `P/machine/presence/<machine>`.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct MachineRecord {
     id: String,
     #[serde(rename = "publicIP", default)]
     public_ip: String,
-    /// The configured metadata only; dynamic metadata lives under `P/metadata/`.
+    /// The configured metadata only; dynamic metadata lives under `P/api/metadata/`.
     #[serde(default)]
     metadata: BTreeMap<String, String>,
     #[serde(default)]
@@ -32,7 +32,7 @@ struct MachineRecord {
     disable_agent: bool,
 }
 
-/// `P/units/<unit>`.
+/// `P/api/units/<unit>`.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct UnitRecord {
@@ -40,7 +40,7 @@ pub(crate) struct UnitRecord {
     pub(crate) desired_state: String,
 }
 
-/// `P/schedule/<machine>/<unit>`.
+/// `P/engine/schedule/<machine>/<unit>`.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct ScheduleRecord {
@@ -48,7 +48,7 @@ struct ScheduleRecord {
     target_state: String,
 }
 
-/// `P/states/<unit>/<machine>`.
+/// `P/machine/states/<machine>/<unit>`.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct StateRecord {

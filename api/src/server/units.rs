@@ -109,11 +109,11 @@ pub(super) async fn get(shared: &Shared, item: &str) -> Result<Response, ApiErro
             .map_err(|error| ApiError::registry("get placements", error))?;
         let mut current = TargetState::Inactive;
         if let Some(machine) = machines.first() {
-            let unit_states = registry
-                .states_of_unit(&name)
+            let state = registry
+                .unit_state_on(&name, machine)
                 .await
-                .map_err(|error| ApiError::registry("get unit states", error))?;
-            if let Some(state) = unit_states.iter().find(|state| &state.machine == machine) {
+                .map_err(|error| ApiError::registry("get unit state", error))?;
+            if let Some(state) = state {
                 current = state.reached;
             }
             entity.machine_id = machine.to_string();
@@ -164,6 +164,9 @@ pub(super) async fn put(
     // Step 4: ValidateName.
     let name =
         UnitName::from_str(url_name).map_err(|error| ApiError::bad_request(error.to_string()))?;
+    // A line break in an option would smuggle more options into the stored
+    // text, past validation.
+    super::line_breaks::check(&request.options).map_err(ApiError::bad_request)?;
     // Step 5: the existing unit.
     let registry = &shared.api.registry;
     let existing = registry

@@ -10,7 +10,7 @@
 //!
 //! [`HealthChecks`] looks at the unit files the agent wrote (the units
 //! directory), so it checks exactly the units scheduled here, and publishes
-//! `P/health/<unit>/<machine>` under the machine lease only when a verdict
+//! `P/machine/health/<machine>/<unit>` under the machine lease only when a verdict
 //! changes (an idle cluster writes nothing).
 
 use std::collections::{BTreeMap, HashMap};

@@ -2,7 +2,7 @@
 //! what systemd says back into etcd (spec 5, DESIGN points 2, 3 and 6).
 //!
 //! One loop ([`Agent::run`]) over a closed set of inputs:
-//! - the schedule: `P/schedule/<me>/` read once at a revision, then watched
+//! - the schedule: `P/engine/schedule/<me>/` read once at a revision, then watched
 //!   from the next one (re-listed after a compaction);
 //! - systemd's signals (job ends, unit property changes) from one D-Bus
 //!   subscription: states are never polled;
@@ -80,6 +80,10 @@ enum TaskError {
     },
     #[error("Failed to enable systemd unit {unit}: {message}")]
     Enable { unit: UnitName, message: String },
+    #[error(
+        "Refused to load {unit}: this host already has a unit of that name ({found}); a fleet unit may replace it only on a machine with allow_host_unit_override=true"
+    )]
+    HostUnit { unit: UnitName, found: String },
 }
 
 impl TaskError {
@@ -101,7 +105,15 @@ enum Failure {
     Start,
     /// Stop or unload: systemd's own state says enough.
     Other,
+    /// The host has a unit of that name and the agent would not replace it.
+    /// Reported as `error`/`inactive`/[`REFUSED_HOST_UNIT`], never as the
+    /// host unit's own state.
+    HostUnit,
 }
+
+/// The sub-state reported for a unit refused because the host has one of
+/// that name.
+pub const REFUSED_HOST_UNIT: &str = "refused-host-unit";
 
 /// Why [`Agent::serve`] returned.
 enum Exit {
@@ -564,9 +576,10 @@ impl Agent {
                         error!(task = task.kind(), unit, reason = task.reason(), %error, "AgentReconciler task failed.");
                         if let Some(unit) = task.unit() {
                             failed.insert(unit.clone());
-                            let failure = match task {
-                                Task::Load { .. } => Failure::Load,
-                                Task::Start { .. } => Failure::Start,
+                            let failure = match (task, &error) {
+                                (_, TaskError::HostUnit { .. }) => Failure::HostUnit,
+                                (Task::Load { .. }, _) => Failure::Load,
+                                (Task::Start { .. }, _) => Failure::Start,
                                 _ => Failure::Other,
                             };
                             self.failures.insert(unit.clone(), failure);
@@ -652,6 +665,9 @@ impl Agent {
         hash: UnitHash,
     ) -> Result<(), TaskError> {
         let file = self.content(unit, hash).await?;
+        if !self.config.allow_host_unit_override && !self.on_disk.contains_key(unit) {
+            self.refuse_host_unit(manager, unit).await?;
+        }
         let path = self.units.write(unit, &file).await?;
         self.on_disk.insert(unit.clone(), Some(hash));
         let paths = [path.to_string_lossy().into_owned()];
@@ -693,6 +709,38 @@ impl Agent {
         }
         self.reached.insert(unit.clone(), TargetState::Loaded);
         Ok(())
+    }
+
+    /// Fails with [`TaskError::HostUnit`] when systemd already knows `unit`
+    /// from elsewhere than our units directory (called only for units we
+    /// have not written): a unit file on the host (`GetUnitFileState`
+    /// answers, e.g. `enabled` or `generated`) or an active unit without one
+    /// (such as `-.mount` in a container).
+    async fn refuse_host_unit(&self, manager: &Manager, unit: &UnitName) -> Result<(), TaskError> {
+        let found = match manager.unit_file_state(unit.as_str()).await {
+            Ok(state) => Some(format!("unit file state {state}")),
+            Err(error) if error.is_connection_lost() => return Err(error.into()),
+            // No unit file anywhere: systemd answers with an error.
+            Err(_) => None,
+        };
+        let found = match found {
+            Some(found) => Some(found),
+            None => manager
+                .list_units_by_names(&[unit.to_string()])
+                .await?
+                .into_iter()
+                // Active, not just loaded: a unit we unloaded stays loaded
+                // (stopped) until systemd's next reload.
+                .find(|status| status.load_state == "loaded" && status.active_state == "active")
+                .map(|_| "loaded and active without a unit file".to_owned()),
+        };
+        match found {
+            Some(found) => Err(TaskError::HostUnit {
+                unit: unit.clone(),
+                found,
+            }),
+            None => Ok(()),
+        }
     }
 
     /// Stops the unit and, only if that worked (so it never becomes
@@ -738,6 +786,14 @@ impl Agent {
                 "inactive".to_owned(),
                 "dead".to_owned(),
             ),
+        };
+        let (load_state, active_state, sub_state) = match self.failures.get(unit) {
+            Some(Failure::HostUnit) => (
+                "error".to_owned(),
+                "inactive".to_owned(),
+                REFUSED_HOST_UNIT.to_owned(),
+            ),
+            _ => (load_state, active_state, sub_state),
         };
         let (load_state, active_state) = match self.failures.get(unit) {
             Some(Failure::Load) => ("error".to_owned(), active_state),

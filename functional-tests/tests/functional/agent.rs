@@ -556,7 +556,7 @@ fn units_keep_running_while_etcd_is_unreachable() -> anyhow::Result<()> {
         host: "h1",
     };
     wait_until(Duration::from_secs(30), "h1's lease to expire", || {
-        Ok(crate::foundation::etcd_keys(&cluster, "machines/")?.is_empty())
+        Ok(crate::foundation::etcd_keys(&cluster, "machine/presence/")?.is_empty())
     })?;
     wait_until(Duration::from_secs(30), "h1's API to answer 503", || {
         Ok(crate::foundation::api_in_host(&cluster, "h1", "/fleet/v1/machines")?.status == 503)

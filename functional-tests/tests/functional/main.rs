@@ -10,5 +10,6 @@ mod chaos;
 mod foundation;
 mod harness;
 mod rollout;
+mod safety;
 mod ssh;
 mod units;

@@ -90,8 +90,8 @@ fn units_are_stored_once_and_bad_units_are_refused() -> anyhow::Result<()> {
             .all(|row| row.hash == template_hash && row.dstate == "inactive")
     );
     // The text is stored once, however many units use it.
-    let content = etcd_keys(&cluster, "content/")?;
-    assert_eq!(content, [format!("{PREFIX}content/{template_hash}")]);
+    let content = etcd_keys(&cluster, "api/content/")?;
+    assert_eq!(content, [format!("{PREFIX}api/content/{template_hash}")]);
 
     // Destroy them all: the units and, with the last reference, the text.
     let unit_names: Vec<String> = files.iter().map(|row| row.unit.clone()).collect();
@@ -109,7 +109,7 @@ fn units_are_stored_once_and_bad_units_are_refused() -> anyhow::Result<()> {
         destroy_started.elapsed()
     );
     wait_until(Duration::from_secs(10), "the content deleted", || {
-        Ok(etcd_keys(&cluster, "content/")?.is_empty())
+        Ok(etcd_keys(&cluster, "api/content/")?.is_empty())
     })?;
 
     // Bad input, with one unit in place that must survive it unchanged.

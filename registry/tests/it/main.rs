@@ -1,6 +1,7 @@
 //! Integration tests of the registry against a real etcd (one binary, one
 //! module per area). Every test starts its own etcd and uses a unique prefix.
 
+mod auth;
 mod engine;
 mod machines;
 mod states;

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use fleet_registry::{TargetState, UnitState};
 
-use crate::util::{machine_id, registry, unit_file, unit_name};
+use crate::util::{machine, machine_id, registry, unit_file, unit_name};
 
 fn state(unit: &str, machine: &str) -> UnitState {
     UnitState {
@@ -29,6 +29,15 @@ async fn unit_states_vanish_with_the_lease_and_are_deleted_per_machine() {
         .grant_lease(Duration::from_secs(30))
         .await
         .expect("grant");
+    // The states of one unit are those of live machines: register both.
+    registry
+        .register_machine(&machine("m1"), lease1)
+        .await
+        .expect("register m1");
+    registry
+        .register_machine(&machine("m2"), lease2)
+        .await
+        .expect("register m2");
     registry
         .put_unit_state(&state("a.service", "m1"), lease1)
         .await
@@ -75,6 +84,20 @@ async fn unit_states_vanish_with_the_lease_and_are_deleted_per_machine() {
             .await
             .expect("states of a"),
         vec![state("a.service", "m1")]
+    );
+    assert_eq!(
+        registry
+            .unit_state_on(&unit_name("a.service"), &machine_id("m1"))
+            .await
+            .expect("state of a on m1"),
+        Some(state("a.service", "m1"))
+    );
+    assert_eq!(
+        registry
+            .unit_state_on(&unit_name("a.service"), &machine_id("m2"))
+            .await
+            .expect("state of a on m2"),
+        None
     );
 
     registry.revoke_lease(lease1).await.expect("revoke");
