@@ -5,6 +5,9 @@
 //! - [`keys`]: the etcd key layout. **The only module that formats a key.**
 //! - [`store`]: [`Registry`], typed reads and writes, leases, watches, the
 //!   engine's snapshot, leader election and leader-guarded schedule writes.
+//! - `endpoints` (private): which etcd member a request goes to; routes
+//!   around a dead member and probes it until it answers again.
+//! - `keepalive`: [`LeaseKeepAlive`], one long-lived keep-alive stream per lease.
 //! - `wire` (private): the JSON values stored in etcd, converted by hand.
 //! - [`testing`] (feature `testing`): a real etcd on free loopback ports for tests.
 //!
@@ -12,6 +15,8 @@
 //! **Architecture invariant:** an idle cluster writes nothing: presence and
 //! unit states ride on one lease per machine, kept alive without writes.
 
+mod endpoints;
+mod keepalive;
 pub mod keys;
 pub mod model;
 pub mod store;
@@ -19,6 +24,7 @@ pub mod store;
 pub mod testing;
 mod wire;
 
+pub use keepalive::LeaseKeepAlive;
 pub use model::{
     InvalidMachineId, InvalidTargetState, MachineId, MachineState, Placement, TargetState, Unit,
     UnitState,
