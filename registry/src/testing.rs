@@ -621,6 +621,28 @@ impl EtcdCluster {
         )
     }
 
+    /// The sum over every running member of the series of metric `name`
+    /// (e.g. `grpc_server_started_total`) whose labels contain `label`
+    /// (e.g. `grpc_method="LeaseKeepAlive"`).
+    pub async fn metric_sum(&self, name: &str, label: &str) -> f64 {
+        let mut sum = 0.0;
+        for member in self
+            .members
+            .iter()
+            .filter(|member| member.process.is_some())
+        {
+            let Some(metrics) = fetch_metrics(member.metrics_address()).await else {
+                continue;
+            };
+            sum += metrics
+                .lines()
+                .filter(|line| line.starts_with(&format!("{name}{{")) && line.contains(label))
+                .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum::<f64>();
+        }
+        sum
+    }
+
     /// Kills member `index` (SIGKILL), keeping its data dir and ports.
     pub fn kill(&mut self, index: usize) {
         if let Some(mut process) = self.members[index].process.take() {

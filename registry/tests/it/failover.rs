@@ -200,3 +200,64 @@ async fn a_restarted_member_is_used_again() {
         "the restarted member served none of {REQUESTS} reads ({before} -> {after} handled)"
     );
 }
+
+/// etcd's count of keep-alive streams opened and keep-alive messages received
+/// over every member.
+async fn keep_alive_counts(cluster: &EtcdCluster) -> (f64, f64) {
+    const METHOD: &str = "grpc_method=\"LeaseKeepAlive\"";
+    (
+        cluster
+            .metric_sum("grpc_server_started_total", METHOD)
+            .await,
+        cluster
+            .metric_sum("grpc_server_msg_received_total", METHOD)
+            .await,
+    )
+}
+
+/// `LeaseKeepAlive` keeps a lease alive over one stream: `KEEP_ALIVES`
+/// keep-alives open one stream, where one stream per keep-alive (the old
+/// `keep_alive_once` way) opens one each and sends two messages each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_alives_share_one_stream_per_lease() {
+    const KEEP_ALIVES: usize = 20;
+    let (cluster, registry) = cluster_registry("one-stream").await;
+    let lease = registry
+        .grant_lease(Duration::from_secs(30))
+        .await
+        .expect("granting a lease");
+
+    let (streams_before, messages_before) = keep_alive_counts(&cluster).await;
+    let mut keeper = LeaseKeepAlive::new(&registry, lease);
+    for round in 0..KEEP_ALIVES {
+        let ttl = keeper.keep_alive().await.expect("keep-alive");
+        assert!(ttl.is_some(), "keep-alive {round}: the lease expired");
+    }
+    let (streams_after, messages_after) = keep_alive_counts(&cluster).await;
+    let (streams, messages) = (
+        streams_after - streams_before,
+        messages_after - messages_before,
+    );
+    eprintln!(
+        "one stream per lease: {KEEP_ALIVES} keep-alives -> {streams} streams, {messages} messages"
+    );
+    assert_eq!(streams, 1.0, "one stream for every keep-alive of the lease");
+    // Opening sends one keep-alive and asks the TTL with a second.
+    assert_eq!(messages, (KEEP_ALIVES + 1) as f64);
+
+    let (streams_before, messages_before) = keep_alive_counts(&cluster).await;
+    for round in 0..KEEP_ALIVES {
+        let ttl = registry.keep_alive_once(lease).await.expect("keep-alive");
+        assert!(ttl.is_some(), "keep-alive {round}: the lease expired");
+    }
+    let (streams_after, messages_after) = keep_alive_counts(&cluster).await;
+    let (streams, messages) = (
+        streams_after - streams_before,
+        messages_after - messages_before,
+    );
+    eprintln!(
+        "one stream per keep-alive: {KEEP_ALIVES} keep-alives -> {streams} streams, {messages} messages"
+    );
+    assert_eq!(streams, KEEP_ALIVES as f64);
+    assert_eq!(messages, (2 * KEEP_ALIVES) as f64);
+}
