@@ -241,6 +241,13 @@ impl Dialer for DirectDialer {
     }
 }
 
+/// How often an idempotent request answered with a 503 is sent again, and the
+/// pauses before (doubling, jittered): about 6 s in all, longer than an etcd
+/// leader election.
+const UNAVAILABLE_RETRIES: u32 = 5;
+const FIRST_UNAVAILABLE_PAUSE: Duration = Duration::from_millis(200);
+const MAX_UNAVAILABLE_PAUSE: Duration = Duration::from_secs(2);
+
 /// An error from one API call.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -478,8 +485,44 @@ impl Client {
         })
     }
 
-    /// One request with the timeout applied; returns the body of a 2xx answer.
+    /// One request, with the timeout applied to each attempt; returns the
+    /// body of a 2xx answer. A 503 (the server cannot reach etcd for now) to
+    /// an idempotent request (GET, PUT of a whole unit or its desired state,
+    /// DELETE) is sent again after a backoff with jitter, at most
+    /// [`UNAVAILABLE_RETRIES`] times; other methods and errors return at once.
     async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        query: Query<'_>,
+        body: Option<Vec<u8>>,
+    ) -> Result<Bytes, ClientError> {
+        let idempotent = matches!(method, Method::GET | Method::PUT | Method::DELETE);
+        let mut pause = FIRST_UNAVAILABLE_PAUSE;
+        let mut retries = 0;
+        loop {
+            let attempt = self
+                .request_once(method.clone(), path, query.clone(), body.clone())
+                .await;
+            match attempt {
+                Err(error)
+                    if idempotent
+                        && error.status() == Some(503)
+                        && retries < UNAVAILABLE_RETRIES =>
+                {
+                    retries += 1;
+                    // Jitter, so many clients do not come back in step.
+                    let jittered = pause.mul_f64(0.5 + fastrand::f64() / 2.0);
+                    tokio::time::sleep(jittered).await;
+                    pause = (pause * 2).min(MAX_UNAVAILABLE_PAUSE);
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// One attempt of [`Client::request`], with the timeout applied.
+    async fn request_once(
         &self,
         method: Method,
         path: &str,
@@ -744,10 +787,22 @@ mod tests {
         listener: std::os::unix::net::UnixListener,
         exchanges: Vec<(&'static str, &'static str)>,
     ) -> std::thread::JoinHandle<Vec<String>> {
+        let exchanges = exchanges
+            .into_iter()
+            .map(|(line, response)| (line, "200 OK", response))
+            .collect();
+        serve_statuses(listener, exchanges)
+    }
+
+    /// [`serve`] with a status line per answer.
+    fn serve_statuses(
+        listener: std::os::unix::net::UnixListener,
+        exchanges: Vec<(&'static str, &'static str, &'static str)>,
+    ) -> std::thread::JoinHandle<Vec<String>> {
         use std::io::{BufRead, BufReader, Write};
         std::thread::spawn(move || {
             let mut seen = Vec::new();
-            for (expect_line, response) in exchanges {
+            for (expect_line, status, response) in exchanges {
                 let (stream, _) = listener.accept().unwrap();
                 let mut reader = BufReader::new(stream);
                 let mut request_line = String::new();
@@ -760,7 +815,7 @@ mod tests {
                     }
                 }
                 let reply = format!(
-                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{response}",
+                    "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{response}",
                     response.len()
                 );
                 reader.get_mut().write_all(reply.as_bytes()).unwrap();
@@ -807,5 +862,47 @@ mod tests {
         let client = Client::new(endpoint).with_timeout(Some(Duration::from_millis(200)));
         let error = client.units().await.unwrap_err();
         assert!(matches!(error, ClientError::Timeout { .. }), "{error:?}");
+    }
+
+    const UNAVAILABLE: &str = r#"{"error":{"code":503,"message":"fleet server unable to communicate with etcd: etcd list units timed out after 1s"}}"#;
+
+    #[tokio::test]
+    async fn unavailable_is_retried_with_backoff_then_succeeds() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("api.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+        let line = "GET /fleet/v1/units?alt=json HTTP/1.1";
+        let server = serve_statuses(
+            listener,
+            vec![
+                (line, "503 Service Unavailable", UNAVAILABLE),
+                (line, "503 Service Unavailable", UNAVAILABLE),
+                (line, "200 OK", r#"{"units":[{"name":"a.service"}]}"#),
+            ],
+        );
+        let endpoint = Endpoint::parse(&format!("unix://{}", socket.display())).unwrap();
+        let client = Client::new(endpoint).with_timeout(Some(Duration::from_secs(10)));
+        let units = client.units().await.unwrap();
+        assert_eq!(units.len(), 1);
+        assert_eq!(server.join().unwrap().len(), 3, "two 503s, then the answer");
+    }
+
+    #[tokio::test]
+    async fn unavailable_retries_are_bounded_and_the_reason_reaches_the_caller() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("api.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+        let line = "GET /fleet/v1/units?alt=json HTTP/1.1";
+        let attempts = UNAVAILABLE_RETRIES as usize + 1;
+        let server = serve_statuses(
+            listener,
+            vec![(line, "503 Service Unavailable", UNAVAILABLE); attempts],
+        );
+        let endpoint = Endpoint::parse(&format!("unix://{}", socket.display())).unwrap();
+        let client = Client::new(endpoint).with_timeout(Some(Duration::from_secs(10)));
+        let error = client.units().await.unwrap_err();
+        assert_eq!(error.status(), Some(503), "{error:?}");
+        assert!(error.to_string().contains("timed out"), "{error}");
+        assert_eq!(server.join().unwrap().len(), attempts);
     }
 }

@@ -453,11 +453,23 @@ impl ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, message)
     }
 
-    /// A registry failure: logged with its detail, answered with a 500 and an
-    /// empty message as the original does (spec 6.2).
+    /// A registry failure, logged with its detail. etcd unreachable or slow
+    /// (every member tried) is a 503 whose message names the cause, so a
+    /// client knows to try again later; anything else is a 500 that says
+    /// what failed. Never an empty message: the caller must learn why.
     fn registry(what: &'static str, error: RegistryError) -> ApiError {
         error!(%error, what, "A registry request of the API failed.");
-        ApiError::empty(StatusCode::INTERNAL_SERVER_ERROR)
+        if error.is_retriable() {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("{UNAVAILABLE_MESSAGE}: {error}"),
+            )
+        } else {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("{what}: {error}"),
+            )
+        }
     }
 
     fn into_response(self) -> Response {

@@ -53,7 +53,8 @@ struct Api {
     registry: Registry,
     router: Router,
     available: Availability,
-    _etcd: Arc<Etcd>,
+    /// The shared etcd; `None` when the test owns its etcd.
+    _etcd: Option<Arc<Etcd>>,
 }
 
 /// A response, body read.
@@ -118,6 +119,13 @@ impl Api {
         let registry = Registry::connect(&etcd.config(&format!("/api-test-{test_name}/")))
             .await
             .expect("connecting to the test etcd");
+        let mut api = Api::over(registry, token_limit);
+        api._etcd = Some(etcd);
+        api
+    }
+
+    /// A router over `registry`, available.
+    fn over(registry: Registry, token_limit: u16) -> Api {
         let available = Availability::new();
         available.set(true);
         let state = ApiState {
@@ -130,7 +138,7 @@ impl Api {
             registry,
             router: router(state),
             available,
-            _etcd: etcd,
+            _etcd: None,
         }
     }
 
@@ -313,6 +321,53 @@ async fn every_request_is_503_until_available() {
         &format!("fleetd/{VERSION}")
     );
     assert_eq!(reply.json(), json!({}), "an empty page is {{}}");
+}
+
+/// etcd down: every registry request is a 503 whose message names the cause
+/// (never an empty 500), and nothing is written; etcd back: 200 again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_down_is_a_503_that_says_why() {
+    let mut etcd = Etcd::start().await;
+    let registry = Registry::connect(&etcd.config("/api-test-etcd-down/"))
+        .await
+        .expect("connecting to the test etcd");
+    let api = Api::over(registry, 100);
+    api.get("/fleet/v1/units").await.assert_status(200);
+
+    etcd.stop();
+    let unavailable = "fleet server unable to communicate with etcd: ";
+    for uri in ["/fleet/v1/units", "/fleet/v1/machines", "/fleet/v1/state"] {
+        let reply = api.get(uri).await;
+        reply.assert_status(503);
+        let message = reply.json()["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        assert!(
+            message.starts_with(unavailable) && message.len() > unavailable.len(),
+            "{uri}: the message must name the cause: {message:?}"
+        );
+        assert_eq!(reply.json()["error"]["code"], 503, "{uri}");
+    }
+    let reply = api
+        .put_unit(
+            "a.service",
+            json!({"desiredState": "loaded", "options": service_options("/bin/true")}),
+        )
+        .await;
+    reply.assert_status(503);
+    let message = reply.json()["error"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        message.starts_with(unavailable) && message.contains("etcd get unit"),
+        "the failed request is named: {message:?}"
+    );
+
+    etcd.restart().await;
+    api.get("/fleet/v1/units").await.assert_status(200);
+    assert_eq!(api.unit_records().await, vec![], "a 503 PUT must not write");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

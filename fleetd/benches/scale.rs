@@ -57,7 +57,8 @@ use fleet_api::entities;
 use fleet_registry::keys::RegistryKey;
 use fleet_registry::store::{LeaseId, WatchEventKind, WatchStream};
 use fleet_registry::{
-    MachineId, MachineState, Registry, RegistryConfig, RegistryError, TargetState, UnitState,
+    LeaseKeepAlive, MachineId, MachineState, Registry, RegistryConfig, RegistryError, TargetState,
+    UnitState,
 };
 
 const USAGE: &str = "\
@@ -74,6 +75,9 @@ Options (cargo bench -p fleetd --bench scale -- OPTIONS):
   --loss-grace S        fleetd machine_loss_grace in seconds (default 10, fleetd's default)
   --idle-seconds S      length of the idle-writes window (default 10)
   --agent-ttl S         lease TTL of the simulated machines (default 30, fleetd's agent_ttl)
+  --keep-alive-per-request
+                        simulated machines open a new keep-alive stream per
+                        keep-alive (the old way) instead of one per lease
   --keep                keep the work dir (etcd and fleetd logs) even on success
 ";
 
@@ -99,6 +103,9 @@ struct Args {
     loss_grace: f64,
     idle_seconds: f64,
     agent_ttl: u64,
+    /// One keep-alive stream per lease (fleetd's way) rather than one per
+    /// keep-alive.
+    keep_alive_streams: bool,
     keep: bool,
 }
 
@@ -124,6 +131,7 @@ fn parse_args(raw: &[String]) -> anyhow::Result<Option<Args>> {
         loss_grace: 10.0,
         idle_seconds: 10.0,
         agent_ttl: 30,
+        keep_alive_streams: true,
         keep: false,
     };
     let mut iter = raw.iter();
@@ -152,6 +160,7 @@ fn parse_args(raw: &[String]) -> anyhow::Result<Option<Args>> {
             }
             "--agent-ttl" => args.agent_ttl = value(flag)?.parse().context("--agent-ttl")?,
             "--keep" => args.keep = true,
+            "--keep-alive-per-request" => args.keep_alive_streams = false,
             other => bail!("unknown option {other:?}\n{USAGE}"),
         }
     }
@@ -509,6 +518,24 @@ impl Metrics {
         self.delta(earlier, "grpc_server_handled_total")
     }
 
+    /// Keep-alive requests etcd received (messages on keep-alive streams)
+    /// and keep-alive streams it closed.
+    fn keep_alives(&self, earlier: &Metrics) -> (f64, f64) {
+        let method = |prefix: &str| {
+            self.series
+                .iter()
+                .filter(|(series, _)| {
+                    series.starts_with(prefix) && series.contains("grpc_method=\"LeaseKeepAlive\"")
+                })
+                .map(|(series, value)| value - earlier.series.get(series).copied().unwrap_or(0.0))
+                .sum::<f64>()
+        };
+        (
+            method("grpc_server_msg_received_total{"),
+            method("grpc_server_handled_total{"),
+        )
+    }
+
     /// Keys written or deleted (every put and delete, in txns too).
     fn writes(&self, earlier: &Metrics) -> f64 {
         self.delta(earlier, "etcd_mvcc_put_total") + self.delta(earlier, "etcd_mvcc_delete_total")
@@ -559,6 +586,7 @@ struct Sim {
     state_writes: AtomicU64,
     errors: AtomicU64,
     keep_alive_every: Duration,
+    keep_alive_streams: bool,
 }
 
 impl Sim {
@@ -675,10 +703,15 @@ async fn run_machine(
         sim.keep_alive_every,
     );
     keep_alive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut keeper = LeaseKeepAlive::new(&sim.registry, lease);
     loop {
         tokio::select! {
             () = cancel.cancelled() => return,
-            _ = keep_alive.tick() => match sim.registry.keep_alive_once(lease).await {
+            _ = keep_alive.tick() => match if sim.keep_alive_streams {
+                keeper.keep_alive().await
+            } else {
+                sim.registry.keep_alive_once(lease).await
+            } {
                 Ok(Some(_)) => {}
                 Ok(None) => sim.error("keep-alive", &format!("lease of {id} expired")),
                 Err(error) => sim.error("keep-alive", &error),
@@ -925,6 +958,7 @@ async fn measure(
         state_writes: AtomicU64::new(0),
         errors: AtomicU64::new(0),
         keep_alive_every: ttl / 3,
+        keep_alive_streams: args.keep_alive_streams,
     });
     let started = Instant::now();
     let next = Arc::new(AtomicUsize::new(0));
@@ -1171,6 +1205,11 @@ async fn measure(
     let idle_writes = idle_end.writes(&idle_start) / idle_secs;
     let idle_proposals = idle_end.proposals(&idle_start) / idle_secs;
     let idle_requests = idle_end.requests(&idle_start) / idle_secs;
+    let (keep_alive_messages, keep_alive_streams) = idle_end.keep_alives(&idle_start);
+    let (keep_alive_messages, keep_alive_streams) = (
+        keep_alive_messages / idle_secs,
+        keep_alive_streams / idle_secs,
+    );
     let (hwm, rss) = fleetd.memory()?;
     let sim_errors = sim.errors.load(Ordering::Relaxed);
     for machine in &machines {
@@ -1257,6 +1296,18 @@ async fn measure(
             String::new(),
         ),
         (
+            format!(
+                "idle keep-alive messages / streams closed per second ({})",
+                if args.keep_alive_streams {
+                    "one stream per lease"
+                } else {
+                    "one stream per keep-alive"
+                }
+            ),
+            format!("{keep_alive_messages:.1} / {keep_alive_streams:.1}"),
+            String::new(),
+        ),
+        (
             "engine fleetd peak RSS (VmHWM)".to_owned(),
             format!("{:.1} MiB (now {:.1} MiB)", mib(hwm), mib(rss)),
             format!("< 200 MB: {}", met(hwm < 200 * 1000 * 1000)),
@@ -1333,6 +1384,9 @@ async fn measure(
             "writes_per_s": idle_writes,
             "proposals_per_s": idle_proposals,
             "requests_per_s": idle_requests,
+            "keep_alive_messages_per_s": keep_alive_messages,
+            "keep_alive_streams_closed_per_s": keep_alive_streams,
+            "keep_alive_stream_per_lease": args.keep_alive_streams,
         },
         "fleetd_rss": { "hwm_bytes": hwm, "rss_bytes": rss },
         "latency_s": {

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use fleet_registry::store::LeaseId;
-use fleet_registry::{MachineId, MachineState, Registry, RegistryError};
+use fleet_registry::{LeaseKeepAlive, MachineId, MachineState, Registry, RegistryError};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -184,11 +184,14 @@ impl Heart {
         let mut last_success = Instant::now();
         let mut next_keep_alive = Instant::now() + period;
         let mut next_refresh = Instant::now() + self.config.refresh_interval;
+        // One stream for every keep-alive of this lease, re-opened on
+        // another etcd member when it breaks.
+        let mut keeper = LeaseKeepAlive::new(&self.registry, lease);
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => return Ended::Shutdown,
                 () = tokio::time::sleep_until(next_keep_alive) => {
-                    match self.registry.keep_alive_once(lease).await {
+                    match keeper.keep_alive().await {
                         Ok(Some(remaining)) => {
                             debug!(lease, ?remaining, "Kept the machine lease alive.");
                             last_success = Instant::now();

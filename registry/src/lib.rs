@@ -7,6 +7,9 @@
 //! - [`store`]: [`Registry`], typed reads and writes, leases, watches, the
 //!   engine's snapshot, leader election and leader-guarded schedule writes.
 //! - [`rollouts`]: the stored side of rolling updates (spec, progress, content references).
+//! - `endpoints` (private): which etcd member a request goes to; routes
+//!   around a dead member and probes it until it answers again.
+//! - `keepalive`: [`LeaseKeepAlive`], one long-lived keep-alive stream per lease.
 //! - `wire` (private): the JSON values stored in etcd, converted by hand.
 //! - [`testing`] (feature `testing`): a real etcd on free loopback ports for tests.
 //!
@@ -18,6 +21,8 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod auth;
+mod endpoints;
+mod keepalive;
 pub mod keys;
 pub mod model;
 pub mod rollouts;
@@ -27,6 +32,7 @@ pub mod store;
 pub mod testing;
 mod wire;
 
+pub use keepalive::LeaseKeepAlive;
 pub use model::{
     InvalidMachineId, InvalidTargetState, MachineId, MachineState, Placement, TargetState, Unit,
     UnitState,

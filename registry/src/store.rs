@@ -22,15 +22,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, GetResponse, KeyValue,
-    KvClient, LeaseClient, PutOptions, Txn, TxnOp, TxnOpResponse, TxnResponse, WatchClient,
-    WatchOptions,
+    Compare, CompareOp, ConnectOptions, EventType, GetOptions, GetResponse, KeyValue,
+    LeaseGrantOptions, PutOptions, Txn, TxnOp, TxnOpResponse, TxnResponse, WatchOptions,
 };
-use tokio::sync::OnceCell;
 use tracing::{debug, warn};
 
 use fleet_systemd::unit::{UnitFile, UnitHash, UnitName};
 
+use crate::endpoints::{Clients, Endpoints, MemberRef};
+use crate::keepalive::LeaseKeepAlive;
 use crate::keys::{Keys, RegistryKey};
 use crate::model::{MachineId, MachineState, Placement, TargetState, Unit, UnitState};
 use crate::wire;
@@ -57,10 +57,6 @@ const STATE_GETS_BATCH: usize = 100;
 /// writer changed the record in between. Contention on one unit is rare (two
 /// API calls for the same name at the same moment), so a few tries suffice.
 const MAX_CAS_ATTEMPTS: usize = 8;
-
-/// The largest response we accept. tonic's default (4 MiB) is too small for
-/// one range over 20,000 unit records; etcd itself has no send limit.
-const MAX_RESPONSE_BYTES: usize = 512 * 1024 * 1024;
 
 /// HTTP/2 pings on the etcd connection, so a dead etcd is noticed by watches
 /// (which have no deadline) within about this long.
@@ -184,6 +180,8 @@ pub struct WatchEvent {
 pub struct WatchStream {
     /// Holds the request half too: dropping it would end the watch.
     stream: etcd_client::WatchStream,
+    /// The member serving the watch, marked down when the stream breaks.
+    member: MemberRef,
     /// Events that came with the response confirming the watch.
     pending: Option<Vec<WatchEvent>>,
 }
@@ -211,7 +209,10 @@ impl WatchStream {
             let response = match self.stream.message().await {
                 Ok(Some(response)) => response,
                 Ok(None) => return Ok(None),
-                Err(error) => return Err(etcd_error("watch", error)),
+                Err(error) => {
+                    self.member.failed(&error);
+                    return Err(etcd_error("watch", error));
+                }
             };
             if let Some(events) = watch_batch(&response)? {
                 return Ok(Some(events));
@@ -268,26 +269,16 @@ pub struct Registry {
 }
 
 struct Inner {
-    endpoints: Vec<String>,
-    options: ConnectOptions,
+    /// The etcd members and their health: every request goes through
+    /// [`Endpoints::run`].
+    endpoints: Arc<Endpoints>,
     request_timeout: Duration,
-    /// Connected on first use, so `connect` succeeds while etcd is down (with
-    /// credentials, connecting authenticates, which needs etcd). A failed
-    /// attempt leaves it empty and the next request tries again.
-    clients: OnceCell<Clients>,
-}
-
-#[derive(Clone)]
-pub(crate) struct Clients {
-    pub(crate) kv: KvClient,
-    watch: WatchClient,
-    lease: LeaseClient,
 }
 
 impl fmt::Debug for Registry {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Registry")
-            .field("endpoints", &self.inner.endpoints)
+            .field("endpoints", &self.inner.endpoints.urls())
             .field("prefix", &self.keys.prefix())
             .finish_non_exhaustive()
     }
@@ -439,10 +430,8 @@ impl Registry {
         Ok(Registry {
             keys: Keys::new(&config.key_prefix),
             inner: Arc::new(Inner {
-                endpoints: config.endpoints.clone(),
-                options,
+                endpoints: Endpoints::new(&config.endpoints, options, config.request_timeout),
                 request_timeout: config.request_timeout,
-                clients: OnceCell::new(),
             }),
         })
     }
@@ -458,38 +447,27 @@ impl Registry {
 
     // --- plumbing ---
 
-    pub(crate) async fn clients(&self, op: &'static str) -> Result<&Clients, RegistryError> {
-        let inner = &self.inner;
-        inner
-            .clients
-            .get_or_try_init(|| async {
-                let connect = Client::connect(&inner.endpoints, Some(inner.options.clone()));
-                let client = self.deadline(op, connect).await?;
-                Ok(Clients {
-                    kv: client
-                        .kv_client()
-                        .max_decoding_message_size(MAX_RESPONSE_BYTES),
-                    watch: client
-                        .watch_client()
-                        .max_decoding_message_size(MAX_RESPONSE_BYTES),
-                    lease: client.lease_client(),
-                })
-            })
-            .await
+    /// Each endpoint and whether it is considered up (requests avoid the
+    /// ones that are not; see `Documentation/architecture.md`).
+    pub fn endpoint_health(&self) -> Vec<(String, bool)> {
+        self.inner.endpoints.health()
     }
 
-    /// Runs one request with the configured deadline.
-    pub(crate) async fn deadline<T>(
+    /// Runs one request on a live etcd member, with the request deadline,
+    /// sending it to another member when one fails (`endpoints` module).
+    /// **`request` must be retry-safe**: applying it twice must equal
+    /// applying it once.
+    pub(crate) async fn run<T, F, Fut>(
         &self,
         op: &'static str,
-        request: impl Future<Output = Result<T, etcd_client::Error>>,
-    ) -> Result<T, RegistryError> {
-        let after = self.inner.request_timeout;
-        match tokio::time::timeout(after, request).await {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(error)) => Err(etcd_error(op, error)),
-            Err(_) => Err(RegistryError::Timeout { op, after }),
-        }
+        request: F,
+    ) -> Result<T, RegistryError>
+    where
+        F: FnMut(Clients) -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let (value, _member) = self.inner.endpoints.run(op, request).await?;
+        Ok(value)
     }
 
     pub(crate) async fn get(
@@ -498,9 +476,12 @@ impl Registry {
         key: String,
         options: Option<GetOptions>,
     ) -> Result<GetResponse, RegistryError> {
-        let mut kv = self.clients(op).await?.kv.clone();
-        self.deadline(op, async move { kv.get(key, options).await })
-            .await
+        // Retry-safe: a read.
+        self.run(op, |mut clients| {
+            let (key, options) = (key.clone(), options.clone());
+            async move { clients.kv.get(key, options).await }
+        })
+        .await
     }
 
     /// Every key under `prefix`, at `revision` (latest when `None`).
@@ -517,18 +498,28 @@ impl Registry {
         self.get(op, prefix, Some(options)).await
     }
 
+    /// Runs a txn. Retry-safe only because every txn of this module is a
+    /// read, or guarded by a compare its own success falsifies, or writes
+    /// fixed values (say which at each caller).
     pub(crate) async fn txn(
         &self,
         op: &'static str,
         txn: Txn,
     ) -> Result<TxnResponse, RegistryError> {
-        let mut kv = self.clients(op).await?.kv.clone();
-        self.deadline(op, async move { kv.txn(txn).await }).await
+        self.run(op, |mut clients| {
+            let txn = txn.clone();
+            async move { clients.kv.txn(txn).await }
+        })
+        .await
     }
 
     // --- leases ---
 
     /// Grants a lease of `ttl` (whole seconds, at least 1).
+    ///
+    /// Retry-safe: the lease id is ours (random), so a grant sent again after
+    /// the first one landed fails as "lease already exists" (which means it
+    /// is granted) instead of granting a second lease.
     pub async fn grant_lease(&self, ttl: Duration) -> Result<LeaseId, RegistryError> {
         const OP: &str = "lease grant";
         let secs = ttl
@@ -536,49 +527,39 @@ impl Registry {
             .saturating_add(u64::from(ttl.subsec_nanos() > 0))
             .max(1);
         let secs = i64::try_from(secs).unwrap_or(i64::MAX);
-        let mut lease = self.clients(OP).await?.lease.clone();
-        let response = self
-            .deadline(OP, async move { lease.grant(secs, None).await })
-            .await?;
-        Ok(response.id())
+        let id: LeaseId = fastrand::i64(1..i64::MAX);
+        let granted = self
+            .run(OP, |mut clients| async move {
+                let options = LeaseGrantOptions::new().with_id(id);
+                clients.lease.grant(secs, Some(options)).await
+            })
+            .await;
+        match granted {
+            Ok(response) => Ok(response.id()),
+            Err(RegistryError::Etcd { message, .. })
+                if message.contains("lease already exists") =>
+            {
+                Ok(id)
+            }
+            Err(error) => Err(error),
+        }
     }
 
-    /// Sends one keep-alive for `lease`; returns the remaining TTL, or
-    /// `Ok(None)` when the lease has expired (it must be re-granted).
+    /// Sends one keep-alive for `lease` over a new stream; returns the
+    /// remaining TTL, or `Ok(None)` when the lease has expired. Code that
+    /// keeps a lease alive for long uses [`LeaseKeepAlive`] (one stream).
     pub async fn keep_alive_once(&self, lease: LeaseId) -> Result<Option<Duration>, RegistryError> {
-        const OP: &str = "lease keep-alive";
-        let mut client = self.clients(OP).await?.lease.clone();
-        self.deadline(OP, async move {
-            // etcd-client reads (and swallows) the first response to check
-            // the lease exists; a second keep-alive on the same stream tells
-            // us the TTL. Both refresh the lease; neither is a Raft write.
-            let (mut keeper, mut stream) = match client.keep_alive(lease).await {
-                Ok(pair) => pair,
-                Err(etcd_client::Error::LeaseKeepAliveError(message))
-                    if message.contains("not found") =>
-                {
-                    return Ok(None);
-                }
-                Err(error) => return Err(error),
-            };
-            keeper.keep_alive().await?;
-            Ok(match stream.message().await? {
-                Some(response) if response.ttl() > 0 => Some(Duration::from_secs(
-                    u64::try_from(response.ttl()).unwrap_or(0),
-                )),
-                _ => None,
-            })
-        })
-        .await
+        LeaseKeepAlive::new(self, lease).keep_alive().await
     }
 
     /// Revokes `lease`: every key attached to it is deleted at once. A lease
-    /// that is already gone is fine.
+    /// that is already gone is fine (which also makes it retry-safe).
     pub async fn revoke_lease(&self, lease: LeaseId) -> Result<(), RegistryError> {
         const OP: &str = "lease revoke";
-        let mut client = self.clients(OP).await?.lease.clone();
         match self
-            .deadline(OP, async move { client.revoke(lease).await })
+            .run(OP, |mut clients| async move {
+                clients.lease.revoke(lease).await
+            })
             .await
         {
             Ok(_) => Ok(()),
@@ -589,6 +570,17 @@ impl Registry {
             }
             Err(error) => Err(error),
         }
+    }
+
+    /// Awaits `work` for at most the request timeout; `None` when it ran out.
+    pub(crate) async fn within_deadline<T>(&self, work: impl Future<Output = T>) -> Option<T> {
+        tokio::time::timeout(self.inner.request_timeout, work)
+            .await
+            .ok()
+    }
+
+    pub(crate) fn endpoints(&self) -> &Arc<Endpoints> {
+        &self.inner.endpoints
     }
 
     // --- machines ---
@@ -1258,10 +1250,13 @@ impl Registry {
         const OP: &str = "put unit state";
         let key = self.keys.state(state.unit.as_str(), state.machine.as_str());
         let value = wire::encode_unit_state(state);
-        let mut kv = self.clients(OP).await?.kv.clone();
-        self.deadline(OP, async move {
-            kv.put(key, value, Some(PutOptions::new().with_lease(lease)))
-                .await
+        // Retry-safe: a put of a fixed value.
+        self.run(OP, |mut clients| {
+            let (key, value) = (key.clone(), value.clone());
+            async move {
+                let options = PutOptions::new().with_lease(lease);
+                clients.kv.put(key, value, Some(options)).await
+            }
         })
         .await?;
         Ok(())
@@ -1275,9 +1270,12 @@ impl Registry {
     ) -> Result<(), RegistryError> {
         const OP: &str = "delete unit state";
         let key = self.keys.state(unit.as_str(), machine.as_str());
-        let mut kv = self.clients(OP).await?.kv.clone();
-        self.deadline(OP, async move { kv.delete(key, None).await })
-            .await?;
+        // Retry-safe: deleting a key twice leaves it deleted.
+        self.run(OP, |mut clients| {
+            let key = key.clone();
+            async move { clients.kv.delete(key, None).await }
+        })
+        .await?;
         Ok(())
     }
 
@@ -1332,16 +1330,27 @@ impl Registry {
         from_revision: Revision,
     ) -> Result<WatchStream, RegistryError> {
         const OP: &str = "watch";
-        let mut client = self.clients(OP).await?.watch.clone();
         let options = WatchOptions::new()
             .with_prefix()
             .with_start_revision(from_revision);
-        let mut stream = self
-            .deadline(OP, async move { client.watch(prefix, Some(options)).await })
+        // Retry-safe: a watch is a read. Opened on a live member; a watch
+        // whose member dies ends with an error and its owner watches again.
+        let ((stream, first), member) = self
+            .inner
+            .endpoints
+            .run(OP, |mut clients| {
+                let (prefix, options) = (prefix.clone(), options.clone());
+                async move {
+                    let mut stream = clients.watch.watch(prefix, Some(options)).await?;
+                    // The first response confirms the watch (or cancels it at
+                    // once when the revision is compacted); events never come
+                    // before it.
+                    let first = stream.message().await?;
+                    Ok((stream, first))
+                }
+            })
             .await?;
-        // The first response confirms the watch (or cancels it at once when
-        // the revision is compacted); events never come before it.
-        let Some(first) = self.deadline(OP, stream.message()).await? else {
+        let Some(first) = first else {
             return Err(RegistryError::Etcd {
                 op: OP,
                 message: "etcd closed the watch at once".to_owned(),
@@ -1349,7 +1358,11 @@ impl Registry {
         };
         // Events are not expected before `created`, but never drop any.
         let pending = watch_batch(&first)?;
-        Ok(WatchStream { stream, pending })
+        Ok(WatchStream {
+            stream,
+            member,
+            pending,
+        })
     }
 
     /// What `key` names in the layout (for watch events, deletes included).

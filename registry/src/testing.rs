@@ -429,10 +429,11 @@ impl Drop for Etcd {
 /// Whatever etcd says (e.g. a revision in the future).
 pub async fn compact(registry: &Registry, revision: Revision) -> Result<(), RegistryError> {
     const OP: &str = "compact";
-    let mut kv = registry.clients(OP).await?.kv.clone();
-    let options = etcd_client::CompactionOptions::new().with_physical();
     registry
-        .deadline(OP, async move { kv.compact(revision, Some(options)).await })
+        .run(OP, |mut clients| async move {
+            let options = etcd_client::CompactionOptions::new().with_physical();
+            clients.kv.compact(revision, Some(options)).await
+        })
         .await?;
     Ok(())
 }
@@ -444,13 +445,15 @@ pub async fn compact(registry: &Registry, revision: Revision) -> Result<(), Regi
 /// Transport errors and timeouts.
 pub async fn count_keys(registry: &Registry) -> Result<i64, RegistryError> {
     const OP: &str = "count keys";
-    let mut kv = registry.clients(OP).await?.kv.clone();
     let prefix = registry.keys().prefix().to_owned();
     let options = etcd_client::GetOptions::new()
         .with_prefix()
         .with_count_only();
     let response = registry
-        .deadline(OP, async move { kv.get(prefix, Some(options)).await })
+        .run(OP, |mut clients| {
+            let (prefix, options) = (prefix.clone(), options.clone());
+            async move { clients.kv.get(prefix, Some(options)).await }
+        })
         .await?;
     Ok(response.count())
 }
@@ -461,13 +464,15 @@ pub async fn count_keys(registry: &Registry) -> Result<i64, RegistryError> {
 /// Transport errors and timeouts.
 pub async fn list_keys(registry: &Registry) -> Result<Vec<String>, RegistryError> {
     const OP: &str = "list keys";
-    let mut kv = registry.clients(OP).await?.kv.clone();
     let prefix = registry.keys().prefix().to_owned();
     let options = etcd_client::GetOptions::new()
         .with_prefix()
         .with_keys_only();
     let response = registry
-        .deadline(OP, async move { kv.get(prefix, Some(options)).await })
+        .run(OP, |mut clients| {
+            let (prefix, options) = (prefix.clone(), options.clone());
+            async move { clients.kv.get(prefix, Some(options)).await }
+        })
         .await?;
     Ok(response
         .kvs()
@@ -482,10 +487,11 @@ pub async fn list_keys(registry: &Registry) -> Result<Vec<String>, RegistryError
 /// Transport errors and timeouts.
 pub async fn put_raw(registry: &Registry, key: &str, value: &[u8]) -> Result<(), RegistryError> {
     const OP: &str = "put raw";
-    let mut kv = registry.clients(OP).await?.kv.clone();
-    let (key, value) = (key.to_owned(), value.to_vec());
     registry
-        .deadline(OP, async move { kv.put(key, value, None).await })
+        .run(OP, |mut clients| {
+            let (key, value) = (key.to_owned(), value.to_vec());
+            async move { clients.kv.put(key, value, None).await }
+        })
         .await?;
     Ok(())
 }
@@ -496,10 +502,306 @@ pub async fn put_raw(registry: &Registry, key: &str, value: &[u8]) -> Result<(),
 /// Transport errors and timeouts.
 pub async fn delete_raw(registry: &Registry, key: &str) -> Result<(), RegistryError> {
     const OP: &str = "delete raw";
-    let mut kv = registry.clients(OP).await?.kv.clone();
-    let key = key.to_owned();
     registry
-        .deadline(OP, async move { kv.delete(key, None).await })
+        .run(OP, |mut clients| {
+            let key = key.to_owned();
+            async move { clients.kv.delete(key, None).await }
+        })
         .await?;
     Ok(())
+}
+
+/// A 3-member etcd cluster on loopback, for tests of what happens when a
+/// member dies: [`EtcdCluster::kill`] one member (keeping its data and ports),
+/// [`EtcdCluster::restart`] it. Every member is killed on drop.
+#[derive(Debug)]
+pub struct EtcdCluster {
+    members: Vec<ClusterMember>,
+    /// `name=peer-url,...` for every member.
+    initial_cluster: String,
+    dir: tempfile::TempDir,
+}
+
+#[derive(Debug)]
+struct ClusterMember {
+    name: String,
+    process: Option<Child>,
+    client_port: u16,
+    peer_port: u16,
+    metrics_port: u16,
+}
+
+impl ClusterMember {
+    fn client_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+
+    fn peer_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.peer_port)
+    }
+
+    fn metrics_address(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.metrics_port))
+    }
+}
+
+/// The number of members of [`EtcdCluster`].
+pub const CLUSTER_SIZE: usize = 3;
+
+impl EtcdCluster {
+    /// Starts three members and waits until each is healthy (has a leader).
+    ///
+    /// # Panics
+    /// As [`Etcd::start`].
+    pub async fn start() -> EtcdCluster {
+        let ports: [u16; 3 * CLUSTER_SIZE] = free_ports();
+        let members: Vec<ClusterMember> = (0..CLUSTER_SIZE)
+            .map(|index| ClusterMember {
+                name: format!("fleet-test-{index}"),
+                process: None,
+                client_port: ports[3 * index],
+                peer_port: ports[3 * index + 1],
+                metrics_port: ports[3 * index + 2],
+            })
+            .collect();
+        let initial_cluster = members
+            .iter()
+            .map(|member| format!("{}={}", member.name, member.peer_url()))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut cluster = EtcdCluster {
+            members,
+            initial_cluster,
+            dir: temp_dir(),
+        };
+        // Members wait for each other: spawn all before waiting on any.
+        for index in 0..CLUSTER_SIZE {
+            cluster.spawn(index);
+        }
+        for index in 0..CLUSTER_SIZE {
+            cluster.wait_healthy(index).await;
+        }
+        cluster
+    }
+
+    /// Every member's client URL, in member order.
+    pub fn endpoints(&self) -> Vec<String> {
+        self.members.iter().map(ClusterMember::client_url).collect()
+    }
+
+    /// The client URL of member `index`.
+    pub fn endpoint(&self, index: usize) -> String {
+        self.members[index].client_url()
+    }
+
+    /// A registry config with every member's endpoint under `prefix`, with a
+    /// 2 s request timeout.
+    pub fn config(&self, prefix: &str) -> RegistryConfig {
+        RegistryConfig {
+            endpoints: self.endpoints(),
+            key_prefix: prefix.to_owned(),
+            request_timeout: REQUEST_TIMEOUT,
+            username: None,
+            password: None,
+            ca_file: None,
+            cert_file: None,
+            key_file: None,
+        }
+    }
+
+    /// The index of the member that is the Raft leader now (from each
+    /// member's `etcd_server_is_leader` metric), if a running member says so.
+    pub async fn leader(&self) -> Option<usize> {
+        for (index, member) in self.members.iter().enumerate() {
+            if member.process.is_some()
+                && let Some(metrics) = fetch_metrics(member.metrics_address()).await
+                && metrics
+                    .lines()
+                    .any(|line| line.trim() == "etcd_server_is_leader 1")
+            {
+                return Some(index);
+            }
+        }
+        None
+    }
+
+    /// Waits (up to 30 s) until a running member is the leader; its index.
+    ///
+    /// # Panics
+    /// When no member leads within the deadline.
+    pub async fn wait_leader(&self) -> usize {
+        let deadline = Instant::now() + START_DEADLINE;
+        loop {
+            if let Some(leader) = self.leader().await {
+                return leader;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no etcd member became the leader within {START_DEADLINE:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The gRPC requests member `index` has handled so far (the sum of its
+    /// `grpc_server_handled_total` counters), to see which member serves.
+    /// `None` when its metrics do not answer.
+    pub async fn handled_requests(&self, index: usize) -> Option<u64> {
+        let metrics = fetch_metrics(self.members[index].metrics_address()).await?;
+        Some(
+            metrics
+                .lines()
+                .filter(|line| line.starts_with("grpc_server_handled_total{"))
+                .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum::<f64>() as u64,
+        )
+    }
+
+    /// The sum over every running member of the series of metric `name`
+    /// (e.g. `grpc_server_started_total`) whose labels contain `label`
+    /// (e.g. `grpc_method="LeaseKeepAlive"`).
+    pub async fn metric_sum(&self, name: &str, label: &str) -> f64 {
+        let mut sum = 0.0;
+        for member in self
+            .members
+            .iter()
+            .filter(|member| member.process.is_some())
+        {
+            let Some(metrics) = fetch_metrics(member.metrics_address()).await else {
+                continue;
+            };
+            sum += metrics
+                .lines()
+                .filter(|line| line.starts_with(&format!("{name}{{")) && line.contains(label))
+                .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum::<f64>();
+        }
+        sum
+    }
+
+    /// Kills member `index` (SIGKILL), keeping its data dir and ports.
+    pub fn kill(&mut self, index: usize) {
+        if let Some(mut process) = self.members[index].process.take() {
+            // Already exited is fine: we only want it gone.
+            let _ = process.kill();
+            let _ = process.wait();
+        }
+    }
+
+    /// Starts member `index` again with its data and waits until it is
+    /// healthy.
+    pub async fn restart(&mut self, index: usize) {
+        self.kill(index);
+        self.spawn(index);
+        self.wait_healthy(index).await;
+    }
+
+    /// All members' logs, for failure messages.
+    pub fn log(&self) -> String {
+        self.members
+            .iter()
+            .map(|member| {
+                let log = std::fs::read_to_string(self.log_path(member)).unwrap_or_default();
+                format!("--- {} ---\n{log}", member.name)
+            })
+            .collect()
+    }
+
+    fn log_path(&self, member: &ClusterMember) -> PathBuf {
+        self.dir.path().join(format!("{}.log", member.name))
+    }
+
+    fn spawn(&mut self, index: usize) {
+        let member = &self.members[index];
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(self.log_path(member))
+            .expect("creating an etcd member's log file in the cluster's temporary dir");
+        let log_err = log.try_clone().expect("duplicating etcd's log file handle");
+        let data_dir = self.dir.path().join(&member.name);
+        let spawned = Command::new("etcd")
+            .arg(format!("--name={}", member.name))
+            .arg(format!("--data-dir={}", data_dir.display()))
+            .arg(format!("--listen-client-urls={}", member.client_url()))
+            .arg(format!("--advertise-client-urls={}", member.client_url()))
+            .arg(format!("--listen-peer-urls={}", member.peer_url()))
+            .arg(format!(
+                "--initial-advertise-peer-urls={}",
+                member.peer_url()
+            ))
+            .arg(format!("--initial-cluster={}", self.initial_cluster))
+            .arg("--initial-cluster-state=new")
+            .arg("--initial-cluster-token=fleet-test-cluster")
+            .arg(format!(
+                "--listen-metrics-urls=http://127.0.0.1:{}",
+                member.metrics_port
+            ))
+            .arg("--logger=zap")
+            .arg("--log-outputs=stderr")
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log_err)
+            .spawn();
+        let process = match spawned {
+            Ok(process) => process,
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+                panic!("etcd not found: run scripts/setup.sh (Debian package etcd-server)")
+            }
+            Err(error) => panic!("cannot start etcd: {error}"),
+        };
+        self.members[index].process = Some(process);
+    }
+
+    async fn wait_healthy(&mut self, index: usize) {
+        let address = self.members[index].metrics_address();
+        let deadline = Instant::now() + START_DEADLINE;
+        loop {
+            if let Some(process) = self.members[index].process.as_mut()
+                && let Ok(Some(status)) = process.try_wait()
+            {
+                panic!(
+                    "etcd member {index} exited with {status} before it was healthy; logs:\n{}",
+                    self.log()
+                );
+            }
+            if healthy(address).await {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "etcd member {index} was not healthy within {START_DEADLINE:?}; logs:\n{}",
+                    self.log()
+                );
+            }
+            // Polling a local port; there is no event to wait on.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for EtcdCluster {
+    fn drop(&mut self) {
+        for index in 0..self.members.len() {
+            self.kill(index);
+        }
+    }
+}
+
+/// The text of etcd's `/metrics` at `address`.
+async fn fetch_metrics(address: SocketAddr) -> Option<String> {
+    let fetch = async {
+        let mut stream = tokio::net::TcpStream::connect(address).await.ok()?;
+        stream
+            .write_all(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+            .await
+            .ok()?;
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).await.ok()?;
+        Some(String::from_utf8_lossy(&response).into_owned())
+    };
+    tokio::time::timeout(Duration::from_secs(2), fetch)
+        .await
+        .ok()
+        .flatten()
 }

@@ -2,7 +2,7 @@
 //!
 //! Every fleetd with the engine enabled runs an [`Engine`]. One of them leads:
 //! it holds `P/engine/leader` under its own lease (TTL `lease_ttl`, kept alive
-//! every TTL/3), keeps an in-memory [`model::Model`] of the cluster (one
+//! every TTL/3 from a task of its own, module `lease`), keeps an in-memory [`model::Model`] of the cluster (one
 //! snapshot at a revision, then watches from the next revision, re-listing
 //! after a compaction), batches watch events for about 50 ms, runs the pure
 //! [`scheduler::schedule`] and writes the decisions with
@@ -21,6 +21,7 @@
 //! schedule, its leader key, rollout progress and, at the end of a successful
 //! rollout, the rolled-out unit records.
 
+mod lease;
 pub mod loss;
 pub mod model;
 pub mod rollout_driver;
@@ -44,6 +45,7 @@ use fleet_systemd::unit::UnitName;
 
 use crate::backoff::Backoff;
 use crate::config::EngineConfig;
+use crate::engine::lease::LeaseTask;
 use crate::engine::loss::{BreakerEvent, LossTracker};
 use crate::engine::model::Model;
 use crate::engine::rollouts::Rollouts;
@@ -267,10 +269,8 @@ impl Engine {
             Duration::from_millis(200),
             self.config.lease_ttl.max(Duration::from_secs(1)),
         );
-        let keep_alive_every = (self.config.lease_ttl / 3).max(Duration::from_millis(100));
-        let mut last_keep_alive = Instant::now();
-        let mut keep_alive = tokio::time::interval(keep_alive_every);
-        keep_alive.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Kept alive on its own task, so a long pass cannot depose us.
+        let lease = LeaseTask::spawn(&self.registry, lease, self.config.lease_ttl);
 
         'relist: loop {
             let mut watches = match leader.relist().await {
@@ -301,16 +301,7 @@ impl Engine {
                     .unwrap_or(resync_at);
                 tokio::select! {
                     () = shutdown.cancelled() => return Stop::Shutdown,
-                    _ = keep_alive.tick() => match self.registry.keep_alive_once(lease).await {
-                        Ok(Some(_)) => last_keep_alive = Instant::now(),
-                        Ok(None) => return Stop::Deposed,
-                        Err(error) => {
-                            warn!(%error, "Keeping the engine lease alive failed.");
-                            if last_keep_alive.elapsed() >= self.config.lease_ttl {
-                                return Stop::Deposed;
-                            }
-                        }
-                    },
+                    () = lease.lost() => return Stop::Deposed,
                     events = watches.machines.next() => {
                         if !leader.on_events(events, &mut dirty_since).await { continue 'relist; }
                     }

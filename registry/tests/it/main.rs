@@ -3,6 +3,7 @@
 
 mod auth;
 mod engine;
+mod failover;
 mod machines;
 mod states;
 #[cfg(feature = "tls")]

@@ -1,0 +1,367 @@
+//! Endpoints: which etcd member a request goes to, and what happens when one
+//! is down.
+//!
+//! fleetd is given every member of the etcd cluster. Each member gets its own
+//! gRPC connection ([`Member`]), opened on first use. Requests go to the
+//! members that are up in turn (round robin), so the load spreads over the
+//! cluster. A request that fails because of its member — a transport error
+//! (connection refused or reset), etcd's "unavailable" (the member has no
+//! leader, the leader changed) or no answer within the request deadline —
+//! marks that member down and is sent again, at once, to the next member. A
+//! member that is down is asked only when every member is down. A background
+//! probe (one task per down member, every [`PROBE_INTERVAL`]) sends a cheap
+//! read and marks the member up when it answers, so a restarted member is used
+//! again within about a second.
+//!
+//! etcd-client's own balanced channel cannot do this: it keeps handing
+//! requests to a member whose connection fails, so one dead member out of
+//! three failed a third of all requests for minutes.
+//!
+//! # Which requests may be sent twice
+//!
+//! A request that failed in transit may have been applied by etcd anyway.
+//! [`Endpoints::run`] sends a request again, so every caller must be
+//! *retry-safe*: applying it twice must be the same as applying it once.
+//! Reads are. Writes in `store` are made so: puts write a fixed value
+//! (idempotent), deletes delete a fixed key, transactions are guarded by a
+//! compare that the first application falsifies (a retry then fails its guard
+//! and the caller reads what is there), and a lease is granted under an id we
+//! choose, so a second grant of it fails as "already exists" instead of
+//! granting a second lease. A new write must keep this promise or not use
+//! [`Endpoints::run`].
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use etcd_client::{Client, ConnectOptions, GetOptions, KvClient, LeaseClient, WatchClient};
+use tokio::sync::OnceCell;
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use crate::store::RegistryError;
+
+/// How often a down member is probed.
+pub const PROBE_INTERVAL: Duration = Duration::from_millis(500);
+
+/// The largest response we accept. tonic's default (4 MiB) is too small for
+/// one range over 20,000 unit records; etcd itself has no send limit.
+const MAX_RESPONSE_BYTES: usize = 512 * 1024 * 1024;
+
+/// The pause after every member failed once, doubled per round up to
+/// [`MAX_ROUND_PAUSE`]: during a leader election every member answers
+/// "no leader" for about a second.
+const FIRST_ROUND_PAUSE: Duration = Duration::from_millis(50);
+const MAX_ROUND_PAUSE: Duration = Duration::from_millis(400);
+
+/// The gRPC clients of one member (cheap to clone: they share a connection).
+#[derive(Clone)]
+pub(crate) struct Clients {
+    pub(crate) kv: KvClient,
+    pub(crate) watch: WatchClient,
+    pub(crate) lease: LeaseClient,
+}
+
+/// One etcd member: its URL, its connection and whether it answers.
+struct Member {
+    url: String,
+    /// Connected on first use, so fleetd starts while etcd is down (with
+    /// credentials, connecting authenticates, which needs the member). A
+    /// failed attempt leaves it empty and the next request tries again.
+    clients: OnceCell<Clients>,
+    up: AtomicBool,
+    /// Whether a probe task is running for this member.
+    probing: AtomicBool,
+}
+
+/// The etcd members of one registry handle, with their health.
+pub(crate) struct Endpoints {
+    members: Vec<Member>,
+    options: ConnectOptions,
+    request_timeout: Duration,
+    /// Round-robin position.
+    next: AtomicUsize,
+    /// For the probe tasks, which must not keep the registry alive.
+    weak_self: Weak<Endpoints>,
+}
+
+/// Which member served a request, so a broken stream can report it later.
+#[derive(Clone)]
+pub(crate) struct MemberRef {
+    endpoints: Weak<Endpoints>,
+    index: usize,
+}
+
+impl MemberRef {
+    /// Reports that the stream served by this member broke with `error`:
+    /// marks the member down if the error is the member's fault.
+    pub(crate) fn failed(&self, error: &etcd_client::Error) {
+        if is_member_failure(error)
+            && let Some(endpoints) = self.endpoints.upgrade()
+        {
+            endpoints.mark_down(self.index, &error.to_string());
+        }
+    }
+}
+
+impl MemberRef {
+    /// Reports that a stream served by this member did not answer in time.
+    pub(crate) fn timed_out(&self) {
+        if let Some(endpoints) = self.endpoints.upgrade() {
+            endpoints.mark_down(self.index, "no answer within the request timeout");
+        }
+    }
+}
+
+/// Whether `error` says the member (or the way to it) failed, rather than
+/// that etcd refused the request: only then does another member help.
+pub(crate) fn is_member_failure(error: &etcd_client::Error) -> bool {
+    use etcd_client::Error;
+    use tonic::Code;
+    match error {
+        Error::TransportError(_) | Error::IoError(_) | Error::WatchError(_) => true,
+        // tonic reports a refused or broken connection as Unavailable or
+        // Unknown; etcd answers Unavailable when it has no leader.
+        Error::GRpcStatus(status) => matches!(
+            status.code(),
+            Code::Unavailable | Code::Unknown | Code::DeadlineExceeded | Code::Cancelled
+        ),
+        _ => false,
+    }
+}
+
+/// How one attempt ended.
+enum Attempt<T> {
+    Done(T),
+    /// The member failed: try another.
+    MemberFailed(RegistryError),
+    /// etcd refused the request: another member would too.
+    Refused(RegistryError),
+}
+
+impl Endpoints {
+    pub(crate) fn new(
+        urls: &[String],
+        options: ConnectOptions,
+        request_timeout: Duration,
+    ) -> Arc<Endpoints> {
+        let members = urls
+            .iter()
+            .map(|url| Member {
+                url: url.clone(),
+                clients: OnceCell::new(),
+                up: AtomicBool::new(true),
+                probing: AtomicBool::new(false),
+            })
+            .collect::<Vec<_>>();
+        // Start each handle at a random member, so many fleetds do not all
+        // begin on the first one.
+        let start = fastrand::usize(..members.len().max(1));
+        Arc::new_cyclic(|weak_self| Endpoints {
+            members,
+            options,
+            request_timeout,
+            next: AtomicUsize::new(start),
+            weak_self: weak_self.clone(),
+        })
+    }
+
+    pub(crate) fn urls(&self) -> Vec<String> {
+        self.members
+            .iter()
+            .map(|member| member.url.clone())
+            .collect()
+    }
+
+    /// Each member's URL and whether it is considered up.
+    pub(crate) fn health(&self) -> Vec<(String, bool)> {
+        self.members
+            .iter()
+            .map(|member| (member.url.clone(), member.up.load(Ordering::Relaxed)))
+            .collect()
+    }
+
+    /// Members to try, in order: those up, from the round-robin position on,
+    /// then those down (asked only when no member is up).
+    fn order(&self) -> Vec<usize> {
+        let count = self.members.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let rotation = (0..count).map(|offset| (start + offset) % count);
+        let (up, down): (Vec<usize>, Vec<usize>) =
+            rotation.partition(|&index| self.members[index].up.load(Ordering::Relaxed));
+        up.into_iter().chain(down).collect()
+    }
+
+    /// Runs `request` on a member with the request deadline, and on another
+    /// member when that one fails, until one answers or the budget is spent:
+    /// every member once, and more rounds (with a short pause) while less than
+    /// the request timeout has passed. etcd's refusals (a failed compare is
+    /// not one: that is an answer) return at once.
+    ///
+    /// `request` must be retry-safe (see the module doc).
+    pub(crate) async fn run<T, F, Fut>(
+        self: &Arc<Self>,
+        op: &'static str,
+        mut request: F,
+    ) -> Result<(T, MemberRef), RegistryError>
+    where
+        F: FnMut(Clients) -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let started = Instant::now();
+        let mut pause = FIRST_ROUND_PAUSE;
+        let mut last_error = None;
+        loop {
+            for index in self.order() {
+                match self.attempt(op, index, &mut request).await {
+                    Attempt::Done(value) => {
+                        let member = MemberRef {
+                            endpoints: Arc::downgrade(self),
+                            index,
+                        };
+                        return Ok((value, member));
+                    }
+                    Attempt::Refused(error) => return Err(error),
+                    Attempt::MemberFailed(error) => {
+                        debug!(op, member = %self.members[index].url, %error, "An etcd member failed a request; trying the next.");
+                        last_error = Some(error);
+                    }
+                }
+            }
+            let remaining = self.request_timeout.saturating_sub(started.elapsed());
+            if remaining.is_zero() {
+                break;
+            }
+            // Jitter, so the fleetds of a cluster do not retry in step.
+            let jittered = pause.mul_f64(0.5 + fastrand::f64() / 2.0);
+            tokio::time::sleep(jittered.min(remaining)).await;
+            pause = (pause * 2).min(MAX_ROUND_PAUSE);
+        }
+        Err(last_error.unwrap_or(RegistryError::Config("no etcd endpoints".to_owned())))
+    }
+
+    async fn attempt<T, F, Fut>(
+        &self,
+        op: &'static str,
+        index: usize,
+        request: &mut F,
+    ) -> Attempt<T>
+    where
+        F: FnMut(Clients) -> Fut,
+        Fut: Future<Output = Result<T, etcd_client::Error>>,
+    {
+        let after = self.request_timeout;
+        let clients = match tokio::time::timeout(after, self.clients(index)).await {
+            Ok(Ok(clients)) => clients,
+            Ok(Err(error)) => return self.failed(op, index, error),
+            Err(_) => {
+                self.mark_down(index, "connecting timed out");
+                return Attempt::MemberFailed(RegistryError::Timeout { op, after });
+            }
+        };
+        match tokio::time::timeout(after, request(clients)).await {
+            Ok(Ok(value)) => {
+                self.mark_up(index);
+                Attempt::Done(value)
+            }
+            Ok(Err(error)) => self.failed(op, index, error),
+            Err(_) => {
+                self.mark_down(index, "no answer within the request timeout");
+                Attempt::MemberFailed(RegistryError::Timeout { op, after })
+            }
+        }
+    }
+
+    fn failed<T>(&self, op: &'static str, index: usize, error: etcd_client::Error) -> Attempt<T> {
+        let member_failed = is_member_failure(&error);
+        let error_text = error.to_string();
+        let registry_error = RegistryError::Etcd {
+            op,
+            message: format!("{error_text} (etcd member {})", self.members[index].url),
+        };
+        if member_failed {
+            self.mark_down(index, &error_text);
+            Attempt::MemberFailed(registry_error)
+        } else {
+            Attempt::Refused(registry_error)
+        }
+    }
+
+    /// The member's clients, connecting on first use.
+    async fn clients(&self, index: usize) -> Result<Clients, etcd_client::Error> {
+        let member = &self.members[index];
+        let clients = member
+            .clients
+            .get_or_try_init(|| async {
+                let client =
+                    Client::connect([member.url.as_str()], Some(self.options.clone())).await?;
+                Ok::<_, etcd_client::Error>(Clients {
+                    kv: client
+                        .kv_client()
+                        .max_decoding_message_size(MAX_RESPONSE_BYTES),
+                    watch: client
+                        .watch_client()
+                        .max_decoding_message_size(MAX_RESPONSE_BYTES),
+                    lease: client.lease_client(),
+                })
+            })
+            .await?;
+        Ok(clients.clone())
+    }
+
+    fn mark_up(&self, index: usize) {
+        let member = &self.members[index];
+        if !member.up.swap(true, Ordering::Relaxed) {
+            info!(member = %member.url, "etcd member is answering again.");
+        }
+    }
+
+    /// Marks a member down and starts its probe (unless one runs).
+    fn mark_down(&self, index: usize, reason: &str) {
+        let member = &self.members[index];
+        if member.up.swap(false, Ordering::Relaxed) {
+            warn!(member = %member.url, %reason, "etcd member failed; routing requests to the others until it answers.");
+        }
+        if self.members.len() > 1 && !member.probing.swap(true, Ordering::Relaxed) {
+            // The probe holds a weak handle: it ends with the registry.
+            tokio::spawn(probe(self.weak_self.clone(), index));
+        }
+    }
+}
+
+/// Probes a down member every [`PROBE_INTERVAL`] with a one-key count (with
+/// etcd's "require leader", so a member without a leader stays down) until it
+/// answers or the registry is dropped.
+async fn probe(endpoints: Weak<Endpoints>, index: usize) {
+    loop {
+        tokio::time::sleep(PROBE_INTERVAL).await;
+        let Some(endpoints) = endpoints.upgrade() else {
+            return;
+        };
+        let member = &endpoints.members[index];
+        let check = async {
+            let mut kv = endpoints.clients(index).await?.kv;
+            kv.get("health", Some(GetOptions::new().with_count_only()))
+                .await
+        };
+        let answered = match tokio::time::timeout(endpoints.request_timeout, check).await {
+            Ok(Ok(_)) => true,
+            // Any answer that is not the member's failure (e.g. permission
+            // denied on the probe key) shows the member serves requests.
+            Ok(Err(error)) => !is_member_failure(&error),
+            Err(_) => false,
+        };
+        if answered {
+            endpoints.mark_up(index);
+        }
+        if member.up.load(Ordering::Relaxed) {
+            member.probing.store(false, Ordering::Relaxed);
+            // Marked down again in between, when we still counted as its
+            // probe: carry on (unless another probe took over).
+            if member.up.load(Ordering::Relaxed) || member.probing.swap(true, Ordering::Relaxed) {
+                return;
+            }
+        }
+    }
+}
