@@ -1,4 +1,5 @@
-//! The API's JSON entities (spec 6.2). Every field is omitted when empty, as
+//! The API's JSON entities, with the original's field names (Documentation/compatibility.md,
+//! "What the original fleetctl needs from our API"). Every field is omitted when empty, as
 //! Go's `omitempty` does; an empty page serializes as `{}`.
 
 use serde::{Deserialize, Serialize};
@@ -138,7 +139,8 @@ pub struct ErrorBody {
     pub message: String,
 }
 
-/// The 503 message while fleetd is not registered in etcd (spec 6.1).
+/// The 503 message while fleetd is not registered in etcd: the original's text, which its
+/// tests and operators' alerts grep (Documentation/compatibility.md, "API transport and errors").
 pub const UNAVAILABLE_MESSAGE: &str = "fleet server unable to communicate with etcd";
 
 #[cfg(test)]

@@ -1,4 +1,4 @@
-//! Pagination tokens (spec 6.3).
+//! Pagination tokens (Documentation/compatibility.md, "Pagination").
 //!
 //! A token is 4 bytes, little-endian `{u16 limit, u16 page}` (pages start at
 //! 1), in base64 with the URL-safe alphabet and `=` padding: limit 100, page 2
@@ -6,7 +6,7 @@
 //! the bytes are still a compatibility promise: a token from one fleetd must be
 //! understood by another.
 //!
-//! The error messages are the 400 messages the API sends (spec 6.3).
+//! The error messages are the 400 messages the API sends, in the original's words.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE;

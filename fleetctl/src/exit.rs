@@ -1,4 +1,4 @@
-//! Exit codes (spec 7.6): 0 success, 1 general error, 2 for `verify`, the
+//! Exit codes, the original's: 0 success, 1 general error, 2 for `verify`, the
 //! remote status for commands run on a machine, 255 when SSH itself fails.
 
 use std::process::ExitCode;

@@ -1,4 +1,5 @@
-//! fleetctl, the command-line client of fleet (spec 7).
+//! fleetctl, the command-line client of fleet; Documentation/using-the-client.md says what
+//! it does and Documentation/compatibility.md what it keeps of the original.
 //!
 //! Layout:
 //! - [`cli`]: clap types, the global [`cli::Config`] (flags, `FLEETCTL_*`, defaults).
@@ -6,11 +7,11 @@
 //! - [`context`]: [`context::Ctx`] (config, API client, console, machine cache) and the
 //!   helpers several commands share; below the commands, so nothing imports upwards.
 //! - [`output`]: tables (Go tabwriter with tab padding), legends, the console.
-//! - [`units`]: unit creation from command-line arguments (spec 7.4).
-//! - [`wait`]: blocking until units reach a state (spec 7.5).
+//! - [`units`]: unit creation from command-line arguments.
+//! - [`wait`]: blocking until units reach a state.
 //! - [`remote`]: running a command locally when the unit's machine is this host.
-//! - [`exit`]: the exit codes (spec 7.6).
-//! - [`ssh`]: `--tunnel`, `ssh`, and `status`/`journal` on other machines (spec 7.2, 7.3).
+//! - [`exit`]: the exit codes.
+//! - [`ssh`]: `--tunnel`, `ssh`, and `status`/`journal` on other machines.
 //!
 //! Start reading at [`main_with`].
 

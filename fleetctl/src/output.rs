@@ -1,4 +1,4 @@
-//! Rendering and printing: tables (spec 7.7), legends, JSON, the console.
+//! Rendering and printing: tables, legends, JSON, the console.
 //!
 //! Tables follow Go's `text/tabwriter` as the original configures it:
 //! minwidth 0, tabwidth 8, padding 1, **padchar `\t`**, no flags. The Rust

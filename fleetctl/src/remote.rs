@@ -1,6 +1,6 @@
 //! The local half of running a command on a unit's machine (`status`,
 //! `journal`, global `restart`): the original's "local machine" shortcut
-//! (spec 7.3). When the machine ID is this host's `/etc/machine-id`, the
+//! (no SSH to this host). When the machine ID is this host's `/etc/machine-id`, the
 //! command runs here with the terminal attached and its exit status is
 //! returned; `crate::ssh::remote` decides between this and SSH.
 

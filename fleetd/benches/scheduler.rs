@@ -1,5 +1,5 @@
 //! The scheduling benchmark: 1,000 machines and 20,000 units with a mix of
-//! constraints (DESIGN.md change 1: the original stopped at about 100
+//! constraints (a goal of this rebuild: the original stopped at about 100
 //! machines and 1,000 units).
 //!
 //! The mix: 4 regions and an `ssd` disk on every third machine; 6,000 units

@@ -1,4 +1,4 @@
-//! [`Backoff`]: the one retry delay policy of fleetd (style.md 7).
+//! [`Backoff`]: the one retry delay policy of fleetd; no retry loop sleeps on its own.
 //!
 //! Exponential (doubling from `initial`), capped at `max`, with full jitter
 //! (each delay is uniform in `[0, ceiling]`, so many fleetds that lost etcd

@@ -3,7 +3,7 @@
 //!
 //! The id is the trimmed contents of `machine_id_file` (`/etc/machine-id`);
 //! the IP is `public_ip` when configured, else detected as the original did
-//! (spec 8.3): the interface of the default route, then that interface's
+//! in two steps: the interface of the default route, then that interface's
 //! first IPv4 global unicast address. Reading both again every minute is the
 //! heart's job; this module only reads once per call.
 

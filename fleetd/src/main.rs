@@ -1,4 +1,5 @@
-//! fleetd's entry point: parses the command line (spec 8.1), loads the
+//! fleetd's entry point: parses the command line (Documentation/compatibility.md,
+//! "fleetd command line and config file"), loads the
 //! config, installs logging and runs [`fleetd::server::run`]. Everything
 //! else lives in the library.
 //!
@@ -220,7 +221,8 @@ fn etcd_auth(args: &[String]) -> ExitCode {
 }
 
 /// `LEVEL target: message` on stderr without timestamps (journald adds
-/// them, spec Appendix D). `RUST_LOG` wins; else `verbosity` > 0 is DEBUG.
+/// them; Documentation/compatibility.md, "Log messages and strings relied on").
+/// `RUST_LOG` wins; else `verbosity` > 0 is DEBUG.
 fn install_logging(verbosity: i64, rust_log: Option<&str>) {
     let default_directives = if verbosity > 0 {
         "debug,h2=info,hyper=info,tower=info"

@@ -25,7 +25,7 @@ impl MachineId {
         &self.0
     }
     /// The first 8 characters, as fleetctl shows a machine and as `MachineID=`
-    /// may name it (spec 3.6).
+    /// may name it (Documentation/compatibility.md, "`[X-Fleet]` options").
     pub fn short(&self) -> &str {
         self.0.get(..8).unwrap_or(&self.0)
     }
@@ -64,7 +64,8 @@ pub struct MachineState {
     pub disable_agent: bool,
 }
 
-/// The states a unit can be asked to reach (spec 3.5), in chain order.
+/// The states a unit can be asked to reach, in chain order
+/// (Documentation/compatibility.md, "Target states").
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum TargetState {
     Inactive,

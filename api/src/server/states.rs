@@ -1,7 +1,9 @@
-//! `/state` and `/state/<name>`: the unit states agents report (spec 6.4).
+//! `/state` and `/state/<name>`: the unit states agents report
+//! (Documentation/compatibility.md, "Endpoints").
 //!
-//! Fix (Appendix B 7): the original crashed on `GET /state/<name>` for a unit
+//! A quirk fixed on purpose: the original crashed on `GET /state/<name>` for a unit
 //! without a state; we answer 404 "unit state does not exist".
+//! See Documentation/compatibility.md, "Quirks of the original".
 
 use std::str::FromStr;
 

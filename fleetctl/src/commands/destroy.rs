@@ -1,7 +1,8 @@
-//! `destroy` (spec 7.6): delete units and, unless `--no-block`, wait until
+//! `destroy`: delete units and, unless `--no-block`, wait until
 //! they are gone from the registry and from every machine.
 //!
-//! Fixed quirk 3: the original waited only when `--no-block` was given.
+//! A quirk fixed on purpose: the original waited only when `--no-block` was given
+//! (Documentation/compatibility.md, "Quirks of the original").
 
 use std::sync::Arc;
 

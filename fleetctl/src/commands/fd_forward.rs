@@ -1,8 +1,10 @@
 //! `fd-forward SOCKET`: copy stdin to a unix socket and the socket to stdout
 //! until the socket side ends. The remote end of an SSH tunnel to a unix
-//! endpoint runs this (spec 7.2).
+//! endpoint runs this: the original fleetctl's `--tunnel` still does against our hosts
+//! (Documentation/compatibility.md, "fleetctl transports").
 //!
-//! Fixed quirk 20: a socket that cannot be dialled is an error (status 1).
+//! A socket that cannot be dialled is an error (status 1); the original exited 0, a quirk
+//! fixed on purpose (Documentation/compatibility.md, "Quirks of the original").
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;

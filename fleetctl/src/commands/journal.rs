@@ -1,6 +1,6 @@
 //! `journal`: `journalctl` for one unit on its machine.
 //!
-//! Runs locally when the unit's machine is this host (spec 7.3), else over
+//! Runs locally when the unit's machine is this host, as the original did, else over
 //! SSH ([`crate::ssh::remote::run_on_machine`]).
 
 use fleet_systemd::unit::fleetctl_unit_name;

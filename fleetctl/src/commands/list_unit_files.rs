@@ -1,4 +1,5 @@
-//! `list-unit-files`: one row per unit in the registry (spec 7.6).
+//! `list-unit-files`: one row per unit in the registry, with the original's fields and
+//! defaults (Documentation/compatibility.md, "Tables and help").
 
 use fleet_api::entities::{Machine, Unit};
 

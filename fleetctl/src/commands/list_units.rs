@@ -1,4 +1,5 @@
-//! `list-units`: one row per unit state, i.e. per unit and machine (spec 7.6).
+//! `list-units`: one row per unit state, i.e. per unit and machine, with the original's
+//! fields and defaults (Documentation/compatibility.md, "Tables and help").
 
 use fleet_api::entities::{Machine, UnitState};
 

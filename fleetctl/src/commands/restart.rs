@@ -1,10 +1,11 @@
-//! `restart` (spec 7.6): a rolling restart, one unit after the other.
+//! `restart`: a rolling restart, one unit after the other.
 //!
-//! Fixed quirk 4: a launched unit is set to `loaded` and we wait for
+//! Quirks fixed on purpose: a launched unit is set to `loaded` and we wait for
 //! `loaded`, then `launched` and we wait for `launched` (the original waited
 //! for `launched` both times). Global units are restarted with
 //! `systemctl restart` on every machine that reports them (directly on this
 //! machine, over SSH elsewhere); the original's global path did nothing.
+//! See Documentation/compatibility.md, "Quirks of the original".
 
 use std::sync::Arc;
 

@@ -1,5 +1,5 @@
 //! `ssh {MACHINE|UNIT} [--] [command...]`: a shell or a command on a machine
-//! (spec 7.6); the work is in [`crate::ssh::remote::ssh_command`].
+//! (Documentation/using-the-client.md); the work is in [`crate::ssh::remote::ssh_command`].
 
 use crate::cli::SshArgs;
 use crate::context::Ctx;

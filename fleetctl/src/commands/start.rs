@@ -1,8 +1,9 @@
-//! `load` and `start` (spec 7.6): create missing units (7.4), set the desired
-//! state, and wait (7.5).
+//! `load` and `start`: create missing units from local files, set the desired
+//! state, and wait (Documentation/compatibility.md, "Units from command-line arguments"
+//! and "Blocking").
 //!
-//! Fixed quirk 5: with `--no-block`, `start` prints `Triggered unit <n> start`
-//! once, not twice.
+//! A quirk fixed on purpose: with `--no-block`, `start` prints `Triggered unit <n> start`
+//! once, not twice (Documentation/compatibility.md, "Quirks of the original").
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -1,6 +1,6 @@
 //! `status`: `systemctl status -l <unit>` on each unit's machine.
 //!
-//! Runs locally when the unit's machine is this host (spec 7.3), else over
+//! Runs locally when the unit's machine is this host, as the original did, else over
 //! SSH ([`crate::ssh::remote::run_on_machine`]). `--no-block` is accepted
 //! and ignored because the original's functional tests pass it.
 

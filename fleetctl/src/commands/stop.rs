@@ -1,4 +1,4 @@
-//! `stop` and `unload` (spec 7.6): lower the desired state of units that are
+//! `stop` and `unload`: lower the desired state of units that are
 //! in the registry and wait for it.
 
 use std::sync::Arc;
@@ -80,7 +80,7 @@ struct Lowering {
 
 impl Lowering {
     /// Sets the target on every unit, waits for the non-global ones (global
-    /// units are never waited on, spec 7.5) and prints the original's lines.
+    /// units are never waited on, as in the original) and prints the original's lines.
     async fn run(&self, ctx: &Arc<Ctx>, units: &[&Unit], blocking: Blocking) -> Exit {
         let mut waiting = Vec::new();
         for unit in units {

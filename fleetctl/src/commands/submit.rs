@@ -1,4 +1,5 @@
-//! `submit`: create units without scheduling them (spec 7.4, 7.6).
+//! `submit`: create units without scheduling them, from local files as the original did
+//! (Documentation/compatibility.md, "Units from command-line arguments").
 
 use std::sync::Arc;
 

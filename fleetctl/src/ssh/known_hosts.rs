@@ -1,4 +1,5 @@
-//! Host key checking with the original's prompt (spec 7.3), on top of
+//! Host key checking with the original's prompt (Documentation/compatibility.md,
+//! "fleetctl SSH"), on top of
 //! OpenSSH.
 //!
 //! OpenSSH does the checking: masters run with

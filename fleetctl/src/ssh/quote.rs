@@ -1,4 +1,4 @@
-//! The remote command line of `status`, `journal` and `ssh` (spec 7.3).
+//! The remote command line of `status`, `journal` and `ssh`.
 //!
 //! The original builds it as the command followed by each argument quoted
 //! with Go's `%q` (`strconv.Quote`) and joined by spaces; sshd hands that

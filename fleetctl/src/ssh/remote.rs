@@ -1,5 +1,5 @@
 //! What the commands call: `fleetctl ssh`, and running `status` / `journal`
-//! command lines on a unit's machine (spec 7.3, 7.6).
+//! command lines on a unit's machine (Documentation/compatibility.md, "fleetctl SSH").
 //!
 //! Messages and exit codes follow the original: resolution errors print
 //! `Unable to proceed: <err>` (status 1); an SSH connection that cannot be set

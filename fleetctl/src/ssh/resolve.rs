@@ -1,4 +1,4 @@
-//! Which machine `fleetctl ssh` talks to (spec 7.6), and the address to dial.
+//! Which machine `fleetctl ssh` talks to, and the address to dial.
 //!
 //! Pure functions over the machine list and the looked-up unit, so every
 //! branch of the original's resolution is tested without a cluster. The

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use fleet_systemd::unit::{UnitFile, UnitHash, UnitName};
 use tracing::warn;
 
-/// File mode of a unit file (spec 5.1).
+/// File mode of a unit file: 0644, as the original wrote them.
 const FILE_MODE: u32 = 0o644;
 /// Mode of the directory when we create it.
 const DIR_MODE: u32 = 0o755;

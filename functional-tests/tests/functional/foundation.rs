@@ -15,7 +15,8 @@ use functional_tests::{Cluster, bin_dir, wait_until};
 /// is noticed in seconds instead of the defaults' 30 s + 10 s.
 pub(crate) const FAST_CONF: &[&str] = &["agent_ttl=3s", "machine_loss_grace=2"];
 
-/// The API's 503 text (spec 6.1, Appendix D).
+/// The API's 503 text, the original's (Documentation/compatibility.md, "API transport and
+/// errors").
 pub(crate) const UNAVAILABLE: &str = "fleet server unable to communicate with etcd";
 
 /// How long a machine may take to appear or vanish in `list-machines` (TTL 3 s + slack for
@@ -477,7 +478,8 @@ fn machines_register_leave_and_bad_input_is_said() -> anyhow::Result<()> {
         || Ok(h1_metadata()? == "hostname=h1"),
     )?;
 
-    // A page token for another page size: 400 with a JSON error (spec 6.3).
+    // A page token for another page size: 400 with a JSON error
+    // (Documentation/compatibility.md, "Pagination").
     let answer = fleet.api(
         "GET",
         "/fleet/v1/machines?nextPageToken=EwBMLg==",

@@ -9,12 +9,13 @@ use functional_tests::{Cluster, wait_until, workspace_root};
 
 use crate::foundation::{Fleet, PREFIX, etcd_keys, install_everywhere};
 
-/// `examples/hello.service` in canonical form (spec 3.2): the file is already canonical, so
+/// `examples/hello.service` in canonical form: the file is already canonical, so
 /// `fleetctl cat` must print exactly this.
 const HELLO_CANONICAL: &str = "[Unit]\nDescription=Hello World\n\n[Service]\n\
 ExecStart=/bin/bash -c \"while true; do echo \\\"Hello, world\\\"; sleep 1; done\"\n";
 
-/// Its hash (spec Appendix A).
+/// Its hash, the one the original computes for it (Documentation/compatibility.md, "Unit files
+/// and the unit hash").
 const HELLO_HASH: &str = "e55c0aeb44ba0b68004ceb8a200e685194448b45";
 
 /// How many instances one `submit` creates.

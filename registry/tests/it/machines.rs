@@ -175,7 +175,7 @@ async fn metadata_merges_over_configured_and_tombstones_hide_keys() {
             key: "rack".to_owned(),
             value: "r2".to_owned(),
         },
-        // Machines need not exist (spec 6.6).
+        // Machines need not exist, as in the original (metadata may be set before a machine joins).
         MetadataOp::Set {
             machine: "m9".to_owned(),
             key: "x".to_owned(),

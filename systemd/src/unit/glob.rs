@@ -1,4 +1,4 @@
-//! Go's `path.Match` (spec 3.6): what Conflicts and Replaces globs mean.
+//! Go's `path.Match`: what Conflicts and Replaces globs mean.
 //!
 //! A transcription of the Go standard library's algorithm (chunks split at
 //! `*`, `*` never crossing `/`, `?`, `[...]` classes with ranges and `^`,

@@ -1,4 +1,5 @@
-//! The unit hash: SHA1 of the canonical text (spec 3.3).
+//! The unit hash: SHA1 of the canonical text (Documentation/compatibility.md, "Unit files
+//! and the unit hash").
 
 use std::fmt;
 use std::str::FromStr;

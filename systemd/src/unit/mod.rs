@@ -2,15 +2,16 @@
 //!
 //! The hash of a unit is the SHA1 of its canonical text, so the parser and the
 //! serializer here must match go-systemd's `unit.Deserialize`/`unit.Serialize`
-//! byte for byte (spec 3.2, 3.3, Appendix A): our hashes equal the original's.
+//! byte for byte: our hashes equal the original's (Documentation/compatibility.md,
+//! "Unit files and the unit hash").
 //!
 //! - [`UnitFile`]: an ordered list of [`UnitOption`]s; [`UnitFile::parse`],
 //!   [`UnitFile::serialize`] (canonical text) and [`UnitFile::hash`].
-//! - [`UnitName`]: a validated unit name (spec 3.1), with its template parts;
+//! - [`UnitName`]: a validated unit name, with its template parts;
 //!   [`recognized_type`] and [`fleetctl_unit_name`] for fleetctl and the agent.
 //! - [`Requirements`]: the `[X-Fleet]` options of one named unit, specifiers
-//!   resolved (spec 3.6), and the matching rules the scheduler needs.
-//! - [`validate_options`]: the option validation of spec 3.6.
+//!   resolved, and the matching rules the scheduler needs.
+//! - [`validate_options`]: the original's validation of `[X-Fleet]` options.
 //! - [`glob_match`]: Go's `path.Match`, which Conflicts and Replaces use.
 
 mod fleet;

@@ -1,4 +1,5 @@
-//! Unit names: validation (spec 3.1) and template decomposition.
+//! Unit names: validation (Documentation/compatibility.md, "Unit names") and template
+//! decomposition.
 
 use std::fmt;
 use std::str::FromStr;
@@ -7,7 +8,7 @@ use std::str::FromStr;
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct UnitName(String);
 
-/// Why a unit name is invalid; the messages are the original's (spec 3.1).
+/// Why a unit name is invalid; the messages are the original's.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum InvalidUnitName {
     #[error("unit name cannot be empty")]
@@ -28,7 +29,7 @@ pub enum InvalidUnitName {
     StartsWithAt,
 }
 
-/// Unit types the API accepts (spec 3.1).
+/// Unit types the API accepts, as the original did.
 const VALID_TYPES: &[&str] = &[
     "automount",
     "busname",
@@ -45,10 +46,10 @@ const VALID_TYPES: &[&str] = &[
     "timer",
 ];
 
-/// Unit types a name with `@` may have (spec 3.1).
+/// Unit types a name with `@` may have, as in the original.
 const VALID_TEMPLATE_TYPES: &[&str] = &["path", "service", "socket", "target", "timer"];
 
-/// The narrower set fleetctl and the agent recognize (spec 3.1).
+/// The narrower set fleetctl and the agent recognize, the original's.
 const RECOGNIZED_TYPES: &[&str] = &[
     "service",
     "socket",
@@ -64,8 +65,9 @@ const UNIT_NAME_MAX: usize = 256;
 
 /// Whether `suffix` (`service`, without the dot) is one of the types fleetctl
 /// and the agent recognize: service socket timer path device mount automount.
-/// Quirk (spec 3.1): `target`, `slice`, `swap`, ... are valid names but not
-/// recognized here.
+/// Quirk kept from the original: `target`, `slice`, `swap`, ... are valid names but not
+/// recognized here, so fleetctl names `foo.target` `foo.target.service` as scripts expect
+/// (Documentation/compatibility.md, "Unit names").
 pub fn recognized_type(suffix: &str) -> bool {
     RECOGNIZED_TYPES.contains(&suffix)
 }
@@ -104,7 +106,7 @@ fn go_path_base(path: &str) -> &str {
     }
 }
 
-/// The original's `ValidateName` (spec 3.1); the first problem wins.
+/// The original's `ValidateName`; the first problem wins.
 fn check_unit_name(name: &str) -> Result<(), InvalidUnitName> {
     if name.is_empty() {
         return Err(InvalidUnitName::Empty);
