@@ -205,6 +205,30 @@ impl Keys {
     }
 }
 
+// --- Fail-safe markers (Documentation/reliability.md, "Fail-safe behaviour") ---
+//
+// | `P/unload-order/<machine>/<unit>` | empty; its mod revision is what counts | none | engine, in the txn that unplaces the unit; the agent deletes it after the unload |
+// | `P/stopped/<machine>` | `{"at":<unix seconds>}` | none (survives the stop) | the machine's heart at a clean stop; deleted when it registers again |
+impl Keys {
+    /// `P/unload-order/<machine>/`: the engine's unload orders for `machine`.
+    pub fn unload_orders(&self, machine: &str) -> String {
+        format!("{}unload-order/{machine}/", self.prefix)
+    }
+    /// `P/unload-order/<machine>/<unit>`: written by the engine in the same
+    /// leader-guarded txn that takes `unit` off `machine`, so the agent can
+    /// tell an ordered unload from a wiped or foreign registry.
+    pub fn unload_order(&self, machine: &str, unit: &str) -> String {
+        format!("{}unload-order/{machine}/{unit}", self.prefix)
+    }
+    /// `P/stopped/`: machines whose fleetd stopped cleanly, units left running.
+    pub fn stopped_machines(&self) -> String {
+        format!("{}stopped/", self.prefix)
+    }
+    pub fn stopped(&self, machine: &str) -> String {
+        format!("{}stopped/{machine}", self.prefix)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

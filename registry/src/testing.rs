@@ -467,3 +467,18 @@ pub async fn delete_raw(registry: &Registry, key: &str) -> Result<(), RegistryEr
         .await?;
     Ok(())
 }
+
+/// Deletes every key in etcd, whatever its prefix: what an operator's
+/// `etcdctl del --prefix ""` does to a cluster.
+///
+/// # Errors
+/// Transport errors and timeouts.
+pub async fn wipe_everything(registry: &Registry) -> Result<(), RegistryError> {
+    const OP: &str = "wipe everything";
+    let mut kv = registry.clients(OP).await?.kv.clone();
+    let options = etcd_client::DeleteOptions::new().with_all_keys();
+    registry
+        .deadline(OP, async move { kv.delete("", Some(options)).await })
+        .await?;
+    Ok(())
+}

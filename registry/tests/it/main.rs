@@ -3,6 +3,7 @@
 
 mod engine;
 mod machines;
+mod safety;
 mod states;
 #[cfg(feature = "tls")]
 mod tls;
