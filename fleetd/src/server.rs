@@ -14,7 +14,12 @@
 //! - SIGHUP: "Reloading configuration from <path>", the same loader again; on
 //!   error the old config keeps running, else "Restarting server
 //!   components": the old generation stops cleanly and a new one starts on
-//!   the same listeners (fix of spec quirk 12).
+//!   the same listeners (fix of spec quirk 12). If the old one does not stop
+//!   within [`STOP_GRACE`], fleetd exits non-zero instead: two generations
+//!   (two agents on one machine) never run side by side.
+//!
+//! A component that fails, panics or ends unasked (see [`crate::supervise`])
+//! stops the generation and fleetd exits non-zero, for systemd to restart it.
 //! - SIGUSR1: a state dump at INFO.
 //!
 //! systemd hears READY=1 once this machine is first registered (or after a

@@ -7,5 +7,6 @@
 mod agent;
 mod foundation;
 mod harness;
+mod safety;
 mod ssh;
 mod units;
