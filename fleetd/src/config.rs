@@ -61,6 +61,9 @@ pub const OPTION_NAMES: &[&str] = &[
     "reschedule_breaker_fraction",
     "stop_units_on_shutdown",
     "allow_host_unit_override",
+    // Fail-safe behaviour (Documentation/reliability.md).
+    "unload_breaker_fraction",
+    "machine_restart_grace",
 ];
 
 /// The engine's slice of the config (see `fleetd::engine`). No `Default`:
@@ -74,10 +77,13 @@ pub struct EngineConfig {
     /// `reschedule_breaker_fraction`: above this fraction of machines lost in
     /// one window, the engine waits instead of rescheduling.
     pub breaker_fraction: f64,
+    /// `machine_restart_grace`: the grace of a machine whose fleetd stopped
+    /// cleanly (its units left running), instead of `machine_loss_grace`.
+    pub machine_restart_grace: Duration,
 }
 
 /// The agent's slice of the config (see `fleetd::agent`). No `Default`.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct AgentConfig {
     /// `units_directory`: where the agent writes the unit files it loads.
     pub units_directory: PathBuf,
@@ -91,6 +97,9 @@ pub struct AgentConfig {
     /// `allow_host_unit_override`: fleet units may replace units the host
     /// already has (off: the agent refuses them).
     pub allow_host_unit_override: bool,
+    /// `unload_breaker_fraction`: unordered unloads of this fraction of the
+    /// machine's units (or more) wait instead (see `agent::breaker`).
+    pub unload_breaker_fraction: f64,
 }
 
 /// Where the API is served when systemd passes no sockets (`api_listen`).
@@ -189,6 +198,14 @@ pub struct Config {
     /// `allow_host_unit_override` (bool, default false): let a fleet unit
     /// replace a unit this host already has (`ssh.service`). New.
     pub allow_host_unit_override: bool,
+    /// `unload_breaker_fraction` (float in (0, 1], default 0.5): the agent
+    /// holds unloads that the engine did not order once they reach this
+    /// fraction of the machine's units (and at least 2). New.
+    pub unload_breaker_fraction: f64,
+    /// `machine_restart_grace` (float seconds, default 900): how long a
+    /// machine whose fleetd stopped cleanly may stay away before its units
+    /// move (they were left running). New.
+    pub machine_restart_grace: Duration,
 }
 
 impl Default for Config {
@@ -228,6 +245,8 @@ impl Default for Config {
             reschedule_breaker_fraction: 0.5,
             stop_units_on_shutdown: false,
             allow_host_unit_override: false,
+            unload_breaker_fraction: 0.5,
+            machine_restart_grace: Duration::from_secs(900),
         }
     }
 }
@@ -389,6 +408,7 @@ impl Config {
             lease_ttl: self.engine_reconcile_interval * 5,
             machine_loss_grace: self.machine_loss_grace,
             breaker_fraction: self.reschedule_breaker_fraction,
+            machine_restart_grace: self.machine_restart_grace,
         }
     }
 
@@ -400,6 +420,7 @@ impl Config {
             agent_ttl: self.agent_ttl,
             stop_units_on_shutdown: self.stop_units_on_shutdown,
             allow_host_unit_override: self.allow_host_unit_override,
+            unload_breaker_fraction: self.unload_breaker_fraction,
         }
     }
 
@@ -490,11 +511,15 @@ impl RawValues {
             self.typed(
                 option,
                 if allow_zero {
-                    "a number of seconds ≥ 0, such as 10 or 2.5"
+                    "a number of seconds ≥ 0 and at most one year, such as 10 or 2.5"
                 } else {
-                    "a number of seconds > 0, such as 1 or 0.5"
+                    "a number of seconds > 0 and at most one year, such as 1 or 0.5"
                 },
-                |value| parse_seconds(value).filter(|duration| allow_zero || !duration.is_zero()),
+                |value| {
+                    parse_seconds(value)
+                        .filter(|duration| allow_zero || !duration.is_zero())
+                        .filter(|duration| *duration <= MAX_DURATION)
+                },
                 default,
             )
         };
@@ -517,8 +542,11 @@ impl RawValues {
             metadata: self.checked("metadata", parse_metadata, d.metadata)?,
             agent_ttl: self.typed(
                 "agent_ttl",
-                "a positive Go duration such as 30s, 1m30s, 500ms or 2h",
-                |value| parse_go_duration(value).filter(|duration| !duration.is_zero()),
+                "a positive Go duration of at most one year, such as 30s, 1m30s, 500ms or 2h",
+                |value| {
+                    parse_go_duration(value)
+                        .filter(|duration| !duration.is_zero() && *duration <= MAX_DURATION)
+                },
                 d.agent_ttl,
             )?,
             units_directory: PathBuf::from(self.text("units_directory", String::new())),
@@ -574,6 +602,18 @@ impl RawValues {
                 parse_go_bool,
                 d.allow_host_unit_override,
             )?,
+            unload_breaker_fraction: self.typed(
+                "unload_breaker_fraction",
+                "a number greater than 0 and at most 1, such as 0.5",
+                |value| {
+                    value
+                        .parse::<f64>()
+                        .ok()
+                        .filter(|fraction| *fraction > 0.0 && *fraction <= 1.0)
+                },
+                d.unload_breaker_fraction,
+            )?,
+            machine_restart_grace: seconds("machine_restart_grace", d.machine_restart_grace, true)?,
         };
         // A path option set to empty means the default: an empty path names nothing.
         if config.units_directory.as_os_str().is_empty() {
@@ -693,6 +733,12 @@ pub fn parse_go_bool(value: &str) -> Option<bool> {
         _ => None,
     }
 }
+
+/// The longest duration any option takes. Durations are multiplied (the
+/// engine's lease is 5 reconcile intervals, the breaker looks back 12 grace
+/// periods) and added to the clock; one year keeps all of that far from
+/// overflow and is longer than any sensible setting.
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
 
 /// A decimal integer with an optional sign.
 fn parse_int(value: &str) -> Option<i64> {
@@ -1308,6 +1354,43 @@ stop_units_on_shutdown = TRUE
             loaded.config.metadata.get("a").map(String::as_str),
             Some("b")
         );
+    }
+
+    #[test]
+    fn durations_that_would_overflow_are_rejected_with_the_option_name() {
+        for (variable, option, value) in [
+            (
+                "FLEET_ENGINE_RECONCILE_INTERVAL",
+                "engine_reconcile_interval",
+                "1e19",
+            ),
+            (
+                "FLEET_ENGINE_RECONCILE_INTERVAL",
+                "engine_reconcile_interval",
+                "4e18",
+            ),
+            ("FLEET_MACHINE_LOSS_GRACE", "machine_loss_grace", "1e19"),
+            ("FLEET_MACHINE_LOSS_GRACE", "machine_loss_grace", "1e300"),
+            ("FLEET_ETCD_REQUEST_TIMEOUT", "etcd_request_timeout", "1e12"),
+            ("FLEET_AGENT_TTL", "agent_ttl", "2562047h"),
+            ("FLEET_AGENT_TTL", "agent_ttl", "8761h"),
+        ] {
+            let (rejected, message) = invalid_option(from_env(&[(variable, value)]));
+            assert_eq!(rejected, option, "{variable}={value}");
+            assert!(message.contains("at most one year"), "{message}");
+        }
+        // One year itself is accepted, and usable without overflow.
+        let config = from_env(&[
+            ("FLEET_MACHINE_LOSS_GRACE", "31536000"),
+            ("FLEET_ENGINE_RECONCILE_INTERVAL", "31536000"),
+            ("FLEET_AGENT_TTL", "8760h"),
+        ])
+        .expect("a year is allowed");
+        assert_eq!(config.machine_loss_grace, MAX_DURATION);
+        assert_eq!(config.agent_ttl, MAX_DURATION);
+        assert!(config.engine().lease_ttl >= MAX_DURATION);
+        let later = std::time::Instant::now() + config.machine_loss_grace * 12;
+        assert!(later > std::time::Instant::now());
     }
 }
 

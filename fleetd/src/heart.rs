@@ -11,7 +11,11 @@
 //! The current lease is published as [`Presence`]: the agent writes unit
 //! states under it, and the server turns it into the API's availability
 //! (503 while `None`). On shutdown the heart unregisters and revokes the
-//! lease, so the record and every unit state under it vanish at once.
+//! lease, so the record and every unit state under it vanish at once. When
+//! the units are left running ([`Heart::with_clean_stop_mark`]), it first
+//! leaves a clean-stop mark (`P/machine/stopped/<machine>`), so the engine waits the
+//! restart grace instead of the machine-loss grace before moving them; the
+//! next registration deletes the mark.
 //!
 //! It never touches units: that is the agent's business.
 
@@ -64,6 +68,8 @@ pub struct Heart {
     registry: Registry,
     local: LocalMachine,
     presence: watch::Sender<Option<LeaseId>>,
+    /// Leave a clean-stop mark at shutdown (the units keep running).
+    clean_stop_mark: bool,
 }
 
 /// Why a registration ended.
@@ -84,9 +90,18 @@ impl Heart {
                 registry,
                 local,
                 presence,
+                clean_stop_mark: false,
             },
             receiver,
         )
+    }
+
+    /// Whether a clean stop leaves the mark that tells the engine this
+    /// machine's units still run (off unless set: only a fleetd whose agent
+    /// leaves units running at shutdown should say so).
+    pub fn with_clean_stop_mark(mut self, mark: bool) -> Heart {
+        self.clean_stop_mark = mark;
+        self
     }
 
     /// Another receiver of this heart's presence.
@@ -107,6 +122,9 @@ impl Heart {
             };
             backoff.reset();
             info!(machine = %state.id, lease, public_ip = %state.public_ip, "Registered this machine.");
+            if let Err(error) = self.registry.clear_stopped(&state.id).await {
+                warn!(%error, "Deleting this machine's clean-stop mark failed; a later loss of this machine would wait the restart grace.");
+            }
             self.presence.send_replace(Some(lease));
             let ended = self.keep_alive(state.clone(), lease, &shutdown).await;
             self.presence.send_replace(None);
@@ -253,6 +271,22 @@ impl Heart {
     /// Graceful shutdown: delete the record, then revoke the lease (which
     /// deletes the unit states under it too).
     async fn unregister(&self, machine: &MachineId, lease: LeaseId) {
+        // Before the lease goes: the engine reads the mark when it sees the
+        // machine vanish.
+        if self.clean_stop_mark {
+            match self
+                .registry
+                .mark_stopped(machine, std::time::SystemTime::now())
+                .await
+            {
+                Ok(()) => {
+                    info!(%machine, "Left a clean-stop mark: the engine waits the restart grace before moving this machine's units.")
+                }
+                Err(error) => {
+                    warn!(%error, %machine, "Leaving the clean-stop mark failed; the engine will move this machine's units after the machine-loss grace.")
+                }
+            }
+        }
         if let Err(error) = self.registry.unregister_machine(machine, lease).await {
             warn!(%error, %machine, "Unregistering this machine failed; revoking its lease anyway.");
         }

@@ -13,6 +13,7 @@
 //! - [`backoff`]: the one retry delay policy.
 //! - [`etcd_role`]: control plane or worker, learned from etcd's permissions.
 //! - [`etcd_auth`]: `fleetd etcd-auth`, one etcd identity per machine.
+//! - [`supervise`]: a component that dies takes fleetd down (never half-alive).
 //!
 //! `main.rs` only parses the command line, installs logging and calls
 //! [`server::run`].
@@ -30,3 +31,4 @@ pub mod heart;
 pub mod listeners;
 pub mod machine;
 pub mod server;
+pub mod supervise;

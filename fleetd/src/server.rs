@@ -14,7 +14,12 @@
 //! - SIGHUP: "Reloading configuration from <path>", the same loader again; on
 //!   error the old config keeps running, else "Restarting server
 //!   components": the old generation stops cleanly and a new one starts on
-//!   the same listeners (fix of spec quirk 12).
+//!   the same listeners (fix of spec quirk 12). If the old one does not stop
+//!   within [`STOP_GRACE`], fleetd exits non-zero instead: two generations
+//!   (two agents on one machine) never run side by side.
+//!
+//! A component that fails, panics or ends unasked (see [`crate::supervise`])
+//! stops the generation and fleetd exits non-zero, for systemd to restart it.
 //! - SIGUSR1: a state dump at INFO.
 //!
 //! systemd hears READY=1 once this machine is first registered (or after a
@@ -23,8 +28,8 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -42,6 +47,7 @@ use crate::etcd_role::EtcdRole;
 use crate::heart::{Heart, HeartConfig, Presence};
 use crate::listeners::{ApiSwitch, Listeners};
 use crate::machine::{LocalMachine, VERSION, read_machine_id};
+use crate::supervise::{Failures, supervised};
 
 /// How long a generation's components get to stop before we give up on them.
 const STOP_GRACE: Duration = Duration::from_secs(60);
@@ -100,14 +106,21 @@ pub async fn run(loaded: Loaded, options: ServerOptions) -> anyhow::Result<()> {
         tokio::select! {
             _ = signals.terminate.recv() => { info!("Received SIGTERM; stopping."); break Exit::Stop; }
             _ = signals.interrupt.recv() => { info!("Received SIGINT; stopping."); break Exit::Stop; }
-            () = generation.failed.cancelled() => break Exit::Failed(generation.failure()),
+            () = generation.failures.cancelled() => break Exit::Failed(generation.failure()),
             _ = signals.hangup.recv() => {
                 let path = options.explicit_config.clone().unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH));
                 info!("Reloading configuration from {}", path.display());
                 let Some((new_config, pieces)) = reload(&options, &config).await else { continue };
                 info!("Restarting server components");
-                if !generation.stop(&mut signals).await {
-                    break Exit::Interrupted;
+                match generation.stop(&mut signals).await {
+                    Stopped::All => {}
+                    Stopped::Interrupted => break Exit::Interrupted,
+                    // Two agents must never act on one machine: rather than
+                    // start a second generation beside a stuck one, exit and
+                    // let systemd start a clean fleetd.
+                    Stopped::TimedOut => break Exit::Failed(format!(
+                        "the old components did not stop within {STOP_GRACE:?} of SIGHUP; exiting instead of running two generations"
+                    )),
                 }
                 generation = Generation::start(&new_config, pieces, &availability, &ready_sent);
                 switch.replace(generation.router.clone());
@@ -120,7 +133,7 @@ pub async fn run(loaded: Loaded, options: ServerOptions) -> anyhow::Result<()> {
     notify_systemd(&[sd_notify::NotifyState::Stopping]);
     let stopped = match exit {
         Exit::Interrupted => false,
-        Exit::Stop | Exit::Failed(_) => generation.stop(&mut signals).await,
+        Exit::Stop | Exit::Failed(_) => generation.stop(&mut signals).await != Stopped::Interrupted,
     };
     availability.set(false);
     listener_shutdown.cancel();
@@ -195,14 +208,23 @@ impl Pieces {
     }
 }
 
+/// How [`Generation::stop`] ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stopped {
+    All,
+    /// Some component outlived [`STOP_GRACE`]: it may still act.
+    TimedOut,
+    /// A second SIGTERM/SIGINT cut the wait short.
+    Interrupted,
+}
+
 /// The components built from one config.
 struct Generation {
     machine: MachineId,
     shutdown: CancellationToken,
     tasks: TaskTracker,
-    /// Cancelled when a component fails for good; `failure` says why.
-    failed: CancellationToken,
-    failure: Arc<Mutex<Option<String>>>,
+    /// What a component that failed, panicked or ended early reported.
+    failures: Failures,
     presence: Presence,
     router: axum::Router,
     engine_enabled: bool,
@@ -234,33 +256,22 @@ impl Generation {
         };
         let shutdown = CancellationToken::new();
         let tasks = TaskTracker::new();
-        let failed = CancellationToken::new();
-        let failure = Arc::new(Mutex::new(None));
+        let failures = Failures::new();
 
         let (heart, presence) = Heart::new(
             HeartConfig::for_ttl(config.agent_ttl),
             registry.clone(),
             LocalMachine::from_config(config),
         );
+        // Units keep running through a clean stop unless the agent stops them.
+        let heart =
+            heart.with_clean_stop_mark(!config.disable_agent && !config.stop_units_on_shutdown);
         let spawn =
             |name: &'static str,
              task: std::pin::Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>| {
-                let failed = failed.clone();
-                let failure = Arc::clone(&failure);
                 let span = info_span!("component", name, machine = %machine);
                 tasks.spawn(
-                    async move {
-                        if let Err(error) = task.await {
-                            let message = format!("{name} failed: {error:#}");
-                            error!("{message}");
-                            failure
-                                .lock()
-                                .unwrap_or_else(PoisonError::into_inner)
-                                .get_or_insert(message);
-                            failed.cancel();
-                        }
-                    }
-                    .instrument(span),
+                    supervised(name, task, shutdown.clone(), failures.clone()).instrument(span),
                 );
             };
         spawn("heart", Box::pin(heart.run(shutdown.child_token())));
@@ -317,8 +328,7 @@ impl Generation {
             machine,
             shutdown,
             tasks,
-            failed,
-            failure,
+            failures,
             presence,
             router,
             engine_enabled: !config.disable_engine,
@@ -327,25 +337,22 @@ impl Generation {
     }
 
     fn failure(&self) -> String {
-        self.failure
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        self.failures
+            .first()
             .unwrap_or_else(|| "a component failed".to_owned())
     }
 
     /// Stops every component and waits for them (up to [`STOP_GRACE`]).
-    /// Returns `false` if a second SIGTERM/SIGINT cut the wait short.
-    async fn stop(&self, signals: &mut Signals) -> bool {
+    async fn stop(&self, signals: &mut Signals) -> Stopped {
         self.shutdown.cancel();
         tokio::select! {
-            () = self.tasks.wait() => { debug!("All components stopped."); true }
+            () = self.tasks.wait() => { debug!("All components stopped."); Stopped::All }
             () = tokio::time::sleep(STOP_GRACE) => {
-                warn!(grace = ?STOP_GRACE, "Components still running after the grace period; going on without them.");
-                true
+                error!(grace = ?STOP_GRACE, components_running = self.tasks.len(), "Components still running after the grace period.");
+                Stopped::TimedOut
             }
-            _ = signals.terminate.recv() => { warn!("Second signal; exiting now."); false }
-            _ = signals.interrupt.recv() => { warn!("Second signal; exiting now."); false }
+            _ = signals.terminate.recv() => { warn!("Second signal; exiting now."); Stopped::Interrupted }
+            _ = signals.interrupt.recv() => { warn!("Second signal; exiting now."); Stopped::Interrupted }
         }
     }
 

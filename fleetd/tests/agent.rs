@@ -65,6 +65,7 @@ impl Fixture {
             agent_ttl: Duration::from_secs(10),
             stop_units_on_shutdown,
             allow_host_unit_override: false,
+            unload_breaker_fraction: 0.5,
         }
     }
 
@@ -416,6 +417,7 @@ async fn agent_waits_for_an_unreachable_systemd() {
         agent_ttl: Duration::from_secs(10),
         stop_units_on_shutdown: true,
         allow_host_unit_override: false,
+        unload_breaker_fraction: 0.5,
     };
     let (_sender, presence) = watch::channel(None);
     let machine = MachineId::from_str("agent-nobus").expect("machine id");
@@ -435,4 +437,155 @@ async fn agent_waits_for_an_unreachable_systemd() {
         .expect("the agent stops promptly")
         .expect("agent task")
         .expect("the agent stops cleanly");
+}
+
+/// Boots nothing: sets up a [`Fixture`] on `cluster`'s host h1 with its own
+/// etcd prefix and machine id (see the module doc for the units directory).
+async fn fixture_on(cluster: &Cluster, etcd: &Etcd, prefix: &str, machine: &str) -> Fixture {
+    let registry = Registry::connect(&etcd.config(prefix))
+        .await
+        .expect("connecting to etcd");
+    let machine = MachineId::from_str(machine).expect("machine id");
+    let leadership = lead(&registry, &machine).await;
+    let root = PathBuf::from(format!("{STATE_DIR}/hosts/h1/root"));
+    let units_dir = root.join(INSIDE_DIR.trim_start_matches('/'));
+    let link = units_dir.display().to_string();
+    let parent = Path::new(&link)
+        .parent()
+        .expect("a parent")
+        .display()
+        .to_string();
+    cluster
+        .exec_ok(
+            "h1",
+            &[
+                "sh",
+                "-c",
+                &format!("mkdir -p {INSIDE_DIR} {parent} && ln -sfn {INSIDE_DIR} {link}"),
+            ],
+        )
+        .expect("linking the units dir inside the host");
+    let bus = cluster.bus("h1").expect("bus address");
+    let systemd = Manager::connect(Some(&bus))
+        .await
+        .expect("the host's systemd");
+    Fixture {
+        registry,
+        machine,
+        leadership,
+        units_dir,
+        bus,
+        systemd,
+    }
+}
+
+/// Becomes the engine leader (a test plays the engine).
+async fn lead(registry: &Registry, machine: &MachineId) -> fleet_registry::Leadership {
+    let lease = registry
+        .grant_lease(Duration::from_secs(60))
+        .await
+        .expect("engine lease");
+    registry
+        .campaign(machine, lease)
+        .await
+        .expect("campaign")
+        .expect("we lead")
+}
+
+/// Waits up to `limit` for `check`, polling every 200 ms.
+async fn wait_long<F, Fut>(what: &str, limit: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let start = Instant::now();
+    while !check().await {
+        assert!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A wiped registry (`etcdctl del --prefix ""`) under running units: the
+/// agent's unload breaker holds, the units keep running; what the engine
+/// then orders is unloaded, the rest stays held (the breaker latches).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wiped_registry_does_not_unload_the_machine() {
+    let cluster = tokio::task::spawn_blocking(|| Cluster::start(1))
+        .await
+        .expect("the harness thread")
+        .expect("booting a test host (run scripts/setup.sh as root first)");
+    let etcd = Etcd::start().await;
+    let mut fx = fixture_on(&cluster, &etcd, "/agent-wipe/", "agent-wipe-machine").await;
+    let (_lease, token, agent) = fx.start_agent(false).await;
+    let mut names = Vec::new();
+    for (i, name) in ["a.service", "b.service", "c.service"].iter().enumerate() {
+        let text = format!("[Service]\nExecStart=/usr/bin/sleep {}\n", 4000 + i);
+        let (unit, _) = fx.submit(name, &text, TargetState::Launched).await;
+        names.push(unit);
+    }
+    for unit in &names {
+        fx.wait_state(unit, "the unit running", running).await;
+    }
+
+    fleet_registry::testing::wipe_everything(&fx.registry)
+        .await
+        .expect("wiping etcd");
+    // A unit placed after the wipe runs: the agent has seen the wipe and
+    // reconciled since.
+    fx.leadership = lead(&fx.registry, &fx.machine).await;
+    let (after, _) = fx
+        .submit(
+            "after.service",
+            "[Service]\nExecStart=/usr/bin/sleep 4100\n",
+            TargetState::Launched,
+        )
+        .await;
+    fx.wait_state(&after, "after.service running after the wipe", running)
+        .await;
+    for unit in &names {
+        assert_eq!(
+            fx.active(unit).await.0,
+            "active",
+            "{unit} keeps running after the wipe"
+        );
+        assert!(
+            fx.units_dir.join(unit.as_str()).exists(),
+            "{unit}'s file stays"
+        );
+    }
+
+    // The engine orders a and b off the machine: they go (with the breaker's
+    // retries); c, the rest of the mass unload, stays.
+    for unit in &names[..2] {
+        fx.unplace(unit).await;
+    }
+    for unit in &names[..2] {
+        let file = fx.units_dir.join(unit.as_str());
+        wait_long("an ordered unload", Duration::from_secs(120), || {
+            let gone = !file.exists();
+            async move { gone }
+        })
+        .await;
+        assert_ne!(fx.active(unit).await.0, "active", "{unit} was stopped");
+    }
+    assert_eq!(
+        fx.active(&names[2]).await.0,
+        "active",
+        "c.service is still held"
+    );
+    assert_eq!(fx.active(&after).await.0, "active");
+
+    token.cancel();
+    agent
+        .await
+        .expect("agent task")
+        .expect("the agent stops cleanly");
+    drop(fx);
+    drop(etcd);
+    tokio::task::spawn_blocking(move || drop(cluster))
+        .await
+        .expect("cleanup thread");
 }

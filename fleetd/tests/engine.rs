@@ -27,6 +27,7 @@ fn engine_config(breaker_fraction: f64) -> EngineConfig {
         lease_ttl: Duration::from_secs(3),
         machine_loss_grace: GRACE,
         breaker_fraction,
+        machine_restart_grace: GRACE,
     }
 }
 

@@ -135,6 +135,9 @@ impl Keys {
             KeyRange::Key(self.machine(machine)),
             KeyRange::Prefix(self.machine_states(machine)),
             KeyRange::Prefix(self.machine_health(machine)),
+            KeyRange::Key(self.stopped(machine)),
+            // To delete the unload orders it carried out (its own only).
+            KeyRange::Prefix(self.unload_orders(machine)),
         ]
     }
 
@@ -317,6 +320,30 @@ impl Keys {
         let rest = key.strip_prefix(dir)?;
         let (a, b) = rest.split_once('/')?;
         (!a.is_empty() && !b.is_empty() && !b.contains('/')).then_some((a, b))
+    }
+}
+
+// --- Fail-safe markers (Documentation/reliability.md, "Fail-safe behaviour") ---
+//
+// | `P/engine/unload-order/<machine>/<unit>` | empty; its mod revision is what counts | none | engine, in the txn that unplaces the unit; the machine's agent deletes it after the unload (the one engine range a machine is granted, and only its own orders: forging one can only unload its own unit) |
+// | `P/machine/stopped/<machine>` | `{"at":<unix seconds>}` | none (survives the stop) | the machine's heart at a clean stop; deleted when it registers again |
+impl Keys {
+    /// `P/engine/unload-order/<machine>/`: the engine's unload orders for `machine`.
+    pub fn unload_orders(&self, machine: &str) -> String {
+        format!("{}engine/unload-order/{machine}/", self.prefix)
+    }
+    /// `P/engine/unload-order/<machine>/<unit>`: written by the engine in the same
+    /// leader-guarded txn that takes `unit` off `machine`, so the agent can
+    /// tell an ordered unload from a wiped or foreign registry.
+    pub fn unload_order(&self, machine: &str, unit: &str) -> String {
+        format!("{}engine/unload-order/{machine}/{unit}", self.prefix)
+    }
+    /// `P/machine/stopped/`: machines whose fleetd stopped cleanly, units left running.
+    pub fn stopped_machines(&self) -> String {
+        format!("{}machine/stopped/", self.prefix)
+    }
+    pub fn stopped(&self, machine: &str) -> String {
+        format!("{}machine/stopped/{machine}", self.prefix)
     }
 }
 

@@ -40,6 +40,8 @@ pub type Revision = i64;
 /// An etcd lease id.
 pub type LeaseId = i64;
 
+mod safety;
+
 /// The most changes [`Registry::commit_schedule`] puts in one transaction.
 /// Each change is two operations, and etcd refuses a txn of more than 128
 /// operations by default (`--max-txn-ops`).
@@ -154,6 +156,9 @@ pub struct Snapshot {
     pub units: Vec<Unit>,
     /// Placements sorted by (unit, machine).
     pub placements: Vec<Placement>,
+    /// Units whose record does not decode or whose content is missing or
+    /// does not parse: not destroyed, so their placements must stay.
+    pub unusable_units: Vec<UnitName>,
 }
 
 /// What happened to a key.
@@ -1306,11 +1311,23 @@ impl Registry {
         let placements = self
             .get_prefix("snapshot placements", self.keys.schedule(), at)
             .await?;
+        let decoded = self.decode_units(units.kvs(), contents.kvs());
+        let usable: std::collections::BTreeSet<&UnitName> =
+            decoded.iter().map(|unit| &unit.name).collect();
+        let unusable_units = units
+            .kvs()
+            .iter()
+            .filter_map(|kv| match self.keys.parse(kv.key_str().ok()?)? {
+                RegistryKey::Unit(name) if !usable.contains(&name) => Some(name),
+                _ => None,
+            })
+            .collect();
         Ok(Snapshot {
             revision,
             machines: self.decode_machines(machines.kvs(), metadata.kvs()),
-            units: self.decode_units(units.kvs(), contents.kvs()),
+            units: decoded,
             placements: self.decode_placements(placements.kvs()),
+            unusable_units,
         })
     }
 
@@ -1543,31 +1560,10 @@ impl Registry {
         changes: &[ScheduleChange],
     ) -> Result<(), RegistryError> {
         let leader = self.keys.engine_leader();
-        for batch in changes.chunks(SCHEDULE_BATCH) {
-            let mut ops = Vec::with_capacity(batch.len() * 2);
-            for change in batch {
-                match change {
-                    ScheduleChange::Place(placement) => {
-                        let (unit, machine) = (placement.unit.as_str(), placement.machine.as_str());
-                        ops.push(TxnOp::put(
-                            self.keys.scheduled(machine, unit),
-                            wire::encode_placement(placement),
-                            None,
-                        ));
-                        ops.push(TxnOp::put(self.keys.placement(unit, machine), "", None));
-                    }
-                    ScheduleChange::Unplace { unit, machine } => {
-                        ops.push(TxnOp::delete(
-                            self.keys.scheduled(machine.as_str(), unit.as_str()),
-                            None,
-                        ));
-                        ops.push(TxnOp::delete(
-                            self.keys.placement(unit.as_str(), machine.as_str()),
-                            None,
-                        ));
-                    }
-                }
-            }
+        let mut rest = changes;
+        while !rest.is_empty() {
+            let (ops, taken) = self.schedule_ops(rest);
+            rest = &rest[taken..];
             let txn = Txn::new()
                 .when([Compare::create_revision(
                     leader.as_str(),
@@ -1581,6 +1577,47 @@ impl Registry {
         }
         debug!(n_changes = changes.len(), "Committed schedule changes.");
         Ok(())
+    }
+}
+
+impl Registry {
+    /// The operations of one schedule txn: as many of `changes` as fit in
+    /// [`SCHEDULE_BATCH`] × 2 operations. An unplacement also writes its
+    /// unload order (`P/unload-order/<machine>/<unit>`: the agent's proof that
+    /// the engine ordered the unload). Returns the ops and how many changes
+    /// they cover (at least one).
+    fn schedule_ops(&self, changes: &[ScheduleChange]) -> (Vec<TxnOp>, usize) {
+        let max_ops = SCHEDULE_BATCH * 2;
+        let mut ops = Vec::with_capacity(max_ops);
+        let mut taken = 0;
+        for change in changes {
+            let needed = match change {
+                ScheduleChange::Place(_) => 2,
+                ScheduleChange::Unplace { .. } => 3,
+            };
+            if taken > 0 && ops.len() + needed > max_ops {
+                break;
+            }
+            match change {
+                ScheduleChange::Place(placement) => {
+                    let (unit, machine) = (placement.unit.as_str(), placement.machine.as_str());
+                    ops.push(TxnOp::put(
+                        self.keys.scheduled(machine, unit),
+                        wire::encode_placement(placement),
+                        None,
+                    ));
+                    ops.push(TxnOp::put(self.keys.placement(unit, machine), "", None));
+                }
+                ScheduleChange::Unplace { unit, machine } => {
+                    let (unit, machine) = (unit.as_str(), machine.as_str());
+                    ops.push(TxnOp::delete(self.keys.scheduled(machine, unit), None));
+                    ops.push(TxnOp::delete(self.keys.placement(unit, machine), None));
+                    ops.push(TxnOp::put(self.keys.unload_order(machine, unit), "", None));
+                }
+            }
+            taken += 1;
+        }
+        (ops, taken)
     }
 }
 

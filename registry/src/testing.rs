@@ -805,3 +805,18 @@ async fn fetch_metrics(address: SocketAddr) -> Option<String> {
         .ok()
         .flatten()
 }
+
+/// Deletes every key in etcd, whatever its prefix: what an operator's
+/// `etcdctl del --prefix ""` does to a cluster.
+///
+/// # Errors
+/// Transport errors and timeouts.
+pub async fn wipe_everything(registry: &Registry) -> Result<(), RegistryError> {
+    registry
+        .run("wipe everything", |mut clients| async move {
+            let options = etcd_client::DeleteOptions::new().with_all_keys();
+            clients.kv.delete("", Some(options)).await
+        })
+        .await?;
+    Ok(())
+}

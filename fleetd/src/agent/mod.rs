@@ -21,6 +21,7 @@
 //! `stop_units_on_shutdown`, which stops and unloads them once, within a
 //! deadline (the original could spin forever, quirk 13).
 
+mod breaker;
 pub mod health;
 mod plan;
 mod units_dir;
@@ -43,7 +44,8 @@ use crate::backoff::Backoff;
 use crate::config::AgentConfig;
 use crate::heart::Presence;
 
-pub use plan::{Current, Desired, Task, plan};
+pub use breaker::{BreakerEvent, UnloadBreaker};
+pub use plan::{Current, Desired, Task, plan, with_pending_reload};
 pub use units_dir::{UnitsDir, UnitsDirError};
 
 /// How long schedule events are batched before a reconcile pass.
@@ -59,6 +61,10 @@ const RETRY_MAX: Duration = Duration::from_secs(60);
 const SHUTDOWN_DEADLINE: Duration = Duration::from_secs(30);
 /// Names per `ListUnitsByNames` call.
 const STATUS_CHUNK: usize = 1000;
+
+/// How often a failed daemon-reload is tried again within one pass.
+const RELOAD_ATTEMPTS: u32 = 3;
+const RELOAD_RETRY: Duration = Duration::from_millis(500);
 
 /// systemd's answer when a unit is not loaded.
 const NO_SUCH_UNIT: &str = "org.freedesktop.systemd1.NoSuchUnit";
@@ -147,6 +153,17 @@ pub struct Agent {
     /// What we last wrote to etcd, and under which lease.
     published: BTreeMap<UnitName, UnitState>,
     published_lease: Option<i64>,
+    /// Units no longer scheduled here, with the last schedule revision at
+    /// which they were (the breaker's test of an engine's order).
+    left_at: BTreeMap<UnitName, Revision>,
+    breaker: UnloadBreaker,
+    /// Units the engine ordered off this machine (their orders are deleted
+    /// once they are unloaded).
+    ordered: BTreeSet<UnitName>,
+    /// Unit files written or removed since the last successful daemon-reload.
+    reload_pending: bool,
+    /// Units whose new file systemd has not loaded yet: never started.
+    unreloaded: BTreeSet<UnitName>,
 }
 
 impl Agent {
@@ -157,6 +174,7 @@ impl Agent {
         presence: Presence,
     ) -> Agent {
         let units = UnitsDir::new(config.units_directory.clone());
+        let breaker = UnloadBreaker::new(config.unload_breaker_fraction);
         Agent {
             config,
             registry,
@@ -174,6 +192,11 @@ impl Agent {
             statuses: BTreeMap::new(),
             published: BTreeMap::new(),
             published_lease: None,
+            left_at: BTreeMap::new(),
+            breaker,
+            ordered: BTreeSet::new(),
+            reload_pending: false,
+            unreloaded: BTreeSet::new(),
         }
     }
 
@@ -370,6 +393,8 @@ impl Agent {
     async fn watch_schedule(&mut self) -> Result<WatchStream, RegistryError> {
         if self.need_relist {
             let (placements, revision) = self.registry.machine_schedule(&self.machine).await?;
+            let known_until = self.schedule_revision;
+            let previous = std::mem::take(&mut self.desired);
             self.desired = placements
                 .into_iter()
                 .map(|p| {
@@ -382,6 +407,11 @@ impl Agent {
                     )
                 })
                 .collect();
+            for unit in previous.keys().chain(self.on_disk.keys()) {
+                if !self.desired.contains_key(unit) {
+                    self.left_at.entry(unit.clone()).or_insert(known_until);
+                }
+            }
             self.schedule_revision = revision;
             self.schedule_known = true;
             self.need_relist = false;
@@ -414,14 +444,17 @@ impl Agent {
                         hash: placement.hash,
                         target: placement.target_state,
                     };
+                    self.left_at.remove(&placement.unit);
                     changed |= self.desired.insert(placement.unit, desired) != Some(desired);
                 }
                 WatchEventKind::Delete => {
                     if let Some(RegistryKey::Scheduled { machine, unit }) =
                         self.registry.parse_key(&event.key)
                         && machine == self.machine
+                        && self.desired.remove(&unit).is_some()
                     {
-                        changed |= self.desired.remove(&unit).is_some();
+                        self.left_at.insert(unit, event.mod_revision - 1);
+                        changed = true;
                     }
                 }
             }
@@ -536,8 +569,9 @@ impl Agent {
                 (unit.clone(), current)
             })
             .collect();
-        let tasks = plan(&self.desired, &current);
-        let mut all_ok = true;
+        let tasks = with_pending_reload(plan(&self.desired, &current), self.reload_pending);
+        let tasks = self.hold_unordered_unloads(tasks).await;
+        let mut all_ok = !self.breaker.is_tripped();
         if !tasks.is_empty() {
             debug!(
                 tasks = tasks.len(),
@@ -545,6 +579,19 @@ impl Agent {
                 "Reconciling units."
             );
             let mut failed: BTreeSet<UnitName> = BTreeSet::new();
+            // Fetch new contents first: a unit whose new content is missing
+            // or does not parse keeps running its old definition (its
+            // content-change unload is skipped with the rest of its tasks).
+            for task in &tasks {
+                if let Task::Load { unit, hash, .. } = task
+                    && let Err(error) = self.content(unit, *hash).await
+                {
+                    all_ok = false;
+                    error!(unit = %unit, %error, "Cannot load the unit's content; leaving the unit as it is.");
+                    failed.insert(unit.clone());
+                    self.failures.insert(unit.clone(), Failure::Load);
+                }
+            }
             // Counts per task kind for the pass summary (INFO is per pass,
             // not per unit: a pass may touch thousands).
             let mut done: BTreeMap<&'static str, usize> = BTreeMap::new();
@@ -555,6 +602,18 @@ impl Agent {
                     continue;
                 }
                 let unit = task.unit().map_or("", UnitName::as_str);
+                if let Task::Start { unit: name, .. } = task
+                    && self.unreloaded.contains(name)
+                {
+                    all_ok = false;
+                    warn!(
+                        unit,
+                        "Not starting the unit: systemd has not loaded its new definition (daemon-reload failed); retrying."
+                    );
+                    failed.insert(name.clone());
+                    self.failures.insert(name.clone(), Failure::Start);
+                    continue;
+                }
                 match self.execute(manager, task).await {
                     Ok(()) => {
                         if let Some(unit) = task.unit() {
@@ -603,14 +662,25 @@ impl Agent {
         let managed = self.managed();
         self.statuses.retain(|unit, _| managed.contains(unit));
         self.failures.retain(|unit, _| managed.contains(unit));
+        self.left_at.retain(|unit, _| managed.contains(unit));
+        self.unreloaded.retain(|unit| managed.contains(unit));
         Ok(all_ok)
     }
 
     async fn execute(&mut self, manager: &Manager, task: &Task) -> Result<(), TaskError> {
         match task {
             Task::Load { unit, hash, .. } => self.load(manager, unit, *hash).await,
-            Task::Unload { unit, .. } => self.unload(manager, unit).await,
-            Task::ReloadUnitFiles => Ok(manager.reload().await?),
+            Task::Unload { unit, .. } => {
+                self.unload(manager, unit).await?;
+                if self.ordered.remove(unit)
+                    && let Err(error) = self.registry.delete_unload_order(&self.machine, unit).await
+                {
+                    // A stale order is older than any later placement: harmless.
+                    debug!(unit = %unit, %error, "Deleting a carried-out unload order failed.");
+                }
+                Ok(())
+            }
+            Task::ReloadUnitFiles => self.daemon_reload(manager).await,
             Task::Adopt { unit, reached } => {
                 self.reached.insert(unit.clone(), *reached);
                 Ok(())
@@ -708,6 +778,8 @@ impl Agent {
             return Err(error);
         }
         self.reached.insert(unit.clone(), TargetState::Loaded);
+        self.reload_pending = true;
+        self.unreloaded.insert(unit.clone());
         Ok(())
     }
 
@@ -743,6 +815,102 @@ impl Agent {
         }
     }
 
+    /// systemd daemon-reload, tried [`RELOAD_ATTEMPTS`] times. Until one
+    /// works, the units loaded since are not started (their old definition,
+    /// or none, is what systemd would run) and the next pass reloads again.
+    async fn daemon_reload(&mut self, manager: &Manager) -> Result<(), TaskError> {
+        let mut attempt = 1;
+        loop {
+            match manager.reload().await {
+                Ok(()) => {
+                    self.reload_pending = false;
+                    self.unreloaded.clear();
+                    return Ok(());
+                }
+                Err(error) if error.is_connection_lost() || attempt >= RELOAD_ATTEMPTS => {
+                    return Err(error.into());
+                }
+                Err(error) => {
+                    warn!(%error, attempt, "systemd daemon-reload failed; trying again.");
+                    attempt += 1;
+                    tokio::time::sleep(RELOAD_RETRY).await;
+                }
+            }
+        }
+    }
+
+    /// The breaker (see [`breaker`]): drops from `tasks` the unloads of
+    /// units that left the schedule without an order from the engine, when
+    /// they are too many. Logs loudly while it holds.
+    async fn hold_unordered_unloads(&mut self, tasks: Vec<Task>) -> Vec<Task> {
+        let leaving: Vec<UnitName> = tasks
+            .iter()
+            .filter_map(|task| match task {
+                Task::Unload { unit, .. } if !self.desired.contains_key(unit) => Some(unit.clone()),
+                _ => None,
+            })
+            .collect();
+        let orders = if leaving.is_empty() {
+            BTreeMap::new()
+        } else {
+            match self.registry.unload_orders(&self.machine).await {
+                Ok(orders) => orders,
+                Err(error) => {
+                    warn!(%error, "Cannot read the engine's unload orders; counting the unloads as unordered.");
+                    BTreeMap::new()
+                }
+            }
+        };
+        let (ordered, unordered): (BTreeSet<UnitName>, BTreeSet<UnitName>) =
+            leaving.into_iter().partition(|unit| {
+                let known_until = self.left_at.get(unit).copied().unwrap_or(0);
+                orders.get(unit).is_some_and(|order| *order > known_until)
+            });
+        self.ordered = ordered;
+        let verdict = self
+            .breaker
+            .decide(Instant::now(), self.on_disk.len(), &unordered);
+        match verdict.event {
+            Some(BreakerEvent::Tripped { held, on_machine }) => error!(
+                held,
+                on_machine,
+                units = ?verdict.held,
+                "Unload breaker tripped: units vanished from this machine's schedule without an order from the engine (wiped registry, wrong etcd_key_prefix or an old backup?). They keep running; nothing is unloaded until the engine orders it or the schedule returns."
+            ),
+            Some(BreakerEvent::Released) => {
+                info!("Unload breaker released: no unordered unload is held any more.")
+            }
+            None if !verdict.held.is_empty() => {
+                warn!(
+                    held = verdict.held.len(),
+                    "Unload breaker holds; units keep running."
+                )
+            }
+            None => {}
+        }
+        if !unordered.is_empty() && verdict.held.is_empty() {
+            info!(units = ?unordered, "Unloading units that left the schedule without an engine order (below the breaker's threshold).");
+        }
+        let tasks: Vec<Task> = tasks
+            .into_iter()
+            .filter(
+                |task| !matches!(task, Task::Unload { unit, .. } if verdict.held.contains(unit)),
+            )
+            .collect();
+        // Without a file change left, a reload would only repeat on every retry.
+        let files_change = tasks
+            .iter()
+            .any(|task| matches!(task, Task::Load { .. } | Task::Unload { .. }));
+        if files_change || self.reload_pending {
+            tasks
+        } else {
+            tasks
+                .into_iter()
+                .filter(|task| *task != Task::ReloadUnitFiles)
+                .collect()
+        }
+    }
+
     /// Stops the unit and, only if that worked (so it never becomes
     /// unmanageable), disables it, resets its failed state and removes its
     /// file. The file goes even if disable or reset-failed fail.
@@ -767,6 +935,8 @@ impl Agent {
         }
         self.units.remove(unit).await?;
         self.on_disk.remove(unit);
+        self.reload_pending = true;
+        self.unreloaded.remove(unit);
         disabled?;
         Ok(())
     }

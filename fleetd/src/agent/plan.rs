@@ -151,6 +151,17 @@ pub fn plan(
     tasks
 }
 
+/// `tasks` with a daemon-reload added when an earlier one failed
+/// (`reload_pending`): files written then are not loaded by systemd until a
+/// reload works, even if this pass changes no file.
+pub fn with_pending_reload(mut tasks: Vec<Task>, reload_pending: bool) -> Vec<Task> {
+    if reload_pending && !tasks.contains(&Task::ReloadUnitFiles) {
+        tasks.push(Task::ReloadUnitFiles);
+        tasks.sort_by_key(Task::priority);
+    }
+    tasks
+}
+
 fn plan_unit(
     name: &UnitName,
     desired: Option<&Desired>,
@@ -456,6 +467,37 @@ mod tests {
             &[],
             &[have("x.target", Some(1), Some(Loaded), true, false)],
             &["UnloadUnit x.target", "ReloadUnitFiles"],
+        );
+    }
+
+    #[test]
+    fn a_pending_reload_comes_back_before_the_starts() {
+        // The file was written in an earlier pass whose daemon-reload failed:
+        // this pass only starts the unit, so the reload must be added, first.
+        let desired: BTreeMap<_, _> = [want("a.service", 1, Launched)].into_iter().collect();
+        let current: BTreeMap<_, _> = [have("a.service", Some(1), Some(Loaded), true, false)]
+            .into_iter()
+            .collect();
+        let render =
+            |tasks: Vec<Task>| -> Vec<String> { tasks.iter().map(Task::to_string).collect() };
+        assert_eq!(render(plan(&desired, &current)), ["StartUnit a.service"]);
+        assert_eq!(
+            render(with_pending_reload(plan(&desired, &current), true)),
+            ["ReloadUnitFiles", "StartUnit a.service"]
+        );
+        assert_eq!(
+            render(with_pending_reload(plan(&desired, &current), false)),
+            ["StartUnit a.service"]
+        );
+        // Not twice when the pass reloads anyway.
+        let tasks = with_pending_reload(plan(&desired, &BTreeMap::new()), true);
+        assert_eq!(
+            render(tasks),
+            [
+                "LoadUnit a.service",
+                "ReloadUnitFiles",
+                "StartUnit a.service"
+            ]
         );
     }
 }

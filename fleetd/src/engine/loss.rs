@@ -19,6 +19,9 @@
 //!
 //!   Machines released that way are not counted again until they return, so
 //!   the breaker does not re-trip on the same loss.
+//! - A machine whose fleetd stopped cleanly (it left a clean-stop mark, its
+//!   units still run there) gets the restart grace (`machine_restart_grace`)
+//!   instead: a restart or an upgrade must not run its units twice.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -56,6 +59,9 @@ struct Trip {
 #[derive(Clone, Debug)]
 pub struct LossTracker {
     grace: Duration,
+    /// The grace of machines in `stopped_cleanly`.
+    restart_grace: Duration,
+    stopped_cleanly: BTreeSet<MachineId>,
     fraction: f64,
     window: Duration,
     /// Absent machines and when we first saw each absent.
@@ -74,12 +80,35 @@ impl LossTracker {
     pub fn new(grace: Duration, fraction: f64, window: Duration) -> LossTracker {
         LossTracker {
             grace,
+            restart_grace: grace,
+            stopped_cleanly: BTreeSet::new(),
             fraction,
             window,
             vanished: BTreeMap::new(),
             trip: None,
             forgiven: BTreeSet::new(),
             evaluated_at: None,
+        }
+    }
+
+    /// Machines marked as stopped cleanly get `restart_grace`.
+    pub fn with_restart_grace(mut self, restart_grace: Duration) -> LossTracker {
+        self.restart_grace = restart_grace;
+        self
+    }
+
+    /// The machines whose fleetd stopped cleanly (their marks, read from
+    /// the registry), replacing what was known.
+    pub fn set_stopped_cleanly(&mut self, machines: BTreeSet<MachineId>) {
+        self.stopped_cleanly = machines;
+    }
+
+    /// How long `machine` may stay away before its units move.
+    fn grace_of(&self, machine: &MachineId) -> Duration {
+        if self.stopped_cleanly.contains(machine) {
+            self.restart_grace
+        } else {
+            self.grace
         }
     }
 
@@ -98,7 +127,11 @@ impl LossTracker {
     /// than any rule looks back and without placements (`has_placements`).
     /// Keeps memory bounded when machines come and go with new ids.
     pub fn prune(&mut self, now: Instant, has_placements: impl Fn(&MachineId) -> bool) {
-        let forget_after = self.window.max(self.grace * (BREAKER_HOLD_GRACES + 1)) * 2;
+        let forget_after = self
+            .window
+            .max(self.grace * (BREAKER_HOLD_GRACES + 1))
+            .max(self.restart_grace)
+            * 2;
         let in_trip = |machine: &MachineId| {
             self.trip
                 .as_ref()
@@ -180,7 +213,9 @@ impl LossTracker {
         let lost_beyond_grace = self
             .vanished
             .iter()
-            .filter(|(_, since)| now.saturating_duration_since(**since) >= self.grace)
+            .filter(|(machine, since)| {
+                now.saturating_duration_since(**since) >= self.grace_of(machine)
+            })
             .map(|(machine, _)| machine.clone())
             .collect();
         (
@@ -200,9 +235,9 @@ impl LossTracker {
     pub fn next_deadline(&self, now: Instant) -> Option<Instant> {
         let after = self.evaluated_at.map_or(now, |at| at.min(now));
         let mut deadlines: Vec<Instant> = Vec::new();
-        for since in self.vanished.values() {
+        for (machine, since) in &self.vanished {
             for deadline in [
-                *since + self.grace,
+                *since + self.grace_of(machine),
                 *since + self.window + Duration::from_millis(1),
             ] {
                 if deadline > after {
@@ -360,5 +395,31 @@ mod tests {
         assert_eq!(event, None, "only m2 is recent: 1 of 3");
         assert!(released(&policy, "m1"));
         assert!(!released(&policy, "m2"));
+    }
+
+    #[test]
+    fn a_cleanly_stopped_machine_waits_for_the_restart_grace() {
+        let restart_grace = Duration::from_secs(600);
+        let start = Instant::now();
+        let mut tracker = LossTracker::new(GRACE, 0.5, WINDOW).with_restart_grace(restart_grace);
+        tracker.set_stopped_cleanly([id("m1")].into_iter().collect());
+        tracker.vanished(&id("m1"), start);
+        tracker.vanished(&id("m2"), start);
+        // Long past the machine-loss grace (and past the breaker's hold):
+        // the crashed machine's units move, the stopped one's stay.
+        let later = start + GRACE * (BREAKER_HOLD_GRACES + 1);
+        let (policy, _) = tracker.evaluate(later, 8);
+        assert!(released(&policy, "m2"));
+        assert!(!released(&policy, "m1"));
+        assert_eq!(tracker.next_deadline(later), Some(start + restart_grace));
+        let (policy, _) = tracker.evaluate(start + restart_grace, 8);
+        assert!(released(&policy, "m1"));
+        // Without its mark (it registered again and stopped by a crash
+        // since), the ordinary grace applies.
+        tracker.set_stopped_cleanly(BTreeSet::new());
+        tracker.returned(&id("m1"));
+        tracker.vanished(&id("m1"), later);
+        let (policy, _) = tracker.evaluate(later + GRACE, 8);
+        assert!(released(&policy, "m1"));
     }
 }

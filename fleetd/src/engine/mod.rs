@@ -34,7 +34,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::time::{Instant, sleep, sleep_until};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use fleet_registry::keys::RegistryKey;
 use fleet_registry::store::{
@@ -391,7 +391,8 @@ impl<'a> Leader<'a> {
                 config.machine_loss_grace,
                 config.breaker_fraction,
                 engine.breaker_window,
-            ),
+            )
+            .with_restart_grace(config.machine_restart_grace),
             reported: HashMap::new(),
             rollouts: Rollouts::default(),
         }
@@ -433,6 +434,7 @@ impl<'a> Leader<'a> {
         for machine in self.model.machines.keys() {
             self.loss.returned(machine);
         }
+        self.read_clean_stops().await;
         info!(
             revision,
             n_machines = self.model.machines.len(),
@@ -501,6 +503,26 @@ impl<'a> Leader<'a> {
             .await
     }
 
+    /// Reads which machines stopped cleanly (their units still run): those
+    /// get the restart grace. On error the marks known so far stay.
+    async fn read_clean_stops(&mut self) {
+        match self.registry().stopped_machines().await {
+            Ok(stopped) => {
+                let absent: std::collections::BTreeSet<MachineId> = stopped
+                    .into_keys()
+                    .filter(|machine| !self.model.machines.contains_key(machine))
+                    .collect();
+                if !absent.is_empty() {
+                    info!(machines = ?absent, grace = ?self.engine.config.machine_restart_grace, "Machines stopped cleanly with their units running; they get the restart grace.");
+                }
+                self.loss.set_stopped_cleanly(absent);
+            }
+            Err(error) => {
+                warn!(%error, "Reading the clean-stop marks failed; keeping those known.")
+            }
+        }
+    }
+
     async fn apply(&mut self, event: &WatchEvent) {
         let registry = self.engine.registry.clone();
         let Some(key) = registry.parse_key(&event.key) else {
@@ -513,6 +535,7 @@ impl<'a> Leader<'a> {
                     info!(machine = %machine, "Machine vanished.");
                 }
                 self.loss.vanished(&machine, now);
+                self.read_clean_stops().await;
             }
             // A machine record or its dynamic metadata changed: read the
             // machine with its metadata merged (rare events).
@@ -541,7 +564,10 @@ impl<'a> Leader<'a> {
                 {
                     self.model.put_unit_record(name, hash, desired_state);
                 } else {
-                    self.model.remove_unit(&name);
+                    // Not a destroy: the unit keeps its placements (and keeps
+                    // running) until a record that decodes replaces this one.
+                    error!(unit = %name, key = %event.key, "The unit's record does not decode; keeping the unit as it was.");
+                    self.model.hold_unusable(name);
                 }
             }
             (RegistryKey::Unit(name), WatchEventKind::Delete) => self.model.remove_unit(&name),
@@ -562,9 +588,15 @@ impl<'a> Leader<'a> {
         // Units whose content has not come through the content watch yet
         // (it is a separate stream): read them directly.
         for name in self.model.units_without_content() {
-            match self.engine.registry.unit(&name).await? {
-                Some(unit) => self.model.put_unit(unit),
-                None => self.model.remove_unit(&name),
+            match self.engine.registry.unit(&name).await {
+                Ok(Some(unit)) => self.model.put_unit(unit),
+                Ok(None) => self.model.remove_unit(&name),
+                // Missing or unparsable content: the unit waits, placements
+                // untouched; one bad unit must not stop every pass.
+                Err(RegistryError::Decode { key, message }) => {
+                    warn!(unit = %name, key, message, "The unit's content is unusable; leaving the unit where it runs.");
+                }
+                Err(error) => return Err(error),
             }
         }
         let now = Instant::now().into_std();

@@ -6,7 +6,7 @@
 //! The schedule is not watched: the engine is its only writer, so the model
 //! applies its own committed changes (and re-lists after a failed commit).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use fleet_registry::store::{ScheduleChange, Snapshot};
@@ -35,6 +35,10 @@ pub struct Model {
     /// Units waiting for the content of a hash.
     waiting: HashMap<UnitHash, Vec<UnitName>>,
     pub placements: BTreeMap<(UnitName, MachineId), Placement>,
+    /// Units whose record or content cannot be used (see
+    /// [`Model::hold_unusable`]): their placements are neither kept up nor
+    /// removed.
+    unusable: BTreeSet<UnitName>,
 }
 
 impl Model {
@@ -46,6 +50,9 @@ impl Model {
         }
         for unit in snapshot.units {
             model.put_unit(unit);
+        }
+        for name in snapshot.unusable_units {
+            model.hold_unusable(name);
         }
         for placement in snapshot.placements {
             model.placements.insert(
@@ -67,6 +74,7 @@ impl Model {
     /// A unit record event: recomputes the requirements only when the hash
     /// changed (the desired state alone changes nothing else).
     pub fn put_unit_record(&mut self, name: UnitName, hash: UnitHash, desired_state: TargetState) {
+        self.unusable.remove(&name);
         if let Some(record) = self.units.get_mut(&name)
             && record.hash == hash
             && record.spec.is_some()
@@ -96,6 +104,18 @@ impl Model {
 
     pub fn remove_unit(&mut self, name: &UnitName) {
         self.units.remove(name);
+        self.unusable.remove(name);
+    }
+
+    /// A unit whose record does not decode, or whose content is missing or
+    /// does not parse, is not a destroyed unit: unless an older usable record
+    /// is known (then that one stays in force), its placements are left as
+    /// they are, so it keeps running where it runs, until a usable record
+    /// replaces it or it is destroyed.
+    pub fn hold_unusable(&mut self, name: UnitName) {
+        if !self.units.contains_key(&name) {
+            self.unusable.insert(name);
+        }
     }
 
     /// Content seen: completes the units that waited for it.
@@ -149,9 +169,11 @@ impl Model {
             .placements
             .values()
             .filter(|placement| {
-                self.units
-                    .get(&placement.unit)
-                    .is_none_or(|record| record.spec.is_some())
+                !self.unusable.contains(&placement.unit)
+                    && self
+                        .units
+                        .get(&placement.unit)
+                        .is_none_or(|record| record.spec.is_some())
             })
             .cloned()
             .collect();
@@ -281,5 +303,33 @@ mod tests {
             machine: "m1".parse().expect("id"),
         }]);
         assert!(model.absent_placed_machines().is_empty());
+    }
+
+    #[test]
+    fn a_unit_whose_record_does_not_decode_keeps_its_placements() {
+        let content = file("");
+        let hash = content.hash();
+        let snapshot = Snapshot {
+            revision: 7,
+            machines: Vec::new(),
+            units: Vec::new(),
+            placements: vec![placement("bad.service", hash)],
+            unusable_units: vec![name("bad.service")],
+        };
+        let mut model = Model::from_snapshot(snapshot);
+        let (_, units, placements) = model.scheduler_input();
+        assert!(units.is_empty());
+        assert!(
+            placements.is_empty(),
+            "the scheduler does not see it, so it cannot unplace it"
+        );
+        assert_eq!(model.placements.len(), 1, "the placement stays");
+        // A record that decodes ends the hold; a destroy does too.
+        model.put_unit_record(name("bad.service"), hash, TargetState::Launched);
+        model.put_content(hash, content);
+        assert_eq!(model.scheduler_input().2.len(), 1);
+        model.hold_unusable(name("other.service"));
+        model.remove_unit(&name("other.service"));
+        assert!(model.unusable.is_empty());
     }
 }

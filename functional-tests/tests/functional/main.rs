@@ -9,6 +9,7 @@ mod bad_input;
 mod chaos;
 mod foundation;
 mod harness;
+mod host_units;
 mod rollout;
 mod safety;
 mod ssh;

@@ -1,95 +1,109 @@
-//! Agent safety on a real host: a fleet unit may not replace a unit the host already has, and
-//! an option value with a line break cannot smuggle `[X-Fleet]` options past the API.
+//! Fail-safe behaviour on real hosts (Documentation/reliability.md, "Fail-safe behaviour"):
+//! a clean stop of fleet longer than `agent_ttl + machine_loss_grace` does not move its units,
+//! so no unit ever runs on two hosts.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use functional_tests::Cluster;
+use functional_tests::{Cluster, wait_until};
 
-use crate::foundation::{Fleet, install_everywhere};
+use crate::foundation::{Fleet, host_of};
 
-/// How long the agent may take to try (and refuse) the unit.
-const DEADLINE: Duration = Duration::from_secs(30);
+const ACTIVE_DEADLINE: Duration = Duration::from_secs(30);
 
-/// `ssh.service` exists on every test host (OpenSSH). A fleet unit of that name is refused by
-/// the agent (reported `error`/`inactive`/`refused-host-unit`), the host's unit is untouched and
-/// nothing is written to fleet's units directory.
-#[test]
-fn a_unit_the_host_already_has_is_refused() -> anyhow::Result<()> {
-    let cluster = Cluster::start(1)?;
-    install_everywhere(&cluster)?;
-    let fleet = Fleet::new(&cluster, "h1")?;
-    let before = cluster.exec_ok(
-        "h1",
-        &[
-            "systemctl",
-            "show",
-            "-p",
-            "FragmentPath,MainPID",
-            "ssh.service",
-        ],
-    )?;
-    assert!(
-        before.contains("FragmentPath=/") && !before.contains("/run/fleet"),
-        "the host has no ssh.service of its own: {before}"
-    );
-
-    let dir = tempfile::tempdir()?;
-    let file = dir.path().join("ssh.service");
-    std::fs::write(&file, "[Service]\nExecStart=/bin/sleep 1000\n")?;
-    fleet.ctl_ok(&["start", "--no-block", &file.to_string_lossy()])?;
-    fleet.wait_units(DEADLINE, "ssh.service refused", |units| {
-        units
-            .iter()
-            .any(|row| row.unit == "ssh.service" && row.sub == "refused-host-unit")
-    })?;
-    let units = fleet.units()?;
-    let row = units
-        .iter()
-        .find(|row| row.unit == "ssh.service")
-        .expect("waited for it");
-    assert_eq!(row.active, "inactive", "{row:?}");
-
-    let after = cluster.exec_ok(
-        "h1",
-        &[
-            "systemctl",
-            "show",
-            "-p",
-            "FragmentPath,MainPID",
-            "ssh.service",
-        ],
-    )?;
-    assert_eq!(after, before, "the host's ssh.service changed");
-    let written = cluster.exec("h1", &["test", "-e", "/run/fleet/units/ssh.service"])?;
-    assert!(
-        !written.status.success(),
-        "the refused unit was written to fleet's units directory"
-    );
-    let journal = cluster.exec_ok("h1", &["journalctl", "-u", "fleet", "--no-pager"])?;
-    assert!(
-        journal.contains("Refused to load ssh.service: this host already has a unit of that name"),
-        "fleetd's log does not say why"
-    );
-    Ok(())
+/// The hosts whose systemd says `unit` is active.
+fn active_on(cluster: &Cluster, unit: &str) -> anyhow::Result<Vec<String>> {
+    let mut hosts = Vec::new();
+    for host in cluster.hosts() {
+        let output = cluster.exec(host, &["systemctl", "is-active", unit])?;
+        if String::from_utf8_lossy(&output.stdout).trim() == "active" {
+            hosts.push(host.clone());
+        }
+    }
+    Ok(hosts)
 }
 
-/// A line break in an option value is a 400 that names the option, and nothing is stored.
+/// Stops fleet on a host for three times `agent_ttl + machine_loss_grace`, checking systemd on
+/// every host all along: the units stay where they run (the clean-stop mark gives the machine
+/// the restart grace), then fleet starts again and adopts them.
 #[test]
-fn an_option_with_a_line_break_is_refused_by_the_api() -> anyhow::Result<()> {
-    let cluster = Cluster::start(1)?;
-    install_everywhere(&cluster)?;
+fn a_clean_stop_does_not_run_units_twice() -> anyhow::Result<()> {
+    let cluster = Cluster::start(2)?;
+    for host in cluster.hosts() {
+        cluster.install_fleet(host, &["agent_ttl=2s", "machine_loss_grace=1"])?;
+    }
     let fleet = Fleet::new(&cluster, "h1")?;
-    let body = r#"{"desiredState":"launched","options":[
-        {"section":"Service","name":"ExecStart","value":"/bin/sleep 1000"},
-        {"section":"Unit","name":"Description","value":"x\n[X-Fleet]\nGlobal=true"}]}"#;
-    let answer = fleet.api(
-        "PUT",
-        "/fleet/v1/units/smuggle.service",
-        Some("application/json"),
-        Some(body),
-    )?;
-    assert_eq!(answer.status, 400, "{answer:?}");
-    assert!(answer.body.contains("[Unit] Description"), "{answer:?}");
-    assert!(fleet.unit_files()?.is_empty(), "a refused unit was stored");
+    wait_until(Duration::from_secs(20), "2 machines", || {
+        Ok(fleet.machines()?.len() == 2)
+    })?;
+    let dir = tempfile::tempdir()?;
+    let units = [
+        "one.service",
+        "two.service",
+        "three.service",
+        "four.service",
+    ];
+    let mut paths = Vec::new();
+    for unit in units {
+        let path = dir.path().join(unit);
+        std::fs::write(&path, "[Service]\nExecStart=/bin/sleep 100000\n")?;
+        paths.push(path.to_string_lossy().into_owned());
+    }
+    let mut args = vec!["start", "--no-block"];
+    args.extend(paths.iter().map(String::as_str));
+    // Talk to h1; stop fleet on h2 (which runs some of the units: least-loaded placement).
+    fleet.ctl_ok(&args)?;
+    let placed = fleet.wait_active(&units, ACTIVE_DEADLINE)?;
+    let h2_id = cluster.machine_id("h2")?;
+    let on_h2: Vec<&str> = units
+        .iter()
+        .copied()
+        .filter(|unit| placed[*unit] == h2_id)
+        .collect();
+    assert!(!on_h2.is_empty(), "nothing placed on h2: {placed:?}");
+    for unit in units {
+        wait_until(
+            ACTIVE_DEADLINE,
+            &format!("{unit} active in systemd"),
+            || Ok(active_on(&cluster, unit)?.len() == 1),
+        )?;
+    }
+
+    cluster.exec_ok("h2", &["systemctl", "stop", "fleet"])?;
+    let stopped_at = Instant::now();
+    // 3 × (ttl + grace): without the mark, the engine would have moved h2's units after 3 s.
+    let span = Duration::from_secs(9);
+    let mut checks = 0;
+    // A polled invariant: every check must hold, for the whole span.
+    while stopped_at.elapsed() < span {
+        for unit in units {
+            let hosts = active_on(&cluster, unit)?;
+            assert_eq!(
+                hosts.len(),
+                1,
+                "{unit} active on {hosts:?} while fleet is stopped on h2"
+            );
+        }
+        checks += 1;
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert!(checks > 1, "systemd was checked throughout the stop");
+    for unit in &on_h2 {
+        assert_eq!(
+            active_on(&cluster, unit)?,
+            vec!["h2".to_owned()],
+            "{unit} stays on h2"
+        );
+    }
+
+    cluster.exec_ok("h2", &["systemctl", "start", "fleet"])?;
+    wait_until(ACTIVE_DEADLINE, "h2 back", || {
+        Ok(fleet.machines()?.len() == 2)
+    })?;
+    let placed = fleet.wait_active(&units, ACTIVE_DEADLINE)?;
+    for unit in units {
+        let hosts = active_on(&cluster, unit)?;
+        assert_eq!(hosts.len(), 1, "{unit} active on {hosts:?}");
+        assert_eq!(host_of(&cluster, &placed[unit])?, hosts[0], "{unit}");
+    }
     Ok(())
 }

@@ -378,8 +378,8 @@ async fn watching_compacted_history_says_so() {
         .expect("unplace");
     assert_eq!(
         next_batch(&mut watch).await.len(),
-        2,
-        "the schedule key and the placement index"
+        3,
+        "the schedule key, the placement index and the unload order"
     );
 }
 

@@ -5,6 +5,7 @@ mod auth;
 mod engine;
 mod failover;
 mod machines;
+mod safety;
 mod states;
 #[cfg(feature = "tls")]
 mod tls;
