@@ -129,6 +129,7 @@ pub async fn run(invocation: Invocation, env: &HashMap<String, String>) -> anyho
             let credential = admin.add_machine(&machine, engine).await?;
             tracing::info!(
                 target: "fleet::audit",
+                operator = %operator(&config),
                 %machine,
                 control_plane = engine,
                 "Created or reset a machine's etcd identity."
@@ -149,6 +150,7 @@ pub async fn run(invocation: Invocation, env: &HashMap<String, String>) -> anyho
             let removed = admin.remove_machine(&machine).await?;
             tracing::info!(
                 target: "fleet::audit",
+                operator = %operator(&config),
                 %machine,
                 removed,
                 "Removed a machine's etcd identity."
@@ -161,6 +163,16 @@ pub async fn run(invocation: Invocation, env: &HashMap<String, String>) -> anyho
         }
     }
     Ok(())
+}
+
+/// Who ran the command, for the audit log: the etcd user, or the client
+/// certificate that authenticated.
+fn operator(config: &Config) -> String {
+    if config.etcd_username.is_empty() {
+        format!("client certificate {}", config.etcd_certfile)
+    } else {
+        config.etcd_username.clone()
+    }
 }
 
 #[cfg(test)]
