@@ -1283,3 +1283,107 @@ async fn machines_are_listed_and_patched() {
     api.patch_machines("[]").await.assert_status(204);
     assert_eq!(api.machines().await, after);
 }
+
+/// Rolling updates beside v1: bad requests are refused and store nothing; a good one is
+/// stored with the old content of every instance; a second one while the first is not over
+/// is a conflict; operator actions change the stored spec.
+#[tokio::test]
+async fn rollouts_are_validated_stored_and_controlled() {
+    let api = Api::start("rollouts", 100).await;
+    let post = |body: String| {
+        let api = &api;
+        async move {
+            api.call_with(Method::POST, "/fleet/v1/rollouts", &[JSON], &body)
+                .await
+        }
+    };
+    let v1 = "[Service]\nExecStart=/bin/sleep 1000\n";
+    let v2 = "[Service]\nExecStart=/bin/sleep 2000\n";
+    let request = |name: &str, text: &str| {
+        json!({"name": name, "unitFile": text, "strategy": {
+            "maxParallel": 2, "minHealthyTimeMs": 1000, "healthyDeadlineMs": 5000,
+            "canary": 0, "autoRevert": true}})
+        .to_string()
+    };
+
+    post("{".to_owned()).await.assert_status(400);
+    post(request("web@.service", v2)).await.assert_status(404);
+    let file = UnitFile::parse(v1).unwrap();
+    for name in ["web@.service", "web@1.service", "web@2.service"] {
+        api.registry
+            .create_unit(
+                &UnitName::from_str(name).unwrap(),
+                &file,
+                TargetState::Inactive,
+            )
+            .await
+            .unwrap();
+    }
+    post(json!({"name": "web@.service"}).to_string())
+        .await
+        .assert_status(400);
+    post(request("no/such name", v2)).await.assert_status(400);
+    post(request("web@.service", v1)).await.assert_status(409);
+    assert_eq!(
+        api.get("/fleet/v1/rollouts").await.json(),
+        json!({"rollouts": []})
+    );
+
+    let created = post(request("web@.service", v2)).await;
+    created.assert_status(201);
+    let rollout: fleet_api::rollout::Rollout = created.entity();
+    assert_eq!(rollout.spec.units.len(), 3);
+    assert!(
+        rollout
+            .spec
+            .units
+            .iter()
+            .all(|unit| unit.old_hash == file.hash().to_string())
+    );
+    assert_eq!(
+        rollout.spec.new_hash,
+        UnitFile::parse(v2).unwrap().hash().to_string()
+    );
+    // The new content is stored already (held by the rollout) for the agents to load.
+    let new_hash = UnitFile::parse(v2).unwrap().hash();
+    assert!(
+        api.registry
+            .unit_content(&new_hash)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    post(request("web@.service", v2)).await.assert_error(
+        409,
+        "a rollout of web@.service is pending; abort it or wait for it to end",
+    );
+
+    let act = |action: &str| {
+        let api = &api;
+        let body = json!({ "action": action }).to_string();
+        async move {
+            api.call_with(
+                Method::POST,
+                "/fleet/v1/rollouts/web@.service",
+                &[JSON],
+                &body,
+            )
+            .await
+        }
+    };
+    act("explode").await.assert_status(400);
+    act("pause").await.assert_status(200);
+    let paused: fleet_api::rollout::Rollout =
+        api.get("/fleet/v1/rollouts/web@.service").await.entity();
+    assert_eq!(paused.spec.control, fleet_api::rollout::Control::Pause);
+    act("promote").await.assert_status(200);
+    let promoted: fleet_api::rollout::Rollout =
+        api.get("/fleet/v1/rollouts/web@.service").await.entity();
+    assert!(promoted.spec.promoted);
+    api.get("/fleet/v1/rollouts/nothing.service")
+        .await
+        .assert_status(404);
+    api.call(Method::DELETE, "/fleet/v1/rollouts")
+        .await
+        .assert_status(405);
+}

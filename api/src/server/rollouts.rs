@@ -106,7 +106,14 @@ pub(super) async fn start(shared: &Shared, body: &[u8]) -> Result<Response, ApiE
             _ => Some(stored.spec_revision),
         },
     };
-    let old_hashes: Vec<UnitHash> = targets.values().copied().collect();
+    // One reference per content: etcd refuses a txn that writes a key twice.
+    let old_hashes: Vec<UnitHash> = targets
+        .values()
+        .filter(|hash| **hash != new_hash)
+        .copied()
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
     let spec = RolloutSpec {
         name: name.to_string(),
         id: now_ms(),
