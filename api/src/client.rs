@@ -30,6 +30,8 @@ use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 
+mod ops;
+
 use crate::entities::{
     ErrorEntity, Machine, MachinePage, Unit, UnitPage, UnitState, UnitStatePage,
 };
@@ -484,7 +486,20 @@ impl Client {
         query: Query<'_>,
         body: Option<Vec<u8>>,
     ) -> Result<Bytes, ClientError> {
-        let exchange = self.exchange(method, path, query, body);
+        self.request_at(self.endpoint.base_path(), method, path, query, body)
+            .await
+    }
+
+    /// [`Client::request`] under another base path than the v1 API's.
+    async fn request_at(
+        &self,
+        base_path: &str,
+        method: Method,
+        path: &str,
+        query: Query<'_>,
+        body: Option<Vec<u8>>,
+    ) -> Result<Bytes, ClientError> {
+        let exchange = self.exchange(base_path, method, path, query, body);
         match self.timeout {
             Some(timeout) => tokio::time::timeout(timeout, exchange)
                 .await
@@ -500,6 +515,7 @@ impl Client {
 
     async fn exchange(
         &self,
+        base_path: &str,
         method: Method,
         path: &str,
         query: Query<'_>,
@@ -509,7 +525,7 @@ impl Client {
             endpoint: self.endpoint.url().to_owned(),
             detail,
         };
-        let mut uri = format!("{}{}?alt=json", self.endpoint.base_path(), path);
+        let mut uri = format!("{base_path}{path}?alt=json");
         for (key, value) in query {
             uri.push('&');
             uri.push_str(key);

@@ -11,6 +11,7 @@
 
 pub mod entities;
 pub mod token;
+pub mod x1;
 
 #[cfg(feature = "server")]
 pub mod server;

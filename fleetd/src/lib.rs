@@ -11,6 +11,7 @@
 //! - [`listeners`]: the API sockets (socket activation or `api_listen`).
 //! - [`machine`]: the machine id, public IP detection and the published state.
 //! - [`backoff`]: the one retry delay policy.
+//! - [`x1`]: the operations API beside v1 (cordon, drain, plan, why).
 //!
 //! `main.rs` only parses the command line, installs logging and calls
 //! [`server::run`].
@@ -23,3 +24,4 @@ pub mod heart;
 pub mod listeners;
 pub mod machine;
 pub mod server;
+pub mod x1;

@@ -14,6 +14,7 @@
 //! | `P/placement/<unit>/<machine>` | empty | none | engine, with the schedule key in one txn |
 //! | `P/states/<unit>/<machine>` | `{"hash","loadState","activeState","subState","reached"}` | machine lease | the machine's agent |
 //! | `P/engine/leader` | the leader's machine id | engine lease | engines (create-if-absent) |
+//! | `P/cordon/<machine>` | `{"draining","by","reason","since"}` | none (survives restarts) | API writers (`/fleet/x1/machines/<id>/cordon`); read by the engine |
 //!
 //! Why this shape:
 //! - Agents watch only `P/schedule/<their id>/`: a decision wakes one machine.
@@ -50,6 +51,8 @@ pub enum RegistryKey {
     State { unit: UnitName, machine: MachineId },
     /// `P/engine/leader`.
     EngineLeader,
+    /// `P/cordon/<machine>`.
+    Cordon(MachineId),
 }
 
 /// The key layout under one prefix.
@@ -136,6 +139,15 @@ impl Keys {
         format!("{}engine/leader", self.prefix)
     }
 
+    // --- cordon and drain: written by the API writers, read by the engine ---
+
+    pub fn cordons(&self) -> String {
+        format!("{}cordon/", self.prefix)
+    }
+    pub fn cordon(&self, machine: &str) -> String {
+        format!("{}cordon/{machine}", self.prefix)
+    }
+
     /// What `key` names; `None` for keys outside the layout or with names
     /// that do not parse (a foreign or corrupt key is ignored, never fatal).
     pub fn parse(&self, key: &str) -> Option<RegistryKey> {
@@ -186,6 +198,7 @@ impl Keys {
                 })
             }
             "engine" => (rest == "leader").then_some(RegistryKey::EngineLeader),
+            "cordon" => Some(RegistryKey::Cordon(one()?.parse().ok()?)),
             _ => None,
         }
     }

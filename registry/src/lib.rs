@@ -6,12 +6,14 @@
 //! - [`store`]: [`Registry`], typed reads and writes, leases, watches, the
 //!   engine's snapshot, leader election and leader-guarded schedule writes.
 //! - `wire` (private): the JSON values stored in etcd, converted by hand.
+//! - [`cordon`]: cordoned and draining machines (stored, read by the engine).
 //! - [`testing`] (feature `testing`): a real etcd on free loopback ports for tests.
 //!
 //! **Architecture invariant:** no other crate names `etcd_client`.
 //! **Architecture invariant:** an idle cluster writes nothing: presence and
 //! unit states ride on one lease per machine, kept alive without writes.
 
+pub mod cordon;
 pub mod keys;
 pub mod model;
 pub mod store;

@@ -16,6 +16,7 @@
 //! The engine never talks to systemd and never writes anything but the
 //! schedule and its leader key.
 
+pub mod drain;
 pub mod loss;
 pub mod model;
 pub mod scheduler;
@@ -37,9 +38,10 @@ use fleet_systemd::unit::UnitName;
 
 use crate::backoff::Backoff;
 use crate::config::EngineConfig;
+use crate::engine::drain::DrainTracker;
 use crate::engine::loss::{BreakerEvent, LossTracker};
 use crate::engine::model::Model;
-use crate::engine::scheduler::{Decision, schedule};
+use crate::engine::scheduler::{Decision, schedule_with};
 
 /// How long watch events are gathered before a pass: a `fleetctl start` of
 /// 100 units arrives as 100 events, and one pass with one batch of writes is
@@ -282,11 +284,16 @@ impl Engine {
                     .loss
                     .next_deadline(now.into_std())
                     .map(Instant::from_std);
-                let wake = [batch_deadline, loss_deadline, Some(resync_at)]
-                    .into_iter()
-                    .flatten()
-                    .min()
-                    .unwrap_or(resync_at);
+                let wake = [
+                    batch_deadline,
+                    loss_deadline,
+                    leader.drain.wake(),
+                    Some(resync_at),
+                ]
+                .into_iter()
+                .flatten()
+                .min()
+                .unwrap_or(resync_at);
                 tokio::select! {
                     () = shutdown.cancelled() => return Stop::Shutdown,
                     _ = keep_alive.tick() => match self.registry.keep_alive_once(lease).await {
@@ -309,6 +316,9 @@ impl Engine {
                         if !leader.on_events(events, &mut dirty_since).await { continue 'relist; }
                     }
                     events = watches.content.next() => {
+                        if !leader.on_events(events, &mut dirty_since).await { continue 'relist; }
+                    }
+                    events = watches.cordons.next() => {
                         if !leader.on_events(events, &mut dirty_since).await { continue 'relist; }
                     }
                     () = sleep_until(wake) => {
@@ -343,6 +353,7 @@ struct Watches {
     metadata: WatchStream,
     units: WatchStream,
     content: WatchStream,
+    cordons: WatchStream,
 }
 
 /// The state of a leading engine.
@@ -354,6 +365,8 @@ struct Leader<'a> {
     /// The reason last logged for each unschedulable unit, so that a unit
     /// stuck for an hour is logged once, not every pass.
     reported: HashMap<UnitName, String>,
+    /// Cordoned and draining machines, and the drain's pace.
+    drain: DrainTracker,
 }
 
 impl<'a> Leader<'a> {
@@ -369,6 +382,7 @@ impl<'a> Leader<'a> {
                 engine.breaker_window,
             ),
             reported: HashMap::new(),
+            drain: DrainTracker::default(),
         }
     }
 
@@ -393,7 +407,12 @@ impl<'a> Leader<'a> {
                 .registry()
                 .watch_prefix(keys.all_content(), from)
                 .await?,
+            cordons: self.registry().watch_prefix(keys.cordons(), from).await?,
         };
+        // Read after the snapshot: a cordon written in between shows up both
+        // here and as a watch event, which is harmless.
+        let cordons = self.registry().cordons().await?;
+        self.drain.set_all(cordons);
         self.model = Model::from_snapshot(snapshot);
         // Machines that hold placements but are gone: their clock starts now
         // if we did not see them go (we may have just become the leader).
@@ -491,6 +510,12 @@ impl<'a> Leader<'a> {
             (RegistryKey::Content(hash), WatchEventKind::Delete) => {
                 self.model.remove_content(&hash)
             }
+            (RegistryKey::Cordon(_), WatchEventKind::Put) => {
+                if let Some(cordon) = registry.decode_cordon(&event.key, &event.value) {
+                    self.drain.put(cordon);
+                }
+            }
+            (RegistryKey::Cordon(machine), WatchEventKind::Delete) => self.drain.remove(&machine),
             _ => {}
         }
     }
@@ -520,7 +545,8 @@ impl<'a> Leader<'a> {
 
         let started = std::time::Instant::now();
         let (machines, units, placements) = self.model.scheduler_input();
-        let outcome = schedule(&machines, &units, &placements, &policy);
+        let cordons = self.drain.cordons(&self.engine.registry).await?;
+        let outcome = schedule_with(&machines, &units, &placements, &policy, &cordons);
         let elapsed = started.elapsed();
         debug!(
             n_decisions = outcome.decisions.len(),
@@ -529,6 +555,11 @@ impl<'a> Leader<'a> {
             "Scheduler pass."
         );
         self.log_unschedulable(&outcome.unschedulable);
+        self.drain.after_pass(
+            &outcome.drain_moves,
+            &outcome.drain_blocked,
+            outcome.drain_waiting,
+        );
         if outcome.decisions.is_empty() {
             return Ok(());
         }
