@@ -32,6 +32,8 @@ use hyper::body::Bytes;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 
+mod ops;
+
 use crate::entities::{
     ErrorEntity, Machine, MachinePage, Unit, UnitPage, UnitState, UnitStatePage,
 };
@@ -497,12 +499,26 @@ impl Client {
         query: Query<'_>,
         body: Option<Vec<u8>>,
     ) -> Result<Bytes, ClientError> {
+        self.request_at(self.endpoint.base_path(), method, path, query, body)
+            .await
+    }
+
+    /// [`Client::request`] under another base path than the v1 API's (the
+    /// operations API beside it), with the same retries.
+    async fn request_at(
+        &self,
+        base_path: &str,
+        method: Method,
+        path: &str,
+        query: Query<'_>,
+        body: Option<Vec<u8>>,
+    ) -> Result<Bytes, ClientError> {
         let idempotent = matches!(method, Method::GET | Method::PUT | Method::DELETE);
         let mut pause = FIRST_UNAVAILABLE_PAUSE;
         let mut retries = 0;
         loop {
             let attempt = self
-                .request_once(method.clone(), path, query.clone(), body.clone())
+                .request_once(base_path, method.clone(), path, query.clone(), body.clone())
                 .await;
             match attempt {
                 Err(error)
@@ -521,15 +537,16 @@ impl Client {
         }
     }
 
-    /// One attempt of [`Client::request`], with the timeout applied.
+    /// One attempt of [`Client::request_at`], with the timeout applied.
     async fn request_once(
         &self,
+        base_path: &str,
         method: Method,
         path: &str,
         query: Query<'_>,
         body: Option<Vec<u8>>,
     ) -> Result<Bytes, ClientError> {
-        let exchange = self.exchange(method, path, query, body);
+        let exchange = self.exchange(base_path, method, path, query, body);
         match self.timeout {
             Some(timeout) => tokio::time::timeout(timeout, exchange)
                 .await
@@ -545,6 +562,7 @@ impl Client {
 
     async fn exchange(
         &self,
+        base_path: &str,
         method: Method,
         path: &str,
         query: Query<'_>,
@@ -554,7 +572,7 @@ impl Client {
             endpoint: self.endpoint.url().to_owned(),
             detail,
         };
-        let mut uri = format!("{}{}?alt=json", self.endpoint.base_path(), path);
+        let mut uri = format!("{base_path}{path}?alt=json");
         for (key, value) in query {
             uri.push('&');
             uri.push_str(key);

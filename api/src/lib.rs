@@ -16,6 +16,7 @@
 pub mod entities;
 pub mod rollout;
 pub mod token;
+pub mod x1;
 
 #[cfg(feature = "server")]
 pub mod server;

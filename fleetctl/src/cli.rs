@@ -21,6 +21,9 @@ use clap::{ArgAction, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use fleet_api::client::DEFAULT_ENDPOINT;
 
+mod ops;
+pub use ops::{CordonArgs, DrainArgs, ExecArgs, PlanArgs, UncordonArgs, WhyArgs};
+
 /// fleetctl's version, printed as `fleetctl version <v>`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -226,6 +229,24 @@ pub enum Command {
     Verify(UnitsArgs),
     /// Print the version and exit
     Version,
+    /// Stop placing new units on a machine; what runs there stays
+    Cordon(CordonArgs),
+    /// Put a cordoned or drained machine back in rotation
+    Uncordon(UncordonArgs),
+    /// Cordon a machine and move its units to other machines
+    #[command(
+        after_help = "DESCRIPTION:\n\tCordons the machine and moves every unit off it, a bounded number at a time, respecting\n\tevery [X-Fleet] rule. Units that cannot move (MachineID pins them, or no other machine\n\tsatisfies them) are listed and left; global units stay. Exits 2 when units were left.\n\tThe engine drives the drain: interrupting fleetctl does not stop it (uncordon does)."
+    )]
+    Drain(DrainArgs),
+    /// Show where the scheduler would place units now and why, changing nothing
+    Plan(PlanArgs),
+    /// Explain where a submitted unit is placed, or why it cannot be
+    Why(WhyArgs),
+    /// Run a command on many machines over SSH
+    #[command(
+        after_help = "DESCRIPTION:\n\tRuns COMMAND on the selected machines over SSH (the same options and host-key rules as\n\tssh), --parallel at a time. Every output line is prefixed with the machine's ID; a summary\n\ttable (machine, exit status, duration) follows. Exits 1 if the command failed anywhere."
+    )]
+    Exec(ExecArgs),
 }
 
 /// `--block-attempts` and `--no-block` (spec 7.5).
@@ -326,7 +347,7 @@ pub struct ListArgs {
 pub struct ListMachinesArgs {
     #[command(flatten)]
     pub list: ListArgs,
-    /// Columns to print for each Machine. Valid fields are "machine,ip,metadata"
+    /// Columns to print for each Machine. Valid fields are "machine,ip,metadata,cordon"
     #[arg(long, default_value = "machine,ip,metadata")]
     pub fields: String,
 }

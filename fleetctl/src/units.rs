@@ -431,6 +431,34 @@ pub async fn lazy_create_units(
     Err("One or more errors creating units".to_owned())
 }
 
+/// The unit entity `fleetctl start ARG` would create, built as `start` finds
+/// it (local file, else an instance of a template) but not sent: what
+/// `fleetctl plan` asks the scheduler about.
+///
+/// # Errors
+/// Why the unit file cannot be found or is invalid.
+pub async fn planned_unit(ctx: &Ctx, arg: &str) -> Result<Unit, String> {
+    let arg = UnitArg::new(arg);
+    let unit_file = find_unit_file(ctx, &arg, &TemplateCache::default()).await?;
+    arg.name
+        .parse::<UnitName>()
+        .map_err(|error| error.to_string())?;
+    validate_options(&unit_file)?;
+    Ok(Unit {
+        name: arg.name,
+        options: unit_file
+            .options()
+            .iter()
+            .map(|o| ApiOption {
+                section: o.section.clone(),
+                name: o.name.clone(),
+                value: o.value.clone(),
+            })
+            .collect(),
+        ..Unit::default()
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

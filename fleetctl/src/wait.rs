@@ -27,6 +27,8 @@ pub const POLL_INTERVAL: Duration = Duration::from_millis(250);
 const PROGRESS_AFTER: Duration = Duration::from_secs(2);
 /// How often a plain (non-terminal) progress line repeats.
 const PLAIN_PROGRESS_EVERY: Duration = Duration::from_secs(5);
+/// How often a wait for an unplaced unit asks fleet why it is not placed.
+const WHY_EVERY: Duration = Duration::from_secs(5);
 
 /// What `--block-attempts` / `--no-block` ask for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -80,6 +82,9 @@ struct Progress<'a> {
     start: Instant,
     last_plain: Option<Instant>,
     drawn: bool,
+    /// Why a pending unit is not placed, as fleet last said.
+    hint: Option<String>,
+    hint_at: Option<Instant>,
 }
 
 impl<'a> Progress<'a> {
@@ -89,7 +94,31 @@ impl<'a> Progress<'a> {
             start: Instant::now(),
             last_plain: None,
             drawn: false,
+            hint: None,
+            hint_at: None,
         }
+    }
+
+    /// Asks fleet (at most every [`WHY_EVERY`]) why `unit`, which has no
+    /// machine, is not placed; the answer joins the progress line. A fleetd
+    /// without the operations API gives no hint.
+    async fn explain_unplaced(&mut self, unit: Option<&str>) {
+        let Some(unit) = unit else {
+            self.hint = None;
+            return;
+        };
+        if self.hint_at.is_some_and(|at| at.elapsed() < WHY_EVERY)
+            || self.start.elapsed() < PROGRESS_AFTER
+        {
+            return;
+        }
+        self.hint_at = Some(Instant::now());
+        self.hint = match self.ctx.client.why(unit).await {
+            Ok(explanation) if explanation.placed_on.is_empty() => {
+                Some(format!("{unit}: {}", explanation.summary))
+            }
+            _ => None,
+        };
     }
 
     /// `failure`: why the last poll failed, so that an unreachable API does
@@ -103,6 +132,9 @@ impl<'a> Progress<'a> {
         let mut line = format!("Waiting for {n_pending} {noun} to {what}...");
         if let Some(failure) = failure {
             line.push_str(&format!(" (last poll failed: {failure})"));
+        }
+        if let Some(hint) = &self.hint {
+            line.push_str(&format!(" {hint}"));
         }
         if self.ctx.console.stderr_is_terminal() {
             self.ctx.console.progress(&line);
@@ -198,6 +230,18 @@ pub async fn wait_for_unit_states(
                     }
                 }
                 pending = still_pending;
+                // An inactive unit has no machine on purpose.
+                let unplaced = pending
+                    .iter()
+                    .filter(|_| target != "inactive")
+                    .find(|name| {
+                        units.iter().any(|unit| {
+                            &&unit.name == name && unit.machine_id.is_empty() && !is_global(unit)
+                        })
+                    });
+                progress
+                    .explain_unplaced(unplaced.map(String::as_str))
+                    .await;
             }
             // Like the original, a failed poll is retried until the deadline.
             Err(error) => last_error = Some(error.to_string()),

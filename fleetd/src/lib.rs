@@ -14,6 +14,7 @@
 //! - [`etcd_role`]: control plane or worker, learned from etcd's permissions.
 //! - [`etcd_auth`]: `fleetd etcd-auth`, one etcd identity per machine.
 //! - [`supervise`]: a component that dies takes fleetd down (never half-alive).
+//! - [`x1`]: the operations API beside v1 (cordon, drain, plan, why).
 //!
 //! `main.rs` only parses the command line, installs logging and calls
 //! [`server::run`].
@@ -32,3 +33,4 @@ pub mod listeners;
 pub mod machine;
 pub mod server;
 pub mod supervise;
+pub mod x1;

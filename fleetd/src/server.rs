@@ -312,12 +312,14 @@ impl Generation {
         }
         tasks.close();
 
+        let x1_router = crate::x1::router(registry.clone(), availability.clone());
         let router = fleet_api::server::router(ApiState {
             registry: registry.clone(),
             token_limit: config.token_limit,
             version: VERSION.to_owned(),
             available: availability.clone(),
-        });
+        })
+        .merge(x1_router);
         let router = match role {
             EtcdRole::ControlPlane => router,
             EtcdRole::Worker => {

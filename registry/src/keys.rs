@@ -33,6 +33,7 @@
 //! | `P/engine/rollout-progress/<name>` | the rollout's progress and history | none | engine (leader-guarded txn) |
 //! | `P/api/content-refs/<hash>/rollout:<name>` | empty | none | API at the rollout's start; the engine (on a control-plane machine, which holds the API-writer role too) at its end |
 //! | `P/machine/health/<machine>/<unit>` | `healthy` or `unhealthy` (declared health check) | machine lease | the machine's agent |
+//! | `P/api/cordon/<machine>` | `{"draining","by","reason","since"}` | none (survives restarts) | API writers (`/fleet/x1/machines/<id>/cordon`); read by the engine |
 //!
 //! `P/engine/probe` and `P/api/probe` are never written: a fleetd learns
 //! whether its credential may write a writer's range with a transaction that
@@ -80,6 +81,8 @@ pub enum RegistryKey {
     State { unit: UnitName, machine: MachineId },
     /// `P/engine/leader`.
     EngineLeader,
+    /// `P/api/cordon/<machine>`.
+    Cordon(MachineId),
 }
 
 /// A range of keys an etcd role is granted: one key, or every key under a
@@ -249,6 +252,15 @@ impl Keys {
         format!("{}machine/health/{machine}/{unit}", self.prefix)
     }
 
+    // --- cordon and drain: written by the API writers, read by the engine ---
+
+    pub fn cordons(&self) -> String {
+        format!("{}api/cordon/", self.prefix)
+    }
+    pub fn cordon(&self, machine: &str) -> String {
+        format!("{}api/cordon/{machine}", self.prefix)
+    }
+
     /// What `key` names; `None` for keys outside the layout or with names
     /// that do not parse (a foreign or corrupt key is ignored, never fatal).
     pub fn parse(&self, key: &str) -> Option<RegistryKey> {
@@ -304,6 +316,7 @@ impl Keys {
                 })
             }
             ("engine", "leader") => rest.is_empty().then_some(RegistryKey::EngineLeader),
+            ("api", "cordon") => Some(RegistryKey::Cordon(one()?.parse().ok()?)),
             _ => None,
         }
     }

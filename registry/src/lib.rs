@@ -11,6 +11,7 @@
 //!   around a dead member and probes it until it answers again.
 //! - `keepalive`: [`LeaseKeepAlive`], one long-lived keep-alive stream per lease.
 //! - `wire` (private): the JSON values stored in etcd, converted by hand.
+//! - [`cordon`]: cordoned and draining machines (stored, read by the engine).
 //! - [`testing`] (feature `testing`): a real etcd on free loopback ports for tests.
 //!
 //! **Architecture invariant:** no other crate names `etcd_client`.
@@ -21,6 +22,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod auth;
+pub mod cordon;
 mod endpoints;
 mod keepalive;
 pub mod keys;

@@ -1,5 +1,7 @@
 //! `list-machines`: one row per machine (spec 7.6).
 
+use std::collections::BTreeMap;
+
 use fleet_api::entities::Machine;
 
 use crate::cli::ListMachinesArgs;
@@ -10,7 +12,7 @@ use crate::output::{
     render_json,
 };
 
-const VALID_FIELDS: &[&str] = &["machine", "ip", "metadata"];
+const VALID_FIELDS: &[&str] = &["machine", "ip", "metadata", "cordon"];
 
 /// The cells of one machine for `fields`.
 pub fn machine_row(machine: &Machine, fields: &[String], full: bool) -> Vec<String> {
@@ -20,6 +22,25 @@ pub fn machine_row(machine: &Machine, fields: &[String], full: bool) -> Vec<Stri
             "machine" => machine_id_legend(&machine.id, full),
             "ip" => or_dash(&machine.primary_ip),
             _ => format_metadata(&machine.metadata),
+        })
+        .collect()
+}
+
+/// `cordoned` or `draining` by machine id (the `cordon` field). A fleetd
+/// without the operations API has no cordons: its machines show `-`.
+async fn cordon_states(ctx: &Ctx) -> BTreeMap<String, String> {
+    let Ok(list) = ctx.client.cordons().await else {
+        return BTreeMap::new();
+    };
+    list.cordons
+        .into_iter()
+        .map(|cordon| {
+            let state = if cordon.draining {
+                "draining"
+            } else {
+                "cordoned"
+            };
+            (cordon.machine, state.to_owned())
         })
         .collect()
 }
@@ -49,9 +70,22 @@ pub async fn run(ctx: &Ctx, args: ListMachinesArgs) -> anyhow::Result<Exit> {
         ctx.console.out_raw(&render_json(&machines));
         return Ok(Exit::Success);
     }
+    let cordons = if fields.iter().any(|field| field == "cordon") {
+        cordon_states(ctx).await
+    } else {
+        BTreeMap::new()
+    };
     let rows = machines
         .iter()
-        .map(|machine| machine_row(machine, &fields, args.list.full))
+        .map(|machine| {
+            let mut row = machine_row(machine, &fields, args.list.full);
+            for (cell, field) in row.iter_mut().zip(&fields) {
+                if field == "cordon" {
+                    *cell = or_dash(cordons.get(&machine.id).map_or("", String::as_str));
+                }
+            }
+            row
+        })
         .collect();
     ctx.console
         .out_raw(&render_fields_table(&fields, rows, !args.list.no_legend));

@@ -8,12 +8,15 @@
 //! `error: …` with status 1.
 
 mod cat;
+mod cordon;
 mod destroy;
+mod exec;
 mod fd_forward;
 mod journal;
 mod list_machines;
 mod list_unit_files;
 mod list_units;
+mod plan;
 mod restart;
 mod ssh;
 mod start;
@@ -75,6 +78,12 @@ pub async fn run(config: Config, command: Command, console: Console) -> Exit {
         Command::Submit(args) => submit::run(&ctx, args).await,
         Command::Unload(args) => stop::run_unload(&ctx, args).await,
         Command::Update(args) => update::run(&ctx, args).await,
+        Command::Cordon(args) => cordon::run_cordon(&ctx, args).await,
+        Command::Uncordon(args) => cordon::run_uncordon(&ctx, args).await,
+        Command::Drain(args) => cordon::run_drain(&ctx, args).await,
+        Command::Plan(args) => plan::run_plan(&ctx, args).await,
+        Command::Why(args) => plan::run_why(&ctx, args).await,
+        Command::Exec(args) => exec::run(&ctx, args).await,
         Command::Verify(_) | Command::FdForward(_) | Command::Version => Ok(Exit::Success),
     };
     outcome.unwrap_or_else(|error| {

@@ -22,6 +22,7 @@
 //! [`Destination`]) are unit-tested; the rest is tested against real sshd in
 //! the functional tests (`functional-tests/tests/functional/ssh.rs`).
 
+pub mod exec;
 pub mod known_hosts;
 pub mod master;
 pub mod quote;

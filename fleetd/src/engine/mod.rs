@@ -21,6 +21,7 @@
 //! schedule, its leader key, rollout progress and, at the end of a successful
 //! rollout, the rolled-out unit records.
 
+pub mod drain;
 mod lease;
 pub mod loss;
 pub mod model;
@@ -45,11 +46,12 @@ use fleet_systemd::unit::UnitName;
 
 use crate::backoff::Backoff;
 use crate::config::EngineConfig;
+use crate::engine::drain::DrainTracker;
 use crate::engine::lease::LeaseTask;
 use crate::engine::loss::{BreakerEvent, LossTracker};
 use crate::engine::model::Model;
 use crate::engine::rollouts::Rollouts;
-use crate::engine::scheduler::{Decision, schedule};
+use crate::engine::scheduler::{Decision, schedule_with};
 
 /// How long watch events are gathered before a pass: a `fleetctl start` of
 /// 100 units arrives as 100 events, and one pass with one batch of writes is
@@ -294,11 +296,16 @@ impl Engine {
                     .loss
                     .next_deadline(now.into_std())
                     .map(Instant::from_std);
-                let wake = [batch_deadline, loss_deadline, Some(resync_at)]
-                    .into_iter()
-                    .flatten()
-                    .min()
-                    .unwrap_or(resync_at);
+                let wake = [
+                    batch_deadline,
+                    loss_deadline,
+                    leader.drain.wake(),
+                    Some(resync_at),
+                ]
+                .into_iter()
+                .flatten()
+                .min()
+                .unwrap_or(resync_at);
                 tokio::select! {
                     () = shutdown.cancelled() => return Stop::Shutdown,
                     () = lease.lost() => return Stop::Deposed,
@@ -331,6 +338,9 @@ impl Engine {
                                 }
                             }
                         }
+                    }
+                    events = watches.cordons.next() => {
+                        if !leader.on_events(events, &mut dirty_since).await { continue 'relist; }
                     }
                     () = sleep_until(wake) => {
                         if Instant::now() >= resync_at {
@@ -365,6 +375,7 @@ struct Watches {
     units: WatchStream,
     content: WatchStream,
     rollouts: WatchStream,
+    cordons: WatchStream,
 }
 
 /// The state of a leading engine.
@@ -378,6 +389,8 @@ struct Leader<'a> {
     reported: HashMap<UnitName, String>,
     /// The rolling updates, read at every re-list and fed by their watch.
     rollouts: Rollouts,
+    /// Cordoned and draining machines, and the drain's pace.
+    drain: DrainTracker,
 }
 
 impl<'a> Leader<'a> {
@@ -395,6 +408,7 @@ impl<'a> Leader<'a> {
             .with_restart_grace(config.machine_restart_grace),
             reported: HashMap::new(),
             rollouts: Rollouts::default(),
+            drain: DrainTracker::default(),
         }
     }
 
@@ -420,7 +434,12 @@ impl<'a> Leader<'a> {
                 .watch_prefix(keys.all_content(), from)
                 .await?,
             rollouts: self.registry().watch_prefix(keys.rollouts(), from).await?,
+            cordons: self.registry().watch_prefix(keys.cordons(), from).await?,
         };
+        // Read after the snapshot: a cordon written in between shows up both
+        // here and as a watch event, which is harmless.
+        let cordons = self.registry().cordons().await?;
+        self.drain.set_all(cordons);
         self.model = Model::from_snapshot(snapshot);
         // Read after the watch started, so no spec is missed; a spec seen
         // twice is the same spec.
@@ -579,6 +598,12 @@ impl<'a> Leader<'a> {
             (RegistryKey::Content(hash), WatchEventKind::Delete) => {
                 self.model.remove_content(&hash)
             }
+            (RegistryKey::Cordon(_), WatchEventKind::Put) => {
+                if let Some(cordon) = registry.decode_cordon(&event.key, &event.value) {
+                    self.drain.put(cordon);
+                }
+            }
+            (RegistryKey::Cordon(machine), WatchEventKind::Delete) => self.drain.remove(&machine),
             _ => {}
         }
     }
@@ -614,7 +639,8 @@ impl<'a> Leader<'a> {
 
         let started = std::time::Instant::now();
         let (machines, units, placements) = self.model.scheduler_input();
-        let outcome = schedule(&machines, &units, &placements, &policy);
+        let cordons = self.drain.cordons(&self.engine.registry).await?;
+        let outcome = schedule_with(&machines, &units, &placements, &policy, &cordons);
         let elapsed = started.elapsed();
         debug!(
             n_decisions = outcome.decisions.len(),
@@ -623,6 +649,11 @@ impl<'a> Leader<'a> {
             "Scheduler pass."
         );
         self.log_unschedulable(&outcome.unschedulable);
+        self.drain.after_pass(
+            &outcome.drain_moves,
+            &outcome.drain_blocked,
+            outcome.drain_waiting,
+        );
         if outcome.decisions.is_empty() {
             return Ok(());
         }

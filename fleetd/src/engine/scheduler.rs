@@ -33,6 +33,9 @@ use std::sync::Arc;
 use fleet_registry::{MachineId, MachineState, Placement, TargetState};
 use fleet_systemd::unit::{Requirements, UnitFile, UnitHash, UnitName};
 
+mod cordon;
+pub use cordon::{Cordons, Explanation, MachineVerdict, explain, schedule_with};
+
 /// One unit as the scheduler sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct UnitSpec {
@@ -146,6 +149,12 @@ pub struct Outcome {
     pub decisions: Vec<Decision>,
     /// In unit name order.
     pub unschedulable: Vec<Unschedulable>,
+    /// Units this pass moves off draining machines (their new placement).
+    pub drain_moves: Vec<Placement>,
+    /// Units left on a draining machine because nothing else can take them.
+    pub drain_blocked: Vec<Unschedulable>,
+    /// Units that can leave a draining machine but wait for the drain budget.
+    pub drain_waiting: usize,
 }
 
 /// Decides the schedule for one snapshot (see the module docs for the rules).
@@ -159,11 +168,7 @@ pub fn schedule(
     placements: &[Placement],
     loss: &LossPolicy,
 ) -> Outcome {
-    let mut pass = Pass::new(machines, units, placements, loss);
-    pass.validate_existing();
-    pass.place_globals();
-    pass.place_pending();
-    pass.finish()
+    schedule_with(machines, units, placements, loss, &Cordons::default())
 }
 
 type UIdx = usize;
@@ -191,6 +196,8 @@ enum Reject {
     PeerElsewhere,
     Conflict(UIdx),
     ReplacedBy(UIdx),
+    /// The machine is cordoned: it takes no new placement.
+    Cordoned,
 }
 
 struct Pass<'a> {
@@ -226,6 +233,17 @@ struct Pass<'a> {
     /// Placements of unknown units: deleted with this reason.
     orphans: Vec<&'a Placement>,
     unschedulable: BTreeMap<UIdx, String>,
+    /// Per present machine: cordoned (no new placements).
+    cordoned: Vec<bool>,
+    /// Draining present machines, in id order.
+    draining: Vec<MIdx>,
+    /// How many more units the drain may move in this pass.
+    drain_budget: usize,
+    /// Units moved off a draining machine, with their destination.
+    drain_moves: Vec<(UIdx, MIdx)>,
+    /// Units that must stay on a draining machine, and why.
+    drain_blocked: BTreeMap<UIdx, String>,
+    drain_waiting: usize,
 }
 
 impl<'a> Pass<'a> {
@@ -344,6 +362,12 @@ impl<'a> Pass<'a> {
             place_reasons: HashMap::new(),
             orphans: Vec::new(),
             unschedulable: BTreeMap::new(),
+            cordoned: vec![false; n_present],
+            draining: Vec::new(),
+            drain_budget: 0,
+            drain_moves: Vec::new(),
+            drain_blocked: BTreeMap::new(),
+            drain_waiting: 0,
         }
     }
 
@@ -484,6 +508,9 @@ impl<'a> Pass<'a> {
     /// Every check for a non-global unit on a present machine.
     fn check(&self, unit: UIdx, machine: MIdx) -> Result<(), Reject> {
         self.check_static(unit, machine)?;
+        if self.cordoned[machine] {
+            return Err(Reject::Cordoned);
+        }
         for peer in &self.peers[unit] {
             match peer {
                 Some(peer) if self.on[*peer].contains(&machine) => {}
@@ -670,7 +697,8 @@ impl<'a> Pass<'a> {
                     continue;
                 }
                 matched += 1;
-                if self.on[unit].contains(&machine) {
+                // A cordoned machine keeps the global units it runs and gets no new one.
+                if self.on[unit].contains(&machine) || self.cordoned[machine] {
                     continue;
                 }
                 let slot = &self.machines[machine];
@@ -939,6 +967,7 @@ impl<'a> Pass<'a> {
             ),
             Reject::Conflict(other) => format!("conflicts with {}", self.name(*other)),
             Reject::ReplacedBy(other) => format!("replaced by {}", self.name(*other)),
+            Reject::Cordoned => "machine is cordoned".to_owned(),
         }
     }
 
@@ -948,8 +977,10 @@ impl<'a> Pass<'a> {
         let mut conflicts = BTreeSet::new();
         let mut replacers = BTreeSet::new();
         let mut n_peer = 0;
+        let mut n_cordoned = 0;
         for reject in rejects {
             match reject {
+                Reject::Cordoned => n_cordoned += 1,
                 Reject::Absent | Reject::MachineId | Reject::Metadata => n_static += 1,
                 Reject::PeerElsewhere => n_peer += 1,
                 Reject::Conflict(other) => {
@@ -963,12 +994,22 @@ impl<'a> Pass<'a> {
         if n_static == rejects.len() {
             return format!("no machine matches {}", self.describe_static(unit));
         }
+        if n_static + n_cordoned == rejects.len() {
+            return if n_static == 0 {
+                format!("every machine is cordoned ({n_cordoned})")
+            } else {
+                format!(
+                    "every machine matching {} is cordoned ({n_cordoned})",
+                    self.describe_static(unit)
+                )
+            };
+        }
         let scope = if n_static == 0 {
             "every machine".to_owned()
         } else {
             format!("every machine matching {}", self.describe_static(unit))
         };
-        if !conflicts.is_empty() && replacers.is_empty() && n_peer == 0 {
+        if !conflicts.is_empty() && replacers.is_empty() && n_peer == 0 && n_cordoned == 0 {
             return format!("conflicts with {} on {scope}", list(&conflicts));
         }
         let mut parts = Vec::new();
@@ -980,6 +1021,9 @@ impl<'a> Pass<'a> {
         }
         if n_peer > 0 {
             parts.push("MachineOf peers elsewhere".to_owned());
+        }
+        if n_cordoned > 0 {
+            parts.push(format!("{n_cordoned} cordoned"));
         }
         format!("no machine fits: {} on {scope}", parts.join("; "))
     }
@@ -1054,9 +1098,30 @@ impl<'a> Pass<'a> {
                 reason: reason.clone(),
             })
             .collect();
+        let drain_moves = self
+            .drain_moves
+            .iter()
+            .map(|&(unit, machine)| Placement {
+                unit: self.units[unit].name.clone(),
+                machine: self.machines[machine].id.clone(),
+                hash: self.units[unit].hash,
+                target_state: self.units[unit].desired_state,
+            })
+            .collect();
+        let drain_blocked = self
+            .drain_blocked
+            .iter()
+            .map(|(&unit, reason)| Unschedulable {
+                unit: self.units[unit].name.clone(),
+                reason: reason.clone(),
+            })
+            .collect();
         Outcome {
             decisions: unplacements,
             unschedulable,
+            drain_moves,
+            drain_blocked,
+            drain_waiting: self.drain_waiting,
         }
     }
 }
@@ -1077,11 +1142,11 @@ fn list(names: &BTreeSet<&str>) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     /// A machine with `id` and `metadata` (`key=value` items).
-    fn machine(id: &str, metadata: &[&str]) -> MachineState {
+    pub(super) fn machine(id: &str, metadata: &[&str]) -> MachineState {
         MachineState {
             id: id.parse().expect("test machine id"),
             public_ip: String::new(),
@@ -1098,11 +1163,11 @@ mod tests {
         }
     }
 
-    fn machines(ids: &[&str]) -> Vec<MachineState> {
+    pub(super) fn machines(ids: &[&str]) -> Vec<MachineState> {
         ids.iter().map(|id| machine(id, &[])).collect()
     }
 
-    fn name(unit: &str) -> UnitName {
+    pub(super) fn name(unit: &str) -> UnitName {
         unit.parse().expect("test unit name")
     }
 
@@ -1138,7 +1203,7 @@ mod tests {
         UnitHash([n; 20])
     }
 
-    fn unit(unit_name: &str, options: &[&str]) -> UnitSpec {
+    pub(super) fn unit(unit_name: &str, options: &[&str]) -> UnitSpec {
         UnitSpec {
             name: name(unit_name),
             requirements: Arc::new(requirements(options)),
@@ -1147,7 +1212,7 @@ mod tests {
         }
     }
 
-    fn placement(unit_name: &str, machine_id: &str) -> Placement {
+    pub(super) fn placement(unit_name: &str, machine_id: &str) -> Placement {
         Placement {
             unit: name(unit_name),
             machine: machine_id.parse().expect("machine id"),

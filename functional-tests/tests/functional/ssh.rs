@@ -621,3 +621,75 @@ fn inject_ssh_key_authorizes_a_key_everywhere() -> anyhow::Result<()> {
     assert_eq!(count_in("h1")?, 1);
     Ok(())
 }
+
+/// `fleetctl exec` on real hosts over SSH: every machine's output prefixed with its id, a
+/// summary table, exit 1 when the command failed on one machine, selection by prefix and by
+/// metadata, and a bad selection refused before anything runs.
+#[test]
+fn exec_runs_a_command_on_many_machines() -> anyhow::Result<()> {
+    let cluster = cluster_with_ssh(2)?;
+    let dir = tempfile::tempdir()?;
+    let key = cluster.ssh_key()?;
+    let agent = Agent::start(dir.path(), &[&key])?;
+    let known_hosts = dir.path().join("known_hosts");
+    let endpoint = cluster.endpoint("h1")?;
+    let [h1, h2] = ["h1", "h2"].map(|host| cluster.machine_id(host));
+    let (h1, h2) = (h1?, h2?);
+    let run = Run {
+        agent: Some(&agent),
+        known_hosts: &known_hosts,
+        stdin: None,
+    };
+    let exec = |args: &[&str]| {
+        let mut all = vec![
+            "--endpoint",
+            endpoint.as_str(),
+            "--strict-host-key-checking=false",
+            "exec",
+        ];
+        all.extend_from_slice(args);
+        fleetctl(&run, &all)
+    };
+    wait_for_machines(&run, &["--endpoint", &endpoint], 2)?;
+
+    let output = exec(&["--all", "--parallel", "2", "--", "cat", "/etc/machine-id"])?;
+    assert!(output.status.success(), "{}", stderr(&output));
+    let out = stdout(&output);
+    for id in [&h1, &h2] {
+        assert!(out.contains(&format!("{}...: {id}", &id[..8])), "{out}");
+    }
+    let summary: Vec<&str> = out
+        .lines()
+        .skip_while(|line| !line.starts_with("MACHINE"))
+        .collect();
+    assert_eq!(summary.len(), 3, "{out}");
+    assert!(summary[1].split_whitespace().nth(1) == Some("0"), "{out}");
+
+    // The command fails on h2 only: its status is in the table and fleetctl exits 1.
+    let fail_on_h2 = format!("test \"$(cat /etc/machine-id)\" != {h2} || exit 3");
+    let output = exec(&[
+        "--machines",
+        &format!("{},{}", &h1[..8], &h2[..8]),
+        "--",
+        "sh",
+        "-c",
+        &fail_on_h2,
+    ])?;
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    let out = stdout(&output);
+    let row = out
+        .lines()
+        .find(|line| line.starts_with(&h2[..8]))
+        .context("no summary row for h2")?;
+    assert_eq!(row.split_whitespace().nth(1), Some("3"), "{out}");
+
+    // No machine matches: refused, nothing runs.
+    let output = exec(&["--metadata", "role=nothing", "--", "true"])?;
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        stderr(&output).contains("no machine matches the selection"),
+        "{}",
+        stderr(&output)
+    );
+    Ok(())
+}

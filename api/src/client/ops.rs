@@ -1,0 +1,101 @@
+//! The client of the operations API beside v1 (`/fleet/x1/`, see
+//! [`crate::x1`]): cordon, drain, plan and why.
+
+use http::Method;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::{Client, ClientError, escape_path_segment};
+use crate::x1::{
+    self, CordonList, CordonRequest, DrainStatus, Explanation, PlanRequest, PlanResponse,
+};
+
+impl Client {
+    /// The x1 base path beside the endpoint's v1 one (`/fleet/v1/` → `/fleet/x1/`).
+    fn x1_base(&self) -> String {
+        let base = self.endpoint.base_path();
+        match base.strip_suffix("v1/") {
+            Some(prefix) => format!("{prefix}x1/"),
+            None => "/fleet/x1/".to_owned(),
+        }
+    }
+
+    async fn x1<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&impl Serialize>,
+    ) -> Result<T, ClientError> {
+        let decode = |detail: String| ClientError::Decode {
+            endpoint: self.endpoint.url().to_owned(),
+            detail,
+        };
+        let body = body
+            .map(serde_json::to_vec)
+            .transpose()
+            .map_err(|error| decode(error.to_string()))?;
+        let base = self.x1_base();
+        let answer = self
+            .request_at(&base, method, path, Vec::new(), body)
+            .await?;
+        let answer: &[u8] = if answer.is_empty() { b"null" } else { &answer };
+        serde_json::from_slice(answer).map_err(|error| decode(error.to_string()))
+    }
+
+    /// Every cordoned machine.
+    ///
+    /// # Errors
+    /// Any [`ClientError`] (a 404 from a fleetd without the x1 API).
+    pub async fn cordons(&self) -> Result<CordonList, ClientError> {
+        self.x1(Method::GET, "cordons", None::<&()>).await
+    }
+
+    /// Cordons (or, with `request.draining`, drains) the machine `machine` (a full id).
+    ///
+    /// # Errors
+    /// Any [`ClientError`]; a 404 when no live machine has this id.
+    pub async fn cordon(
+        &self,
+        machine: &str,
+        request: &CordonRequest,
+    ) -> Result<x1::Cordon, ClientError> {
+        let path = format!("machines/{}/cordon", escape_path_segment(machine));
+        self.x1(Method::PUT, &path, Some(request)).await
+    }
+
+    /// Uncordons `machine` (ends a drain too).
+    ///
+    /// # Errors
+    /// Any [`ClientError`]; a 404 when the machine is not cordoned.
+    pub async fn uncordon(&self, machine: &str) -> Result<(), ClientError> {
+        let path = format!("machines/{}/cordon", escape_path_segment(machine));
+        let _: Option<serde_json::Value> = self.x1(Method::DELETE, &path, None::<&()>).await?;
+        Ok(())
+    }
+
+    /// What is left on `machine`.
+    ///
+    /// # Errors
+    /// Any [`ClientError`].
+    pub async fn drain_status(&self, machine: &str) -> Result<DrainStatus, ClientError> {
+        let path = format!("machines/{}/drain", escape_path_segment(machine));
+        self.x1(Method::GET, &path, None::<&()>).await
+    }
+
+    /// Where the scheduler would place `request.units` now; writes nothing.
+    ///
+    /// # Errors
+    /// Any [`ClientError`].
+    pub async fn plan(&self, request: &PlanRequest) -> Result<PlanResponse, ClientError> {
+        self.x1(Method::POST, "plan", Some(request)).await
+    }
+
+    /// Where a submitted unit is placed, or why it is not.
+    ///
+    /// # Errors
+    /// Any [`ClientError`]; a 404 when there is no such unit.
+    pub async fn why(&self, unit: &str) -> Result<Explanation, ClientError> {
+        let path = format!("why/{}", escape_path_segment(unit));
+        self.x1(Method::GET, &path, None::<&()>).await
+    }
+}

@@ -1,0 +1,124 @@
+//! The JSON of the operations API beside v1, under `/fleet/x1/`.
+//!
+//! v1 is a compatibility promise with the original `fleetctl`; what fleet
+//! adds lives beside it so that nothing an old client sees changes:
+//!
+//! - `GET /fleet/x1/cordons`: every cordoned machine ([`CordonList`]).
+//! - `PUT /fleet/x1/machines/<id>/cordon` with a [`CordonRequest`]: cordon
+//!   (or drain, with `draining`) a live machine; answers the [`Cordon`].
+//! - `DELETE /fleet/x1/machines/<id>/cordon`: uncordon (ends a drain too).
+//! - `GET /fleet/x1/machines/<id>/drain`: what is left on the machine ([`DrainStatus`]).
+//! - `POST /fleet/x1/plan` with a [`PlanRequest`]: where the scheduler would
+//!   place these units now, and why ([`PlanResponse`]); writes nothing.
+//! - `GET /fleet/x1/why/<unit>`: the same for a unit already submitted.
+
+use serde::{Deserialize, Serialize};
+
+use crate::entities::Unit;
+
+/// The body of `PUT machines/<id>/cordon`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CordonRequest {
+    /// Also move the machine's units away.
+    #[serde(default)]
+    pub draining: bool,
+    /// Who asks (`user@host`, as the client says); logged and stored.
+    #[serde(default)]
+    pub by: String,
+    /// Why, in the operator's words.
+    #[serde(default)]
+    pub reason: String,
+}
+
+/// A cordoned machine.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Cordon {
+    pub machine: String,
+    pub draining: bool,
+    pub by: String,
+    pub reason: String,
+    /// Seconds since the Unix epoch.
+    pub since: u64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CordonList {
+    #[serde(default)]
+    pub cordons: Vec<Cordon>,
+}
+
+/// Where one unit of a draining machine stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum DrainUnitState {
+    /// Will move (waits for the drain's budget).
+    Waiting,
+    /// Cannot move: pinned, or no other machine satisfies it.
+    Blocked,
+    /// A global unit: stays on every matching machine.
+    Global,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DrainUnit {
+    pub name: String,
+    pub state: DrainUnitState,
+    #[serde(default)]
+    pub reason: String,
+}
+
+/// The answer of `GET machines/<id>/drain`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DrainStatus {
+    pub machine: String,
+    /// `None`: the machine is not cordoned.
+    #[serde(default)]
+    pub cordon: Option<Cordon>,
+    /// The units still placed on the machine.
+    #[serde(default)]
+    pub units: Vec<DrainUnit>,
+}
+
+impl DrainStatus {
+    /// Nothing left on the machine that will move.
+    pub fn is_done(&self) -> bool {
+        self.units
+            .iter()
+            .all(|unit| unit.state != DrainUnitState::Waiting)
+    }
+}
+
+/// The body of `POST plan`: unit entities as `PUT units/<name>` takes them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlanRequest {
+    pub units: Vec<Unit>,
+}
+
+/// What one machine thinks of one unit.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MachineVerdict {
+    pub machine: String,
+    pub chosen: bool,
+    pub fits: bool,
+    pub reason: String,
+}
+
+/// Where a unit is or would be placed, and why.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Explanation {
+    pub name: String,
+    #[serde(default)]
+    pub placed_on: Vec<String>,
+    pub summary: String,
+    #[serde(default)]
+    pub machines: Vec<MachineVerdict>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlanResponse {
+    pub units: Vec<Explanation>,
+}
