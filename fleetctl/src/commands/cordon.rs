@@ -14,7 +14,7 @@ use fleet_api::x1::{CordonRequest, DrainStatus, DrainUnitState};
 use tokio::time::Instant;
 
 use crate::cli::{CordonArgs, DrainArgs, UncordonArgs};
-use crate::commands::Ctx;
+use crate::context::Ctx;
 use crate::exit::Exit;
 use crate::output::{machine_id_legend, render_table};
 use crate::ssh::resolve::{ResolveError, machine_by_prefix};

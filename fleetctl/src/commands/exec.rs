@@ -15,7 +15,7 @@ use tokio::sync::{Mutex, Semaphore};
 use tokio::time::Instant;
 
 use crate::cli::ExecArgs;
-use crate::commands::Ctx;
+use crate::context::Ctx;
 use crate::exit::Exit;
 use crate::output::{machine_id_legend, render_table};
 use crate::ssh::exec::Stream;

@@ -8,7 +8,7 @@
 use fleet_api::x1::{Explanation, PlanRequest};
 
 use crate::cli::{PlanArgs, WhyArgs};
-use crate::commands::Ctx;
+use crate::context::Ctx;
 use crate::exit::Exit;
 use crate::output::{machine_id_legend, render_table};
 use crate::units::planned_unit;
