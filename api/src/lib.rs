@@ -3,6 +3,7 @@
 //! - [`entities`]: the JSON entities (Unit, UnitState, Machine, pages, the
 //!   error entity). A serialized type is a compatibility promise: the original
 //!   `fleetctl` reads these bytes.
+//! - [`events`]: the entity of the event stream (an addition beside v1).
 //! - [`token`]: pagination tokens (`{uint16 limit, uint16 page}`, URL-safe base64).
 //! - `server` (feature `server`): the axum router and its handlers over the
 //!   registry, mounted under `/fleet/v1` and `/v1-alpha`.
@@ -10,6 +11,7 @@
 //!   socket or HTTP.
 
 pub mod entities;
+pub mod events;
 pub mod token;
 
 #[cfg(feature = "server")]

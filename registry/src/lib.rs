@@ -2,6 +2,7 @@
 //!
 //! - [`model`]: machines, units, placements (the schedule) and unit states, the
 //!   words every other crate uses.
+//! - [`events`]: the watch of everything, decoded into typed events by revision.
 //! - [`keys`]: the etcd key layout. **The only module that formats a key.**
 //! - [`store`]: [`Registry`], typed reads and writes, leases, watches, the
 //!   engine's snapshot, leader election and leader-guarded schedule writes.
@@ -12,6 +13,7 @@
 //! **Architecture invariant:** an idle cluster writes nothing: presence and
 //! unit states ride on one lease per machine, kept alive without writes.
 
+pub mod events;
 pub mod keys;
 pub mod model;
 pub mod store;

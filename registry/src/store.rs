@@ -203,6 +203,17 @@ impl WatchStream {
         if let Some(events) = self.pending.take() {
             return Ok(Some(events));
         }
+        let batch = self.next_batch().await;
+        if let Err(error) = &batch {
+            fleet_metrics::get().etcd.watch_failed(match error {
+                RegistryError::Compacted { .. } => "compacted",
+                _ => "broken",
+            });
+        }
+        batch
+    }
+
+    async fn next_batch(&mut self) -> Result<Option<Vec<WatchEvent>>, RegistryError> {
         loop {
             let response = match self.stream.message().await {
                 Ok(Some(response)) => response,
@@ -276,7 +287,7 @@ struct Inner {
 #[derive(Clone)]
 pub(crate) struct Clients {
     pub(crate) kv: KvClient,
-    watch: WatchClient,
+    pub(crate) watch: WatchClient,
     lease: LeaseClient,
 }
 
@@ -479,7 +490,12 @@ impl Registry {
         request: impl Future<Output = Result<T, etcd_client::Error>>,
     ) -> Result<T, RegistryError> {
         let after = self.inner.request_timeout;
-        match tokio::time::timeout(after, request).await {
+        let started = std::time::Instant::now();
+        let result = tokio::time::timeout(after, request).await;
+        fleet_metrics::get()
+            .etcd
+            .request(op, started, matches!(result, Ok(Ok(_))));
+        match result {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(error)) => Err(etcd_error(op, error)),
             Err(_) => Err(RegistryError::Timeout { op, after }),
@@ -538,28 +554,33 @@ impl Registry {
     pub async fn keep_alive_once(&self, lease: LeaseId) -> Result<Option<Duration>, RegistryError> {
         const OP: &str = "lease keep-alive";
         let mut client = self.clients(OP).await?.lease.clone();
-        self.deadline(OP, async move {
-            // etcd-client reads (and swallows) the first response to check
-            // the lease exists; a second keep-alive on the same stream tells
-            // us the TTL. Both refresh the lease; neither is a Raft write.
-            let (mut keeper, mut stream) = match client.keep_alive(lease).await {
-                Ok(pair) => pair,
-                Err(etcd_client::Error::LeaseKeepAliveError(message))
-                    if message.contains("not found") =>
-                {
-                    return Ok(None);
-                }
-                Err(error) => return Err(error),
-            };
-            keeper.keep_alive().await?;
-            Ok(match stream.message().await? {
-                Some(response) if response.ttl() > 0 => Some(Duration::from_secs(
-                    u64::try_from(response.ttl()).unwrap_or(0),
-                )),
-                _ => None,
+        let kept = self
+            .deadline(OP, async move {
+                // etcd-client reads (and swallows) the first response to check
+                // the lease exists; a second keep-alive on the same stream tells
+                // us the TTL. Both refresh the lease; neither is a Raft write.
+                let (mut keeper, mut stream) = match client.keep_alive(lease).await {
+                    Ok(pair) => pair,
+                    Err(etcd_client::Error::LeaseKeepAliveError(message))
+                        if message.contains("not found") =>
+                    {
+                        return Ok(None);
+                    }
+                    Err(error) => return Err(error),
+                };
+                keeper.keep_alive().await?;
+                Ok(match stream.message().await? {
+                    Some(response) if response.ttl() > 0 => Some(Duration::from_secs(
+                        u64::try_from(response.ttl()).unwrap_or(0),
+                    )),
+                    _ => None,
+                })
             })
-        })
-        .await
+            .await;
+        if !matches!(kept, Ok(Some(_))) {
+            fleet_metrics::get().etcd.keep_alive_failed();
+        }
+        kept
     }
 
     /// Revokes `lease`: every key attached to it is deleted at once. A lease
@@ -1279,6 +1300,7 @@ impl Registry {
         from_revision: Revision,
     ) -> Result<WatchStream, RegistryError> {
         const OP: &str = "watch";
+        fleet_metrics::get().etcd.watch_started();
         let mut client = self.clients(OP).await?.watch.clone();
         let options = WatchOptions::new()
             .with_prefix()

@@ -5,6 +5,7 @@
 //! and clusters take turns (a file lock), so the default parallel test harness is safe.
 
 mod agent;
+mod dashboard;
 mod foundation;
 mod harness;
 mod ssh;
