@@ -10,6 +10,8 @@
 #   iptables iproute2         test-host networking and failure injection
 #   openssh-client/-server    fleetctl ssh and its tests
 #   curl                      health checks
+#   prometheus                promtool, which validates fleetd's /metrics in a test
+#   chromium chromium-driver  headless Chromium for the dashboard's browser test
 #
 # Environment: FLEET_CACHE (default /var/cache/fleet-build) holds a private apt archive dir, so
 # concurrent apt runs (and the image's hook that deletes downloaded .debs) don't collide.
@@ -19,7 +21,7 @@ set -euo pipefail
 # protoc (a "Recommends" of protobuf-compiler, which --no-install-recommends leaves out).
 # openssl: the etcd TLS test fixture makes its certificates with the openssl command.
 PACKAGES=(etcd-server etcd-client protobuf-compiler libprotobuf-dev debootstrap systemd-container
-    iptables iproute2 openssh-client openssh-server curl openssl)
+    iptables iproute2 openssh-client openssh-server curl openssl prometheus chromium chromium-driver)
 CACHE="${FLEET_CACHE:-/var/cache/fleet-build}"
 
 missing=()
@@ -49,7 +51,7 @@ fi
 
 # Debian's etcd-server starts a system etcd on 2379 where it can; tests never rely on it and
 # pick free ports, so it is left alone.
-for tool in etcd etcdctl protoc debootstrap systemd-nspawn nsenter ip iptables ssh curl; do
+for tool in etcd etcdctl protoc debootstrap systemd-nspawn nsenter ip iptables ssh curl promtool chromium chromedriver; do
     command -v "$tool" >/dev/null || {
         echo "setup: error: '$tool' still missing after installing packages" >&2
         exit 1

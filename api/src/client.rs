@@ -16,7 +16,10 @@
 //!
 //! This module must not know about the CLI: no printing, no exit codes.
 
+mod events;
 mod rollouts;
+
+pub use events::{EventReader, SseMessage};
 
 use std::fmt;
 use std::future::Future;

@@ -4,6 +4,7 @@
 //!   error entity). A serialized type is a compatibility promise: the original
 //!   `fleetctl` reads these bytes.
 //! - [`rollout`]: the JSON of rolling updates (new resources beside v1).
+//! - [`events`]: the entity of the event stream (an addition beside v1).
 //! - [`token`]: pagination tokens (`{uint16 limit, uint16 page}`, URL-safe base64).
 //! - `server` (feature `server`): the axum router and its handlers over the
 //!   registry, mounted under `/fleet/v1` and `/v1-alpha`.
@@ -14,6 +15,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod entities;
+pub mod events;
 pub mod rollout;
 pub mod token;
 pub mod x1;

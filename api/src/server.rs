@@ -24,16 +24,18 @@
 //! request, and every first page, reads etcd, so two fleetds serving the API
 //! agree.
 
+mod events;
 mod line_breaks;
 mod machines;
+mod metrics;
 mod rollouts;
 mod states;
+mod ui;
 mod units;
 pub mod worker;
 
 pub use units::{entity_options, unit_file_from_options};
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -99,7 +101,6 @@ struct Shared {
     api: ApiState,
     /// `Server: fleetd/<version>`, built once.
     server_header: HeaderValue,
-    metrics: Metrics,
     /// The newest full `GET /units` listing (entities with current state).
     units_listing: Listing<crate::entities::Unit>,
     /// The newest full, unfiltered `GET /state` listing.
@@ -184,7 +185,6 @@ pub fn router(state: ApiState) -> Router {
     let shared = Arc::new(Shared {
         api: state,
         server_header,
-        metrics: Metrics::default(),
         units_listing: Listing::default(),
         states_listing: Listing::default(),
     });
@@ -201,6 +201,7 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
     }
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
+    let started = Instant::now();
     let mut response = match route(&shared, request).await {
         Ok(response) => response,
         Err(api_error) => api_error.into_response(),
@@ -208,7 +209,7 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
     response
         .headers_mut()
         .insert(SERVER, shared.server_header.clone());
-    shared.metrics.record(&method, response.status());
+    metrics::record(&method, &path, response.status(), started);
     debug!(%method, %path, status = response.status().as_u16(), "Served an API request.");
     response
 }
@@ -221,7 +222,10 @@ async fn route(shared: &Shared, request: Request) -> Result<Response, ApiError> 
         return Err(ApiError::empty(StatusCode::METHOD_NOT_ALLOWED));
     }
     if path == "/metrics" {
-        return Ok(shared.metrics.render());
+        return Ok(metrics::response());
+    }
+    if path == "/ui" || path.starts_with("/ui/") {
+        return ui::serve(&path);
     }
     for prefix in PREFIXES {
         let Some(rest) = path.strip_prefix(prefix) else {
@@ -269,6 +273,9 @@ async fn route_resource(
                 "only GET and PATCH supported against this resource",
             )),
         },
+        "events" if method == Method::GET => {
+            events::stream(shared, &query, request.headers()).await
+        }
         "units" => match method {
             Method::GET => units::list(shared, &query).await,
             _ => Err(ApiError::new(
@@ -516,48 +523,6 @@ fn empty_response(status: StatusCode) -> Response {
     let mut response = Response::new(Body::empty());
     *response.status_mut() = status;
     response
-}
-
-/// Request counts by method and status, exposed at `/metrics` in the
-/// Prometheus text format. A std mutex: the critical section is one map
-/// update and never spans an await.
-#[derive(Default)]
-struct Metrics {
-    requests: Mutex<BTreeMap<(String, u16), u64>>,
-}
-
-impl Metrics {
-    fn record(&self, method: &Method, status: StatusCode) {
-        let mut requests = self
-            .requests
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        *requests
-            .entry((method.as_str().to_owned(), status.as_u16()))
-            .or_insert(0) += 1;
-    }
-
-    fn render(&self) -> Response {
-        let requests = self
-            .requests
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let mut text = String::from(
-            "# HELP fleet_api_requests_total API requests served, by method and status code.\n\
-             # TYPE fleet_api_requests_total counter\n",
-        );
-        for ((method, code), count) in requests.iter() {
-            text.push_str(&format!(
-                "fleet_api_requests_total{{method=\"{method}\",code=\"{code}\"}} {count}\n"
-            ));
-        }
-        let mut response = Response::new(Body::from(text));
-        response.headers_mut().insert(
-            CONTENT_TYPE,
-            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-        );
-        response
-    }
 }
 
 #[cfg(test)]

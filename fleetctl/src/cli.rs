@@ -192,6 +192,11 @@ pub enum Command {
         after_help = "DESCRIPTION:\n\tCompletely remove one or more running or submitted units from the cluster.\n\tWaits until no machine runs them any more, unless --no-block is given."
     )]
     Destroy(DestroyArgs),
+    /// Print what changes in the cluster (units, placements, states, machines, leader)
+    #[command(
+        after_help = "DESCRIPTION:\n\tWithout -f, prints the events of the recent history (or since --since) and exits;\n\twith -f, keeps printing new events until interrupted, resuming after a broken connection."
+    )]
+    Events(EventsArgs),
     /// Proxy stdin and stdout to a unix domain socket
     #[command(name = "fd-forward", hide = true)]
     FdForward(FdForwardArgs),
@@ -383,6 +388,30 @@ pub struct StatusArgs {
     pub block_attempts: Option<u32>,
     #[arg(value_name = "UNIT")]
     pub units: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct EventsArgs {
+    /// Keep printing new events until interrupted
+    #[arg(short = 'f', long)]
+    pub follow: bool,
+    /// Only events about this unit
+    #[arg(long, value_name = "NAME")]
+    pub unit: Option<String>,
+    /// Only events about this machine
+    #[arg(long, value_name = "ID")]
+    pub machine: Option<String>,
+    /// Start after this event id (an etcd revision)
+    #[arg(long, value_name = "REVISION")]
+    pub since: Option<i64>,
+    /// Output format: text (default) or json (one object per line)
+    #[arg(
+        long = "output",
+        short = 'o',
+        value_name = "FORMAT",
+        default_value = "text"
+    )]
+    pub output: String,
 }
 
 #[derive(Debug, Args)]

@@ -70,6 +70,14 @@ impl LeaseKeepAlive {
     /// # Errors
     /// Transport errors and timeouts when no member could refresh it.
     pub async fn keep_alive(&mut self) -> Result<Option<Duration>, RegistryError> {
+        let kept = self.keep_alive_inner().await;
+        if !matches!(kept, Ok(Some(_))) {
+            fleet_metrics::get().etcd.keep_alive_failed();
+        }
+        kept
+    }
+
+    async fn keep_alive_inner(&mut self) -> Result<Option<Duration>, RegistryError> {
         if let Some(open) = self.open.as_mut() {
             match self.registry.within_deadline(exchange(open)).await {
                 Some(Exchange::Answered(ttl)) => return Ok(ttl),

@@ -3,6 +3,7 @@
 //! - [`model`]: machines, units, placements (the schedule) and unit states, the
 //!   words every other crate uses.
 //! - [`auth`]: etcd users and roles, one identity per machine (`fleetd etcd-auth`).
+//! - [`events`]: the watch of everything, decoded into typed events by revision.
 //! - [`keys`]: the etcd key layout. **The only module that formats a key.**
 //! - [`store`]: [`Registry`], typed reads and writes, leases, watches, the
 //!   engine's snapshot, leader election and leader-guarded schedule writes.
@@ -24,6 +25,7 @@
 pub mod auth;
 pub mod cordon;
 mod endpoints;
+pub mod events;
 mod keepalive;
 pub mod keys;
 pub mod model;

@@ -210,6 +210,17 @@ impl WatchStream {
         if let Some(events) = self.pending.take() {
             return Ok(Some(events));
         }
+        let batch = self.next_batch().await;
+        if let Err(error) = &batch {
+            fleet_metrics::get().etcd.watch_failed(match error {
+                RegistryError::Compacted { .. } => "compacted",
+                _ => "broken",
+            });
+        }
+        batch
+    }
+
+    async fn next_batch(&mut self) -> Result<Option<Vec<WatchEvent>>, RegistryError> {
         loop {
             let response = match self.stream.message().await {
                 Ok(Some(response)) => response,
@@ -471,7 +482,12 @@ impl Registry {
         F: FnMut(Clients) -> Fut,
         Fut: Future<Output = Result<T, etcd_client::Error>>,
     {
-        let (value, _member) = self.inner.endpoints.run(op, request).await?;
+        let started = std::time::Instant::now();
+        let result = self.inner.endpoints.run(op, request).await;
+        fleet_metrics::get()
+            .etcd
+            .request(op, started, result.is_ok());
+        let (value, _member) = result?;
         Ok(value)
     }
 
@@ -1347,6 +1363,7 @@ impl Registry {
         from_revision: Revision,
     ) -> Result<WatchStream, RegistryError> {
         const OP: &str = "watch";
+        fleet_metrics::get().etcd.watch_started();
         let options = WatchOptions::new()
             .with_prefix()
             .with_start_revision(from_revision);

@@ -10,6 +10,7 @@
 mod cat;
 mod cordon;
 mod destroy;
+mod events;
 mod exec;
 mod fd_forward;
 mod journal;
@@ -65,6 +66,7 @@ pub async fn run(config: Config, command: Command, console: Console) -> Exit {
     let outcome = match command {
         Command::Cat(args) => cat::run(&ctx, args).await,
         Command::Destroy(args) => destroy::run(&ctx, args).await,
+        Command::Events(args) => events::run(&ctx, args).await,
         Command::Journal(args) => journal::run(&ctx, args).await,
         Command::ListMachines(args) => list_machines::run(&ctx, args).await,
         Command::ListUnitFiles(args) => list_unit_files::run(&ctx, args).await,

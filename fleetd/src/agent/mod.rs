@@ -542,6 +542,7 @@ impl Agent {
     /// One pass: plan, run the tasks. `Ok(false)` if a task failed (retry
     /// later); `Err` only when the connection to systemd is lost.
     async fn reconcile(&mut self, manager: &Manager) -> Result<bool, DbusError> {
+        let _timer = ReconcileTimer(std::time::Instant::now());
         let managed: Vec<UnitName> = self.managed().into_iter().collect();
         if let Err(error) = self.refresh_statuses(manager, &managed).await {
             if error.is_connection_lost() {
@@ -1022,6 +1023,7 @@ impl Agent {
                 return false;
             }
             puts += 1;
+            fleet_metrics::get().agent.state_write("put");
             self.published.insert(state.unit.clone(), state);
         }
         let stale: Vec<UnitName> = self
@@ -1036,11 +1038,16 @@ impl Agent {
                 return false;
             }
             deletes += 1;
+            fleet_metrics::get().agent.state_write("delete");
             self.published.remove(&unit);
         }
         if puts + deletes > 0 {
             debug!(puts, deletes, lease, "Published unit states.");
         }
+        let units = self.published.values();
+        fleet_metrics::get()
+            .agent
+            .units(units.map(|s| (s.active_state.as_str(), s.sub_state.as_str())));
         true
     }
 
@@ -1090,4 +1097,14 @@ async fn next_batch(
 
 fn earliest(current: Option<Instant>, candidate: Instant) -> Instant {
     current.map_or(candidate, |at| at.min(candidate))
+}
+
+/// Records one reconcile pass in the metrics when dropped, whichever way the
+/// pass ends.
+struct ReconcileTimer(std::time::Instant);
+
+impl Drop for ReconcileTimer {
+    fn drop(&mut self) {
+        fleet_metrics::get().agent.reconcile(self.0);
+    }
 }

@@ -187,11 +187,13 @@ impl Engine {
             revision = leadership.revision,
             lease, "Became the engine leader."
         );
+        fleet_metrics::get().engine.set_leader(true);
         self.status.send_modify(|status| {
             status.leadership = Some(leadership.clone());
             status.lease = Some(lease);
         });
         let stop = self.lead(&leadership, lease, shutdown).await;
+        fleet_metrics::get().engine.set_leader(false);
         self.status.send_modify(|status| {
             status.leadership = None;
             status.lease = None;
@@ -628,6 +630,10 @@ impl<'a> Leader<'a> {
         let n_present = self.model.machines.len();
         let (policy, event) = self.loss.evaluate(now, n_present);
         self.log_breaker(event, n_present);
+        let metrics = &fleet_metrics::get().engine;
+        metrics.breaker(policy.breaker_tripped);
+        metrics.machines(n_present, policy.lost_beyond_grace.len());
+        metrics.units_by_target(self.model.units.values().map(|u| u.desired_state.as_str()));
         self.engine.status.send_if_modified(|status| {
             let changed = status.breaker_tripped != policy.breaker_tripped;
             status.breaker_tripped = policy.breaker_tripped;
@@ -642,6 +648,8 @@ impl<'a> Leader<'a> {
         let cordons = self.drain.cordons(&self.engine.registry).await?;
         let outcome = schedule_with(&machines, &units, &placements, &policy, &cordons);
         let elapsed = started.elapsed();
+        metrics.pass(started);
+        metrics.unschedulable(outcome.unschedulable.iter().map(|u| u.reason.as_str()));
         debug!(
             n_decisions = outcome.decisions.len(),
             n_unschedulable = outcome.unschedulable.len(),
@@ -684,6 +692,8 @@ impl<'a> Leader<'a> {
             .iter()
             .filter(|change| matches!(change, ScheduleChange::Place(_)))
             .count();
+        metrics.decisions("place", n_placed);
+        metrics.decisions("unplace", changes.len() - n_placed);
         info!(
             n_placed,
             n_unplaced = changes.len() - n_placed,
@@ -699,18 +709,25 @@ impl<'a> Leader<'a> {
                 lost,
                 known,
                 window,
-            }) => warn!(
-                lost,
-                known,
-                "Rescheduling paused: {lost} of {known} machines vanished within {window:?}; waiting for them to return or for an operator."
-            ),
+            }) => {
+                fleet_metrics::get().engine.breaker_event("tripped");
+                warn!(
+                    lost,
+                    known,
+                    "Rescheduling paused: {lost} of {known} machines vanished within {window:?}; waiting for them to return or for an operator."
+                )
+            }
             Some(BreakerEvent::ResumedMachinesReturned { still_lost }) => {
+                fleet_metrics::get()
+                    .engine
+                    .breaker_event("resumed_returned");
                 info!(
                     still_lost,
                     n_present, "Rescheduling resumed: enough machines returned."
                 );
             }
             Some(BreakerEvent::ResumedHoldExpired { lost, held }) => {
+                fleet_metrics::get().engine.breaker_event("resumed_expired");
                 warn!(
                     lost,
                     ?held,

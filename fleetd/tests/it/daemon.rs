@@ -15,13 +15,13 @@ use crate::util::{
 const DEADLINE: Duration = Duration::from_secs(20);
 
 /// A running fleetd, killed on drop; its stderr goes to a file.
-struct Fleetd {
+pub(crate) struct Fleetd {
     child: Child,
     log: PathBuf,
 }
 
 impl Fleetd {
-    fn start(dir: &Path, config: &str, env: &[(&str, &str)]) -> Fleetd {
+    pub(crate) fn start(dir: &Path, config: &str, env: &[(&str, &str)]) -> Fleetd {
         let config_path = dir.join("fleet.conf");
         std::fs::write(&config_path, config).expect("writing fleet.conf");
         let log = dir.join("fleetd.log");
@@ -39,7 +39,7 @@ impl Fleetd {
         Fleetd { child, log }
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
@@ -96,7 +96,7 @@ async fn wait_for_notification(socket: &tokio::net::UnixDatagram, line: &str) {
     assert!(received.is_ok(), "fleetd never notified {line}");
 }
 
-fn config(
+pub(crate) fn config(
     etcd_servers: &str,
     key_prefix: &str,
     id_file: &Path,

@@ -5,7 +5,9 @@
 //! - `heart`: presence: registration, duplicates, lease loss, etcd restarts.
 //! - `daemon`: the `fleetd` binary: 503 without etcd, the API on unix and
 //!   TCP sockets, config errors, SIGTERM.
+//! - `observe`: `/metrics` scraped from the binary and checked by `promtool`.
 
 mod daemon;
 mod heart;
+mod observe;
 mod util;

@@ -7,6 +7,7 @@
 mod agent;
 mod bad_input;
 mod chaos;
+mod dashboard;
 mod drain;
 mod foundation;
 mod harness;

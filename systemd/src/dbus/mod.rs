@@ -442,7 +442,12 @@ impl Manager {
         target: &str,
         call: impl Future<Output = zbus::Result<T>>,
     ) -> Result<T, DbusError> {
-        match tokio::time::timeout(timeout, call).await {
+        let started = std::time::Instant::now();
+        let result = tokio::time::timeout(timeout, call).await;
+        fleet_metrics::get()
+            .agent
+            .dbus_call(method, started, matches!(result, Ok(Ok(_))));
+        match result {
             Err(_) => Err(DbusError::Timeout {
                 method,
                 target: target.to_owned(),
