@@ -224,7 +224,31 @@ impl Etcd {
         self.data_dir.path().join("etcd.log")
     }
 
+    /// Starts etcd and waits until it is healthy. On a first start, a port
+    /// [`free_ports`] picked may be taken by another process before etcd
+    /// binds it (other tests start etcds at the same moment): then new ports
+    /// are picked and etcd tried again. A restart keeps its ports (clients
+    /// hold them), so there it is an error.
     async fn spawn(&mut self) {
+        let first = !self.data_path().join("member").exists();
+        for _ in 0..5 {
+            self.spawn_process();
+            match self.wait_healthy().await {
+                Ok(()) => return,
+                Err(log) if first && log.contains("address already in use") => {
+                    [self.client_port, self.peer_port, self.metrics_port] = free_ports();
+                    let _ = std::fs::remove_dir_all(self.data_path());
+                }
+                Err(log) => panic!("{log}"),
+            }
+        }
+        panic!(
+            "etcd found its ports taken five times; its log:\n{}",
+            self.log()
+        );
+    }
+
+    fn spawn_process(&mut self) {
         let log = File::options()
             .create(true)
             .append(true)
@@ -268,29 +292,29 @@ impl Etcd {
             Err(error) => panic!("cannot start etcd: {error}"),
         };
         self.process = Some(process);
-        self.wait_healthy().await;
     }
 
-    async fn wait_healthy(&mut self) {
+    /// Waits until etcd is healthy; `Err` with what happened and its log.
+    async fn wait_healthy(&mut self) -> Result<(), String> {
         let address = SocketAddr::from(([127, 0, 0, 1], self.metrics_port));
         let deadline = Instant::now() + START_DEADLINE;
         loop {
             if let Some(process) = self.process.as_mut()
                 && let Ok(Some(status)) = process.try_wait()
             {
-                panic!(
+                return Err(format!(
                     "etcd exited with {status} before it was healthy; its log:\n{}",
                     self.log()
-                );
+                ));
             }
             if healthy(address).await {
-                return;
+                return Ok(());
             }
             if Instant::now() > deadline {
-                panic!(
+                return Err(format!(
                     "etcd was not healthy within {START_DEADLINE:?}; its log:\n{}",
                     self.log()
-                );
+                ));
             }
             // Polling a local port; there is no event to wait on.
             tokio::time::sleep(Duration::from_millis(50)).await;
