@@ -15,13 +15,13 @@ use crate::util::{
 const DEADLINE: Duration = Duration::from_secs(20);
 
 /// A running fleetd, killed on drop; its stderr goes to a file.
-struct Fleetd {
+pub(crate) struct Fleetd {
     child: Child,
     log: PathBuf,
 }
 
 impl Fleetd {
-    fn start(dir: &Path, config: &str, env: &[(&str, &str)]) -> Fleetd {
+    pub(crate) fn start(dir: &Path, config: &str, env: &[(&str, &str)]) -> Fleetd {
         let config_path = dir.join("fleet.conf");
         std::fs::write(&config_path, config).expect("writing fleet.conf");
         let log = dir.join("fleetd.log");
@@ -39,7 +39,7 @@ impl Fleetd {
         Fleetd { child, log }
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
@@ -50,7 +50,12 @@ impl Fleetd {
         assert_eq!(result, 0, "kill({pid}, {signal}) failed");
     }
 
-    async fn wait_exit(&mut self) -> ExitStatus {
+    /// Whether the process is still running.
+    pub(crate) fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    pub(crate) async fn wait_exit(&mut self) -> ExitStatus {
         let end = tokio::time::Instant::now() + DEADLINE;
         loop {
             if let Some(status) = self.child.try_wait().expect("waiting for fleetd") {

@@ -5,7 +5,10 @@
 //! - `heart`: presence: registration, duplicates, lease loss, etcd restarts.
 //! - `daemon`: the `fleetd` binary: 503 without etcd, the API on unix and
 //!   TCP sockets, config errors, SIGTERM.
+//! - `api_security`: TLS, client certificates, roles, tokens, the audit
+//!   log and the plaintext rules of the API, with rcgen certificates.
 
+mod api_security;
 mod daemon;
 mod heart;
 mod util;
