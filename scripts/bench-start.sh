@@ -5,11 +5,13 @@
 # with one `fleetctl start --no-block` until all are active. Finally the largest fleetd
 # resident memory among the hosts.
 #
-# Usage: scripts/bench-start.sh [--endpoint http://IP:54728] [--runs N] [--instances N]
+# Usage: scripts/bench-start.sh [--endpoint http://IP:54728] [--runs N] [--instances N] [--tls]
 #   Without --endpoint it boots its own 3-host cluster (scripts/testhosts.sh, state dir
 #   /run/fleet-testhosts-bench; it waits for any test cluster to finish first) and tears it
 #   down on exit. With --endpoint it uses a running cluster, e.g. the demo's
 #   (http://10.231.0.11:54728); memory is then read from the demo's hosts.
+#   --tls (own cluster only): the API over mTLS (a CA and certificates made with openssl, an
+#   admin client certificate for fleetctl and curl), to compare with plaintext.
 # Needs root (for its own cluster) and target/debug/{fleetd,fleetctl} (or $FLEET_BINDIR).
 set -euo pipefail
 
@@ -22,22 +24,46 @@ ENDPOINT=""
 RUNS=20
 INSTANCES=150
 LOCK=/run/fleet-testhosts.lock
+TLS=0
 
 while (($#)); do
     case "$1" in
         --endpoint) ENDPOINT=${2:?--endpoint needs a URL}; shift 2 ;;
         --runs) RUNS=${2:?--runs needs a number}; shift 2 ;;
         --instances) INSTANCES=${2:?--instances needs a number}; shift 2 ;;
-        -h | --help) sed -n '2,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        --tls) TLS=1; shift ;;
+        -h | --help) sed -n '2,15p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "bench-start: unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
 done
+[ "$TLS" = 0 ] || [ -z "$ENDPOINT" ] || { echo "bench-start: --tls boots its own cluster; leave out --endpoint" >&2; exit 2; }
 [ -x "$FLEETCTL" ] || { echo "bench-start: $FLEETCTL missing: cargo build -p fleetd -p fleetctl" >&2; exit 1; }
 command -v jq >/dev/null || { echo "bench-start: jq missing (apt-get install jq)" >&2; exit 1; }
 
 now_ns() { date +%s%N; }
-fc() { "$FLEETCTL" --endpoint "$ENDPOINT" "$@"; }
+
+# make_pki DIR: a CA, one API certificate for the three hosts' addresses, an admin client
+# certificate "bench" and the access file that gives it the role.
+make_pki() {
+    local dir=$1 sans="" host
+    mkdir -p "$dir"
+    for host in h1 h2 h3; do sans+="${sans:+,}IP:$("$TH" ip "$host")"; done
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+        -subj "/CN=bench CA" -keyout "$dir/ca-key.pem" -out "$dir/ca.pem" 2>/dev/null
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=fleet-api" \
+        -keyout "$dir/api-key.pem" -out "$dir/api.csr" 2>/dev/null
+    openssl x509 -req -in "$dir/api.csr" -CA "$dir/ca.pem" -CAkey "$dir/ca-key.pem" \
+        -CAcreateserial -days 2 -extfile <(printf 'subjectAltName=%s\n' "$sans") -out "$dir/api.pem" 2>/dev/null
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=bench" \
+        -keyout "$dir/bench-key.pem" -out "$dir/bench.csr" 2>/dev/null
+    openssl x509 -req -in "$dir/bench.csr" -CA "$dir/ca.pem" -CAkey "$dir/ca-key.pem" \
+        -CAcreateserial -days 2 -out "$dir/bench.pem" 2>/dev/null
+    printf '[roles]\nbench = "admin"\n' >"$dir/api-access.toml"
+}
+fc() { "$FLEETCTL" --endpoint "$ENDPOINT" "${TLS_ARGS[@]}" "$@"; }
 WORK=$(mktemp -d /tmp/bench-start.XXXXXX)
+TLS_ARGS=()
+CURL_TLS=()
 OWN_CLUSTER=0
 
 cleanup() {
@@ -59,10 +85,25 @@ if [ -z "$ENDPOINT" ]; then
     "$TH" rootfs >/dev/null
     etcd_url=$("$TH" etcd start | tail -n1)
     "$TH" boot 3 >/dev/null
+    conf=("agent_ttl=10s")
+    scheme=http
+    if [ "$TLS" = 1 ]; then
+        make_pki "$WORK/pki"
+        conf+=("api_tls_cert_file=/etc/fleet/api.pem" "api_tls_key_file=/etc/fleet/api-key.pem"
+            "api_tls_client_ca_file=/etc/fleet/ca.pem" "api_access_file=/etc/fleet/api-access.toml")
+        TLS_ARGS=(--ca-file "$WORK/pki/ca.pem" --cert-file "$WORK/pki/bench.pem" --key-file "$WORK/pki/bench-key.pem")
+        CURL_TLS=(--cacert "$WORK/pki/ca.pem" --cert "$WORK/pki/bench.pem" --key "$WORK/pki/bench-key.pem")
+        scheme=https
+    fi
     for host in h1 h2 h3; do
-        "$TH" install-fleet "$host" "$etcd_url" "agent_ttl=10s" >/dev/null
+        if [ "$TLS" = 1 ]; then
+            etc="$FLEET_TESTHOSTS_DIR/hosts/$host/root/etc/fleet"
+            mkdir -p "$etc"
+            cp "$WORK/pki/ca.pem" "$WORK/pki/api.pem" "$WORK/pki/api-key.pem" "$WORK/pki/api-access.toml" "$etc/"
+        fi
+        "$TH" install-fleet "$host" "$etcd_url" "${conf[@]}" >/dev/null
     done
-    ENDPOINT="http://$("$TH" ip h1):54728"
+    ENDPOINT="$scheme://$("$TH" ip h1):54728"
 fi
 # Hosts to read fleetd's memory from: ours, or the demo's.
 TH_DIR=${FLEET_TESTHOSTS_DIR:-/run/fleet-testhosts}
@@ -77,7 +118,7 @@ echo "endpoint $ENDPOINT, $n_machines machines, fleetctl $FLEETCTL"
 
 # One unit's state from the API: prints its systemdActiveState (or nothing).
 active_state() {
-    curl -s --max-time 5 "$ENDPOINT/fleet/v1/state?unitName=$1" |
+    curl -s --max-time 5 "${CURL_TLS[@]}" "$ENDPOINT/fleet/v1/state?unitName=$1" |
         jq -r '.states[0].systemdActiveState // empty' 2>/dev/null || true
 }
 

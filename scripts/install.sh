@@ -38,6 +38,12 @@ done
 
 root="${DESTDIR:-}"
 install -d "$root/usr/bin" "$root/etc/systemd/system" "$root/etc/fleet"
+# The group of the API socket (fleet.socket's SocketGroup): its members may use fleetctl.
+if [ -n "$root" ]; then
+    groupadd -R "$root" -f --system fleet
+else
+    groupadd -f --system fleet
+fi
 install -m 0755 "$bindir/fleetd" "$bindir/fleetctl" "$root/usr/bin/"
 install -m 0644 packaging/fleet.service packaging/fleet.socket "$root/etc/systemd/system/"
 if [ ! -e "$root/etc/fleet/fleet.conf" ]; then

@@ -683,6 +683,8 @@ cmd_install_fleet() {
         echo "etcd_servers=$etcd_url"
         echo "public_ip=$ip"
         echo "metadata=hostname=$name"
+        # fleet-tcp.socket below serves plaintext on the test bridge, which is not loopback.
+        echo "api_insecure_tcp=true"
         local line
         for line in "$@"; do echo "$line"; done
     } >"$root/etc/fleet/fleet.conf"
@@ -716,6 +718,8 @@ EOF
     ln -sf ../fleet.service "$sd/multi-user.target.wants/fleet.service"
 
     in_host "$leader" systemctl daemon-reload || die "systemctl daemon-reload in $name failed"
+    # fleet.socket gives the API socket to group fleet, as the package does.
+    in_host "$leader" groupadd -f --system fleet || die "groupadd fleet in $name failed"
     in_host "$leader" systemctl start fleet.socket fleet-tcp.socket ||
         die "starting fleet sockets in $name failed (see: $0 exec $name journalctl -u fleet.socket)"
     in_host "$leader" systemctl start fleet.service ||

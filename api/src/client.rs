@@ -36,10 +36,13 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 mod ops;
+pub use tls::{ClientTls, TlsError};
 
 use crate::entities::{
     ErrorEntity, Machine, MachinePage, Unit, UnitPage, UnitState, UnitStatePage,
 };
+
+mod tls;
 
 /// The default endpoint of fleetctl and fleetd (spec 7.1).
 pub const DEFAULT_ENDPOINT: &str = "unix:///var/run/fleet.sock";
@@ -54,10 +57,12 @@ pub enum Endpoint {
         /// The URL as the user gave it, for messages.
         url: String,
     },
-    /// Plain HTTP over TCP.
+    /// HTTP over TCP, or over TLS for `https://` (`tls`).
     Http {
         /// `host:port` (the `Host` header and the address to dial).
         authority: String,
+        /// `https://`: speak TLS (see [`ClientTls`]).
+        tls: bool,
         /// The URL path the API routes hang off, ending in `/fleet/v1/`.
         base_path: String,
         /// The URL as the user gave it, for messages.
@@ -72,9 +77,7 @@ pub enum EndpointError {
     SchemeUndefined,
     #[error("unable to connect to host {host:?} with scheme {scheme:?}")]
     HostWithSocketScheme { host: String, scheme: String },
-    #[error("https endpoints are not supported yet")]
-    HttpsUnsupported,
-    #[error("unsupported URL scheme {0:?} (expected unix, file or http)")]
+    #[error("unsupported URL scheme {0:?} (expected unix, file, http or https)")]
     UnknownScheme(String),
     #[error("endpoint {0:?} has no host")]
     MissingHost(String),
@@ -130,7 +133,8 @@ impl Endpoint {
                     url: url.to_owned(),
                 })
             }
-            "http" => {
+            "http" | "https" => {
+                let tls = scheme_lower == "https";
                 if host.is_empty() {
                     return Err(EndpointError::MissingHost(url.to_owned()));
                 }
@@ -138,17 +142,19 @@ impl Endpoint {
                 let host = host.rsplit_once('@').map_or(host, |(_, h)| h);
                 let authority = if has_port(host) {
                     host.to_owned()
+                } else if tls {
+                    format!("{host}:443")
                 } else {
                     format!("{host}:80")
                 };
                 let base_path = format!("{}/fleet/v1/", path.trim_end_matches('/'));
                 Ok(Endpoint::Http {
                     authority,
+                    tls,
                     base_path,
                     url: url.to_owned(),
                 })
             }
-            "https" => Err(EndpointError::HttpsUnsupported),
             _ => Err(EndpointError::UnknownScheme(scheme.to_owned())),
         }
     }
@@ -192,16 +198,28 @@ impl<T: AsyncRead + AsyncWrite + Send + Unpin> Connection for T {}
 pub type DialFuture<'a> =
     Pin<Box<dyn Future<Output = io::Result<Box<dyn Connection>>> + Send + 'a>>;
 
+/// The future of [`Dialer::explain_failure`].
+pub type ExplainFuture<'a> = Pin<Box<dyn Future<Output = Option<String>> + Send + 'a>>;
+
 /// Opens one connection to the API. The default dials the endpoint
 /// directly; an SSH tunnel provides its own (spec 7.2).
 pub trait Dialer: Send + Sync {
     /// Opens a new connection for one request.
     fn dial(&self) -> DialFuture<'_>;
+
+    /// Says why a dialed connection broke before the API answered, when the
+    /// dialer can find out (a tunnel's far end may refuse its SSH user the
+    /// socket, which only shows as a closed connection here). Default: no idea.
+    fn explain_failure(&self) -> ExplainFuture<'_> {
+        Box::pin(async { None })
+    }
 }
 
-/// Dials the endpoint's socket or TCP address directly.
+/// Dials the endpoint's socket or TCP address directly, with TLS for
+/// `https://` endpoints.
 struct DirectDialer {
     endpoint: Endpoint,
+    tls: Option<tokio_rustls::TlsConnector>,
 }
 
 impl Dialer for DirectDialer {
@@ -211,12 +229,7 @@ impl Dialer for DirectDialer {
                 Endpoint::Unix { path, .. } => {
                     let stream = tokio::net::UnixStream::connect(path)
                         .await
-                        .map_err(|error| {
-                            io::Error::new(
-                                error.kind(),
-                                format!("dial unix {}: {error}", path.display()),
-                            )
-                        })?;
+                        .map_err(|error| socket_error(path, &error))?;
                     Ok(Box::new(stream) as Box<dyn Connection>)
                 }
                 Endpoint::Http { authority, .. } => {
@@ -239,7 +252,10 @@ impl Dialer for DirectDialer {
                     })?;
                     // Requests are small; do not let Nagle delay them.
                     let _ = stream.set_nodelay(true);
-                    Ok(Box::new(stream) as Box<dyn Connection>)
+                    match &self.tls {
+                        Some(connector) => tls::handshake(connector, authority, stream).await,
+                        None => Ok(Box::new(stream) as Box<dyn Connection>),
+                    }
                 }
             }
         })
@@ -252,6 +268,18 @@ impl Dialer for DirectDialer {
 const UNAVAILABLE_RETRIES: u32 = 5;
 const FIRST_UNAVAILABLE_PAUSE: Duration = Duration::from_millis(200);
 const MAX_UNAVAILABLE_PAUSE: Duration = Duration::from_secs(2);
+/// The error of a failed unix-socket connect; a permission failure says how
+/// to get permission, since the socket is root's and group `fleet`'s only.
+fn socket_error(path: &std::path::Path, error: &io::Error) -> io::Error {
+    let mut message = format!("dial unix {}: {error}", path.display());
+    if error.kind() == io::ErrorKind::PermissionDenied {
+        message.push_str(
+            " (the API socket is for root and the group fleet: run fleetctl as root, or add \
+             your user to the group with `sudo usermod -aG fleet $USER` and log in again)",
+        );
+    }
+    io::Error::new(error.kind(), message)
+}
 
 /// An error from one API call.
 #[derive(Debug, thiserror::Error)]
@@ -294,6 +322,8 @@ pub struct Client {
     endpoint: Endpoint,
     dialer: Arc<dyn Dialer>,
     timeout: Option<Duration>,
+    /// A bearer token for the API's access policy.
+    token: Option<String>,
 }
 
 impl fmt::Debug for Client {
@@ -313,12 +343,42 @@ impl Client {
     pub fn new(endpoint: Endpoint) -> Client {
         let dialer = Arc::new(DirectDialer {
             endpoint: endpoint.clone(),
+            tls: None,
         });
         Client {
             endpoint,
             dialer,
             timeout: None,
+            token: None,
         }
+    }
+
+    /// A client that dials `endpoint` directly and speaks TLS with `tls`
+    /// when the endpoint is `https://`.
+    ///
+    /// # Errors
+    /// [`TlsError`] for unreadable or malformed certificate and key files.
+    pub fn with_tls(endpoint: Endpoint, tls: &ClientTls) -> Result<Client, TlsError> {
+        let connector = match &endpoint {
+            Endpoint::Http { tls: true, .. } => Some(tls::connector(tls)?),
+            _ => None,
+        };
+        let dialer = Arc::new(DirectDialer {
+            endpoint: endpoint.clone(),
+            tls: connector,
+        });
+        Ok(Client {
+            endpoint,
+            dialer,
+            timeout: None,
+            token: None,
+        })
+    }
+
+    /// Sends `Authorization: Bearer <token>` with every request.
+    pub fn with_token(mut self, token: Option<String>) -> Client {
+        self.token = token;
+        self
     }
 
     /// A client that opens its connections through `dialer` (e.g. an SSH
@@ -328,6 +388,7 @@ impl Client {
             endpoint,
             dialer,
             timeout: None,
+            token: None,
         }
     }
 
@@ -591,6 +652,9 @@ impl Client {
         if body.is_some() {
             builder = builder.header(http::header::CONTENT_TYPE, "application/json");
         }
+        if let Some(token) = &self.token {
+            builder = builder.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
+        }
         let request = builder
             .body(Full::new(Bytes::from(body.unwrap_or_default())))
             .map_err(|error| transport(format!("building {method} {uri}: {error}")))?;
@@ -601,15 +665,16 @@ impl Client {
             .await
             .map_err(|error| transport(error.to_string()))?;
         let (mut sender, connection) =
-            hyper::client::conn::http1::handshake(TokioIo::new(connection))
-                .await
-                .map_err(|error| transport(format!("{method} {uri}: {error}")))?;
+            match hyper::client::conn::http1::handshake(TokioIo::new(connection)).await {
+                Ok(handshake) => handshake,
+                Err(error) => return Err(self.broken(&method, &uri, &error).await),
+            };
         // The connection task ends when the response is read and `sender` drops.
         let driver = tokio::spawn(connection);
-        let response = sender
-            .send_request(request)
-            .await
-            .map_err(|error| transport(format!("{method} {uri}: {error}")))?;
+        let response = match sender.send_request(request).await {
+            Ok(response) => response,
+            Err(error) => return Err(self.broken(&method, &uri, &error).await),
+        };
         let status = response.status();
         let body = response
             .into_body()
@@ -624,6 +689,29 @@ impl Client {
             return Ok(body);
         }
         Err(api_error(status, &body))
+    }
+}
+
+impl Client {
+    /// The transport error of a connection that broke before an answer,
+    /// with the dialer's explanation when it has one.
+    async fn broken(&self, method: &Method, uri: &str, error: &hyper::Error) -> ClientError {
+        let mut detail = format!("{method} {uri}: {error}");
+        // hyper's message is only the kind ("connection error"); the cause (a
+        // TLS alert, a reset) is in its sources.
+        let mut source = std::error::Error::source(error);
+        while let Some(cause) = source {
+            detail.push_str(&format!(": {cause}"));
+            source = cause.source();
+        }
+        if let Some(explanation) = self.dialer.explain_failure().await {
+            detail.push_str(": ");
+            detail.push_str(&explanation);
+        }
+        ClientError::Transport {
+            endpoint: self.endpoint.url().to_owned(),
+            detail,
+        }
     }
 }
 
@@ -702,6 +790,7 @@ mod tests {
                 "http://127.0.0.1:54728",
                 Ok(Endpoint::Http {
                     authority: "127.0.0.1:54728".into(),
+                    tls: false,
                     base_path: "/fleet/v1/".into(),
                     url: "http://127.0.0.1:54728".into(),
                 }),
@@ -710,6 +799,7 @@ mod tests {
                 "http://example.com/prefix/",
                 Ok(Endpoint::Http {
                     authority: "example.com:80".into(),
+                    tls: false,
                     base_path: "/prefix/fleet/v1/".into(),
                     url: "http://example.com/prefix/".into(),
                 }),
@@ -718,6 +808,7 @@ mod tests {
                 "http://[::1]:8080/",
                 Ok(Endpoint::Http {
                     authority: "[::1]:8080".into(),
+                    tls: false,
                     base_path: "/fleet/v1/".into(),
                     url: "http://[::1]:8080/".into(),
                 }),
@@ -731,7 +822,15 @@ mod tests {
                     scheme: "unix".into(),
                 }),
             ),
-            ("https://example.com", Err(EndpointError::HttpsUnsupported)),
+            (
+                "https://example.com",
+                Ok(Endpoint::Http {
+                    authority: "example.com:443".into(),
+                    tls: true,
+                    base_path: "/fleet/v1/".into(),
+                    url: "https://example.com".into(),
+                }),
+            ),
             (
                 "ftp://example.com",
                 Err(EndpointError::UnknownScheme("ftp".into())),

@@ -57,9 +57,11 @@ use crate::token::PageToken;
 /// The discovery document (spec 6.7), served verbatim.
 const DISCOVERY_JSON: &str = include_str!("discovery.json");
 
-/// The largest request body we read (PUT and PATCH). Unit files are a few
-/// kilobytes; this only stops a runaway client from filling our memory.
-const BODY_LIMIT_BYTES: usize = 16 * 1024 * 1024;
+/// The largest request body we read (PUT and PATCH): etcd's default request
+/// limit (`--max-request-bytes`, 1.5 MiB). A unit's stored text is shorter
+/// than its JSON body, so what fits here fits etcd (see
+/// `units::MAX_UNIT_FILE_BYTES`); a larger body is a 413 that says the limit.
+pub const BODY_LIMIT_BYTES: usize = 1536 * 1024;
 
 /// The prefixes the resources are mounted under, with identical behaviour.
 const PREFIXES: [&str; 2] = ["/fleet/v1", "/v1-alpha"];
@@ -336,11 +338,31 @@ async fn read_body(request: Request) -> Result<Bytes, ApiError> {
     axum::body::to_bytes(request.into_body(), BODY_LIMIT_BYTES)
         .await
         .map_err(|error| {
+            if is_length_limit(&error) {
+                return ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!(
+                        "request body is larger than {BODY_LIMIT_BYTES} bytes (1.5 MiB, etcd's request limit)"
+                    ),
+                );
+            }
             ApiError::new(
                 StatusCode::BAD_REQUEST,
                 format!("unable to read body: {error}"),
             )
         })
+}
+
+/// Whether reading a body failed because it passed [`BODY_LIMIT_BYTES`].
+fn is_length_limit(error: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(current) = source {
+        if current.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        source = current.source();
+    }
+    false
 }
 
 /// The query parameters of a request, all values of each, in order. Unknown

@@ -1390,3 +1390,100 @@ async fn rollouts_are_validated_stored_and_controlled() {
 /// The event stream (an addition beside v1).
 #[path = "server/events.rs"]
 mod events;
+/// A JSON unit body of exactly `size` bytes whose options come from
+/// `option(i)`, padded in the last option's value.
+fn unit_body_of_size(size: usize, option: impl Fn(usize) -> Value) -> String {
+    let mut options: Vec<Value> = Vec::new();
+    // Leave room for the padding; `option` entries are short. Sizes add up
+    // (an entry and its comma), so the body is not serialized per entry.
+    let mut estimate = json!({"desiredState": "loaded", "options": []})
+        .to_string()
+        .len();
+    while estimate < size - 200 {
+        let entry = option(options.len());
+        estimate += entry.to_string().len() + 1;
+        options.push(entry);
+    }
+    let last = options.len() - 1;
+    let base = json!({"desiredState": "loaded", "options": options})
+        .to_string()
+        .len();
+    let value = options[last]["value"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    options[last]["value"] = json!(format!("{value}{}", "p".repeat(size - base)));
+    let body = json!({"desiredState": "loaded", "options": options}).to_string();
+    assert_eq!(body.len(), size);
+    body
+}
+
+/// The body limit is etcd's request limit: a maximum-size unit made of one-option sections
+/// (the worst case for grouping options by section) is stored and read back, one byte more
+/// is a 413 that names the limit.
+#[tokio::test]
+async fn a_maximum_size_unit_is_stored_and_a_larger_body_is_413() {
+    let api = Api::start("max-size", 100).await;
+    let limit = fleet_api::server::BODY_LIMIT_BYTES;
+    let sections = |i: usize| json!({"section": format!("S{i}"), "name": "A", "value": "b"});
+    let body = unit_body_of_size(limit, sections);
+    let started = std::time::Instant::now();
+    let reply = api
+        .call_with(Method::PUT, "/fleet/v1/units/big.service", &[JSON], &body)
+        .await;
+    eprintln!("PUT of a {limit}-byte unit took {:?}", started.elapsed());
+    reply.assert_status(201);
+    let stored = api.get("/fleet/v1/units/big.service").await;
+    stored.assert_status(200);
+    let options = stored.json()["options"].as_array().map_or(0, Vec::len);
+    assert!(options > 30_000, "{options} options stored");
+
+    let body = unit_body_of_size(limit + 1, sections);
+    api.call_with(
+        Method::PUT,
+        "/fleet/v1/units/bigger.service",
+        &[JSON],
+        &body,
+    )
+    .await
+    .assert_error(
+        413,
+        &format!("request body is larger than {limit} bytes (1.5 MiB, etcd's request limit)"),
+    );
+    assert_eq!(api.get("/fleet/v1/units/bigger.service").await.status, 404);
+}
+
+/// A maximum-size unit of `[X-Fleet]` peers and conflicts: matching every peer against every
+/// pattern would be some 10^8 glob matches, so such a unit is a 400 that says why.
+#[tokio::test]
+async fn a_maximum_size_unit_of_requirements_is_refused_with_the_reason() {
+    let api = Api::start("max-size-xfleet", 100).await;
+    let limit = fleet_api::server::BODY_LIMIT_BYTES;
+    let requirements = |i: usize| {
+        let (name, value) = if i % 2 == 0 {
+            ("MachineOf", format!("p{i}.service"))
+        } else {
+            ("Conflicts", format!("c{i}*.service"))
+        };
+        json!({"section": "X-Fleet", "name": name, "value": value})
+    };
+    let body = unit_body_of_size(limit, requirements);
+    let started = std::time::Instant::now();
+    let reply = api
+        .call_with(Method::PUT, "/fleet/v1/units/req.service", &[JSON], &body)
+        .await;
+    eprintln!(
+        "PUT of a {limit}-byte [X-Fleet] unit took {:?}",
+        started.elapsed()
+    );
+    reply.assert_status(400);
+    let message = reply.json()["error"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        message.starts_with("too many [X-Fleet] requirements: "),
+        "{message}"
+    );
+    assert_eq!(api.get("/fleet/v1/units/req.service").await.status, 404);
+}

@@ -124,7 +124,7 @@ pub struct GlobalArgs {
     #[arg(long = "request-timeout", global = true, value_name = "SECONDS")]
     pub request_timeout: Option<String>,
 
-    /// Path to the CA file used for TLS (not used yet)
+    /// Path to the CA file used for TLS with an https:// endpoint
     #[arg(
         long = "ca-file",
         alias = "etcd-cafile",
@@ -133,7 +133,7 @@ pub struct GlobalArgs {
     )]
     pub ca_file: Option<String>,
 
-    /// Path to the client certificate used for TLS (not used yet)
+    /// Path to the client certificate used for TLS with an https:// endpoint
     #[arg(
         long = "cert-file",
         alias = "etcd-certfile",
@@ -142,7 +142,7 @@ pub struct GlobalArgs {
     )]
     pub cert_file: Option<String>,
 
-    /// Path to the client key used for TLS (not used yet)
+    /// Path to the client key used for TLS with an https:// endpoint
     #[arg(
         long = "key-file",
         alias = "etcd-keyfile",
@@ -150,6 +150,10 @@ pub struct GlobalArgs {
         value_name = "PATH"
     )]
     pub key_file: Option<String>,
+
+    /// Bearer token for the API's access policy (sent as Authorization: Bearer; or FLEETCTL_TOKEN)
+    #[arg(long = "token", global = true, value_name = "TOKEN")]
+    pub token: Option<String>,
 
     /// Keyspace for fleet data in etcd (etcd driver only)
     #[arg(long = "etcd-key-prefix", global = true, value_name = "PREFIX")]
@@ -492,6 +496,8 @@ pub struct Config {
     pub ca_file: Option<PathBuf>,
     pub cert_file: Option<PathBuf>,
     pub key_file: Option<PathBuf>,
+    /// `--token` / `FLEETCTL_TOKEN`: a bearer token for the API.
+    pub token: Option<String>,
     pub etcd_key_prefix: String,
     pub debug: bool,
     pub experimental_api: bool,
@@ -727,6 +733,10 @@ impl Config {
             &["FLEETCTL_KEY_FILE", "FLEETCTL_ETCD_KEYFILE"],
         );
 
+        let token = setting("token", &global.token, &["FLEETCTL_TOKEN"])
+            .resolve(env)
+            .map(|(_, value)| value);
+
         let etcd_key_prefix = setting(
             "etcd-key-prefix",
             &global.etcd_key_prefix,
@@ -748,6 +758,7 @@ impl Config {
             ca_file,
             cert_file,
             key_file,
+            token,
             etcd_key_prefix,
             debug,
             experimental_api,

@@ -130,8 +130,24 @@ fn bad_endpoints_and_unsupported_transports() {
             r#"Unable to initialize client: unable to connect to host "host" with scheme "unix""#,
         ),
         (
-            &["--endpoint", "https://h:1", "list-units"],
-            "https endpoints are not supported yet",
+            &[
+                "--endpoint",
+                "https://h:1",
+                "--ca-file",
+                "/nonexistent/ca.pem",
+                "list-units",
+            ],
+            "Unable to initialize client: cannot read CA certificates from /nonexistent/ca.pem",
+        ),
+        (
+            &[
+                "--endpoint",
+                "https://h:1",
+                "--cert-file",
+                "/nonexistent/c.pem",
+                "list-units",
+            ],
+            "--cert-file and --key-file must be given together",
         ),
         (
             &["--driver", "etcd", "list-units"],

@@ -64,6 +64,12 @@ pub const OPTION_NAMES: &[&str] = &[
     // Fail-safe behaviour (Documentation/reliability.md).
     "unload_breaker_fraction",
     "machine_restart_grace",
+    // API security (Documentation/security.md).
+    "api_tls_cert_file",
+    "api_tls_key_file",
+    "api_tls_client_ca_file",
+    "api_access_file",
+    "api_insecure_tcp",
 ];
 
 /// The engine's slice of the config (see `fleetd::engine`). No `Default`:
@@ -206,6 +212,21 @@ pub struct Config {
     /// machine whose fleetd stopped cleanly may stay away before its units
     /// move (they were left running). New.
     pub machine_restart_grace: Duration,
+    /// `api_tls_cert_file` (PEM, default empty = plaintext TCP): the API's
+    /// server certificate (chain); with it every TCP listener speaks only TLS. New.
+    pub api_tls_cert_file: String,
+    /// `api_tls_key_file` (PEM, default empty): its private key. New.
+    pub api_tls_key_file: String,
+    /// `api_tls_client_ca_file` (PEM, default empty = no client certificates):
+    /// TCP clients must present a certificate signed by this CA. New.
+    pub api_tls_client_ca_file: String,
+    /// `api_access_file` (TOML, default empty = no identity has a role on
+    /// TLS): certificate names and token hashes mapped to roles; re-read on
+    /// SIGHUP. New.
+    pub api_access_file: String,
+    /// `api_insecure_tcp` (bool, default false): allow plaintext TCP on an
+    /// address that is not loopback (anyone who reaches it is root). New.
+    pub api_insecure_tcp: bool,
 }
 
 impl Default for Config {
@@ -247,6 +268,11 @@ impl Default for Config {
             allow_host_unit_override: false,
             unload_breaker_fraction: 0.5,
             machine_restart_grace: Duration::from_secs(900),
+            api_tls_cert_file: String::new(),
+            api_tls_key_file: String::new(),
+            api_tls_client_ca_file: String::new(),
+            api_access_file: String::new(),
+            api_insecure_tcp: false,
         }
     }
 }
@@ -439,6 +465,35 @@ impl Config {
     }
 }
 
+/// The API's TLS options must form a whole: a certificate with its key, and
+/// a client CA only with a certificate (clients cannot be verified without TLS).
+fn check_api_tls(config: &Config) -> Result<(), ConfigError> {
+    let invalid = |option: &'static str, expected: &str| ConfigError::Invalid {
+        option,
+        value: String::new(),
+        origin: "the defaults".to_owned(),
+        expected: expected.to_owned(),
+    };
+    if config.api_tls_cert_file.is_empty() != config.api_tls_key_file.is_empty() {
+        let option = if config.api_tls_cert_file.is_empty() {
+            "api_tls_cert_file"
+        } else {
+            "api_tls_key_file"
+        };
+        return Err(invalid(
+            option,
+            "api_tls_cert_file and api_tls_key_file to be set together",
+        ));
+    }
+    if !config.api_tls_client_ca_file.is_empty() && config.api_tls_cert_file.is_empty() {
+        return Err(invalid(
+            "api_tls_cert_file",
+            "a server certificate (api_tls_cert_file, api_tls_key_file) when api_tls_client_ca_file is set",
+        ));
+    }
+    Ok(())
+}
+
 fn non_empty(value: &str) -> Option<String> {
     (!value.is_empty()).then(|| value.to_owned())
 }
@@ -614,7 +669,18 @@ impl RawValues {
                 d.unload_breaker_fraction,
             )?,
             machine_restart_grace: seconds("machine_restart_grace", d.machine_restart_grace, true)?,
+            api_tls_cert_file: self.text("api_tls_cert_file", d.api_tls_cert_file),
+            api_tls_key_file: self.text("api_tls_key_file", d.api_tls_key_file),
+            api_tls_client_ca_file: self.text("api_tls_client_ca_file", d.api_tls_client_ca_file),
+            api_access_file: self.text("api_access_file", d.api_access_file),
+            api_insecure_tcp: self.typed(
+                "api_insecure_tcp",
+                BOOL,
+                parse_go_bool,
+                d.api_insecure_tcp,
+            )?,
         };
+        check_api_tls(&config)?;
         // A path option set to empty means the default: an empty path names nothing.
         if config.units_directory.as_os_str().is_empty() {
             config.units_directory = d.units_directory;

@@ -8,7 +8,9 @@
 //! - [`heart`]: the machine lease and record; publishes [`heart::Presence`].
 //! - [`engine`]: leader election and the scheduler (pure, in `engine::scheduler`).
 //! - [`agent`]: makes this machine's systemd match its schedule.
-//! - [`listeners`]: the API sockets (socket activation or `api_listen`).
+//! - [`listeners`]: the API sockets (socket activation or `api_listen`),
+//!   with TLS ([`api_tls`]), limits, and the [`api_gate`] every request
+//!   passes: the pure [`access`] policy and the audit log.
 //! - [`machine`]: the machine id, public IP detection and the published state.
 //! - [`backoff`]: the one retry delay policy.
 //! - [`etcd_role`]: control plane or worker, learned from etcd's permissions.
@@ -22,7 +24,10 @@
 // Input and I/O paths return errors; unwrap() is for tests.
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
+pub mod access;
 pub mod agent;
+pub mod api_gate;
+pub mod api_tls;
 pub mod backoff;
 pub mod config;
 pub mod engine;

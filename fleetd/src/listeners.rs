@@ -9,19 +9,37 @@
 //! component, and the new API router is swapped into [`ApiSwitch`] while the
 //! same sockets keep accepting (fix of spec quirk 12, where old and new
 //! servers ran side by side).
+//!
+//! Each connection is served by hyper's HTTP/1.1 server in its own task
+//! ([`serve`]): TCP speaks TLS first when the gate has a certificate
+//! (`crate::api_tls`), then every request passes the gate
+//! (`crate::api_gate`), which knows how the connection arrived
+//! ([`crate::access::Transport`]). Limits: [`HEADER_READ_TIMEOUT`] (also the
+//! idle timeout of keep-alive connections), [`TLS_HANDSHAKE_TIMEOUT`],
+//! [`MAX_CONNECTIONS`] and [`MAX_IN_FLIGHT`]; the body limit is the router's.
 
 use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, PoisonError, RwLock};
 
+use std::convert::Infallible;
+use std::time::Duration;
+
 use anyhow::Context;
 use axum::Router;
+use axum::body::Body;
 use axum::extract::Request;
-use tokio::net::{TcpListener, UnixListener};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
-use tracing::{error, info};
+use tracing::{debug, info, warn};
+
+use crate::access::Transport;
+use crate::api_gate::Gate;
 
 use crate::config::ListenAddress;
 
@@ -151,8 +169,30 @@ fn bind_unix(path: &Path) -> io::Result<Listener> {
     }
     let listener = std::os::unix::net::UnixListener::bind(path)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
+    give_to_fleet_group(path);
     listener.set_nonblocking(true)?;
     Ok(Listener::Unix(UnixListener::from_std(listener)?))
+}
+
+/// The group whose members may use the API socket (`fleetctl --tunnel` as
+/// a non-root SSH user). The install script and the package create it.
+pub const SOCKET_GROUP: &str = "fleet";
+
+/// Gives the socket file to [`SOCKET_GROUP`] when that group exists; the
+/// socket then stays root's alone, which is safe, and the log says why.
+fn give_to_fleet_group(path: &Path) {
+    match nix::unistd::Group::from_name(SOCKET_GROUP) {
+        Ok(Some(group)) => {
+            if let Err(error) = nix::unistd::chown(path, None, Some(group.gid)) {
+                warn!(%error, path = %path.display(), "Cannot give the API socket to group {SOCKET_GROUP}.");
+            }
+        }
+        Ok(None) => info!(
+            path = %path.display(),
+            "No group {SOCKET_GROUP}: only root can use the API socket (create the group to share it)."
+        ),
+        Err(error) => warn!(%error, "Cannot look up group {SOCKET_GROUP}."),
+    }
 }
 
 /// The service every listener serves: it forwards each request to the
@@ -194,24 +234,161 @@ impl ApiSwitch {
     }
 }
 
-/// Serves `app` on `listener` until `shutdown`, then finishes in-flight requests.
-pub async fn serve(listener: Listener, app: Router, shutdown: CancellationToken) {
+/// How long a client has to send a request's headers, counted from the
+/// moment the connection waits for them. It also closes a keep-alive
+/// connection that stays idle this long (hyper starts the same timer when it
+/// waits for the next request).
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long a TLS handshake may take.
+pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Connections open at once across all listeners; more are closed on accept.
+/// Well below `LimitNOFILE` (40000 in fleet.service), so fleetd keeps file
+/// descriptors for etcd and D-Bus under a flood.
+pub const MAX_CONNECTIONS: usize = 1024;
+
+/// Requests being handled at once across all listeners; more wait.
+pub const MAX_IN_FLIGHT: usize = 256;
+
+/// One accepted connection, before TLS.
+enum Accepted {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+/// Serves `app` on `listener` until `shutdown`, then finishes in-flight
+/// requests. Every request passes `gate`; `connections` caps the connections
+/// open at once (shared by all listeners).
+pub async fn serve(
+    listener: Listener,
+    app: Router,
+    gate: Arc<Gate>,
+    connections: Arc<Semaphore>,
+    shutdown: CancellationToken,
+) {
     let described = listener.describe();
     info!(listener = %described, "Serving the API.");
-    let result = match listener {
-        Listener::Tcp(listener) => {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown.cancelled_owned())
-                .await
-        }
-        Listener::Unix(listener) => {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown.cancelled_owned())
-                .await
-        }
+    let loopback = match &listener {
+        Listener::Tcp(tcp) => tcp.local_addr().is_ok_and(|a| a.ip().is_loopback()),
+        Listener::Unix(_) => true,
     };
-    if let Err(error) = result {
-        error!(listener = %described, "Failed serving HTTP on listener: {error}");
+    let tasks = TaskTracker::new();
+    loop {
+        let accepted = tokio::select! {
+            () = shutdown.cancelled() => break,
+            accepted = accept(&listener) => accepted,
+        };
+        let accepted = match accepted {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                // Out of file descriptors and the like: do not spin on it.
+                warn!(listener = %described, %error, "Accepting an API connection failed.");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = Arc::clone(&connections).try_acquire_owned() else {
+            warn!(listener = %described, limit = MAX_CONNECTIONS, "Closing a new API connection: too many are open.");
+            continue;
+        };
+        let context = Connection {
+            app: app.clone(),
+            gate: Arc::clone(&gate),
+            shutdown: shutdown.clone(),
+        };
+        tasks.spawn(async move {
+            context.run(accepted, loopback).await;
+            drop(permit);
+        });
+    }
+    tasks.close();
+    tasks.wait().await;
+}
+
+async fn accept(listener: &Listener) -> io::Result<Accepted> {
+    match listener {
+        Listener::Tcp(tcp) => {
+            let (stream, _) = tcp.accept().await?;
+            // Answers are small; do not let Nagle delay them.
+            let _ = stream.set_nodelay(true);
+            Ok(Accepted::Tcp(stream))
+        }
+        Listener::Unix(unix) => Ok(Accepted::Unix(unix.accept().await?.0)),
+    }
+}
+
+/// What one connection's task needs.
+struct Connection {
+    app: Router,
+    gate: Arc<Gate>,
+    shutdown: CancellationToken,
+}
+
+impl Connection {
+    /// Speaks TLS first when the gate has an acceptor (TCP only), then HTTP/1.1.
+    async fn run(self, accepted: Accepted, loopback: bool) {
+        match accepted {
+            Accepted::Unix(stream) => self.http(stream, Transport::UnixSocket).await,
+            Accepted::Tcp(stream) => match self.gate.tls() {
+                None => self.http(stream, Transport::PlainTcp { loopback }).await,
+                Some(acceptor) => {
+                    let peer = stream.peer_addr().ok();
+                    let handshake =
+                        tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream));
+                    let tls = match handshake.await {
+                        Ok(Ok(tls)) => tls,
+                        Ok(Err(error)) => {
+                            debug!(?peer, %error, "API TLS handshake refused.");
+                            return;
+                        }
+                        Err(_) => {
+                            debug!(?peer, "API TLS handshake timed out.");
+                            return;
+                        }
+                    };
+                    let client_name = crate::api_tls::client_name(tls.get_ref().1);
+                    self.http(tls, Transport::Tls { client_name }).await;
+                }
+            },
+        }
+    }
+
+    async fn http<S>(self, stream: S, transport: Transport)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+    {
+        let Connection {
+            app,
+            gate,
+            shutdown,
+        } = self;
+        let transport = Arc::new(transport);
+        let service =
+            hyper::service::service_fn(move |request: http::Request<hyper::body::Incoming>| {
+                let (app, gate, transport) =
+                    (app.clone(), Arc::clone(&gate), Arc::clone(&transport));
+                async move {
+                    let response = gate.handle(&transport, request.map(Body::new), app).await;
+                    Ok::<_, Infallible>(response)
+                }
+            });
+        let mut builder = hyper::server::conn::http1::Builder::new();
+        builder
+            .timer(TokioTimer::new())
+            .header_read_timeout(HEADER_READ_TIMEOUT);
+        let connection = builder.serve_connection(TokioIo::new(stream), service);
+        tokio::pin!(connection);
+        let result = tokio::select! {
+            result = connection.as_mut() => result,
+            () = shutdown.cancelled() => {
+                connection.as_mut().graceful_shutdown();
+                connection.await
+            }
+        };
+        if let Err(error) = result {
+            debug!(%error, "An API connection ended with an error.");
+        }
     }
 }
 

@@ -81,6 +81,10 @@ pub async fn run(loaded: Loaded, options: ServerOptions) -> anyhow::Result<()> {
 
     let pieces = Pieces::prepare(&config).await?;
     let listeners = Listeners::open(&config.api_listen).context("opening the API listeners")?;
+    let gate = crate::api_gate::from_config(&config, &listeners.listeners)?;
+    let connections = Arc::new(tokio::sync::Semaphore::new(
+        crate::listeners::MAX_CONNECTIONS,
+    ));
     let mut generation = Generation::start(&config, pieces, &availability, &ready_sent);
     let switch = ApiSwitch::new(generation.router.clone());
 
@@ -91,6 +95,8 @@ pub async fn run(loaded: Loaded, options: ServerOptions) -> anyhow::Result<()> {
         listener_tasks.spawn(crate::listeners::serve(
             listener,
             switch.service(),
+            Arc::clone(&gate),
+            Arc::clone(&connections),
             listener_shutdown.child_token(),
         ));
     }
@@ -124,6 +130,7 @@ pub async fn run(loaded: Loaded, options: ServerOptions) -> anyhow::Result<()> {
                 }
                 generation = Generation::start(&new_config, pieces, &availability, &ready_sent);
                 switch.replace(generation.router.clone());
+                crate::api_gate::reload(&gate, &new_config);
                 config = new_config;
             }
             _ = signals.user1.recv() => generation.dump(),

@@ -220,6 +220,7 @@ async fn create(
     file: &UnitFile,
     desired_state: &str,
 ) -> Result<Response, ApiError> {
+    check_size(file)?;
     // Fix (Appendix B 6): the original skipped this on replace.
     validate_options(file).map_err(ApiError::bad_request)?;
     let desired_state = if desired_state.is_empty() {
@@ -238,6 +239,24 @@ async fn create(
         .map_err(|error| ApiError::registry("create unit", error))?;
     shared.units_listing.forget();
     Ok(empty_response(StatusCode::CREATED))
+}
+
+/// The largest unit text we store: etcd's default request limit (1.5 MiB)
+/// less room for the rest of the unit's transaction (record, reference, keys).
+pub const MAX_UNIT_FILE_BYTES: usize = 1536 * 1024 - 16 * 1024;
+
+/// A 413 for a unit whose text would not fit one etcd request.
+fn check_size(file: &UnitFile) -> Result<(), ApiError> {
+    let size = file.serialize().len();
+    if size > MAX_UNIT_FILE_BYTES {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "unit file is {size} bytes; the limit is {MAX_UNIT_FILE_BYTES} bytes (etcd's 1.5 MiB request limit)"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 fn check_template_activation(name: &UnitName, desired_state: &str) -> Result<(), ApiError> {

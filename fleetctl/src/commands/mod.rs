@@ -29,7 +29,7 @@ mod verify;
 
 use std::sync::Arc;
 
-use fleet_api::client::{Client, Endpoint};
+use fleet_api::client::{Client, ClientTls, Endpoint};
 
 use crate::cli::{Command, Config};
 use crate::context::Ctx;
@@ -102,7 +102,22 @@ fn build_client(config: &Config, console: Console) -> Result<Client, Exit> {
         ));
     }
     match Endpoint::parse(&config.endpoint) {
-        Ok(endpoint) => Ok(Client::new(endpoint).with_timeout(config.request_timeout)),
+        Ok(endpoint) => {
+            let tls = ClientTls {
+                ca_file: config.ca_file.clone(),
+                cert_file: config.cert_file.clone(),
+                key_file: config.key_file.clone(),
+            };
+            match Client::with_tls(endpoint, &tls) {
+                Ok(client) => Ok(client
+                    .with_timeout(config.request_timeout)
+                    .with_token(config.token.clone())),
+                Err(error) => {
+                    console.err(&format!("Unable to initialize client: {error}"));
+                    Err(Exit::Failure)
+                }
+            }
+        }
         Err(error) => {
             console.err(&format!("Unable to initialize client: {error}"));
             Err(Exit::Failure)

@@ -25,7 +25,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use fleet_api::client::{Client, Connection, DialFuture, Dialer, Endpoint};
+use fleet_api::client::{Client, Connection, DialFuture, Dialer, Endpoint, ExplainFuture};
 use openssh::{ForwardType, Socket};
 
 use crate::cli::Config;
@@ -50,7 +50,10 @@ pub async fn through_tunnel(
     let options = SshOptions::from_env(config)?;
     let endpoint = client.endpoint().clone();
     let tunnel = Tunnel::open(&options, bastion, &endpoint).await?;
-    let client = tunnel.client(endpoint).with_timeout(config.request_timeout);
+    let client = tunnel
+        .client(endpoint)
+        .with_timeout(config.request_timeout)
+        .with_token(config.token.clone());
     Ok((client, Some(tunnel)))
 }
 
@@ -61,6 +64,8 @@ pub struct Tunnel {
     local_socket: PathBuf,
     /// The API as the bastion reaches it, for messages.
     remote: String,
+    /// The API socket on the bastion, for a unix endpoint.
+    remote_socket_path: Option<PathBuf>,
 }
 
 impl Tunnel {
@@ -112,10 +117,15 @@ impl Tunnel {
                 detail: std::error::Error::source(&error)
                     .map_or_else(|| error.to_string(), ToString::to_string),
             })?;
+        let remote_socket_path = match endpoint {
+            Endpoint::Unix { path, .. } => Some(path.clone()),
+            Endpoint::Http { .. } => None,
+        };
         Ok(Arc::new(Tunnel {
             master,
             local_socket,
             remote,
+            remote_socket_path,
         }))
     }
 
@@ -168,6 +178,36 @@ impl Dialer for TunnelDialer {
                     )
                 })?;
             Ok(Box::new(stream) as Box<dyn Connection>)
+        })
+    }
+
+    /// sshd closes a forwarded channel it cannot connect without saying why;
+    /// ask the bastion whether its SSH user may use the socket at all.
+    fn explain_failure(&self) -> ExplainFuture<'_> {
+        Box::pin(async move {
+            let tunnel = &self.tunnel;
+            let path = tunnel.remote_socket_path.as_ref()?.display().to_string();
+            let remote_test = |flag: &'static str| {
+                let path = path.clone();
+                async move {
+                    let session = tunnel.master.session();
+                    let status = session.command("test").arg(flag).arg(&path).status().await;
+                    status.ok().map(|status| status.success())
+                }
+            };
+            let bastion = tunnel.master.destination();
+            if !remote_test("-S").await? {
+                return Some(format!(
+                    "{path} is not a socket on {bastion}: is fleet.socket running there?"
+                ));
+            }
+            if remote_test("-w").await? {
+                return None;
+            }
+            Some(format!(
+                "permission denied: the SSH user on {bastion} may not connect to {path}; add it to \
+                 the group fleet there (sudo usermod -aG fleet <user>) or use --ssh-username root"
+            ))
         })
     }
 }

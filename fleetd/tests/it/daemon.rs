@@ -50,7 +50,12 @@ impl Fleetd {
         assert_eq!(result, 0, "kill({pid}, {signal}) failed");
     }
 
-    async fn wait_exit(&mut self) -> ExitStatus {
+    /// Whether the process is still running.
+    pub(crate) fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    pub(crate) async fn wait_exit(&mut self) -> ExitStatus {
         let end = tokio::time::Instant::now() + DEADLINE;
         loop {
             if let Some(status) = self.child.try_wait().expect("waiting for fleetd") {

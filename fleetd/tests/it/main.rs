@@ -6,7 +6,10 @@
 //! - `daemon`: the `fleetd` binary: 503 without etcd, the API on unix and
 //!   TCP sockets, config errors, SIGTERM.
 //! - `observe`: `/metrics` scraped from the binary and checked by `promtool`.
+//! - `api_security`: TLS, client certificates, roles, tokens, the audit
+//!   log and the plaintext rules of the API, with rcgen certificates.
 
+mod api_security;
 mod daemon;
 mod heart;
 mod observe;

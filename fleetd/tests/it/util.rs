@@ -71,10 +71,20 @@ pub fn prefix(test: &str) -> String {
 
 /// One HTTP/1.1 GET over an open stream; returns (status, body).
 pub async fn http_get<S: AsyncRead + AsyncWrite + Unpin>(
-    mut stream: S,
+    stream: S,
     path: &str,
 ) -> std::io::Result<(u16, String)> {
-    let request = format!("GET {path} HTTP/1.1\r\nHost: fleetd\r\nConnection: close\r\n\r\n");
+    // A loopback name: plaintext TCP listeners refuse other Host headers.
+    http_get_with_host(stream, path, "localhost").await
+}
+
+/// One HTTP/1.1 GET with the given `Host` header; returns (status, body).
+pub async fn http_get_with_host<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    path: &str,
+    host: &str,
+) -> std::io::Result<(u16, String)> {
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
     stream.write_all(request.as_bytes()).await?;
     let mut response = Vec::new();
     stream.read_to_end(&mut response).await?;

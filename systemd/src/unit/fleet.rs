@@ -258,6 +258,10 @@ fn distinct(values: &[String]) -> Vec<&String> {
         .collect()
 }
 
+/// How many (MachineOf value, Conflicts or Replaces pattern) pairs
+/// [`validate_options`] matches at most; more is an error, not seconds of work.
+pub const MAX_REQUIREMENT_PAIRS: usize = 100_000;
+
 /// The original's `ValidateOptions` (spec 3.6), on raw values without
 /// specifier substitution. The error text is the original's message.
 ///
@@ -272,6 +276,19 @@ pub fn validate_options(unit: &UnitFile) -> Result<(), String> {
     let peers = distinct(&requirements.machine_of);
     let conflicts = distinct(&requirements.conflicts);
     let replaces = distinct(&requirements.replaces);
+    // Every peer is matched against every pattern; bound that work, which a
+    // 1.5 MiB request could otherwise make some 10^8 glob matches.
+    let pairs = peers
+        .len()
+        .saturating_mul(conflicts.len().saturating_add(replaces.len()));
+    if pairs > MAX_REQUIREMENT_PAIRS {
+        return Err(format!(
+            "too many [X-Fleet] requirements: {} MachineOf values against {} Conflicts and Replaces \
+             patterns (at most {MAX_REQUIREMENT_PAIRS} pairs are checked)",
+            peers.len(),
+            conflicts.len() + replaces.len()
+        ));
+    }
     // The original walked sets in Go's random map order; we use file order so
     // that the message is deterministic.
     for peer in &peers {
