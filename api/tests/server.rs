@@ -1460,7 +1460,7 @@ async fn a_maximum_size_unit_of_requirements_is_refused_with_the_reason() {
     let api = Api::start("max-size-xfleet", 100).await;
     let limit = fleet_api::server::BODY_LIMIT_BYTES;
     let requirements = |i: usize| {
-        let (name, value) = if i % 2 == 0 {
+        let (name, value) = if i.is_multiple_of(2) {
             ("MachineOf", format!("p{i}.service"))
         } else {
             ("Conflicts", format!("c{i}*.service"))
