@@ -6,12 +6,13 @@
 //! much as a pooled request, while a fresh connection keeps the pluggable
 //! [`Dialer`] (the SSH tunnel plugs in there) trivial.
 //!
-//! Behaviour copied from the original Go client (spec 7.2): every request
+//! Behaviour copied from the original Go client (Documentation/compatibility.md,
+//! "fleetctl transports"): every request
 //! carries `?alt=json`, list calls follow `nextPageToken` until it is absent,
 //! and API errors read `googleapi: Error <code>: <message>` (or
 //! `googleapi: got HTTP response code <code> with body: <body>` when the body
 //! is not an error entity with a message). Transport failures name the
-//! endpoint. Unlike the original (quirk 19), an optional per-request timeout
+//! endpoint. Unlike the original (which had none), an optional per-request timeout
 //! covers connect, request and the whole response body.
 //!
 //! This module must not know about the CLI: no printing, no exit codes.
@@ -44,10 +45,11 @@ use crate::entities::{
 
 mod tls;
 
-/// The default endpoint of fleetctl and fleetd (spec 7.1).
+/// The default endpoint of fleetctl and fleetd, as in the original.
 pub const DEFAULT_ENDPOINT: &str = "unix:///var/run/fleet.sock";
 
-/// Where the API lives, parsed once from an endpoint URL (spec 7.1).
+/// Where the API lives, parsed once from an endpoint URL (`unix://`,
+/// `http://` or `https://`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Endpoint {
     /// A unix socket (`unix:///path` or `file:///path`).
@@ -175,7 +177,7 @@ impl Endpoint {
 
     fn host_header(&self) -> &str {
         match self {
-            // What the original sent too (spec 7.2).
+            // What the original sent too, as the `Host` of a socket request.
             Endpoint::Unix { .. } => "domain-sock",
             Endpoint::Http { authority, .. } => authority,
         }
@@ -202,7 +204,7 @@ pub type DialFuture<'a> =
 pub type ExplainFuture<'a> = Pin<Box<dyn Future<Output = Option<String>> + Send + 'a>>;
 
 /// Opens one connection to the API. The default dials the endpoint
-/// directly; an SSH tunnel provides its own (spec 7.2).
+/// directly; an SSH tunnel provides its own (`--tunnel`).
 pub trait Dialer: Send + Sync {
     /// Opens a new connection for one request.
     fn dial(&self) -> DialFuture<'_>;
@@ -485,7 +487,7 @@ impl Client {
     }
 
     /// Unit states (`GET state`, every page), optionally filtered by machine
-    /// and/or unit name (exact matches, spec 6.4).
+    /// and/or unit name (exact matches, as the original server filters).
     ///
     /// # Errors
     /// Any [`ClientError`].
@@ -715,7 +717,8 @@ impl Client {
     }
 }
 
-/// The googleapi error of a non-2xx answer (spec 7.2).
+/// The googleapi error of a non-2xx answer (Documentation/compatibility.md,
+/// "API transport and errors").
 fn api_error(status: StatusCode, body: &[u8]) -> ClientError {
     let code = status.as_u16();
     match serde_json::from_slice::<ErrorEntity>(body) {

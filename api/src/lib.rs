@@ -1,4 +1,4 @@
-//! The fleet HTTP API v1 (spec 6), both sides of the wire.
+//! The fleet HTTP API v1 (Documentation/api.md), both sides of the wire.
 //!
 //! - [`entities`]: the JSON entities (Unit, UnitState, Machine, pages, the
 //!   error entity). A serialized type is a compatibility promise: the original

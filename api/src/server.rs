@@ -1,4 +1,4 @@
-//! The API v1 router (spec 6): one axum service over the registry.
+//! The API v1 router (Documentation/api.md): one axum service over the registry.
 //!
 //! [`router`] builds the service fleetd serves on its listeners; [`ApiState`]
 //! is what it needs (the registry, the page size, the version for the
@@ -11,9 +11,9 @@
 //! before the path) and matching them in one function keeps them visible.
 //!
 //! - `units`: `GET/PUT/DELETE /units[/<name>]`, including the PUT decision
-//!   procedure of spec 6.5.
+//!   procedure (Documentation/compatibility.md, "Creating and replacing a unit (PUT)").
 //! - `states`: `GET /state[/<name>]`.
-//! - `machines`: `GET /machines` and the metadata `PATCH` of spec 6.6.
+//! - `machines`: `GET /machines` and the metadata `PATCH`.
 //! - `rollouts`: rolling updates, new resources beside v1 (`GET/POST
 //!   /rollouts[/<name>]`).
 //! - `worker`: the read-only wrapper a worker's fleetd serves (writes refused).
@@ -54,7 +54,7 @@ use fleet_registry::{Registry, RegistryError, UnitState};
 use crate::entities::{ErrorBody, ErrorEntity, UNAVAILABLE_MESSAGE};
 use crate::token::PageToken;
 
-/// The discovery document (spec 6.7), served verbatim.
+/// The discovery document the original served, verbatim.
 const DISCOVERY_JSON: &str = include_str!("discovery.json");
 
 /// The largest request body we read (PUT and PATCH): etcd's default request
@@ -70,7 +70,7 @@ const PREFIXES: [&str; 2] = ["/fleet/v1", "/v1-alpha"];
 #[derive(Clone)]
 pub struct ApiState {
     pub registry: Registry,
-    /// `token_limit`: the page size of every listing (spec 6.3).
+    /// `token_limit`: the page size of every listing.
     pub token_limit: u16,
     /// fleetd's version, sent as `Server: fleetd/<version>`.
     pub version: String,
@@ -78,7 +78,7 @@ pub struct ApiState {
     pub available: Availability,
 }
 
-/// A shared on/off flag: whether the API may serve (spec 6.1). Cheap to clone;
+/// A shared on/off flag: whether the API may serve (503 while etcd is unreachable). Cheap to clone;
 /// all clones see the same flag. Starts unavailable.
 #[derive(Clone, Debug, Default)]
 pub struct Availability(Arc<AtomicBool>);
@@ -116,7 +116,7 @@ const LISTING_MAX_AGE: Duration = Duration::from_secs(5);
 
 /// The newest full listing of one collection, kept briefly so that the pages
 /// after the first are cut from it. Page tokens carry only a page number
-/// (spec 6.3), so without it every page re-reads the whole collection: n
+/// (a compatibility promise), so without it every page re-reads the whole collection: n
 /// items in pages of L cost n²/L reads, and listing 20,000 units took 40 s
 /// (the scale benchmark). Page 1 always reads etcd and replaces the listing,
 /// so a client paging through sees one consistent snapshot that is never
@@ -198,7 +198,7 @@ pub fn router(state: ApiState) -> Router {
 async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response {
     if !shared.api.available.is_available() {
         // The original's "unavailable" handler sits outside the middleware
-        // that adds `Server`, so the 503 has no `Server` header (spec 6.1).
+        // that adds `Server`, so the 503 has no `Server` header, as in the original.
         return error_response(StatusCode::SERVICE_UNAVAILABLE, UNAVAILABLE_MESSAGE);
     }
     let method = request.method().clone();
@@ -216,7 +216,7 @@ async fn handle(State(shared): State<Arc<Shared>>, request: Request) -> Response
     response
 }
 
-/// Dispatches on the decoded path and the method (spec 6.4).
+/// Dispatches on the decoded path and the method (Documentation/compatibility.md, "Endpoints").
 async fn route(shared: &Shared, request: Request) -> Result<Response, ApiError> {
     let path = percent_decode(request.uri().path())
         .ok_or_else(|| ApiError::new(StatusCode::BAD_REQUEST, "invalid URL escape in path"))?;
@@ -366,7 +366,7 @@ fn is_length_limit(error: &axum::Error) -> bool {
 }
 
 /// The query parameters of a request, all values of each, in order. Unknown
-/// parameters are simply never asked for (spec 6.1: `?alt=json`).
+/// parameters are simply never asked for (clients send `?alt=json`).
 pub(crate) struct Query {
     pairs: Vec<(String, String)>,
 }
@@ -398,7 +398,7 @@ impl Query {
             .filter(|v| !v.is_empty())
     }
 
-    /// The page asked for by `nextPageToken` (spec 6.3).
+    /// The page asked for by `nextPageToken`.
     fn page(&self, token_limit: u16) -> Result<PageToken, ApiError> {
         PageToken::from_query_values(&self.values("nextPageToken"), token_limit)
             .map_err(|error| ApiError::new(StatusCode::BAD_REQUEST, error.to_string()))
@@ -506,7 +506,8 @@ impl ApiError {
     }
 }
 
-/// The error entity with `Content-Type: application/json` (spec 6.2).
+/// The error entity (`{"error": {"code", "message"}}`) with
+/// `Content-Type: application/json`.
 fn error_response(status: StatusCode, message: &str) -> Response {
     let entity = ErrorEntity {
         error: ErrorBody {

@@ -1,5 +1,5 @@
-//! The API router against a real etcd (spec 6): every status code of 6.4 and
-//! 6.5, pagination, the metadata PATCH, availability and the `Server` header.
+//! The API router against a real etcd: every status code of the endpoints and
+//! of PUT, pagination, the metadata PATCH, availability and the `Server` header.
 //!
 //! The router is driven in-process with `tower::ServiceExt::oneshot`, so no
 //! socket is involved; the registry behind it is a real etcd started by
@@ -905,7 +905,7 @@ async fn current_state_and_machine_come_from_placement_and_reported_state() {
             ("a.service", "launched", "m1"),
             ("b.service", "inactive", "m1"),
             ("c.service", "inactive", ""),
-            // Quirk (Appendix B 17), kept: the list says inactive for global units.
+            // Quirk of the original, kept: the list says inactive for global units.
             ("g.service", "inactive", ""),
         ]
     );

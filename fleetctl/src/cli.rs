@@ -1,6 +1,6 @@
 //! The command line: clap types, parsing, and the [`Config`] built from them.
 //!
-//! Global flags (spec 7.1) are declared once with `global = true`, so they
+//! Global flags are declared once with `global = true`, so they
 //! work before or after the command like cobra's persistent flags. Every
 //! global flag can also come from `FLEETCTL_<FLAG>`; that layer is applied
 //! here by hand (not with clap's `env`) so that empty values are ignored like
@@ -8,7 +8,7 @@
 //! the environment as a map instead of touching the process's.
 //!
 //! Differences from cobra that are deliberate: an unknown command or flag is
-//! an error with exit status 1 (quirk 2 fixed), and an ambiguous command prefix
+//! an error with exit status 1 (the original exited 0), and an ambiguous command prefix
 //! says which commands it could mean.
 
 use std::collections::HashMap;
@@ -76,7 +76,8 @@ pub struct Cli {
     pub command: Option<Command>,
 }
 
-/// Global flags (spec 7.1). Each is an `Option` so that "not given" can fall
+/// Global flags (Documentation/compatibility.md, "fleetctl global flags and
+/// environment"). Each is an `Option` so that "not given" can fall
 /// back to the environment, then to the default.
 #[derive(Debug, Default, Args)]
 #[command(next_help_heading = "GLOBAL OPTIONS")]
@@ -183,7 +184,7 @@ pub struct GlobalArgs {
     pub experimental_api: Option<String>,
 }
 
-/// The commands (spec 7.6), in the order help lists them.
+/// The commands, in the order help lists them.
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Output the contents of a submitted unit
@@ -258,7 +259,7 @@ pub enum Command {
     Exec(ExecArgs),
 }
 
-/// `--block-attempts` and `--no-block` (spec 7.5).
+/// `--block-attempts` and `--no-block` (Documentation/compatibility.md, "Blocking").
 #[derive(Debug, Default, Clone, Args)]
 pub struct BlockArgs {
     /// Wait until the units reach their target state, trying N times (2 s each); 0 waits forever
@@ -491,7 +492,7 @@ pub struct Config {
     pub known_hosts_file: PathBuf,
     pub strict_host_key_checking: bool,
     /// Deadline of one API request. `None` (the default) waits forever like
-    /// the original; `--request-timeout` sets it (quirk 19 fixed).
+    /// the original; `--request-timeout` sets it (the original ignored it).
     pub request_timeout: Option<Duration>,
     pub ca_file: Option<PathBuf>,
     pub cert_file: Option<PathBuf>,

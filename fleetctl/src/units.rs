@@ -1,4 +1,4 @@
-//! Unit creation from command-line arguments (spec 7.4), shared by `submit`,
+//! Unit creation from command-line arguments, shared by `submit`,
 //! `load`, `start` and `restart`.
 //!
 //! For each argument: mangle it to a unit name, look the unit up, decide

@@ -1,4 +1,4 @@
-//! Blocking until units reach a state (spec 7.5).
+//! Blocking until units reach a state (Documentation/compatibility.md, "Blocking").
 //!
 //! One attempt is 2 s of polling every 250 ms; `--block-attempts=N` allows N
 //! attempts (0 waits forever) and `--no-block` does not wait. Like the
@@ -59,7 +59,7 @@ impl Blocking {
     }
 
     /// The same limit, but waiting even with `--no-block` (create-time waits
-    /// ignore it, spec 7.4 step 4).
+    /// ignore it, as the original's did).
     pub fn ignoring_no_block(self) -> Blocking {
         match self {
             Blocking::NoBlock => Blocking::Forever,

@@ -1,4 +1,4 @@
-//! fleetd's options (spec 8.3, plus this rewrite's new ones) and their loader.
+//! fleetd's options (the original's, plus this rewrite's new ones) and their loader.
 //!
 //! [`Config::load`] builds one [`Config`] in layers: the defaults of the spec's
 //! table ([`Config::default`]), then the config file (`/etc/fleet/fleet.conf`
@@ -6,10 +6,10 @@
 //! `FLEET_<OPTION>` environment variables. The environment is an argument (a
 //! map), so tests never touch the process environment.
 //!
-//! The file format is goini's (spec 8.2), parsed by [`parse_ini`]. Unlike the
+//! The file format is goini's, parsed by [`parse_ini`]. Unlike the
 //! original, a value that does not parse for its type is an error that names
-//! the option, the value, where it came from and the expected form (fix of
-//! spec quirk 18); the original silently kept the default.
+//! the option, the value, where it came from and the expected form;
+//! the original silently kept the default.
 //!
 //! Parts get their own small config built here ([`Config::engine`],
 //! [`Config::agent`], [`Config::registry`]) and passed explicitly; nothing
@@ -76,7 +76,7 @@ pub const OPTION_NAMES: &[&str] = &[
 /// tests say what they use.
 #[derive(Clone, Debug, PartialEq)]
 pub struct EngineConfig {
-    /// TTL of the engine leader lease: 5 × the reconcile interval (spec 1.6).
+    /// TTL of the engine leader lease: 5 × the reconcile interval, as in the original.
     pub lease_ttl: Duration,
     /// `machine_loss_grace`: how long a machine may be gone before its units move.
     pub machine_loss_grace: Duration,
@@ -98,7 +98,7 @@ pub struct AgentConfig {
     /// `agent_ttl`: the machine lease's TTL (unit states ride on it).
     pub agent_ttl: Duration,
     /// `stop_units_on_shutdown`: the original's behaviour of stopping every
-    /// unit when fleetd stops (off by default, DESIGN change 6).
+    /// unit when fleetd stops (off by default: a fleetd upgrade must not restart services).
     pub stop_units_on_shutdown: bool,
     /// `allow_host_unit_override`: fleet units may replace units the host
     /// already has (off: the agent refuses them).
@@ -126,7 +126,7 @@ impl fmt::Display for ListenAddress {
     }
 }
 
-/// fleetd's options (spec 8.3 and the new ones): defaults, then the config
+/// fleetd's options (the original's and the new ones): defaults, then the config
 /// file, then `FLEET_*`; validated once by [`Config::load`].
 #[derive(Clone, Debug, PartialEq)]
 pub struct Config {
@@ -230,7 +230,7 @@ pub struct Config {
 }
 
 impl Default for Config {
-    /// The defaults of spec 8.3 (and of the brief for the new options): the
+    /// The defaults (the original's, and ours for the new options): the
     /// one place they are written down.
     fn default() -> Config {
         Config {
@@ -291,7 +291,7 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
-    /// goini's message (spec 8.2), after the file's name.
+    /// goini's message, after the file's name.
     #[error("config file {}: iniparser: syntax error at ':{line}'.", path.display())]
     Syntax { path: PathBuf, line: usize },
     #[error("invalid value {value:?} for option {option} (from {origin}): expected {expected}")]
@@ -498,7 +498,7 @@ fn non_empty(value: &str) -> Option<String> {
     (!value.is_empty()).then(|| value.to_owned())
 }
 
-/// The environment variable that overrides `option` (spec 8.2).
+/// The environment variable that overrides `option` (`FLEET_` and the upper-cased name).
 pub fn env_variable(option: &str) -> String {
     format!("FLEET_{}", option.to_uppercase().replace(['.', '-'], "_"))
 }
@@ -728,7 +728,7 @@ impl RawValues {
     }
 }
 
-/// Parses goini text (spec 8.2) into the `(key, value)` pairs outside any
+/// Parses goini text into the `(key, value)` pairs outside any
 /// section, in file order (a later duplicate wins when collected).
 ///
 /// # Errors
@@ -865,7 +865,7 @@ pub fn parse_go_duration(value: &str) -> Option<Duration> {
     Some(Duration::from_nanos(total_nanos.round() as u64))
 }
 
-/// Splits a list option the original's way (spec 8.3, `etcd_servers`): on
+/// Splits a list option the original's way (as for `etcd_servers`): on
 /// `,`, each item stripped of leading ` [ "` and trailing ` " ]`, so both
 /// `["a","b"]` and `a,b` work. Empty items are dropped.
 pub fn split_list(value: &str) -> Vec<String> {
@@ -932,7 +932,7 @@ pub fn parse_listen_address(item: &str) -> Option<ListenAddress> {
 }
 
 /// `metadata`: `k=v,k2=v2`, split on `,` then on the first `=`, keys and
-/// values trimmed, a later duplicate winning (spec 8.3). Unlike the
+/// values trimmed, a later duplicate winning. Unlike the
 /// original, which silently dropped them, an entry without `=` or with an
 /// empty key is an error; empty entries (`a=b,,c=d`, a trailing comma) are
 /// skipped.

@@ -44,13 +44,13 @@ pub struct HeartConfig {
     pub refresh_interval: Duration,
     /// The first retry delay ceiling when registering fails.
     pub retry_initial: Duration,
-    /// The largest retry delay ceiling (1 minute in fleetd, spec 1.2).
+    /// The largest retry delay ceiling (1 minute in fleetd, as in the original).
     pub retry_max: Duration,
 }
 
 impl HeartConfig {
     /// fleetd's heart for `agent_ttl`: refresh every minute, retries from 1 s
-    /// doubling up to 1 minute (spec 1.2), but never longer than the TTL so a
+    /// doubling up to 1 minute (the original's), but never longer than the TTL so a
     /// duplicate that is waiting notices the original's death quickly.
     pub fn for_ttl(ttl: Duration) -> HeartConfig {
         HeartConfig {
@@ -221,7 +221,7 @@ impl Heart {
                         }
                         Err(error) => {
                             if last_success.elapsed() >= ttl {
-                                // The original's wording (spec 1.5, Appendix D); tests grep for it.
+                                // The original's wording; tests grep for it.
                                 error!(%error, "Server monitor triggered: Monitor timed out before successful heartbeat");
                                 return Ended::Lost;
                             }

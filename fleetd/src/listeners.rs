@@ -3,11 +3,11 @@
 //! Sockets come from systemd socket activation (`LISTEN_PID`/`LISTEN_FDS`,
 //! unix and TCP stream sockets, as `fleet.socket` passes them); only when
 //! systemd passes none does fleetd bind `api_listen` itself (the original
-//! then served no API at all, spec 1.2).
+//! then served no API at all).
 //!
 //! The listeners live as long as the process: a SIGHUP rebuilds every
 //! component, and the new API router is swapped into [`ApiSwitch`] while the
-//! same sockets keep accepting (fix of spec quirk 12, where old and new
+//! same sockets keep accepting (a fix: in the original old and new
 //! servers ran side by side).
 //!
 //! Each connection is served by hyper's HTTP/1.1 server in its own task
@@ -146,7 +146,7 @@ pub fn from_systemd() -> io::Result<Vec<Listener>> {
 }
 
 /// Binds one `api_listen` address. A unix socket's stale file is removed
-/// first and the socket gets mode 0660 (spec 6.1: root and the `fleet` group).
+/// first and the socket gets mode 0660 (root and the `fleet` group, as in the original).
 ///
 /// # Errors
 /// When the address cannot be bound or the socket file cannot be set up.

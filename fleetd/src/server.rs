@@ -14,7 +14,7 @@
 //! - SIGHUP: "Reloading configuration from <path>", the same loader again; on
 //!   error the old config keeps running, else "Restarting server
 //!   components": the old generation stops cleanly and a new one starts on
-//!   the same listeners (fix of spec quirk 12). If the old one does not stop
+//!   the same listeners (the original left the old one running). If the old one does not stop
 //!   within [`STOP_GRACE`], fleetd exits non-zero instead: two generations
 //!   (two agents on one machine) never run side by side.
 //!

@@ -252,7 +252,7 @@ async fn agent_drives_a_real_systemd() {
         std::fs::read_to_string(&file).expect("unit file"),
         hello_file.serialize()
     );
-    // [Install]: enabled at runtime (spec 3.8).
+    // [Install]: enabled at runtime, as the original did.
     let wants = "/run/systemd/system/multi-user.target.wants/hello.service";
     cluster
         .exec_ok("h1", &["test", "-L", wants])

@@ -65,7 +65,7 @@ const MAX_CAS_ATTEMPTS: usize = 8;
 const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(5);
 const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// How to reach etcd (spec 8.3 `etcd_*` options).
+/// How to reach etcd (the `etcd_*` options).
 #[derive(Clone, Debug)]
 pub struct RegistryConfig {
     /// etcd v3 endpoints (`http://host:port`), tried in order.
@@ -114,7 +114,7 @@ impl RegistryError {
     }
 }
 
-/// One metadata edit of `PATCH /machines` (spec 6.6).
+/// One metadata edit of `PATCH /machines`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum MetadataOp {
     /// add/replace: set `key` of `machine` to a non-empty value.
@@ -803,7 +803,7 @@ impl Registry {
 
     /// Applies metadata edits in order, in one transaction (several for more
     /// than 100 distinct keys; a failure part-way leaves the earlier ones
-    /// applied, as the original did, spec 6.6).
+    /// applied, as the original did).
     pub async fn apply_metadata(&self, ops: &[MetadataOp]) -> Result<(), RegistryError> {
         // etcd refuses two writes of one key in a txn: the last edit wins,
         // which is what applying them in order means.
@@ -1649,7 +1649,7 @@ fn parse_content(value: &[u8]) -> Result<UnitFile, String> {
 }
 
 /// Merges dynamic metadata over configured metadata: a non-empty value sets,
-/// an empty one removes (spec 2, read and merge rules).
+/// an empty one removes, as in the original.
 pub fn merge_metadata(
     configured: &BTreeMap<String, String>,
     dynamic: &BTreeMap<String, String>,

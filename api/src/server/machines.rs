@@ -1,6 +1,7 @@
-//! `/machines`: the machine list and the metadata `PATCH` (spec 6.6).
+//! `/machines`: the machine list and the metadata `PATCH`
+//! (Documentation/compatibility.md, "Machine metadata (PATCH)").
 //!
-//! The PATCH value is accepted in both forms (Appendix B 1): the original
+//! The PATCH value is accepted in both forms: the original
 //! server's `{"value": {"value": "x"}}` (outer key matched case-insensitively,
 //! as Go's decoder does, so the functional tests' `"Value"` works) and the
 //! documented plain string `{"value": "x"}`.
@@ -38,7 +39,7 @@ pub(super) async fn list(shared: &Shared, query: &Query) -> Result<Response, Api
 }
 
 /// `PATCH /machines`: validate every op, then apply them in order in one
-/// registry transaction. The Content-Type is not checked (spec 6.6).
+/// registry transaction. The Content-Type is not checked, as in the original.
 pub(super) async fn patch(shared: &Shared, body: &[u8]) -> Result<Response, ApiError> {
     let document: Value = decode_first_json(body).map_err(ApiError::bad_request)?;
     let Value::Array(items) = document else {
@@ -102,7 +103,7 @@ impl RawOp {
         Ok(raw_op)
     }
 
-    /// The checks of spec 6.6, in the original's order.
+    /// The original's checks, in the original's order.
     fn validate(self) -> Result<MetadataOp, ApiError> {
         if !matches!(self.op.as_str(), "add" | "remove" | "replace") {
             return Err(ApiError::bad_request(

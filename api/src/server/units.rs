@@ -1,7 +1,7 @@
 //! `/units` and `/units/<name>`: list, get, the PUT decision procedure of
-//! spec 6.5, and delete.
+//! Documentation/compatibility.md ("Creating and replacing a unit (PUT)"), and delete.
 //!
-//! Where the original had a quirk in PUT (spec Appendix B item 6) we fix it:
+//! Where the original had a quirk in PUT we fix it:
 //! an invalid `desiredState` is a 400 on every path, a replace (new hash)
 //! validates its options, and a template cannot be activated on create either.
 
@@ -18,7 +18,7 @@ use fleet_systemd::unit::{Requirements, UnitFile, UnitName, UnitOption, validate
 use super::{ApiError, Query, Shared, empty_response, json_response, paginate_shared};
 use crate::entities;
 
-/// `GET /units`: one page of units sorted by name (spec 6.3). The first
+/// `GET /units`: one page of units sorted by name. The first
 /// page reads etcd; the pages after it are cut from that listing while it
 /// is recent (see `Listing` in the parent module).
 pub(super) async fn list(shared: &Shared, query: &Query) -> Result<Response, ApiError> {
@@ -70,7 +70,7 @@ async fn read_unit_entities(shared: &Shared) -> Result<Vec<entities::Unit>, ApiE
     for unit in &all_units {
         let mut entity = unit_entity(unit);
         if is_global(unit) {
-            // Quirk (spec 6.2, Appendix B 17): the list reports global
+            // Quirk of the original, kept: the list reports global
             // units as inactive with no machine, while GET of one omits
             // both. Kept: the original fleetctl reads this shape.
             entity.current_state = TargetState::Inactive.as_str().to_owned();
@@ -142,7 +142,7 @@ pub(super) async fn delete(shared: &Shared, item: &str) -> Result<Response, ApiE
     Ok(empty_response(StatusCode::NO_CONTENT))
 }
 
-/// `PUT /units/<name>`: the decision procedure of spec 6.5, step by step.
+/// `PUT /units/<name>`: the original's decision procedure, step by step.
 pub(super) async fn put(
     shared: &Shared,
     url_name: &str,
@@ -221,12 +221,12 @@ async fn create(
     desired_state: &str,
 ) -> Result<Response, ApiError> {
     check_size(file)?;
-    // Fix (Appendix B 6): the original skipped this on replace.
+    // Fix: the original skipped this on replace.
     validate_options(file).map_err(ApiError::bad_request)?;
     let desired_state = if desired_state.is_empty() {
         TargetState::Inactive
     } else {
-        // Fix (Appendix B 6): the original let a new template be launched
+        // Fix: the original let a new template be launched
         // and answered 500 for an invalid state.
         check_template_activation(name, desired_state)?;
         parse_desired_state(desired_state)?
@@ -268,13 +268,13 @@ fn check_template_activation(name: &UnitName, desired_state: &str) -> Result<(),
     Ok(())
 }
 
-/// Fix (Appendix B 6): a string other than the three states is a 400, where
+/// Fix: a string other than the three states is a 400, where
 /// the original stored it and the unit then vanished from listings.
 fn parse_desired_state(text: &str) -> Result<TargetState, ApiError> {
     TargetState::from_str(text).map_err(|error| ApiError::bad_request(error.to_string()))
 }
 
-/// Step 1 of spec 6.5: 415 unless exactly one `Content-Type` whose media type
+/// Step 1 of PUT: 415 unless exactly one `Content-Type` whose media type
 /// is `application/json` (parameters such as `charset` allowed).
 fn check_content_type(content_types: &[HeaderValue]) -> Result<(), ApiError> {
     let [content_type] = content_types else {
@@ -344,7 +344,8 @@ pub fn unit_file_from_options(options: &[entities::UnitOption]) -> UnitFile {
     )
 }
 
-/// The API's options of a unit file, in canonical order (spec 6.2).
+/// The API's options of a unit file, in canonical order (sections in order of first
+/// appearance, file order within each).
 pub fn entity_options(file: &UnitFile) -> Vec<entities::UnitOption> {
     file.canonical_options()
         .into_iter()

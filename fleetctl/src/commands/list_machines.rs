@@ -1,4 +1,4 @@
-//! `list-machines`: one row per machine (spec 7.6).
+//! `list-machines`: one row per machine.
 
 use std::collections::BTreeMap;
 

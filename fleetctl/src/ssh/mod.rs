@@ -1,5 +1,5 @@
 //! SSH for fleetctl: `--tunnel`, `ssh`, and `status`/`journal` on other
-//! machines (spec 7.2, 7.3).
+//! machines (Documentation/compatibility.md, "fleetctl SSH").
 //!
 //! Everything drives the system OpenSSH client through the `openssh` crate
 //! (process multiplexing): one verified master connection per machine

@@ -1,4 +1,4 @@
-//! `--tunnel`: the fleet API through an SSH bastion (spec 7.2).
+//! `--tunnel`: the fleet API through an SSH bastion.
 //!
 //! The original ran `fleetctl fd-forward <socket>` in a new SSH session for
 //! every HTTP connection, which needs fleetctl on the bastion's `PATH`. We

@@ -1,5 +1,5 @@
 //! The agent: makes this machine's systemd match its schedule and reports
-//! what systemd says back into etcd (spec 5, DESIGN points 2, 3 and 6).
+//! what systemd says back into etcd (Documentation/compatibility.md, "Agent behaviour").
 //!
 //! One loop ([`Agent::run`]) over a closed set of inputs:
 //! - the schedule: `P/engine/schedule/<me>/` read once at a revision, then watched
@@ -19,7 +19,7 @@
 //! Restart adoption: units a previous fleetd left running with the right
 //! content are adopted, never restarted. Shutdown leaves units running unless
 //! `stop_units_on_shutdown`, which stops and unloads them once, within a
-//! deadline (the original could spin forever, quirk 13).
+//! deadline (the original could spin forever).
 
 mod breaker;
 pub mod health;
@@ -353,7 +353,7 @@ impl Agent {
                     }
                 }
                 // Never act on an unknown schedule: with etcd unreachable the
-                // units keep running as they are (spec 1.9).
+                // units keep running as they are, as in the original.
                 if self.schedule_known {
                     match self.reconcile(manager).await {
                         Err(error) => return Exit::SystemdLost(error),

@@ -1,12 +1,12 @@
 //! The agent's planning: what this machine should run vs what it runs →
-//! an ordered list of [`Task`]s (spec 5.2). Pure: no I/O, no clock.
+//! an ordered list of [`Task`]s. Pure: no I/O, no clock.
 //!
 //! Differences from the original, on purpose:
-//! - Adoption (DESIGN change 6): a unit found in the units directory at
+//! - Adoption (restarting fleetd must not restart services): a unit found in the units directory at
 //!   start-up with the scheduled hash, loaded in systemd and already in the
 //!   wanted active/inactive condition is *adopted* (bookkeeping only): no
 //!   rewrite, no reload, not even a no-op `StartUnit`.
-//! - Every file in the units directory is tracked, whatever its type (quirk 14).
+//! - Every file in the units directory is tracked, whatever its type.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -462,7 +462,7 @@ mod tests {
 
     #[test]
     fn every_unit_type_is_tracked() {
-        // The original ignored types outside its list (quirk 14).
+        // The original ignored types outside its list (`target`, `slice`, …).
         check(
             &[],
             &[have("x.target", Some(1), Some(Loaded), true, false)],

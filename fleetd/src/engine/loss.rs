@@ -1,4 +1,5 @@
-//! Machine loss: the grace period and the breaker (DESIGN.md change 5).
+//! Machine loss: the grace period and the breaker, so an etcd
+//! hiccup that hides many machines at once does not reschedule everything.
 //!
 //! [`LossTracker`] remembers when each machine vanished (the first time the
 //! engine saw it absent) and turns that, with a caller-supplied `now`, into

@@ -1,5 +1,5 @@
 //! The engine's in-memory model of the cluster, fed by one snapshot at a
-//! revision and then by watch events (DESIGN.md change 1).
+//! revision and then by watch events (no full reads on the hot path).
 //!
 //! It holds what the scheduler needs: live machines (metadata merged), units
 //! with their requirements computed once per (unit, hash), and the schedule.

@@ -8,7 +8,8 @@
 //! number, so the same snapshot always gives the same answer; the engine
 //! (`super`) owns the side effects.
 //!
-//! The rules (spec 4, with the quirks of Appendix B fixed):
+//! The rules (the original's, with its bugs fixed: Documentation/compatibility.md,
+//! "Quirks of the original"):
 //! - Existing placements are stable: nothing is rebalanced when machines join.
 //!   A placement is removed only when its unit is destroyed or inactive, its
 //!   machine no longer satisfies the unit, a conflict or a moved `MachineOf`
@@ -18,7 +19,7 @@
 //!   id; units are taken in name order, `MachineOf` peers first.
 //! - Global units are placed by the engine on every matching machine; of two
 //!   conflicting globals the alphabetically first wins on each machine.
-//! - `Replaces=X` (quirk 15 fixed): the replacing unit prefers X's machine and
+//! - `Replaces=X` (one direction, unlike the original): the replacing unit prefers X's machine and
 //!   displaces X to another machine that can run X (checked); if X cannot move,
 //!   nothing is displaced. X never goes to a machine where a unit replacing it
 //!   sits, so nothing ping-pongs. Circular pairs are ignored.
@@ -560,7 +561,7 @@ impl<'a> Pass<'a> {
         }
 
         // Pass over units in name order so that, of two conflicting units on
-        // one machine, the alphabetically first stays (spec 5.2).
+        // one machine, the alphabetically first stays, as in the original.
         for unit in 0..self.units.len() {
             if !self.wants_placement(unit) {
                 for machine in self.on[unit].clone() {

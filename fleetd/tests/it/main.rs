@@ -1,4 +1,4 @@
-//! fleetd's integration tests, one binary (style.md 10): the heart against a
+//! fleetd's integration tests, one binary (one link step, not one per file): the heart against a
 //! real etcd, and the real `fleetd` binary with its API listeners.
 //!
 //! - `util`: waiting on conditions, machine-id files, raw HTTP requests.

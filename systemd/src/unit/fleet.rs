@@ -1,4 +1,5 @@
-//! The `[X-Fleet]` section: requirements of one unit (spec 3.4, 3.6).
+//! The `[X-Fleet]` section: requirements of one unit
+//! (Documentation/compatibility.md, "[X-Fleet] options").
 //!
 //! Values of `[X-Fleet]` options go through the original's multi-value
 //! parsing (`"a=b" "c=d"` is two values) and, when the unit has a name,
@@ -60,13 +61,13 @@ pub struct Requirements {
     pub machine_metadata: BTreeMap<String, BTreeSet<String>>,
     /// `Conflicts`: Go `path.Match` globs, one per whitespace-separated item.
     pub conflicts: Vec<String>,
-    /// `Global` (last value, truthy per spec 3.6).
+    /// `Global` (last value, truthy as the original parses booleans).
     pub global: bool,
     /// `Replaces`: globs of units this one displaces.
     pub replaces: Vec<String>,
 }
 
-/// The original's `parseMultivalueLine` (spec 3.4): a value that starts and
+/// The original's `parseMultivalueLine`: a value that starts and
 /// ends with `"` is split on spaces outside quotes, quotes dropped, with no
 /// escapes; any other value is the only value.
 pub fn parse_multivalue_line(line: &str) -> Vec<String> {
@@ -188,7 +189,7 @@ impl RawRequirements {
 }
 
 impl Requirements {
-    /// The `[X-Fleet]` requirements of `unit` named `name` (spec 3.4, 3.6).
+    /// The `[X-Fleet]` requirements of `unit` named `name`.
     pub fn of(unit: &UnitFile, name: &UnitName) -> Requirements {
         RawRequirements::of(unit, Some(name)).requirements()
     }
@@ -201,7 +202,7 @@ impl Requirements {
 
     /// Whether a machine with this full id satisfies `MachineID` (full or
     /// short). True when the unit has no `MachineID`.
-    // Quirk (spec B.10): the 8-character short id is accepted too.
+    // Quirk of the original, kept: the 8-character short id is accepted too.
     pub fn machine_id_matches(&self, machine_id: &str) -> bool {
         let Some(required) = &self.machine_id else {
             return true;
@@ -262,7 +263,7 @@ fn distinct(values: &[String]) -> Vec<&String> {
 /// [`validate_options`] matches at most; more is an error, not seconds of work.
 pub const MAX_REQUIREMENT_PAIRS: usize = 100_000;
 
-/// The original's `ValidateOptions` (spec 3.6), on raw values without
+/// The original's `ValidateOptions`, on raw values without
 /// specifier substitution. The error text is the original's message.
 ///
 /// # Errors

@@ -1,10 +1,11 @@
-//! The unit-file parser and serializer (go-systemd semantics, spec 3.2).
+//! The unit-file parser and serializer (go-systemd semantics).
 //!
 //! The parser is a transcription of go-systemd's `unit.Deserialize` lexer,
 //! including the way it reads through a 4096-byte `bufio.Reader`: the original
 //! checks the 2048-byte line limit only when that buffer holds at least 2048
 //! bytes, so we simulate the buffer to reject exactly the files it rejected.
-//! Hashes depend on every detail here (spec 3.3), so "cleaning up" a quirk
+//! Hashes depend on every detail here (Documentation/compatibility.md,
+//! "Unit files and the unit hash"), so "cleaning up" a quirk
 //! changes the hash of somebody's unit. This module does no I/O.
 
 use std::collections::HashMap;
@@ -429,7 +430,7 @@ impl UnitFile {
         self.values("Unit", "Description").next()
     }
 
-    /// Whether the unit has options in `section` (e.g. `Install`, spec 3.8).
+    /// Whether the unit has options in `section` (e.g. `Install`).
     pub fn has_section(&self, section: &str) -> bool {
         self.options.iter().any(|o| o.section == section)
     }
