@@ -307,14 +307,16 @@ fn list_units_renders_the_original_table() {
 fn api_errors_read_like_googleapi() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("api.sock");
-    let server = scripted_api(
-        &socket,
-        vec![exchange(
+    // The client sends an idempotent request again on a 503 (five times, with
+    // backoff) before it reports the error: the server answers every attempt.
+    let unavailable = || {
+        exchange(
             "GET /fleet/v1/units?alt=json",
             503,
             r#"{"error":{"code":503,"message":"fleet server unable to communicate with etcd"}}"#,
-        )],
-    );
+        )
+    };
+    let server = scripted_api(&socket, (0..6).map(|_| unavailable()).collect());
     let endpoint = format!("unix://{}", socket.display());
     let output = run(&["--endpoint", &endpoint, "list-unit-files"]);
     finish(server, &socket);
