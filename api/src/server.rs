@@ -24,6 +24,7 @@
 //! agree.
 
 mod machines;
+pub mod precheck;
 mod rollouts;
 mod states;
 mod units;
