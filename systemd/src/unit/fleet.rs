@@ -332,8 +332,9 @@ fn check_reads_back(unit: &UnitFile, stored: &UnitFile) -> Result<(), String> {
         .or_else(|| canonical.last());
     Err(match differing {
         Some(option) => format!(
-            "option {} in [{}] cannot be stored: its value would read back differently \
-             (a value may not end in a backslash, nor hold a line break other than a continuation)",
+            "option {} in [{}] cannot be stored: it would read back differently (a name may \
+             not hold `=` or a line break, a value may not end in a backslash nor hold a line \
+             break other than a continuation)",
             option.name, option.section
         ),
         None => "unit cannot be stored: its text reads back as other options".to_owned(),
@@ -695,13 +696,14 @@ mod tests {
             validate_options(&long),
             Err("line too long (max 2048 bytes)".to_owned())
         );
-        // A name with `=` serializes to text that re-parses differently but
-        // without an error, as in the original.
-        assert_eq!(
+        // A name with `=` serializes to text that re-parses as other
+        // options (the original stored it; its hash then named other
+        // content): refused, naming the option.
+        assert!(
             validate_options(&UnitFile::from_options(vec![UnitOption::new(
                 "Unit", "A=B", "c"
-            )])),
-            Ok(())
+            )]))
+            .is_err_and(|error| error.starts_with("option A=B in [Unit] cannot be stored"))
         );
     }
 
