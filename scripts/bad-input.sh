@@ -160,7 +160,7 @@ unitfile() { # LABEL NAME TEXT [accept]
 unitfile 'empty file' empty.service ''
 unitfile 'binary garbage' garbage.service '\x00\x01\xff\xfe[Service'
 unitfile 'section header never closed' open.service '[Service\nExecStart=/bin/true\n'
-unitfile 'line continuation at end of file' cont.service '[Service]\nExecStart=/bin/true \\' accept
+unitfile 'line continuation at end of file (would read back as other content)' cont.service '[Service]\nExecStart=/bin/true \\'
 unitfile '`Global=true` with `MachineOf=`' glob.service '[Service]\nExecStart=/bin/true\n[X-Fleet]\nGlobal=true\nMachineOf=a.service\n'
 unitfile '`MachineOf=` itself (never schedulable)' self.service '[Service]\nExecStart=/bin/true\n[X-Fleet]\nMachineOf=self.service\n' accept
 unitfile 'file name without a unit type' notype '[Service]\nExecStart=/bin/true\n'

@@ -28,6 +28,7 @@ mod events;
 mod line_breaks;
 mod machines;
 mod metrics;
+pub mod precheck;
 mod rollouts;
 mod states;
 mod ui;

@@ -431,7 +431,7 @@ impl Config {
     /// The engine's config.
     pub fn engine(&self) -> EngineConfig {
         EngineConfig {
-            lease_ttl: self.engine_reconcile_interval * 5,
+            lease_ttl: self.engine_reconcile_interval.saturating_mul(5),
             machine_loss_grace: self.machine_loss_grace,
             breaker_fraction: self.reschedule_breaker_fraction,
             machine_restart_grace: self.machine_restart_grace,
@@ -811,10 +811,12 @@ fn parse_int(value: &str) -> Option<i64> {
     value.parse().ok()
 }
 
-/// Non-negative, finite float seconds (`1`, `0.5`, `2.0`).
+/// Non-negative, finite float seconds (`1`, `0.5`, `2.0`), at most a Go
+/// duration's range (about 292 years): the daemon adds these to the clock
+/// and multiplies them, which a larger value overflows.
 fn parse_seconds(value: &str) -> Option<Duration> {
     let seconds: f64 = value.parse().ok()?;
-    if !seconds.is_finite() || seconds < 0.0 {
+    if !seconds.is_finite() || seconds < 0.0 || seconds * 1e9 > i64::MAX as f64 {
         return None;
     }
     Duration::try_from_secs_f64(seconds).ok()
@@ -963,6 +965,30 @@ pub fn parse_metadata(value: &str) -> Result<BTreeMap<String, String>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Found with the `config` fuzz target: seconds beyond a Go duration's
+    /// range loaded, then overflowed the engine's lease (`* 5`) or the clock.
+    #[test]
+    fn seconds_beyond_a_go_duration_are_refused_with_the_option_name() {
+        for option in [
+            "engine_reconcile_interval",
+            "machine_loss_grace",
+            "etcd_request_timeout",
+        ] {
+            let text = format!("{option}=1e19\n");
+            let file = Some((Path::new("/etc/fleet/fleet.conf"), text.as_str()));
+            let error = Config::from_sources(file, &HashMap::new()).unwrap_err();
+            assert!(error.to_string().contains(option), "{error}");
+        }
+        let text = "engine_reconcile_interval=9000000000\n";
+        let file = Some((Path::new("/etc/fleet/fleet.conf"), text));
+        let (config, _) = Config::from_sources(file, &HashMap::new()).unwrap();
+        assert!(
+            std::time::Instant::now()
+                .checked_add(config.engine().lease_ttl)
+                .is_some()
+        );
+    }
 
     fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
         pairs

@@ -71,7 +71,7 @@ pub(super) async fn patch(shared: &Shared, body: &[u8]) -> Result<Response, ApiE
 
 /// One op as decoded, before validation.
 #[derive(Debug, Default)]
-struct RawOp {
+pub(super) struct RawOp {
     op: String,
     path: String,
     value: String,
@@ -80,7 +80,7 @@ struct RawOp {
 impl RawOp {
     /// Decodes one op object. Keys match case-insensitively, as Go's decoder
     /// matches them to struct fields; unknown keys are ignored.
-    fn decode(item: &Value) -> Result<RawOp, ApiError> {
+    pub(super) fn decode(item: &Value) -> Result<RawOp, ApiError> {
         let Value::Object(object) = item else {
             return Err(ApiError::bad_request(format!(
                 "cannot unmarshal {} into a metadata operation",
@@ -104,7 +104,7 @@ impl RawOp {
     }
 
     /// The original's checks, in the original's order.
-    fn validate(self) -> Result<MetadataOp, ApiError> {
+    pub(super) fn validate(self) -> Result<MetadataOp, ApiError> {
         if !matches!(self.op.as_str(), "add" | "remove" | "replace") {
             return Err(ApiError::bad_request(
                 "invalid op: expect add, remove, or replace",
@@ -153,7 +153,7 @@ fn string_field(field: &str, value: &Value) -> Result<String, ApiError> {
     }
 }
 
-fn json_kind(value: &Value) -> &'static str {
+pub(super) fn json_kind(value: &Value) -> &'static str {
     match value {
         Value::Null => "null",
         Value::Bool(_) => "bool",

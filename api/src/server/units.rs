@@ -259,7 +259,10 @@ fn check_size(file: &UnitFile) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn check_template_activation(name: &UnitName, desired_state: &str) -> Result<(), ApiError> {
+pub(super) fn check_template_activation(
+    name: &UnitName,
+    desired_state: &str,
+) -> Result<(), ApiError> {
     if name.is_template() && desired_state != TargetState::Inactive.as_str() {
         return Err(ApiError::bad_request(format!(
             "cannot activate template \"{name}\""
@@ -270,13 +273,13 @@ fn check_template_activation(name: &UnitName, desired_state: &str) -> Result<(),
 
 /// Fix: a string other than the three states is a 400, where
 /// the original stored it and the unit then vanished from listings.
-fn parse_desired_state(text: &str) -> Result<TargetState, ApiError> {
+pub(super) fn parse_desired_state(text: &str) -> Result<TargetState, ApiError> {
     TargetState::from_str(text).map_err(|error| ApiError::bad_request(error.to_string()))
 }
 
 /// Step 1 of PUT: 415 unless exactly one `Content-Type` whose media type
 /// is `application/json` (parameters such as `charset` allowed).
-fn check_content_type(content_types: &[HeaderValue]) -> Result<(), ApiError> {
+pub(super) fn check_content_type(content_types: &[HeaderValue]) -> Result<(), ApiError> {
     let [content_type] = content_types else {
         return Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,

@@ -271,7 +271,8 @@ pub const MAX_REQUIREMENT_PAIRS: usize = 100_000;
 /// peer that a conflict or replace glob matches, or a forbidden combination.
 pub fn validate_options(unit: &UnitFile) -> Result<(), String> {
     // A sanity check through the parser, which e.g. rejects long lines.
-    UnitFile::parse(&unit.serialize()).map_err(|error| error.to_string())?;
+    let stored = UnitFile::parse(&unit.serialize()).map_err(|error| error.to_string())?;
+    check_reads_back(unit, &stored)?;
 
     let requirements = Requirements::of_unnamed(unit);
     let peers = distinct(&requirements.machine_of);
@@ -330,6 +331,34 @@ pub fn validate_options(unit: &UnitFile) -> Result<(), String> {
     Err(message.to_owned())
 }
 
+/// Content is stored as its canonical text and identified by that text's
+/// hash, so it must read back as the same options: otherwise every reader
+/// (the agent's unit file, the API) would see a unit whose hash is not its
+/// key. A value that ends in a backslash (a continuation at the end of the
+/// file) or holds a line break that is not a continuation does not.
+fn check_reads_back(unit: &UnitFile, stored: &UnitFile) -> Result<(), String> {
+    let canonical = unit.canonical_options();
+    if stored.options() == canonical.as_slice() {
+        return Ok(());
+    }
+    let differing = canonical
+        .iter()
+        .zip(stored.options())
+        .find(|(given, read)| given != read)
+        .map(|(given, _)| given)
+        .or_else(|| canonical.get(stored.options().len()))
+        .or_else(|| canonical.last());
+    Err(match differing {
+        Some(option) => format!(
+            "option {} in [{}] cannot be stored: it would read back differently (a name may \
+             not hold `=` or a line break, a value may not end in a backslash nor hold a line \
+             break other than a continuation)",
+            option.name, option.section
+        ),
+        None => "unit cannot be stored: its text reads back as other options".to_owned(),
+    })
+}
+
 /// Keys in `[X-Fleet]` that fleet does not know (fleetctl warns about them),
 /// each once, in file order.
 pub fn unrecognized_requirements(unit: &UnitFile) -> Vec<String> {
@@ -346,6 +375,25 @@ pub fn unrecognized_requirements(unit: &UnitFile) -> Vec<String> {
 mod tests {
     use super::*;
     use crate::unit::UnitOption;
+
+    /// Found by the `unit-parser` fuzz target: a continuation at the end of
+    /// the file leaves a value ending in a backslash, whose stored text reads
+    /// back as another unit (another hash).
+    #[test]
+    fn content_that_would_not_read_back_is_refused() {
+        let file = UnitFile::parse("[Unit]\nDescription=a \\").unwrap();
+        let error = validate_options(&file).unwrap_err();
+        assert!(
+            error.contains("option Description in [Unit] cannot be stored"),
+            "{error}"
+        );
+        let newline =
+            UnitFile::from_options(vec![UnitOption::new("Service", "ExecStart", "/bin/a\nB=1")]);
+        let error = validate_options(&newline).unwrap_err();
+        assert!(error.contains("option ExecStart in [Service]"), "{error}");
+        let continued = UnitFile::parse("[Unit]\nDescription=a \\\n b\n").unwrap();
+        assert_eq!(validate_options(&continued), Ok(()));
+    }
 
     /// A unit with these `[X-Fleet]` options (name, raw value).
     fn x_fleet(options: &[(&str, &str)]) -> UnitFile {
@@ -666,13 +714,14 @@ mod tests {
             validate_options(&long),
             Err("line too long (max 2048 bytes)".to_owned())
         );
-        // A name with `=` serializes to text that re-parses differently but
-        // without an error, as in the original.
-        assert_eq!(
+        // A name with `=` serializes to text that re-parses as other
+        // options (the original stored it; its hash then named other
+        // content): refused, naming the option.
+        assert!(
             validate_options(&UnitFile::from_options(vec![UnitOption::new(
                 "Unit", "A=B", "c"
-            )])),
-            Ok(())
+            )]))
+            .is_err_and(|error| error.starts_with("option A=B in [Unit] cannot be stored"))
         );
     }
 
