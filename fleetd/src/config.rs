@@ -980,7 +980,9 @@ mod tests {
             let error = Config::from_sources(file, &HashMap::new()).unwrap_err();
             assert!(error.to_string().contains(option), "{error}");
         }
-        let text = "engine_reconcile_interval=9000000000\n";
+        // The largest accepted value (durations are capped at one year)
+        // still gives a lease TTL the clock can add.
+        let text = "engine_reconcile_interval=31536000\n";
         let file = Some((Path::new("/etc/fleet/fleet.conf"), text));
         let (config, _) = Config::from_sources(file, &HashMap::new()).unwrap();
         assert!(
