@@ -178,33 +178,12 @@ impl Registry {
     /// # Errors
     /// [`RegistryError::Compacted`] when `from_revision` is compacted already.
     pub async fn watch_events(&self, from_revision: Revision) -> Result<EventWatch, RegistryError> {
-        const OP: &str = "watch events";
-        fleet_metrics::get().etcd.watch_started();
         let options = WatchOptions::new()
             .with_prefix()
             .with_prev_key()
             .with_start_revision(from_revision);
         let prefix = self.keys().prefix().to_owned();
-        // Retry-safe: a watch is a read, opened on a live member.
-        let (stream, first) = self
-            .run(OP, |mut clients| {
-                let (prefix, options) = (prefix.clone(), options.clone());
-                async move {
-                    let mut stream = clients.watch.watch(prefix, Some(options)).await?;
-                    // The first response confirms the watch, or cancels it at
-                    // once when the revision is compacted; events never come
-                    // with it.
-                    let first = stream.message().await?;
-                    Ok((stream, first))
-                }
-            })
-            .await?;
-        let Some(first) = first else {
-            return Err(RegistryError::Etcd {
-                op: OP,
-                message: "etcd closed the watch at once".to_owned(),
-            });
-        };
+        let (stream, first, _member) = self.open_watch("watch events", prefix, options).await?;
         check_cancelled(&first)?;
         Ok(EventWatch {
             registry: self.clone(),

@@ -1362,34 +1362,10 @@ impl Registry {
         prefix: String,
         from_revision: Revision,
     ) -> Result<WatchStream, RegistryError> {
-        const OP: &str = "watch";
-        fleet_metrics::get().etcd.watch_started();
         let options = WatchOptions::new()
             .with_prefix()
             .with_start_revision(from_revision);
-        // Retry-safe: a watch is a read. Opened on a live member; a watch
-        // whose member dies ends with an error and its owner watches again.
-        let ((stream, first), member) = self
-            .inner
-            .endpoints
-            .run(OP, |mut clients| {
-                let (prefix, options) = (prefix.clone(), options.clone());
-                async move {
-                    let mut stream = clients.watch.watch(prefix, Some(options)).await?;
-                    // The first response confirms the watch (or cancels it at
-                    // once when the revision is compacted); events never come
-                    // before it.
-                    let first = stream.message().await?;
-                    Ok((stream, first))
-                }
-            })
-            .await?;
-        let Some(first) = first else {
-            return Err(RegistryError::Etcd {
-                op: OP,
-                message: "etcd closed the watch at once".to_owned(),
-            });
-        };
+        let (stream, first, member) = self.open_watch("watch", prefix, options).await?;
         // Events are not expected before `created`, but never drop any.
         let pending = watch_batch(&first)?;
         Ok(WatchStream {
@@ -1397,6 +1373,46 @@ impl Registry {
             member,
             pending,
         })
+    }
+
+    /// Opens a watch on a live member and reads etcd's first response, which
+    /// confirms the watch (or cancels it at once when the revision is
+    /// compacted). Retry-safe: a watch is a read; a watch whose member dies
+    /// ends with an error and its owner watches again. The one way every
+    /// watch of the registry is opened.
+    pub(crate) async fn open_watch(
+        &self,
+        op: &'static str,
+        prefix: String,
+        options: WatchOptions,
+    ) -> Result<
+        (
+            etcd_client::WatchStream,
+            etcd_client::WatchResponse,
+            MemberRef,
+        ),
+        RegistryError,
+    > {
+        fleet_metrics::get().etcd.watch_started();
+        let ((stream, first), member) = self
+            .inner
+            .endpoints
+            .run(op, |mut clients| {
+                let (prefix, options) = (prefix.clone(), options.clone());
+                async move {
+                    let mut stream = clients.watch.watch(prefix, Some(options)).await?;
+                    let first = stream.message().await?;
+                    Ok((stream, first))
+                }
+            })
+            .await?;
+        let Some(first) = first else {
+            return Err(RegistryError::Etcd {
+                op,
+                message: "etcd closed the watch at once".to_owned(),
+            });
+        };
+        Ok((stream, first, member))
     }
 
     /// What `key` names in the layout (for watch events, deletes included).
