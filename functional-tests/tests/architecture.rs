@@ -4,7 +4,9 @@
 //! - only the `systemd` crate names `zbus`, and only the `registry` crate
 //!   names `etcd_client` (in sources and in `Cargo.toml`);
 //! - `fleetctl` links neither zbus nor etcd-client, nor axum (its dependency
-//!   tree, as `cargo tree` prints it).
+//!   tree, as `cargo tree` prints it);
+//! - every `[dependencies]` entry of a crate is named in its `src/` (what only
+//!   tests and benchmarks use is a dev-dependency).
 //!
 //! Each rule names the crate that broke it, so a failure says what to move.
 
@@ -134,5 +136,56 @@ fn fleetctl_links_no_dbus_no_etcd_no_server() {
     assert!(
         tree.lines().any(|line| line.starts_with("fleet-api ")),
         "cargo tree printed no fleet-api:\n{tree}"
+    );
+}
+
+/// The names in a `Cargo.toml`'s `[dependencies]` table (not dev or build).
+fn normal_dependencies(manifest: &str) -> Vec<String> {
+    let mut in_table = false;
+    let mut names = Vec::new();
+    for line in manifest.lines().map(str::trim) {
+        if line.starts_with('[') {
+            in_table = line == "[dependencies]";
+            continue;
+        }
+        if !in_table || line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        if let Some(key) = line.split(['=', '.']).next() {
+            names.push(key.trim().to_owned());
+        }
+    }
+    names
+}
+
+/// A dependency that only tests or benchmarks use belongs in
+/// `[dev-dependencies]`: in `[dependencies]` it is built into every binary
+/// and every user's build. Each crate's `src/` must name each of its
+/// dependencies.
+#[test]
+fn every_dependency_is_used_by_its_crates_sources() {
+    let mut unused = Vec::new();
+    for dir in crates() {
+        let Ok(manifest) = std::fs::read_to_string(dir.join("Cargo.toml")) else {
+            continue;
+        };
+        let sources: String = files_of(&dir.join("src"))
+            .iter()
+            .filter(|file| file.extension().is_some_and(|ext| ext == "rs"))
+            .filter_map(|file| std::fs::read_to_string(file).ok())
+            .collect();
+        for dependency in normal_dependencies(&manifest) {
+            let path_name = dependency.replace('-', "_");
+            if !sources.contains(&format!("{path_name}::"))
+                && !sources.contains(&format!("use {path_name}"))
+                && !sources.contains(&format!("{path_name}!"))
+            {
+                unused.push(format!("{}: {dependency}", dir.display()));
+            }
+        }
+    }
+    assert!(
+        unused.is_empty(),
+        "dependencies no source file of their crate names (move them to [dev-dependencies] or drop them): {unused:?}"
     );
 }
