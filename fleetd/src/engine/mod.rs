@@ -27,7 +27,8 @@ pub mod loss;
 pub mod model;
 pub mod rollout_driver;
 pub mod rollouts;
-pub mod scheduler;
+/// The pure scheduler, its own crate so nothing impure can creep in.
+pub use fleet_scheduler as scheduler;
 
 use std::collections::HashMap;
 use std::time::Duration;
