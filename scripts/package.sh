@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Builds fleet's Debian package: target/debian/fleet_<version>_<arch>.deb.
 #
-# Usage: scripts/package.sh [--bindir DIR] [--version V]
+# Usage: scripts/package.sh [--bindir DIR] [--version V] [--out DIR]
 #   --bindir DIR   take fleetd and fleetctl from DIR (e.g. target/debug in the tests); default:
 #                  cargo build --release, then target/release. Binaries are stripped either way.
 #   --version V    the package version (default: the workspace version in Cargo.toml); the
 #                  upgrade test builds two versions.
+#   --out DIR      where the .deb goes (default target/debian)
 #
 # The package (Documentation/deployment.md, "The Debian package"): /usr/bin/fleetd and
 # fleetctl, fleet.service and fleet.socket in /lib/systemd/system, the commented sample
@@ -16,17 +17,20 @@
 #
 # A staged tree packed with dpkg-deb --root-owner-group: no cargo-deb to compile, no fakeroot;
 # zstd compression (Debian 12's dpkg reads it) packs in under a second where xz takes ~30 s.
-# Idempotent: the stage is rebuilt from scratch each run; prints the path of the .deb last.
+# Idempotent: each run stages afresh in a private temporary dir (so parallel builds do not
+# collide) and replaces the .deb; prints the path of the .deb on stdout.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bindir=""
 version=""
+out=target/debian
 while [ $# -gt 0 ]; do
     case "$1" in
         --bindir) bindir="${2:?--bindir needs a directory}"; shift 2 ;;
         --version) version="${2:?--version needs a version}"; shift 2 ;;
-        -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+        --out) out="${2:?--out needs a directory}"; shift 2 ;;
+        -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
         *) echo "package: unknown argument: $1 (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -60,10 +64,11 @@ for binary in fleetd fleetctl; do
 done
 
 arch=$(dpkg --print-architecture)
-out=target/debian
-stage="$out/stage/fleet_${version}_$arch"
+mkdir -p "$out"
+stage=$(mktemp -d "$out/.stage.XXXXXX")
+trap 'rm -rf "$stage"' EXIT
 deb="$out/fleet_${version}_$arch.deb"
-rm -rf "$stage"
+chmod 0755 "$stage"
 install -d -m 0755 "$stage/DEBIAN" "$stage/usr/bin" "$stage/lib/systemd/system" \
     "$stage/usr/lib/sysusers.d" "$stage/usr/share/fleet" "$stage/usr/share/doc/fleet" \
     "$stage/usr/share/man/man1" "$stage/usr/share/man/man8" \
@@ -128,7 +133,8 @@ CONTROL
     xargs -0 md5sum) >"$stage/DEBIAN/md5sums"
 chmod 0644 "$stage/DEBIAN/control" "$stage/DEBIAN/md5sums"
 
-dpkg-deb --root-owner-group -Zzstd --build "$stage" "$deb" >/dev/null
-rm -rf "$out/stage"
+# Built beside the target and renamed: a concurrent build or reader never sees half a .deb.
+dpkg-deb --root-owner-group -Zzstd --build "$stage" "$deb.tmp.$$" >/dev/null
+mv -f "$deb.tmp.$$" "$deb"
 echo "package: built $deb ($(du -h "$deb" | cut -f1), fleetd and fleetctl from $bindir)" >&2
 echo "$deb"
