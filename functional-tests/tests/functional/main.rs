@@ -12,6 +12,7 @@ mod drain;
 mod foundation;
 mod harness;
 mod host_units;
+mod package;
 mod rollout;
 mod safety;
 mod ssh;
