@@ -55,7 +55,11 @@ impl Fixture {
     async fn start_agent(
         &self,
         stop_units_on_shutdown: bool,
-    ) -> (i64, CancellationToken, JoinHandle<anyhow::Result<()>>) {
+    ) -> (
+        fleet_registry::LeaseId,
+        CancellationToken,
+        JoinHandle<anyhow::Result<()>>,
+    ) {
         let lease = self
             .registry
             .grant_lease(Duration::from_secs(30))

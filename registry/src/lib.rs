@@ -26,6 +26,7 @@ pub mod auth;
 pub mod cordon;
 mod endpoints;
 pub mod events;
+mod ids;
 mod keepalive;
 pub mod keys;
 /// The domain model, its own crate (`fleet-model`, no etcd, no tokio) so the API
@@ -44,6 +45,6 @@ pub use model::{
     UnitState,
 };
 pub use store::{
-    Leadership, LeaseId, MetadataOp, Registry, RegistryConfig, RegistryError, Revision,
-    ScheduleChange, Snapshot, WatchEvent, WatchEventKind, WatchStream,
+    InvalidRevision, Leadership, LeaseId, MetadataOp, Registry, RegistryConfig, RegistryError,
+    Revision, ScheduleChange, Snapshot, WatchEvent, WatchEventKind, WatchStream,
 };

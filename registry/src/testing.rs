@@ -375,7 +375,7 @@ pub async fn compact(registry: &Registry, revision: Revision) -> Result<(), Regi
     registry
         .run(OP, |mut clients| async move {
             let options = etcd_client::CompactionOptions::new().with_physical();
-            clients.kv.compact(revision, Some(options)).await
+            clients.kv.compact(revision.get(), Some(options)).await
         })
         .await?;
     Ok(())
