@@ -14,7 +14,7 @@ use fleet_systemd::unit::fleetctl_unit_name;
 use crate::cli::CreateArgs;
 use crate::context::{Ctx, concurrently, is_global};
 use crate::exit::Exit;
-use crate::units::{CreateCommand, lazy_create_units};
+use crate::units::{CreateCommand, lazy_create_units, listed_units, lookup_unit};
 use crate::wait::{Blocking, wait_for_systemd_active, wait_for_unit_states};
 
 /// The deprecated `--sign` flag: the original refuses it with status 2.
@@ -28,6 +28,7 @@ pub fn refuse_sign(ctx: &Ctx) -> Exit {
 /// not already there; returns the units it changed (as they were before).
 ///
 /// `known` holds units this command just created: they are not fetched again.
+/// The others are looked up by one listing when there are many of them.
 ///
 /// # Errors
 /// The first failure in argument order.
@@ -43,12 +44,18 @@ pub async fn set_target_state_of_units(
             .map(|unit| (unit.name.clone(), unit))
             .collect(),
     );
+    let n_unknown = names
+        .iter()
+        .filter(|name| !known.contains_key(*name))
+        .count();
+    let listed = listed_units(ctx, n_unknown).await?;
     let results = concurrently(ctx, names, move |ctx, name| {
         let known = Arc::clone(&known);
+        let listed = listed.clone();
         async move {
             let fetched = match known.get(&name) {
                 Some(unit) => Ok(Some(unit.clone())),
-                None => ctx.client.unit(&name).await,
+                None => lookup_unit(&ctx, listed.as_deref(), &name).await,
             };
             let unit = match fetched {
                 Ok(Some(unit)) => unit,
