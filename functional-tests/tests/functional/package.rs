@@ -1,8 +1,8 @@
 //! The Debian package on a real Debian 12 systemd host (issue 14): `dpkg -i` installs fleet
 //! (files, modes, the group, units enabled but not started without an etcd), fleetd from
 //! `/usr/bin` joins the test etcd and runs a unit, `dpkg -i` of a higher version restarts
-//! fleetd without touching that unit, `dpkg -r` stops fleet and keeps its configuration, and
-//! `dpkg -P` leaves nothing of fleet behind.
+//! fleetd without touching that unit, `dpkg -r` stops fleet (not the unit, with a warning) and
+//! keeps its configuration, and `dpkg -P` leaves nothing of fleet behind.
 //!
 //! The host binds the workspace's binaries at `/opt/fleet/bin`; everything here runs the
 //! packaged `/usr/bin/fleetd` and `/usr/bin/fleetctl` by absolute path, and the test checks that
@@ -232,7 +232,12 @@ fn upgrade_keeps_the_unit_running(
 }
 
 fn remove_stops_fleet_and_keeps_the_config(cluster: &Cluster, host: &str) -> anyhow::Result<()> {
-    cluster.exec_ok(host, &["dpkg", "-r", "fleet"])?;
+    let removal = cluster.exec(host, &["dpkg", "-r", "fleet"])?;
+    let said = String::from_utf8_lossy(&removal.stderr);
+    assert!(removal.status.success(), "dpkg -r failed: {said}");
+    // Removing fleet leaves its units running, and says so.
+    assert!(said.contains("1 fleet units keep running"), "{said}");
+    assert_eq!(unit_state(cluster, host, "pkg-hello.service")?, "active");
     let status = cluster.exec_ok(host, &["dpkg-query", "-W", "-f=${Status}", "fleet"])?;
     assert_eq!(status, "deinstall ok config-files");
     assert_eq!(unit_state(cluster, host, "fleet.service")?, "inactive");
