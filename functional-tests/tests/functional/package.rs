@@ -1,8 +1,10 @@
 //! The Debian package on a real Debian 12 systemd host (issue 14): `dpkg -i` installs fleet
 //! (files, modes, the group, units enabled but not started without an etcd), fleetd from
 //! `/usr/bin` joins the test etcd and runs a unit, `dpkg -i` of a higher version restarts
-//! fleetd without touching that unit, `dpkg -r` stops fleet and keeps its configuration, and
-//! `dpkg -P` leaves nothing of fleet behind.
+//! fleetd without touching that unit, `dpkg -r` stops fleet (not the unit, with a warning) and
+//! keeps its configuration, and `dpkg -P` leaves nothing of fleet behind. Last,
+//! `scripts/install.sh --package` on the clean host writes fleet.conf with the etcd first, so
+//! the package's postinst starts fleet by itself.
 //!
 //! The host binds the workspace's binaries at `/opt/fleet/bin`; everything here runs the
 //! packaged `/usr/bin/fleetd` and `/usr/bin/fleetctl` by absolute path, and the test checks that
@@ -50,6 +52,7 @@ fn package_installs_upgrades_without_stopping_units_removes_and_purges() -> anyh
     upgrade_keeps_the_unit_running(&cluster, host, &new_deb, &before)?;
     remove_stops_fleet_and_keeps_the_config(&cluster, host)?;
     purge_leaves_nothing(&cluster, host)?;
+    install_sh_starts_fleet_named_etcd(&cluster, host, &new_deb)?;
     Ok(())
 }
 
@@ -168,7 +171,17 @@ fn configure_and_start(cluster: &Cluster, host: &str) -> anyhow::Result<()> {
         host,
         &["systemctl", "start", "fleet.socket", "fleet.service"],
     )?;
-    wait_listed(cluster, host)
+    wait_listed(cluster, host)?;
+    // The API socket belongs to the package's group; the daemon is the packaged binary.
+    let socket = cluster.exec_ok(
+        host,
+        &["stat", "-L", "-c", "%a %U:%G", "/var/run/fleet.sock"],
+    )?;
+    assert_eq!(socket.trim(), "660 root:fleet");
+    let pid = unit_run(cluster, host, "fleet.service")?.main_pid;
+    let exe = cluster.exec_ok(host, &["readlink", &format!("/proc/{pid}/exe")])?;
+    assert_eq!(exe.trim(), "/usr/bin/fleetd");
+    Ok(())
 }
 
 fn wait_listed(cluster: &Cluster, host: &str) -> anyhow::Result<()> {
@@ -232,7 +245,12 @@ fn upgrade_keeps_the_unit_running(
 }
 
 fn remove_stops_fleet_and_keeps_the_config(cluster: &Cluster, host: &str) -> anyhow::Result<()> {
-    cluster.exec_ok(host, &["dpkg", "-r", "fleet"])?;
+    let removal = cluster.exec(host, &["dpkg", "-r", "fleet"])?;
+    let said = String::from_utf8_lossy(&removal.stderr);
+    assert!(removal.status.success(), "dpkg -r failed: {said}");
+    // Removing fleet leaves its units running, and says so.
+    assert!(said.contains("1 fleet units keep running"), "{said}");
+    assert_eq!(unit_state(cluster, host, "pkg-hello.service")?, "active");
     let status = cluster.exec_ok(host, &["dpkg-query", "-W", "-f=${Status}", "fleet"])?;
     assert_eq!(status, "deinstall ok config-files");
     assert_eq!(unit_state(cluster, host, "fleet.service")?, "inactive");
@@ -316,4 +334,41 @@ fn fleet_links(cluster: &Cluster, host: &str) -> anyhow::Result<String> {
             "%p\n",
         ],
     )
+}
+
+/// `scripts/install.sh --package DEB --etcd URL` on a host without fleet, run from a copy of
+/// the script and the sample it needs: fleet.conf is written (0600, with the etcd) before
+/// `dpkg -i`, fleet starts and the machine is listed again.
+fn install_sh_starts_fleet_named_etcd(
+    cluster: &Cluster,
+    host: &str,
+    deb: &Path,
+) -> anyhow::Result<()> {
+    let src = cluster.host_root(host).join("root/src");
+    fs::create_dir_all(src.join("scripts"))?;
+    fs::create_dir_all(src.join("packaging"))?;
+    let workspace = workspace_root();
+    for file in ["scripts/install.sh", "packaging/fleet.conf.sample"] {
+        fs::copy(workspace.join(file), src.join(file))
+            .with_context(|| format!("copying {file}"))?;
+    }
+    cluster.exec_ok(
+        host,
+        &[
+            "/root/src/scripts/install.sh",
+            "--package",
+            &deb_in_host(deb)?,
+            "--etcd",
+            cluster.etcd_url(),
+            "--metadata",
+            "installed=by-install-sh",
+        ],
+    )?;
+    let stat = cluster.exec_ok(host, &["stat", "-c", "%a", "/etc/fleet/fleet.conf"])?;
+    assert_eq!(stat.trim(), "600");
+    assert_eq!(unit_state(cluster, host, "fleet.service")?, "active");
+    wait_listed(cluster, host)?;
+    let machines = cluster.exec_ok(host, &[FLEETCTL, "list-machines", "--no-legend"])?;
+    assert!(machines.contains("installed=by-install-sh"), "{machines}");
+    Ok(())
 }
