@@ -11,6 +11,7 @@
 //! thousand template instances are a normal use; messages about one argument
 //! keep their order, and the first error in argument order wins.
 
+use fleet_model::TargetState;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -201,17 +202,24 @@ pub fn decide_existing(
             Ok((Decision::Keep, messages))
         }
         LocalComparison::Different { .. } => {
-            let allowed: &[&str] = match command {
-                CreateCommand::Submit => &["inactive"],
-                CreateCommand::Load => &["inactive", "loaded"],
-                CreateCommand::Start => &["inactive", "loaded", "launched"],
+            let allowed: &[TargetState] = match command {
+                CreateCommand::Submit => &[TargetState::Inactive],
+                CreateCommand::Load => &[TargetState::Inactive, TargetState::Loaded],
+                CreateCommand::Start => &[
+                    TargetState::Inactive,
+                    TargetState::Loaded,
+                    TargetState::Launched,
+                ],
                 CreateCommand::Restart => {
                     return Err(
                         "error: replacing units is not supported in this context".to_owned()
                     );
                 }
             };
-            if allowed.contains(&existing.desired_state.as_str()) {
+            if existing
+                .desired()
+                .is_some_and(|state| allowed.contains(&state))
+            {
                 Ok((Decision::Replace, messages))
             } else {
                 messages.push(Message::Err(format!(
@@ -390,7 +398,7 @@ async fn create_unit(ctx: &Ctx, name: &str, unit_file: &UnitFile) -> Result<Unit
         .await
         .map_err(|error| format!("failed creating unit {name}: {error}"))?;
     Ok(Unit {
-        desired_state: "inactive".to_owned(),
+        desired_state: TargetState::Inactive.to_string(),
         ..unit
     })
 }
@@ -470,7 +478,7 @@ pub async fn lazy_create_units(
     let errors = wait_for_unit_states(
         ctx,
         &names,
-        "inactive",
+        TargetState::Inactive,
         "submit",
         blocking.ignoring_no_block(),
     )

@@ -5,6 +5,7 @@
 //! A quirk fixed on purpose: with `--no-block`, `start` prints `Triggered unit <n> start`
 //! once, not twice (Documentation/compatibility.md, "Quirks of the original").
 
+use fleet_model::TargetState;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -36,7 +37,7 @@ pub async fn set_target_state_of_units(
     ctx: &Arc<Ctx>,
     names: Vec<String>,
     known: Vec<Unit>,
-    state: &'static str,
+    state: TargetState,
 ) -> Result<Vec<Unit>, String> {
     let known: Arc<HashMap<String, Unit>> = Arc::new(
         known
@@ -66,7 +67,7 @@ pub async fn set_target_state_of_units(
                     ));
                 }
             };
-            if unit.desired_state == state {
+            if unit.desired() == Some(state) {
                 return Ok(None);
             }
             ctx.client
@@ -105,7 +106,7 @@ async fn create_and_trigger(
     ctx: &Arc<Ctx>,
     args: &CreateArgs,
     command: CreateCommand,
-    state: &'static str,
+    state: TargetState,
 ) -> Result<Vec<Unit>, Exit> {
     let blocking = Blocking::from_args(&args.block);
     let created = match lazy_create_units(ctx, &args.units, command, args.replace, blocking).await {
@@ -151,13 +152,14 @@ pub async fn run_load(ctx: &Arc<Ctx>, args: CreateArgs) -> anyhow::Result<Exit> 
         ctx.console.err("No units given");
         return Ok(Exit::Success);
     }
-    let triggered = match create_and_trigger(ctx, &args, CreateCommand::Load, "loaded").await {
-        Ok(triggered) => triggered,
-        Err(exit) => return Ok(exit),
-    };
+    let triggered =
+        match create_and_trigger(ctx, &args, CreateCommand::Load, TargetState::Loaded).await {
+            Ok(triggered) => triggered,
+            Err(exit) => return Ok(exit),
+        };
     let loading = announce_global(ctx, &triggered, "load");
     let blocking = Blocking::from_args(&args.block);
-    let errors = wait_for_unit_states(ctx, &loading, "loaded", "load", blocking).await;
+    let errors = wait_for_unit_states(ctx, &loading, TargetState::Loaded, "load", blocking).await;
     if !report_wait_errors(ctx, &errors) {
         ctx.console
             .err("Error waiting for unit states, exit status: 1");
@@ -174,13 +176,15 @@ pub async fn run_start(ctx: &Arc<Ctx>, args: CreateArgs) -> anyhow::Result<Exit>
         ctx.console.err("No units given");
         return Ok(Exit::Success);
     }
-    let triggered = match create_and_trigger(ctx, &args, CreateCommand::Start, "launched").await {
-        Ok(triggered) => triggered,
-        Err(exit) => return Ok(exit),
-    };
+    let triggered =
+        match create_and_trigger(ctx, &args, CreateCommand::Start, TargetState::Launched).await {
+            Ok(triggered) => triggered,
+            Err(exit) => return Ok(exit),
+        };
     let starting = announce_global(ctx, &triggered, "start");
     let blocking = Blocking::from_args(&args.block);
-    let errors = wait_for_unit_states(ctx, &starting, "launched", "start", blocking).await;
+    let errors =
+        wait_for_unit_states(ctx, &starting, TargetState::Launched, "start", blocking).await;
     if !report_wait_errors(ctx, &errors) {
         ctx.console
             .err("Error waiting for unit states, exit status: 1");

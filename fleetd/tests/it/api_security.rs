@@ -184,7 +184,7 @@ async fn mtls_roles_decide_who_may_start_units() {
         .await
         .expect("an operator creates a unit");
     operator
-        .set_unit_target_state("hello.service", "launched")
+        .set_unit_target_state("hello.service", fleet_registry::TargetState::Launched)
         .await
         .expect("an operator starts a unit");
     let unit = admin
