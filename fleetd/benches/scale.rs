@@ -54,8 +54,8 @@ use tokio_util::sync::CancellationToken;
 
 use fleet_api::client::{Client, Endpoint};
 use fleet_api::entities;
-use fleet_registry::keys::RegistryKey;
-use fleet_registry::store::{LeaseId, WatchEventKind, WatchStream};
+use fleet_registry::changes::{Change, ChangeStream, Watched};
+use fleet_registry::store::LeaseId;
 use fleet_registry::{
     LeaseKeepAlive, MachineId, MachineState, Registry, RegistryConfig, RegistryError, TargetState,
     UnitState,
@@ -655,7 +655,7 @@ async fn register(
     sim: &Sim,
     index: usize,
     ttl: Duration,
-) -> anyhow::Result<(SimMachine, WatchStream)> {
+) -> anyhow::Result<(SimMachine, ChangeStream)> {
     let registry = &sim.registry;
     let id = sim_machine_id(index);
     let lease = retry(|| registry.grant_lease(ttl)).await?;
@@ -675,8 +675,8 @@ async fn register(
     // Watch first (from the revision of our empty schedule), then announce
     // ourselves: no placement can slip in between.
     let (_, revision) = retry(|| registry.machine_schedule(&id)).await?;
-    let prefix = registry.keys().machine_schedule(id.as_str());
-    let stream = retry(|| registry.watch_prefix(prefix.clone(), revision.next())).await?;
+    let stream =
+        retry(|| registry.watch_changes(Watched::ScheduleOf(id.clone()), revision.next())).await?;
     retry(|| registry.register_machine(&state, lease)).await?;
     Ok((
         SimMachine {
@@ -694,7 +694,7 @@ async fn run_machine(
     index: usize,
     id: MachineId,
     lease: LeaseId,
-    mut stream: WatchStream,
+    mut stream: ChangeStream,
     cancel: CancellationToken,
     first_keep_alive: Duration,
 ) {
@@ -718,11 +718,11 @@ async fn run_machine(
             },
             batch = stream.next() => match batch {
                 Ok(Some(events)) => {
-                    for event in events {
+                    for changed in events {
                         if cancel.is_cancelled() {
                             return;
                         }
-                        handle_event(&sim, index, &id, lease, &event.key, &event.value, event.kind).await;
+                        handle_change(&sim, index, &id, lease, changed.change).await;
                     }
                 }
                 Ok(None) => {
@@ -738,22 +738,10 @@ async fn run_machine(
     }
 }
 
-async fn handle_event(
-    sim: &Sim,
-    index: usize,
-    id: &MachineId,
-    lease: LeaseId,
-    key: &str,
-    value: &[u8],
-    kind: WatchEventKind,
-) {
+async fn handle_change(sim: &Sim, index: usize, id: &MachineId, lease: LeaseId, change: Change) {
     let registry = &sim.registry;
-    match kind {
-        WatchEventKind::Put => {
-            let Some(placement) = registry.decode_placement(key, value) else {
-                sim.error("decode", &format!("undecodable placement at {key}"));
-                return;
-            };
+    match change {
+        Change::Placed(placement) => {
             let mut state = UnitState {
                 unit: placement.unit.clone(),
                 machine: id.clone(),
@@ -782,10 +770,7 @@ async fn handle_event(
                 sim.report_gone(placement.unit.as_str(), index);
             }
         }
-        WatchEventKind::Delete => {
-            let Some(RegistryKey::Scheduled { unit, .. }) = registry.parse_key(key) else {
-                return;
-            };
+        Change::Unplaced { unit, .. } => {
             if let Err(error) = retry(|| registry.delete_unit_state(&unit, id)).await {
                 sim.error("delete unit state", &error);
                 return;
@@ -793,6 +778,7 @@ async fn handle_event(
             sim.state_writes.fetch_add(1, Ordering::Relaxed);
             sim.report_gone(unit.as_str(), index);
         }
+        _ => {}
     }
 }
 

@@ -1413,14 +1413,14 @@ impl Registry {
     }
 
     /// What `key` names in the layout (for watch events, deletes included).
-    pub fn parse_key(&self, key: &str) -> Option<RegistryKey> {
+    pub(crate) fn parse_key(&self, key: &str) -> Option<RegistryKey> {
         self.keys.parse(key)
     }
 
     /// A machine record (its configured metadata only: merge the dynamic one
     /// with [`merge_metadata`]). `None` for other keys; undecodable values are
     /// logged at WARN and give `None`.
-    pub fn decode_machine(&self, key: &str, value: &[u8]) -> Option<MachineState> {
+    pub(crate) fn decode_machine(&self, key: &str, value: &[u8]) -> Option<MachineState> {
         let RegistryKey::Machine(machine) = self.keys.parse(key)? else {
             return None;
         };
@@ -1431,7 +1431,11 @@ impl Registry {
 
     /// A dynamic metadata entry `(machine, key, value)`; an empty value is a
     /// tombstone that hides the key.
-    pub fn decode_metadata(&self, key: &str, value: &[u8]) -> Option<(MachineId, String, String)> {
+    pub(crate) fn decode_metadata(
+        &self,
+        key: &str,
+        value: &[u8],
+    ) -> Option<(MachineId, String, String)> {
         let RegistryKey::Metadata { machine, key: name } = self.keys.parse(key)? else {
             return None;
         };
@@ -1445,7 +1449,7 @@ impl Registry {
     }
 
     /// A unit record: `(name, content hash, desired state)`.
-    pub fn decode_unit_record(
+    pub(crate) fn decode_unit_record(
         &self,
         key: &str,
         value: &[u8],
@@ -1461,7 +1465,7 @@ impl Registry {
 
     /// A content blob, parsed: `(hash, file)`. Parse each hash once and share
     /// it (`Arc`) among the units that use it.
-    pub fn decode_content(&self, key: &str, value: &[u8]) -> Option<(UnitHash, UnitFile)> {
+    pub(crate) fn decode_content(&self, key: &str, value: &[u8]) -> Option<(UnitHash, UnitFile)> {
         let RegistryKey::Content(hash) = self.keys.parse(key)? else {
             return None;
         };
@@ -1472,7 +1476,7 @@ impl Registry {
     }
 
     /// A placement (a key under `P/engine/schedule/`).
-    pub fn decode_placement(&self, key: &str, value: &[u8]) -> Option<Placement> {
+    pub(crate) fn decode_placement(&self, key: &str, value: &[u8]) -> Option<Placement> {
         let RegistryKey::Scheduled { machine, unit } = self.keys.parse(key)? else {
             return None;
         };
@@ -1482,7 +1486,7 @@ impl Registry {
     }
 
     /// A unit state (a key under `P/machine/states/`).
-    pub fn decode_unit_state(&self, key: &str, value: &[u8]) -> Option<UnitState> {
+    pub(crate) fn decode_unit_state(&self, key: &str, value: &[u8]) -> Option<UnitState> {
         let RegistryKey::State { unit, machine } = self.keys.parse(key)? else {
             return None;
         };

@@ -31,8 +31,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use fleet_registry::keys::RegistryKey;
-use fleet_registry::store::{LeaseId, Revision, WatchEvent, WatchEventKind, WatchStream};
+use fleet_registry::changes::{Change, ChangeStream, Changed, Watched};
+use fleet_registry::store::{LeaseId, Revision};
 use fleet_registry::{MachineId, Registry, RegistryError, TargetState, UnitState};
 use fleet_systemd::dbus::{DbusError, Event, Events, Manager, UnitStatus};
 use fleet_systemd::unit::{UnitFile, UnitHash, UnitName};
@@ -267,7 +267,7 @@ impl Agent {
             Ok(found) => self.on_disk = found,
             Err(error) => warn!(%error, "Cannot read the units directory; using what we knew."),
         }
-        let mut schedule: Option<WatchStream> = None;
+        let mut schedule: Option<ChangeStream> = None;
         let mut registry_backoff = Backoff::new(RETRY_INITIAL, RETRY_MAX);
         let mut task_backoff = Backoff::new(RETRY_INITIAL, RETRY_MAX);
         let mut state_backoff = Backoff::new(RETRY_INITIAL, RETRY_MAX);
@@ -390,7 +390,7 @@ impl Agent {
     // --- the schedule ---
 
     /// Lists the schedule if needed and watches it from the next revision.
-    async fn watch_schedule(&mut self) -> Result<WatchStream, RegistryError> {
+    async fn watch_schedule(&mut self) -> Result<ChangeStream, RegistryError> {
         if self.need_relist {
             let (placements, revision) = self.registry.machine_schedule(&self.machine).await?;
             let known_until = self.schedule_revision;
@@ -420,26 +420,19 @@ impl Agent {
                 %revision, "Read this machine's schedule."
             );
         }
-        let prefix = self.registry.keys().machine_schedule(self.machine.as_str());
+        let watched = Watched::ScheduleOf(self.machine.clone());
         self.registry
-            .watch_prefix(prefix, self.schedule_revision.next())
+            .watch_changes(watched, self.schedule_revision.next())
             .await
     }
 
     /// Applies a batch of schedule changes; `true` if the schedule changed.
-    fn apply_schedule_events(&mut self, batch: Vec<WatchEvent>) -> bool {
+    fn apply_schedule_events(&mut self, batch: Vec<Changed>) -> bool {
         let mut changed = false;
-        for event in batch {
-            self.schedule_revision = self.schedule_revision.max(event.mod_revision);
-            match event.kind {
-                WatchEventKind::Put => {
-                    let Some(placement) = self.registry.decode_placement(&event.key, &event.value)
-                    else {
-                        continue;
-                    };
-                    if placement.machine != self.machine {
-                        continue;
-                    }
+        for Changed { revision, change } in batch {
+            self.schedule_revision = self.schedule_revision.max(revision);
+            match change {
+                Change::Placed(placement) if placement.machine == self.machine => {
                     let desired = Desired {
                         hash: placement.hash,
                         target: placement.target_state,
@@ -447,16 +440,13 @@ impl Agent {
                     self.left_at.remove(&placement.unit);
                     changed |= self.desired.insert(placement.unit, desired) != Some(desired);
                 }
-                WatchEventKind::Delete => {
-                    if let Some(RegistryKey::Scheduled { machine, unit }) =
-                        self.registry.parse_key(&event.key)
-                        && machine == self.machine
-                        && self.desired.remove(&unit).is_some()
-                    {
-                        self.left_at.insert(unit, event.mod_revision.previous());
-                        changed = true;
-                    }
+                Change::Unplaced { unit, machine }
+                    if machine == self.machine && self.desired.remove(&unit).is_some() =>
+                {
+                    self.left_at.insert(unit, revision.previous());
+                    changed = true;
                 }
+                _ => {}
             }
         }
         if changed {
@@ -1087,8 +1077,8 @@ impl Agent {
 
 /// The next batch of the schedule watch; never ready without a watch.
 async fn next_batch(
-    watch: &mut Option<WatchStream>,
-) -> Result<Option<Vec<WatchEvent>>, RegistryError> {
+    watch: &mut Option<ChangeStream>,
+) -> Result<Option<Vec<Changed>>, RegistryError> {
     match watch {
         Some(watch) => watch.next().await,
         None => std::future::pending().await,
