@@ -164,6 +164,10 @@ pub struct Agent {
     reload_pending: bool,
     /// Units whose new file systemd has not loaded yet: never started.
     unreloaded: BTreeSet<UnitName>,
+    /// Units loaded this pass that systemd never had a definition of: it
+    /// reads their new files when first asked about them, so they need no
+    /// daemon-reload (see [`Agent::reload_unit_files`]).
+    fresh_loads: BTreeSet<UnitName>,
 }
 
 impl Agent {
@@ -197,6 +201,7 @@ impl Agent {
             ordered: BTreeSet::new(),
             reload_pending: false,
             unreloaded: BTreeSet::new(),
+            fresh_loads: BTreeSet::new(),
         }
     }
 
@@ -671,7 +676,7 @@ impl Agent {
                 }
                 Ok(())
             }
-            Task::ReloadUnitFiles => self.daemon_reload(manager).await,
+            Task::ReloadUnitFiles => self.reload_unit_files(manager).await,
             Task::Adopt { unit, reached } => {
                 self.reached.insert(unit.clone(), *reached);
                 Ok(())
@@ -726,6 +731,13 @@ impl Agent {
         hash: UnitHash,
     ) -> Result<(), TaskError> {
         let file = self.content(unit, hash).await?;
+        // systemd has never had a definition of this unit: no file of ours
+        // before, and not loaded from anywhere else.
+        let fresh = !self.on_disk.contains_key(unit)
+            && self
+                .statuses
+                .get(unit)
+                .is_none_or(|status| status.load_state == "not-found");
         if !self.config.allow_host_unit_override && !self.on_disk.contains_key(unit) {
             self.refuse_host_unit(manager, unit).await?;
         }
@@ -769,9 +781,58 @@ impl Agent {
             return Err(error);
         }
         self.reached.insert(unit.clone(), TargetState::Loaded);
-        self.reload_pending = true;
-        self.unreloaded.insert(unit.clone());
+        if fresh {
+            self.fresh_loads.insert(unit.clone());
+        } else {
+            self.reload_pending = true;
+            self.unreloaded.insert(unit.clone());
+        }
         Ok(())
+    }
+
+    /// The pass's `ReloadUnitFiles` task. A daemon-reload re-reads every unit
+    /// and blocks systemd meanwhile, so its cost grows with the units the
+    /// machine runs; one per pass made a burst of starts wait behind it.
+    /// It is needed only when systemd holds an old definition: a changed or
+    /// removed file, or a unit it knew before. A unit it never had a
+    /// definition of is read from its new file the first time it is asked
+    /// about it (systemd rebuilds its unit-file map when a unit directory
+    /// changed), so for those we ask once, for all of them, whether systemd
+    /// now finds them loaded, and reload only when one is still not found.
+    async fn reload_unit_files(&mut self, manager: &Manager) -> Result<(), TaskError> {
+        let fresh: Vec<UnitName> = std::mem::take(&mut self.fresh_loads).into_iter().collect();
+        if !self.reload_pending && self.all_loaded_by_systemd(manager, &fresh).await? {
+            return Ok(());
+        }
+        // Until a reload works, these are not started either.
+        self.unreloaded.extend(fresh);
+        self.reload_pending = true;
+        self.daemon_reload(manager).await
+    }
+
+    /// Whether systemd reports every unit in `units` as loaded (asking
+    /// makes it read a new unit file); remembers what it says.
+    async fn all_loaded_by_systemd(
+        &mut self,
+        manager: &Manager,
+        units: &[UnitName],
+    ) -> Result<bool, TaskError> {
+        if units.is_empty() {
+            return Ok(true);
+        }
+        match self.refresh_statuses(manager, units).await {
+            Ok(()) => {}
+            Err(error) if error.is_connection_lost() => return Err(error.into()),
+            Err(error) => {
+                debug!(%error, "Cannot ask systemd about new units; reloading instead.");
+                return Ok(false);
+            }
+        }
+        Ok(units.iter().all(|unit| {
+            self.statuses
+                .get(unit)
+                .is_some_and(|status| status.load_state == "loaded")
+        }))
     }
 
     /// Fails with [`TaskError::HostUnit`] when systemd already knows `unit`
