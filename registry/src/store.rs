@@ -40,6 +40,7 @@ pub type Revision = i64;
 /// An etcd lease id.
 pub type LeaseId = i64;
 
+mod forget;
 mod safety;
 
 /// The most changes [`Registry::commit_schedule`] puts in one transaction.
