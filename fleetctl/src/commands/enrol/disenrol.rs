@@ -76,7 +76,7 @@ const STEPS: [&str; 7] = [
 /// What the host looks like when fleet is gone; prints what is left.
 const CLEAN_CHECK: &str = "left=''; [ -e /usr/bin/fleetd ] && left=\"$left /usr/bin/fleetd\"; \
     [ -e /etc/fleet ] && left=\"$left /etc/fleet\"; \
-    units=$(systemctl list-unit-files 'fleet*' --no-legend 2>/dev/null | awk '{print $1}' | tr '\\n' ' '); \
+    units=$(systemctl list-unit-files fleet.service fleet.socket --no-legend 2>/dev/null | awk '{print $1}' | tr '\\n' ' '); \
     [ -n \"$units\" ] && left=\"$left $units\"; \
     dpkg-query -W -f='${db:Status-Status}' fleet 2>/dev/null | grep -q . && left=\"$left package\"; \
     [ -z \"$left\" ] || { echo \"left:$left\"; exit 1; }";

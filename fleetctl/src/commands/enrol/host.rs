@@ -185,19 +185,21 @@ impl Host {
 
     /// Writes fleet.conf atomically (a 0600 file renamed over the old one),
     /// keeping the old one aside until [`Host::keep_conf`] or
-    /// [`Host::restore_conf`].
-    pub async fn write_conf(&self, text: &str) -> Result<Captured> {
+    /// [`Host::restore_conf`]. `Ok(true)` when it had to create /etc/fleet.
+    pub async fn write_conf(&self, text: &str) -> Result<bool> {
         let script = format!(
-            "set -e; umask 077; mkdir -p /etc/fleet; \
+            "set -e; umask 077; [ -d /etc/fleet ] || {{ mkdir -p /etc/fleet; echo made-dir; }}; \
              if [ -e {CONF} ]; then cp -p {CONF} {BACKUP}; fi; \
              cat > {CONF}.enrol-new; chmod 0600 {CONF}.enrol-new; mv -f {CONF}.enrol-new {CONF}"
         );
-        self.must(
-            &format!("writing {CONF}"),
-            &script,
-            Input::Bytes(text.as_bytes()),
-        )
-        .await
+        let written = self
+            .must(
+                &format!("writing {CONF}"),
+                &script,
+                Input::Bytes(text.as_bytes()),
+            )
+            .await?;
+        Ok(written.stdout.contains("made-dir"))
     }
 
     /// Drops the kept old fleet.conf (the enrol succeeded).
@@ -206,12 +208,13 @@ impl Host {
             .await
     }
 
-    /// Puts the old fleet.conf back, or removes ours when there was none.
-    pub async fn restore_conf(&self, had_one: bool) -> Result<Captured> {
-        let script = if had_one {
-            format!("mv -f {BACKUP} {CONF}")
-        } else {
-            format!("rm -f {CONF} {BACKUP}; rmdir /etc/fleet 2>/dev/null; true")
+    /// Puts the old fleet.conf back, or removes ours when there was none
+    /// (and /etc/fleet when this run made it).
+    pub async fn restore_conf(&self, had_one: bool, made_dir: bool) -> Result<Captured> {
+        let script = match (had_one, made_dir) {
+            (true, _) => format!("mv -f {BACKUP} {CONF}"),
+            (false, false) => format!("rm -f {CONF} {BACKUP}"),
+            (false, true) => format!("rm -f {CONF} {BACKUP}; rmdir /etc/fleet"),
         };
         self.must("restoring fleet.conf", &script, Input::Nothing)
             .await

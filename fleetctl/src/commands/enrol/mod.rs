@@ -229,7 +229,7 @@ pub(super) async fn connect(
 enum Done {
     Installed { previous: Option<String> },
     Identity { machine: String },
-    Conf { had_one: bool },
+    Conf { had_one: bool, made_dir: bool },
     Started { was_running: bool },
 }
 
@@ -249,6 +249,7 @@ pub async fn run(ctx: &Ctx, args: EnrolArgs) -> anyhow::Result<Exit> {
         inputs,
         done: Vec::new(),
         upload: None,
+        machine_id: String::new(),
     };
     let host = match run.check_host().await {
         Ok(host) => host,
@@ -295,6 +296,8 @@ struct Enrolment<'a> {
     done: Vec<Done>,
     /// The package's directory on the host, removed at the end.
     upload: Option<String>,
+    /// The host's machine id, once step 1 read it.
+    machine_id: String,
 }
 
 type StepResult<T> = Result<T, (usize, Refused)>;
@@ -333,6 +336,7 @@ impl Enrolment<'_> {
             ..host
         };
         self.say(0, &format!("{summary}, machine {}", facts.machine_id), "ok");
+        facts.machine_id.clone_into(&mut self.machine_id);
         Ok((host, facts))
     }
 
@@ -450,9 +454,10 @@ impl Enrolment<'_> {
             );
             return Ok(true);
         }
-        at(STEP, host.write_conf(&wanted).await)?;
+        let made_dir = at(STEP, host.write_conf(&wanted).await)?;
         self.done.push(Done::Conf {
             had_one: existing.is_some(),
+            made_dir,
         });
         self.say(STEP, &format!("{} ({what}, mode 0600)", host::CONF), "ok");
         Ok(true)
@@ -613,21 +618,24 @@ impl Enrolment<'_> {
         let mut restart_after = false;
         while let Some(done) = self.done.pop() {
             let (what, result) = match &done {
-                Done::Started { was_running: false } => (
-                    "stop and disable fleet",
-                    host.stop_fleet().await.map(|_| ()),
-                ),
+                Done::Started { was_running: false } => {
+                    let stopped = host.stop_fleet().await.map(|_| ());
+                    // The fleetd this run started left a clean-stop mark in etcd.
+                    let forget = format!("fleetd etcd-auth forget-machine {}", self.machine_id);
+                    let _ = host.as_root(&forget, Input::Nothing).await;
+                    ("stop and disable fleet", stopped)
+                }
                 Done::Started { was_running: true } => {
                     restart_after = true;
                     continue;
                 }
-                Done::Conf { had_one } => (
+                Done::Conf { had_one, made_dir } => (
                     if *had_one {
                         "restore the previous fleet.conf"
                     } else {
                         "remove fleet.conf"
                     },
-                    host.restore_conf(*had_one).await.map(|_| ()),
+                    host.restore_conf(*had_one, *made_dir).await.map(|_| ()),
                 ),
                 Done::Identity { machine } => match &self.inputs.root {
                     Some(root) => (
