@@ -349,3 +349,101 @@ fn hosts_that_cannot_be_enrolled_are_named_at_the_step_and_left_as_they_were() -
     );
     Ok(())
 }
+
+/// `fleetd etcd-auth COMMAND` from the outer machine with etcd's root credentials.
+fn etcd_auth(cluster: &Cluster, password: &str, command: &[&str]) -> anyhow::Result<String> {
+    let output = Command::new(bin_dir().join("fleetd"))
+        .arg("etcd-auth")
+        .args(command)
+        .env("FLEET_ETCD_SERVERS", cluster.etcd_url())
+        .env("FLEET_ETCD_USERNAME", "root")
+        .env("FLEET_ETCD_PASSWORD", password)
+        .stdin(Stdio::null())
+        .output()
+        .context("running fleetd etcd-auth")?;
+    if !output.status.success() {
+        bail!(
+            "fleetd etcd-auth {command:?} failed: {}",
+            text(&output.stderr)
+        );
+    }
+    Ok(text(&output.stdout))
+}
+
+/// With etcd auth on, enrol gives the host its own etcd user (a worker) and keeps it when
+/// run again; disenrol deletes that user and role.
+#[test]
+fn with_etcd_auth_the_machine_gets_its_own_etcd_user_and_loses_it_at_disenrol() -> anyhow::Result<()>
+{
+    let package = package()?;
+    let (cluster, bare, dir) = cluster_and_bare_host(1)?;
+    let password = "enrol-test-root";
+    etcd_auth(&cluster, password, &["init"])?;
+    let h1 = cluster.machine_id("h1")?;
+    let credential = etcd_auth(&cluster, password, &["add-machine", &h1, "--engine"])?;
+    let lines: Vec<&str> = credential.lines().collect();
+    // h1 runs fleet already (started before auth was on): new fleet.conf, restart.
+    cluster.install_fleet("h1", &lines)?;
+    cluster.exec_ok("h1", &["systemctl", "restart", "fleet.service"])?;
+    let fleet = Fleet::new(&cluster, "h1")?;
+    wait_until(DEADLINE, "h1 listed with its etcd user", || {
+        machine_listed(&fleet, &h1)
+    })?;
+
+    let agent = Agent::start(dir.path(), &[&cluster.ssh_key()?])?;
+    let ctl = Ctl {
+        endpoint: cluster.endpoint("h1")?,
+        agent: &agent,
+        known_hosts: dir.path().join("known_hosts"),
+    };
+    let password_file = dir.path().join("etcd-root");
+    std::fs::write(&password_file, format!("{password}\n"))?;
+    let password_file = password_file.to_string_lossy().into_owned();
+    let id = cluster.machine_id(&bare)?;
+    let target = format!("root@{}", cluster.ip(&bare)?);
+    let package = package.to_string_lossy().into_owned();
+    let enrol = [
+        "enrol",
+        target.as_str(),
+        "--package",
+        package.as_str(),
+        "--etcd-servers",
+        cluster.etcd_url(),
+        "--etcd-root-password-file",
+        password_file.as_str(),
+    ];
+    let output = ctl.run(&enrol)?;
+    assert!(output.status.success(), "enrol with etcd auth failed");
+    let conf = cluster.exec_ok(&bare, &["cat", "/etc/fleet/fleet.conf"])?;
+    assert!(
+        conf.contains(&format!("etcd_username=fleet-machine-{id}\n")),
+        "no machine user in fleet.conf"
+    );
+    assert!(machine_listed(&fleet, &id)?);
+
+    let output = ctl.run(&enrol)?;
+    assert!(text(&output.stdout).contains("already enrolled, nothing to do"));
+    assert_eq!(
+        cluster.exec_ok(&bare, &["cat", "/etc/fleet/fleet.conf"])?,
+        conf,
+        "the credential was replaced"
+    );
+
+    let output = ctl.run(&[
+        "disenrol",
+        &id,
+        "--reason",
+        "etcd auth test",
+        "--etcd-root-password-file",
+        &password_file,
+    ])?;
+    assert!(output.status.success(), "disenrol failed");
+    assert!(
+        text(&output.stdout).contains("[5/7] remove etcd identity: Removed etcd user and role")
+    );
+    let again = etcd_auth(&cluster, password, &["remove-machine", &id])?;
+    assert!(again.contains("had no etcd user or role"), "{again}");
+    assert_eq!(leftovers(&cluster, &bare)?, Vec::<String>::new());
+    assert!(!machine_listed(&fleet, &id)?);
+    Ok(())
+}
