@@ -22,7 +22,7 @@ use clap::{ArgAction, Args, CommandFactory, FromArgMatches, Parser, Subcommand};
 use fleet_api::client::DEFAULT_ENDPOINT;
 
 mod ops;
-pub use ops::{CordonArgs, DrainArgs, ExecArgs, PlanArgs, UncordonArgs, WhyArgs};
+pub use ops::{CordonArgs, DrainArgs, ExecArgs, PlanArgs, UncordonArgs, WhyArgs, parse_duration};
 
 /// fleetctl's version, printed as `fleetctl version <v>`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -265,6 +265,16 @@ pub enum Command {
         after_help = "DESCRIPTION:\n\tRuns COMMAND on the selected machines over SSH (the same options and host-key rules as\n\tssh), --parallel at a time. Every output line is prefixed with the machine's ID; a summary\n\ttable (machine, exit status, duration) follows. Exits 1 if the command failed anywhere."
     )]
     Exec(ExecArgs),
+    /// Bring a host into the cluster over SSH: install fleet, configure and start it
+    #[command(
+        after_help = "DESCRIPTION:\n\tChecks the host (systemd, D-Bus, architecture, root or sudo) and etcd from it, copies the\n\tDebian package over SSH, installs it, writes /etc/fleet/fleet.conf (mode 0600; with\n\t--etcd-root-password-file the machine's own etcd user), starts fleet and waits until the machine\n\tis listed. Each step is printed; a failed step undoes what the run did. Running it again changes\n\tonly what differs. --dry-run checks and prints what would change."
+    )]
+    Enrol(crate::commands::enrol::EnrolArgs),
+    /// Drain a machine, remove fleet from its host and forget it
+    #[command(
+        after_help = "DESCRIPTION:\n\tDrains the machine, stops fleet on its host over SSH, deletes its keys and (etcd auth) its etcd\n\tuser, purges the package and checks the host is clean. --reason is required and logged."
+    )]
+    Disenrol(crate::commands::enrol::DisenrolArgs),
 }
 
 /// `--block-attempts` and `--no-block` (Documentation/compatibility.md, "Blocking").

@@ -4,6 +4,7 @@
 //! fleetd etcd-auth [--config FILE] init
 //! fleetd etcd-auth [--config FILE] add-machine MACHINE_ID [--engine]
 //! fleetd etcd-auth [--config FILE] remove-machine MACHINE_ID
+//! fleetd etcd-auth [--config FILE] forget-machine MACHINE_ID
 //! ```
 //!
 //! Run by an operator with etcd's root credentials, given the way fleetd
@@ -11,6 +12,11 @@
 //! TLS options from the config file (`--config`, default
 //! `/etc/fleet/fleet.conf` if it exists) or `FLEET_ETCD_*`. The roles and
 //! what each may write are described in `Documentation/security.md`.
+//!
+//! `forget-machine` is the exception: it deletes the keys a machine that left
+//! for good wrote (`fleetctl disenrol` runs it on that host after stopping
+//! fleetd), with whatever credentials the config holds: the machine's own
+//! identity reaches exactly those keys, and without etcd auth none is needed.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -27,6 +33,8 @@ Commands (run with etcd's root credentials: FLEET_ETCD_USERNAME/FLEET_ETCD_PASSW
   add-machine MACHINE_ID [--engine] create (or reset) MACHINE_ID's etcd user; --engine makes it a
                                     control-plane machine (engine and API writes); prints its fleet.conf lines
   remove-machine MACHINE_ID         delete MACHINE_ID's etcd user and role
+  forget-machine MACHINE_ID         delete the keys MACHINE_ID wrote (refused while it is registered);
+                                    its own credentials suffice, or none without etcd auth
 ";
 
 /// One `etcd-auth` command.
@@ -35,6 +43,7 @@ pub enum AuthCommand {
     Init,
     AddMachine { machine: MachineId, engine: bool },
     RemoveMachine { machine: MachineId },
+    ForgetMachine { machine: MachineId },
 }
 
 /// A parsed `fleetd etcd-auth` command line.
@@ -89,6 +98,9 @@ pub fn parse(args: &[String]) -> Result<Invocation, String> {
         ["remove-machine", id] => AuthCommand::RemoveMachine {
             machine: machine(id)?,
         },
+        ["forget-machine", id] => AuthCommand::ForgetMachine {
+            machine: machine(id)?,
+        },
         [] => return Err(format!("missing command\n{USAGE}")),
         _ => return Err(format!("unexpected arguments {words:?}\n{USAGE}")),
     };
@@ -106,15 +118,21 @@ pub async fn run(invocation: Invocation, env: &HashMap<String, String>) -> anyho
     let loaded = Config::load(invocation.config.as_deref(), env)
         .context("loading the etcd connection options")?;
     let config = loaded.config;
-    if config.etcd_username.is_empty() && config.etcd_certfile.is_empty() {
+    let forgetting = matches!(invocation.command, AuthCommand::ForgetMachine { .. });
+    if !forgetting && config.etcd_username.is_empty() && config.etcd_certfile.is_empty() {
         bail!(
             "give etcd's root credentials: FLEET_ETCD_USERNAME=root and FLEET_ETCD_PASSWORD (or etcd_username/etcd_password in --config FILE), or a root client certificate (etcd_certfile/etcd_keyfile)"
         );
+    }
+    if let AuthCommand::ForgetMachine { machine } = &invocation.command {
+        return forget_machine(&config, machine).await;
     }
     let admin = EtcdAdmin::connect(&config.registry())
         .await
         .context("connecting to etcd")?;
     match invocation.command {
+        // Handled above: it needs no admin connection.
+        AuthCommand::ForgetMachine { .. } => {}
         AuthCommand::Init => {
             let root_password = (config.etcd_username == "root"
                 && !config.etcd_password.is_empty())
@@ -165,10 +183,33 @@ pub async fn run(invocation: Invocation, env: &HashMap<String, String>) -> anyho
     Ok(())
 }
 
+/// `forget-machine`: deletes the keys `machine` wrote, as whoever the config
+/// names.
+async fn forget_machine(config: &Config, machine: &MachineId) -> anyhow::Result<()> {
+    let registry = fleet_registry::Registry::connect(&config.registry())
+        .await
+        .context("connecting to etcd")?;
+    let deleted = registry
+        .forget_machine(machine)
+        .await
+        .with_context(|| format!("forgetting machine {machine}"))?;
+    tracing::info!(
+        target: "fleet::audit",
+        operator = %operator(config),
+        %machine,
+        deleted,
+        "Deleted the keys of a machine that left the cluster."
+    );
+    println!("Deleted {deleted} keys of machine {machine}.");
+    Ok(())
+}
+
 /// Who ran the command, for the audit log: the etcd user, or the client
 /// certificate that authenticated.
 fn operator(config: &Config) -> String {
-    if config.etcd_username.is_empty() {
+    if config.etcd_username.is_empty() && config.etcd_certfile.is_empty() {
+        "anonymous (no etcd auth)".to_owned()
+    } else if config.etcd_username.is_empty() {
         format!("client certificate {}", config.etcd_certfile)
     } else {
         config.etcd_username.clone()
@@ -212,7 +253,13 @@ mod tests {
         );
         assert_eq!(
             parse(&args(&["--config=/f", "remove-machine", "m1"])).map(|i| i.command),
-            Ok(AuthCommand::RemoveMachine { machine: m1 })
+            Ok(AuthCommand::RemoveMachine {
+                machine: m1.clone()
+            })
+        );
+        assert_eq!(
+            parse(&args(&["forget-machine", "m1"])).map(|i| i.command),
+            Ok(AuthCommand::ForgetMachine { machine: m1 })
         );
         for bad in [
             &[][..],

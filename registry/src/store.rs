@@ -44,6 +44,7 @@ use crate::wire;
 
 pub use crate::ids::{InvalidRevision, LeaseId, Revision};
 
+mod forget;
 mod machines;
 mod safety;
 mod schedule;

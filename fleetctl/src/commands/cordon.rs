@@ -29,7 +29,7 @@ const DRAIN_POLL: Duration = Duration::from_millis(500);
 const PLAIN_PROGRESS_EVERY: Duration = Duration::from_secs(10);
 
 /// `user@host` of whoever runs fleetctl, stored with the cordon and logged.
-fn who() -> String {
+pub(crate) fn who() -> String {
     let user = std::env::var("USER")
         .or_else(|_| std::env::var("LOGNAME"))
         .unwrap_or_else(|_| "unknown".to_owned());

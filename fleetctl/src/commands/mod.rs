@@ -11,6 +11,7 @@ mod cat;
 pub mod completion;
 mod cordon;
 mod destroy;
+pub mod enrol;
 mod events;
 mod exec;
 mod fd_forward;
@@ -89,6 +90,8 @@ pub async fn run(config: Config, command: Command, console: Console) -> Exit {
         Command::Plan(args) => plan::run_plan(&ctx, args).await,
         Command::Why(args) => plan::run_why(&ctx, args).await,
         Command::Exec(args) => exec::run(&ctx, args).await,
+        Command::Enrol(args) => enrol::run(&ctx, args).await,
+        Command::Disenrol(args) => enrol::run_disenrol(&ctx, args).await,
         Command::Verify(_)
         | Command::FdForward(_)
         | Command::Version

@@ -28,6 +28,7 @@ pub mod master;
 pub mod quote;
 pub mod remote;
 pub mod resolve;
+pub mod script;
 pub mod tunnel;
 
 use std::ffi::OsString;

@@ -9,6 +9,7 @@ mod bad_input;
 mod chaos;
 mod dashboard;
 mod drain;
+mod enrol;
 mod foundation;
 mod harness;
 mod host_units;

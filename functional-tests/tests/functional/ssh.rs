@@ -19,14 +19,14 @@ const NO_AGENT: &str =
     "SSH_AUTH_SOCK environment variable is not set. Verify ssh-agent is running.";
 
 /// A private ssh-agent, killed on drop.
-struct Agent {
+pub(crate) struct Agent {
     child: Child,
-    socket: PathBuf,
+    pub socket: PathBuf,
 }
 
 impl Agent {
     /// Starts `ssh-agent -D -a <dir>/agent.sock` and adds `keys`.
-    fn start(dir: &Path, keys: &[&Path]) -> anyhow::Result<Agent> {
+    pub fn start(dir: &Path, keys: &[&Path]) -> anyhow::Result<Agent> {
         let socket = dir.join("agent.sock");
         let child = Command::new("ssh-agent")
             .arg("-D")

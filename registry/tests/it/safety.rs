@@ -4,10 +4,10 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use fleet_registry::testing::put_raw;
-use fleet_registry::{Placement, ScheduleChange, TargetState};
+use fleet_registry::testing::{list_keys, put_raw};
+use fleet_registry::{Placement, RegistryError, ScheduleChange, TargetState};
 
-use crate::util::{machine_id, registry, unit_file, unit_name};
+use crate::util::{machine, machine_id, registry, unit_file, unit_name};
 
 #[tokio::test]
 async fn every_unplacement_writes_its_unload_order_in_batches_etcd_accepts() {
@@ -99,4 +99,59 @@ async fn clean_stop_marks_are_written_listed_and_cleared() {
     registry.clear_stopped(&m1).await.expect("clear");
     let stopped = registry.stopped_machines().await.expect("list");
     assert_eq!(stopped.keys().cloned().collect::<Vec<_>>(), vec![m2]);
+}
+
+#[tokio::test]
+async fn a_machine_gone_for_good_is_forgotten_but_never_while_registered() {
+    let (_etcd, registry) = registry("forget").await;
+    let (m1, m2) = (machine_id("m1"), machine_id("m2"));
+    let lease = registry
+        .grant_lease(Duration::from_secs(30))
+        .await
+        .expect("grant");
+    registry
+        .register_machine(&machine("m1"), lease)
+        .await
+        .expect("register m1");
+    let keys = registry.keys().clone();
+    put_raw(&registry, &keys.unload_order("m1", "a.service"), b"")
+        .await
+        .expect("plant an unload order");
+    registry
+        .mark_stopped(&m1, SystemTime::now())
+        .await
+        .expect("mark m1");
+    registry
+        .mark_stopped(&m2, SystemTime::now())
+        .await
+        .expect("mark m2");
+
+    let refused = registry.forget_machine(&m1).await;
+    assert!(
+        matches!(refused, Err(RegistryError::MachineExists(ref id)) if *id == m1),
+        "a registered machine is refused: {refused:?}"
+    );
+    assert!(
+        list_keys(&registry)
+            .await
+            .expect("list")
+            .contains(&keys.stopped("m1"))
+    );
+
+    registry
+        .unregister_machine(&m1, lease)
+        .await
+        .expect("unregister");
+    let deleted = registry.forget_machine(&m1).await.expect("forget");
+    assert_eq!(deleted, 2, "the unload order and the clean-stop mark");
+    let left = list_keys(&registry).await.expect("list");
+    assert!(
+        !left.iter().any(|key| key.contains("/m1")),
+        "m1 keys left: {left:?}"
+    );
+    assert!(
+        left.contains(&keys.stopped("m2")),
+        "m2 is untouched: {left:?}"
+    );
+    assert_eq!(registry.forget_machine(&m1).await.expect("again"), 0);
 }

@@ -1,0 +1,58 @@
+//! Forgetting a machine that left the cluster for good (`fleetctl disenrol`).
+//!
+//! A machine's own keys are the ranges of [`Keys::machine_grants`]: its
+//! presence, unit states, health verdicts, clean-stop mark and the unload
+//! orders it was given. Presence, states and health vanish with its lease
+//! when fleetd stops; the clean-stop mark and unload orders outlive it on
+//! purpose (a restart needs them), so a machine that is gone for good must
+//! delete them, or the engine keeps giving it the restart grace.
+//!
+//! The delete is one transaction guarded by "no presence key": a live fleetd
+//! (this machine or another host with the same machine id) is never forgotten
+//! under its feet. With etcd auth the machine's own credential suffices: the
+//! ranges are exactly what its role is granted.
+
+use etcd_client::{Compare, CompareOp, DeleteOptions, Txn, TxnOp, TxnOpResponse};
+
+use super::{Registry, RegistryError};
+use crate::keys::KeyRange;
+use crate::model::MachineId;
+
+impl Registry {
+    /// Deletes every key `machine` writes, unless it is registered (a live
+    /// fleetd holds its presence key). Returns how many keys were deleted.
+    ///
+    /// # Errors
+    /// [`RegistryError::MachineExists`] while the machine is registered;
+    /// transport errors and timeouts.
+    pub async fn forget_machine(&self, machine: &MachineId) -> Result<i64, RegistryError> {
+        let presence = self.keys.machine(machine.as_str());
+        let deletes: Vec<TxnOp> = self
+            .keys
+            .machine_grants(machine.as_str())
+            .into_iter()
+            .map(|range| match range {
+                KeyRange::Key(key) => TxnOp::delete(key, None),
+                KeyRange::Prefix(prefix) => {
+                    TxnOp::delete(prefix, Some(DeleteOptions::new().with_prefix()))
+                }
+            })
+            .collect();
+        let txn = Txn::new()
+            .when([Compare::version(presence.as_str(), CompareOp::Equal, 0)])
+            .and_then(deletes);
+        // Retry-safe: deletes; a repeat finds nothing left to delete.
+        let response = self.txn("forget machine", txn).await?;
+        if !response.succeeded() {
+            return Err(RegistryError::MachineExists(machine.clone()));
+        }
+        Ok(response
+            .op_responses()
+            .iter()
+            .map(|op| match op {
+                TxnOpResponse::Delete(deleted) => deleted.deleted(),
+                _ => 0,
+            })
+            .sum())
+    }
+}
