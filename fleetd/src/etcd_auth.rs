@@ -111,7 +111,7 @@ pub async fn run(invocation: Invocation, env: &HashMap<String, String>) -> anyho
             "give etcd's root credentials: FLEET_ETCD_USERNAME=root and FLEET_ETCD_PASSWORD (or etcd_username/etcd_password in --config FILE), or a root client certificate (etcd_certfile/etcd_keyfile)"
         );
     }
-    let admin = EtcdAdmin::connect(&config.registry())
+    let admin = EtcdAdmin::connect(&crate::discovered::registry_config(&config).await?)
         .await
         .context("connecting to etcd")?;
     match invocation.command {

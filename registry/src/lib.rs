@@ -10,6 +10,8 @@
 //! - [`rollouts`]: the stored side of rolling updates (spec, progress, content references).
 //! - `endpoints` (private): which etcd member a request goes to; routes
 //!   around a dead member and probes it until it answers again.
+//! - [`discovery`]: the etcd members named by DNS SRV records
+//!   (`etcd_discovery_srv`), looked up again while fleetd runs.
 //! - `keepalive`: [`LeaseKeepAlive`], one long-lived keep-alive stream per lease.
 //! - `wire` (private): the JSON values stored in etcd, converted by hand.
 //! - [`cordon`]: cordoned and draining machines (stored, read by the engine).
@@ -24,6 +26,7 @@
 
 pub mod auth;
 pub mod cordon;
+pub mod discovery;
 mod endpoints;
 pub mod events;
 mod keepalive;
@@ -36,6 +39,7 @@ pub mod store;
 pub mod testing;
 mod wire;
 
+pub use discovery::{DiscoveryError, SrvDiscovery};
 pub use keepalive::LeaseKeepAlive;
 pub use model::{
     InvalidMachineId, InvalidTargetState, MachineId, MachineState, Placement, TargetState, Unit,

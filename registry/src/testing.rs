@@ -23,6 +23,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::store::{Registry, RegistryConfig, RegistryError, Revision};
 
+pub mod dnsmasq;
+
 /// How long etcd may take to become healthy (a cold start on a loaded
 /// 2-core machine takes a few seconds).
 const START_DEADLINE: Duration = Duration::from_secs(30);
@@ -131,6 +133,11 @@ impl Etcd {
     pub fn endpoint(&self) -> String {
         let scheme = if self.tls.is_some() { "https" } else { "http" };
         format!("{scheme}://127.0.0.1:{}", self.client_port)
+    }
+
+    /// The port etcd serves clients on (for DNS SRV records).
+    pub fn client_port(&self) -> u16 {
+        self.client_port
     }
 
     /// The certificates of a TLS etcd.
@@ -354,7 +361,8 @@ fn openssl(dir: &Path, args: &[&str]) {
     );
 }
 
-/// A CA, a server certificate for 127.0.0.1 and a client certificate, all
+/// A CA, a server certificate for 127.0.0.1 and localhost (the name DNS
+/// discovery tests point their SRV records at) and a client certificate, all
 /// P-256 keys (fast to make), valid for a day.
 fn make_certificates(dir: &Path) -> TlsFiles {
     let ec = [
@@ -385,7 +393,7 @@ fn make_certificates(dir: &Path) -> TlsFiles {
     ]);
     openssl(dir, &ca);
     for (name, usage, alt) in [
-        ("server", "serverAuth", "IP:127.0.0.1"),
+        ("server", "serverAuth", "IP:127.0.0.1,DNS:localhost"),
         ("client", "clientAuth", "DNS:fleet-test-client"),
     ] {
         let (key, csr, cert, ext) = (
