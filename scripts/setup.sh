@@ -13,6 +13,8 @@
 #   prometheus                promtool, which validates fleetd's /metrics in a test
 #   chromium chromium-driver  headless Chromium for the dashboard's browser test
 #   binutils                  strip and objdump for scripts/package.sh (the Debian package)
+#   dnsmasq-base              a DNS server for the etcd discovery tests (the binary only: no
+#                             system service on port 53)
 #
 # Environment: FLEET_CACHE (default /var/cache/fleet-build) holds a private apt archive dir, so
 # concurrent apt runs (and the image's hook that deletes downloaded .debs) don't collide.
@@ -23,7 +25,7 @@ set -euo pipefail
 # openssl: the etcd TLS test fixture makes its certificates with the openssl command.
 PACKAGES=(etcd-server etcd-client protobuf-compiler libprotobuf-dev debootstrap systemd-container
     iptables iproute2 openssh-client openssh-server curl openssl prometheus chromium chromium-driver
-    binutils)
+    binutils dnsmasq-base)
 CACHE="${FLEET_CACHE:-/var/cache/fleet-build}"
 
 missing=()
@@ -53,7 +55,7 @@ fi
 
 # Debian's etcd-server starts a system etcd on 2379 where it can; tests never rely on it and
 # pick free ports, so it is left alone.
-for tool in etcd etcdctl protoc debootstrap systemd-nspawn nsenter ip iptables ssh curl promtool chromium chromedriver strip objdump dpkg-deb; do
+for tool in etcd etcdctl protoc debootstrap systemd-nspawn nsenter ip iptables ssh curl promtool chromium chromedriver strip objdump dpkg-deb dnsmasq; do
     command -v "$tool" >/dev/null || {
         echo "setup: error: '$tool' still missing after installing packages" >&2
         exit 1

@@ -19,10 +19,11 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use fleet_registry::RegistryConfig;
+use fleet_registry::{RegistryConfig, SrvDiscovery};
 
 /// Where fleetd looks for its config file when no `-config` is given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/fleet/fleet.conf";
@@ -70,6 +71,10 @@ pub const OPTION_NAMES: &[&str] = &[
     "api_tls_client_ca_file",
     "api_access_file",
     "api_insecure_tcp",
+    // etcd members from DNS SRV records (Documentation/configuration.md).
+    "etcd_discovery_srv",
+    "etcd_discovery_srv_name",
+    "etcd_discovery_srv_resolver",
 ];
 
 /// The engine's slice of the config (see `fleetd::engine`). No `Default`:
@@ -227,6 +232,17 @@ pub struct Config {
     /// `api_insecure_tcp` (bool, default false): allow plaintext TCP on an
     /// address that is not loopback (anyone who reaches it is root). New.
     pub api_insecure_tcp: bool,
+    /// `etcd_discovery_srv` (DNS domain, default empty = off): find the etcd
+    /// members in the SRV records `_etcd-client-ssl._tcp.DOMAIN` and
+    /// `_etcd-client._tcp.DOMAIN` instead of `etcd_servers` (setting both is
+    /// an error). Without the trailing dot. New.
+    pub etcd_discovery_srv: String,
+    /// `etcd_discovery_srv_name` (default empty): etcd's
+    /// `--discovery-srv-name`: look up `_etcd-client[-ssl]-NAME._tcp.DOMAIN`. New.
+    pub etcd_discovery_srv_name: String,
+    /// `etcd_discovery_srv_resolver` (`IP:PORT`, default empty = the servers
+    /// of /etc/resolv.conf): the DNS server asked for the SRV records. New.
+    pub etcd_discovery_srv_resolver: Option<SocketAddr>,
 }
 
 impl Default for Config {
@@ -273,6 +289,9 @@ impl Default for Config {
             api_tls_client_ca_file: String::new(),
             api_access_file: String::new(),
             api_insecure_tcp: false,
+            etcd_discovery_srv: String::new(),
+            etcd_discovery_srv_name: String::new(),
+            etcd_discovery_srv_resolver: None,
         }
     }
 }
@@ -450,10 +469,15 @@ impl Config {
         }
     }
 
-    /// How to reach etcd.
+    /// How to reach etcd. With `etcd_discovery_srv` the endpoints are
+    /// empty: they come from DNS ([`Config::discovery`]).
     pub fn registry(&self) -> RegistryConfig {
         RegistryConfig {
-            endpoints: self.etcd_servers.clone(),
+            endpoints: if self.etcd_discovery_srv.is_empty() {
+                self.etcd_servers.clone()
+            } else {
+                Vec::new()
+            },
             key_prefix: self.etcd_key_prefix.clone(),
             request_timeout: self.etcd_request_timeout,
             username: non_empty(&self.etcd_username),
@@ -492,6 +516,80 @@ fn check_api_tls(config: &Config) -> Result<(), ConfigError> {
         ));
     }
     Ok(())
+}
+
+impl Config {
+    /// Where to find the etcd members in DNS, when `etcd_discovery_srv` is set.
+    pub fn discovery(&self) -> Option<SrvDiscovery> {
+        if self.etcd_discovery_srv.is_empty() {
+            return None;
+        }
+        // The loader validated both names; a failure here is impossible and
+        // would show as "no discovery", which `registry()` then refuses.
+        SrvDiscovery::new(
+            &self.etcd_discovery_srv,
+            &self.etcd_discovery_srv_name,
+            self.etcd_discovery_srv_resolver,
+        )
+        .ok()
+    }
+}
+
+/// `etcd_discovery_srv` and `etcd_servers` name the cluster two ways: an
+/// operator who sets both meant one of them, and picking one silently could
+/// point fleetd at the wrong cluster, so that is an error naming both. The
+/// service name and resolver mean nothing without the domain.
+fn check_discovery(raw: &RawValues, config: &Config) -> Result<(), ConfigError> {
+    let invalid = |option: &'static str, expected: String| {
+        let (value, origin) = raw.values.get(option).cloned().unwrap_or_default();
+        ConfigError::Invalid {
+            option,
+            value,
+            origin,
+            expected,
+        }
+    };
+    if config.etcd_discovery_srv.is_empty() {
+        if !config.etcd_discovery_srv_name.is_empty() {
+            return Err(invalid(
+                "etcd_discovery_srv_name",
+                "etcd_discovery_srv to be set too (the name only applies to DNS discovery)"
+                    .to_owned(),
+            ));
+        }
+        if config.etcd_discovery_srv_resolver.is_some() {
+            return Err(invalid(
+                "etcd_discovery_srv_resolver",
+                "etcd_discovery_srv to be set too (the resolver only applies to DNS discovery)"
+                    .to_owned(),
+            ));
+        }
+        return Ok(());
+    }
+    if let Some((_, servers_origin)) = raw.values.get("etcd_servers") {
+        return Err(invalid(
+            "etcd_discovery_srv",
+            format!(
+                "either etcd_discovery_srv or etcd_servers, not both (etcd_servers is set in {servers_origin}); remove one"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// An empty value turns discovery off; anything else must be a domain.
+fn parse_discovery_domain(value: &str) -> Result<String, String> {
+    if value.trim().is_empty() {
+        return Ok(String::new());
+    }
+    fleet_registry::discovery::parse_domain(value)
+}
+
+fn parse_discovery_name(value: &str) -> Result<String, String> {
+    if value.trim().is_empty() {
+        return Ok(String::new());
+    }
+    fleet_registry::discovery::parse_service_name(value)
 }
 
 fn non_empty(value: &str) -> Option<String> {
@@ -679,8 +777,25 @@ impl RawValues {
                 parse_go_bool,
                 d.api_insecure_tcp,
             )?,
+            etcd_discovery_srv: self.checked(
+                "etcd_discovery_srv",
+                parse_discovery_domain,
+                d.etcd_discovery_srv,
+            )?,
+            etcd_discovery_srv_name: self.checked(
+                "etcd_discovery_srv_name",
+                parse_discovery_name,
+                d.etcd_discovery_srv_name,
+            )?,
+            etcd_discovery_srv_resolver: self.typed(
+                "etcd_discovery_srv_resolver",
+                "the IP address and port of a DNS server, such as 10.0.0.2:53 or [fd00::2]:53",
+                |value| value.parse::<SocketAddr>().ok().map(Some),
+                d.etcd_discovery_srv_resolver,
+            )?,
         };
         check_api_tls(&config)?;
+        check_discovery(self, &config)?;
         // A path option set to empty means the default: an empty path names nothing.
         if config.units_directory.as_os_str().is_empty() {
             config.units_directory = d.units_directory;
@@ -1523,5 +1638,93 @@ mod sample_tests {
             Some("us-west")
         );
         assert_eq!(config.api_listen, Config::default().api_listen);
+    }
+}
+
+#[cfg(test)]
+mod discovery_tests {
+    use super::*;
+
+    fn load(file: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let env: HashMap<String, String> = env
+            .iter()
+            .map(|(name, value)| ((*name).to_owned(), (*value).to_owned()))
+            .collect();
+        let file = Some((Path::new("/etc/fleet/fleet.conf"), file));
+        Config::from_sources(file, &env).map(|(config, _)| config)
+    }
+
+    #[test]
+    fn discovery_options_load_and_replace_the_endpoints() {
+        let config = load(
+            "etcd_discovery_srv = example.com.\netcd_discovery_srv_name = blue\n",
+            &[("FLEET_ETCD_DISCOVERY_SRV_RESOLVER", "10.0.0.2:5353")],
+        )
+        .expect("loads");
+        assert_eq!(config.etcd_discovery_srv, "example.com");
+        assert_eq!(
+            config.etcd_discovery_srv_resolver,
+            Some("10.0.0.2:5353".parse().unwrap())
+        );
+        assert!(config.registry().endpoints.is_empty());
+        let discovery = config.discovery().expect("discovery is on");
+        assert_eq!(
+            discovery.record_name(fleet_registry::discovery::Scheme::Http),
+            "_etcd-client-blue._tcp.example.com."
+        );
+        // Off by default, and an empty value is off too.
+        let off = load("etcd_discovery_srv =\n", &[]).expect("loads");
+        assert!(off.discovery().is_none());
+        assert_eq!(off.registry().endpoints, Config::default().etcd_servers);
+    }
+
+    #[test]
+    fn setting_both_etcd_servers_and_discovery_is_an_error_naming_both() {
+        let error = load(
+            "etcd_servers = http://10.0.0.1:2379\n",
+            &[("FLEET_ETCD_DISCOVERY_SRV", "example.com")],
+        )
+        .unwrap_err();
+        let ConfigError::Invalid { option, .. } = &error else {
+            panic!("{error}");
+        };
+        assert_eq!(*option, "etcd_discovery_srv");
+        let message = error.to_string();
+        assert!(
+            message.contains("etcd_servers is set in /etc/fleet/fleet.conf")
+                && message.contains("FLEET_ETCD_DISCOVERY_SRV"),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn bad_discovery_values_are_refused_with_the_option_name() {
+        for (text, expected_option) in [
+            ("etcd_discovery_srv = exa mple.com\n", "etcd_discovery_srv"),
+            ("etcd_discovery_srv = a..b\n", "etcd_discovery_srv"),
+            (
+                "etcd_discovery_srv = example.com\netcd_discovery_srv_name = a.b\n",
+                "etcd_discovery_srv_name",
+            ),
+            (
+                "etcd_discovery_srv = example.com\netcd_discovery_srv_resolver = 10.0.0.2\n",
+                "etcd_discovery_srv_resolver",
+            ),
+            (
+                "etcd_discovery_srv_name = blue\n",
+                "etcd_discovery_srv_name",
+            ),
+            (
+                "etcd_discovery_srv_resolver = 127.0.0.1:53\n",
+                "etcd_discovery_srv_resolver",
+            ),
+        ] {
+            match load(text, &[]) {
+                Err(ConfigError::Invalid { option, .. }) => {
+                    assert_eq!(option, expected_option, "{text}");
+                }
+                other => panic!("{text:?} gave {other:?}"),
+            }
+        }
     }
 }

@@ -127,7 +127,7 @@ pub async fn run(invocation: Invocation, env: &HashMap<String, String>) -> anyho
     if let AuthCommand::ForgetMachine { machine } = &invocation.command {
         return forget_machine(&config, machine).await;
     }
-    let admin = EtcdAdmin::connect(&config.registry())
+    let admin = EtcdAdmin::connect(&crate::discovered::registry_config(&config).await?)
         .await
         .context("connecting to etcd")?;
     match invocation.command {
@@ -186,9 +186,10 @@ pub async fn run(invocation: Invocation, env: &HashMap<String, String>) -> anyho
 /// `forget-machine`: deletes the keys `machine` wrote, as whoever the config
 /// names.
 async fn forget_machine(config: &Config, machine: &MachineId) -> anyhow::Result<()> {
-    let registry = fleet_registry::Registry::connect(&config.registry())
-        .await
-        .context("connecting to etcd")?;
+    let registry =
+        fleet_registry::Registry::connect(&crate::discovered::registry_config(config).await?)
+            .await
+            .context("connecting to etcd")?;
     let deleted = registry
         .forget_machine(machine)
         .await

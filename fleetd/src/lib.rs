@@ -5,6 +5,7 @@
 //! Where to start reading:
 //! - [`server`]: wires everything together, owns shutdown and SIGHUP reload.
 //! - [`config`]: every option, the goini loader and `FLEET_*` overrides.
+//! - [`discovered`]: etcd by `etcd_servers` or by DNS SRV records.
 //! - [`heart`]: the machine lease and record; publishes [`heart::Presence`].
 //! - [`engine`]: leader election and the scheduler (pure, the `fleet-scheduler` crate re-exported as `engine::scheduler`).
 //! - [`agent`]: makes this machine's systemd match its schedule.
@@ -32,6 +33,7 @@ pub mod api_gate;
 pub mod api_tls;
 pub mod backoff;
 pub mod config;
+pub mod discovered;
 pub mod engine;
 pub mod etcd_auth;
 pub mod etcd_role;

@@ -203,9 +203,7 @@ struct Pieces {
 impl Pieces {
     async fn prepare(config: &Config) -> anyhow::Result<Pieces> {
         let machine = read_machine_id(&config.machine_id_file)?;
-        let registry = Registry::connect(&config.registry())
-            .await
-            .context("setting up the etcd client")?;
+        let registry = crate::discovered::connect(config).await?;
         let role = crate::etcd_role::learn(config, &registry).await;
         Ok(Pieces {
             machine,

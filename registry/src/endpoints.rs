@@ -29,14 +29,24 @@
 //! choose, so a second grant of it fails as "already exists" instead of
 //! granting a second lease. A new write must keep this promise or not use
 //! [`Endpoints::run`].
+//!
+//! # A member list that changes
+//!
+//! With DNS discovery (`crate::discovery`) the list of members is looked up
+//! again while fleetd runs, and [`Endpoints::replace`] swaps it: a member
+//! whose URL stays keeps its connection and health, a new one starts as up,
+//! and a dropped one is no longer asked (a watch it serves runs on until it
+//! breaks). Requests and probes hold the member they use, not a position in
+//! the list. [`Endpoints::all_down`] wakes the look-up when every member
+//! has failed, which is when a replaced member matters.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
 
 use etcd_client::{Client, ConnectOptions, GetOptions, KvClient, LeaseClient, WatchClient};
-use tokio::sync::OnceCell;
+use tokio::sync::{Notify, OnceCell};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
@@ -77,7 +87,11 @@ struct Member {
 
 /// The etcd members of one registry handle, with their health.
 pub(crate) struct Endpoints {
-    members: Vec<Member>,
+    /// Swapped whole by [`Endpoints::replace`]; read as a snapshot.
+    members: RwLock<Arc<[Arc<Member>]>>,
+    /// Notified when every member is down (and when the endpoints are
+    /// dropped, so a waiting look-up task ends).
+    all_down: Arc<Notify>,
     options: ConnectOptions,
     request_timeout: Duration,
     /// Round-robin position.
@@ -90,7 +104,7 @@ pub(crate) struct Endpoints {
 #[derive(Clone)]
 pub(crate) struct MemberRef {
     endpoints: Weak<Endpoints>,
-    index: usize,
+    member: Arc<Member>,
 }
 
 impl MemberRef {
@@ -100,7 +114,7 @@ impl MemberRef {
         if is_member_failure(error)
             && let Some(endpoints) = self.endpoints.upgrade()
         {
-            endpoints.mark_down(self.index, &error.to_string());
+            endpoints.mark_down(&self.member, &error.to_string());
         }
     }
 }
@@ -109,7 +123,7 @@ impl MemberRef {
     /// Reports that a stream served by this member did not answer in time.
     pub(crate) fn timed_out(&self) {
         if let Some(endpoints) = self.endpoints.upgrade() {
-            endpoints.mark_down(self.index, "no answer within the request timeout");
+            endpoints.mark_down(&self.member, "no answer within the request timeout");
         }
     }
 }
@@ -148,18 +162,14 @@ impl Endpoints {
     ) -> Arc<Endpoints> {
         let members = urls
             .iter()
-            .map(|url| Member {
-                url: url.clone(),
-                clients: OnceCell::new(),
-                up: AtomicBool::new(true),
-                probing: AtomicBool::new(false),
-            })
-            .collect::<Vec<_>>();
+            .map(|url| Arc::new(Member::new(url)))
+            .collect::<Arc<[_]>>();
         // Start each handle at a random member, so many fleetds do not all
         // begin on the first one.
         let start = fastrand::usize(..members.len().max(1));
         Arc::new_cyclic(|weak_self| Endpoints {
-            members,
+            members: RwLock::new(members),
+            all_down: Arc::new(Notify::new()),
             options,
             request_timeout,
             next: AtomicUsize::new(start),
@@ -167,8 +177,20 @@ impl Endpoints {
         })
     }
 
+    /// The current members (a snapshot: [`Endpoints::replace`] may swap
+    /// the list while the caller uses it).
+    fn members(&self) -> Arc<[Arc<Member>]> {
+        // A poisoned lock still holds a whole list: the swap is one store.
+        Arc::clone(
+            &self
+                .members
+                .read()
+                .unwrap_or_else(|poison| poison.into_inner()),
+        )
+    }
+
     pub(crate) fn urls(&self) -> Vec<String> {
-        self.members
+        self.members()
             .iter()
             .map(|member| member.url.clone())
             .collect()
@@ -176,20 +198,59 @@ impl Endpoints {
 
     /// Each member's URL and whether it is considered up.
     pub(crate) fn health(&self) -> Vec<(String, bool)> {
-        self.members
+        self.members()
             .iter()
             .map(|member| (member.url.clone(), member.up.load(Ordering::Relaxed)))
             .collect()
     }
 
+    /// Notified when every member is down, and when these endpoints are dropped.
+    pub(crate) fn all_down(&self) -> Arc<Notify> {
+        Arc::clone(&self.all_down)
+    }
+
+    /// Makes `urls` the members. A URL already known keeps its member (its
+    /// connection and health); new URLs start as up. Returns whether the
+    /// list changed. An empty `urls` is ignored: fleetd never runs without
+    /// a member to ask.
+    pub(crate) fn replace(&self, urls: &[String]) -> bool {
+        if urls.is_empty() {
+            return false;
+        }
+        let mut members = self
+            .members
+            .write()
+            .unwrap_or_else(|poison| poison.into_inner());
+        let unchanged = members.len() == urls.len()
+            && members
+                .iter()
+                .zip(urls)
+                .all(|(member, url)| member.url == *url);
+        if unchanged {
+            return false;
+        }
+        let replacement = urls
+            .iter()
+            .map(|url| {
+                members
+                    .iter()
+                    .find(|member| member.url == *url)
+                    .map_or_else(|| Arc::new(Member::new(url)), Arc::clone)
+            })
+            .collect::<Arc<[_]>>();
+        *members = replacement;
+        true
+    }
+
     /// Members to try, in order: those up, from the round-robin position on,
     /// then those down (asked only when no member is up).
-    fn order(&self) -> Vec<usize> {
-        let count = self.members.len();
+    fn order(&self) -> Vec<Arc<Member>> {
+        let members = self.members();
+        let count = members.len();
         let start = self.next.fetch_add(1, Ordering::Relaxed);
-        let rotation = (0..count).map(|offset| (start + offset) % count);
-        let (up, down): (Vec<usize>, Vec<usize>) =
-            rotation.partition(|&index| self.members[index].up.load(Ordering::Relaxed));
+        let rotation = (0..count).map(|offset| Arc::clone(&members[(start + offset) % count]));
+        let (up, down): (Vec<_>, Vec<_>) =
+            rotation.partition(|member| member.up.load(Ordering::Relaxed));
         up.into_iter().chain(down).collect()
     }
 
@@ -213,18 +274,18 @@ impl Endpoints {
         let mut pause = FIRST_ROUND_PAUSE;
         let mut last_error = None;
         loop {
-            for index in self.order() {
-                match self.attempt(op, index, &mut request).await {
+            for member in self.order() {
+                match self.attempt(op, &member, &mut request).await {
                     Attempt::Done(value) => {
                         let member = MemberRef {
                             endpoints: Arc::downgrade(self),
-                            index,
+                            member,
                         };
                         return Ok((value, member));
                     }
                     Attempt::Refused(error) => return Err(error),
                     Attempt::MemberFailed(error) => {
-                        debug!(op, member = %self.members[index].url, %error, "An etcd member failed a request; trying the next.");
+                        debug!(op, member = %member.url, %error, "An etcd member failed a request; trying the next.");
                         last_error = Some(error);
                     }
                 }
@@ -244,7 +305,7 @@ impl Endpoints {
     async fn attempt<T, F, Fut>(
         &self,
         op: &'static str,
-        index: usize,
+        member: &Arc<Member>,
         request: &mut F,
     ) -> Attempt<T>
     where
@@ -252,36 +313,41 @@ impl Endpoints {
         Fut: Future<Output = Result<T, etcd_client::Error>>,
     {
         let after = self.request_timeout;
-        let clients = match tokio::time::timeout(after, self.clients(index)).await {
+        let clients = match tokio::time::timeout(after, self.clients(member)).await {
             Ok(Ok(clients)) => clients,
-            Ok(Err(error)) => return self.failed(op, index, error),
+            Ok(Err(error)) => return self.failed(op, member, error),
             Err(_) => {
-                self.mark_down(index, "connecting timed out");
+                self.mark_down(member, "connecting timed out");
                 return Attempt::MemberFailed(RegistryError::Timeout { op, after });
             }
         };
         match tokio::time::timeout(after, request(clients)).await {
             Ok(Ok(value)) => {
-                self.mark_up(index);
+                mark_up(member);
                 Attempt::Done(value)
             }
-            Ok(Err(error)) => self.failed(op, index, error),
+            Ok(Err(error)) => self.failed(op, member, error),
             Err(_) => {
-                self.mark_down(index, "no answer within the request timeout");
+                self.mark_down(member, "no answer within the request timeout");
                 Attempt::MemberFailed(RegistryError::Timeout { op, after })
             }
         }
     }
 
-    fn failed<T>(&self, op: &'static str, index: usize, error: etcd_client::Error) -> Attempt<T> {
+    fn failed<T>(
+        &self,
+        op: &'static str,
+        member: &Arc<Member>,
+        error: etcd_client::Error,
+    ) -> Attempt<T> {
         let member_failed = is_member_failure(&error);
         let error_text = error.to_string();
         let registry_error = RegistryError::Etcd {
             op,
-            message: format!("{error_text} (etcd member {})", self.members[index].url),
+            message: format!("{error_text} (etcd member {})", member.url),
         };
         if member_failed {
-            self.mark_down(index, &error_text);
+            self.mark_down(member, &error_text);
             Attempt::MemberFailed(registry_error)
         } else {
             Attempt::Refused(registry_error)
@@ -289,8 +355,7 @@ impl Endpoints {
     }
 
     /// The member's clients, connecting on first use.
-    async fn clients(&self, index: usize) -> Result<Clients, etcd_client::Error> {
-        let member = &self.members[index];
+    async fn clients(&self, member: &Member) -> Result<Clients, etcd_client::Error> {
         let clients = member
             .clients
             .get_or_try_init(|| async {
@@ -310,38 +375,73 @@ impl Endpoints {
         Ok(clients.clone())
     }
 
-    fn mark_up(&self, index: usize) {
-        let member = &self.members[index];
-        if !member.up.swap(true, Ordering::Relaxed) {
-            info!(member = %member.url, "etcd member is answering again.");
-        }
-    }
-
-    /// Marks a member down and starts its probe (unless one runs).
-    fn mark_down(&self, index: usize, reason: &str) {
-        let member = &self.members[index];
+    /// Marks a member down and starts its probe (unless one runs); wakes
+    /// the discovery look-up when no member is left up.
+    fn mark_down(&self, member: &Arc<Member>, reason: &str) {
         if member.up.swap(false, Ordering::Relaxed) {
             warn!(member = %member.url, %reason, "etcd member failed; routing requests to the others until it answers.");
         }
-        if self.members.len() > 1 && !member.probing.swap(true, Ordering::Relaxed) {
+        let members = self.members();
+        if members.len() > 1 && !member.probing.swap(true, Ordering::Relaxed) {
             // The probe holds a weak handle: it ends with the registry.
-            tokio::spawn(probe(self.weak_self.clone(), index));
+            tokio::spawn(probe(self.weak_self.clone(), Arc::clone(member)));
         }
+        if members
+            .iter()
+            .all(|member| !member.up.load(Ordering::Relaxed))
+        {
+            self.all_down.notify_one();
+        }
+    }
+
+    /// Whether `member` is still one of the members (not replaced).
+    fn contains(&self, member: &Arc<Member>) -> bool {
+        self.members()
+            .iter()
+            .any(|known| Arc::ptr_eq(known, member))
+    }
+}
+
+impl Drop for Endpoints {
+    fn drop(&mut self) {
+        // Ends a discovery task waiting for a total failure.
+        self.all_down.notify_one();
+    }
+}
+
+impl Member {
+    fn new(url: &str) -> Member {
+        Member {
+            url: url.to_owned(),
+            clients: OnceCell::new(),
+            up: AtomicBool::new(true),
+            probing: AtomicBool::new(false),
+        }
+    }
+}
+
+fn mark_up(member: &Member) {
+    if !member.up.swap(true, Ordering::Relaxed) {
+        info!(member = %member.url, "etcd member is answering again.");
     }
 }
 
 /// Probes a down member every [`PROBE_INTERVAL`] with a one-key count (with
 /// etcd's "require leader", so a member without a leader stays down) until it
-/// answers or the registry is dropped.
-async fn probe(endpoints: Weak<Endpoints>, index: usize) {
+/// answers, the registry is dropped or the member is no longer one of the
+/// members (replaced after a DNS look-up).
+async fn probe(endpoints: Weak<Endpoints>, member: Arc<Member>) {
     loop {
         tokio::time::sleep(PROBE_INTERVAL).await;
         let Some(endpoints) = endpoints.upgrade() else {
             return;
         };
-        let member = &endpoints.members[index];
+        if !endpoints.contains(&member) {
+            member.probing.store(false, Ordering::Relaxed);
+            return;
+        }
         let check = async {
-            let mut kv = endpoints.clients(index).await?.kv;
+            let mut kv = endpoints.clients(&member).await?.kv;
             kv.get("health", Some(GetOptions::new().with_count_only()))
                 .await
         };
@@ -353,7 +453,7 @@ async fn probe(endpoints: Weak<Endpoints>, index: usize) {
             Err(_) => false,
         };
         if answered {
-            endpoints.mark_up(index);
+            mark_up(&member);
         }
         if member.up.load(Ordering::Relaxed) {
             member.probing.store(false, Ordering::Relaxed);

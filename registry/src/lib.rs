@@ -12,6 +12,8 @@
 //! - [`rollouts`]: the stored side of rolling updates (spec, progress, content references).
 //! - `endpoints` (private): which etcd member a request goes to; routes
 //!   around a dead member and probes it until it answers again.
+//! - [`discovery`]: the etcd members named by DNS SRV records
+//!   (`etcd_discovery_srv`), looked up again while fleetd runs.
 //! - `keepalive`: [`LeaseKeepAlive`], one long-lived keep-alive stream per lease.
 //! - `wire` (private): the JSON values stored in etcd, converted by hand.
 //! - [`cordon`]: cordoned and draining machines (stored, read by the engine).
@@ -27,6 +29,7 @@
 pub mod auth;
 pub mod changes;
 pub mod cordon;
+pub mod discovery;
 mod endpoints;
 pub mod events;
 mod ids;
@@ -42,6 +45,7 @@ pub mod store;
 pub mod testing;
 mod wire;
 
+pub use discovery::{DiscoveryError, SrvDiscovery};
 pub use keepalive::LeaseKeepAlive;
 pub use model::{
     InvalidMachineId, InvalidTargetState, MachineId, MachineState, Placement, TargetState, Unit,

@@ -32,10 +32,11 @@ use etcd_client::{
     Compare, CompareOp, ConnectOptions, EventType, GetOptions, GetResponse, KeyValue,
     LeaseGrantOptions, PutOptions, Txn, TxnOp, TxnOpResponse, TxnResponse, WatchOptions,
 };
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use fleet_systemd::unit::{UnitFile, UnitHash, UnitName};
 
+use crate::discovery::SrvDiscovery;
 use crate::endpoints::{Clients, Endpoints, MemberRef};
 use crate::keepalive::LeaseKeepAlive;
 use crate::keys::{Keys, RegistryKey};
@@ -94,6 +95,9 @@ pub enum RegistryError {
     NotLeader,
     #[error("invalid registry configuration: {0}")]
     Config(String),
+    /// DNS discovery found no usable etcd member (`etcd_discovery_srv`).
+    #[error(transparent)]
+    Discovery(#[from] crate::discovery::DiscoveryError),
     /// A watch asked for history etcd has compacted away: list again (a
     /// snapshot) and watch from that revision + 1.
     #[error("etcd history before revision {revision} is compacted")]
@@ -173,6 +177,11 @@ pub(crate) fn header_revision(response: &GetResponse) -> Revision {
     Revision::new(response.header().map_or(0, |header| header.revision()))
 }
 
+/// Whether etcd is reached over TLS (any of the TLS files is configured).
+pub(crate) fn uses_tls(config: &RegistryConfig) -> bool {
+    config.ca_file.is_some() || config.cert_file.is_some() || config.key_file.is_some()
+}
+
 #[cfg(feature = "tls")]
 pub(crate) fn tls_options(
     config: &RegistryConfig,
@@ -216,14 +225,42 @@ impl Registry {
         if config.endpoints.is_empty() {
             return Err(RegistryError::Config("no etcd endpoints".to_owned()));
         }
+        Registry::open(config, &config.endpoints)
+    }
+
+    /// Connects to the etcd members that `discovery` finds in DNS (instead
+    /// of `config.endpoints`, which is ignored), and keeps following the
+    /// records while the registry lives (`discovery::refresh`). The look-up
+    /// happens now: it fails when DNS names no usable member, so fleetd
+    /// never starts without one.
+    ///
+    /// # Errors
+    /// [`RegistryError::Discovery`], or as [`Registry::connect`].
+    pub async fn connect_discovered(
+        config: &RegistryConfig,
+        discovery: &SrvDiscovery,
+    ) -> Result<Registry, RegistryError> {
+        let tls = uses_tls(config);
+        let urls = discovery.members(tls).await?;
+        info!(domain = discovery.domain(), members = ?urls, "Found the etcd members in DNS SRV records.");
+        let registry = Registry::open(config, &urls)?;
+        tokio::spawn(crate::discovery::refresh(
+            Arc::downgrade(&registry.inner.endpoints),
+            discovery.clone(),
+            tls,
+        ));
+        Ok(registry)
+    }
+
+    /// `config` with `urls` as the etcd members.
+    fn open(config: &RegistryConfig, urls: &[String]) -> Result<Registry, RegistryError> {
         if config.request_timeout.is_zero() {
             return Err(RegistryError::Config(
                 "etcd_request_timeout must be greater than zero".to_owned(),
             ));
         }
-        let uses_tls =
-            config.ca_file.is_some() || config.cert_file.is_some() || config.key_file.is_some();
-        for endpoint in &config.endpoints {
+        let uses_tls = uses_tls(config);
+        for endpoint in urls {
             let valid = endpoint.starts_with("http://") || endpoint.starts_with("https://");
             if !valid {
                 return Err(RegistryError::Config(format!(
@@ -270,7 +307,7 @@ impl Registry {
         Ok(Registry {
             keys: Keys::new(&config.key_prefix),
             inner: Arc::new(Inner {
-                endpoints: Endpoints::new(&config.endpoints, options, config.request_timeout),
+                endpoints: Endpoints::new(urls, options, config.request_timeout),
                 request_timeout: config.request_timeout,
             }),
         })

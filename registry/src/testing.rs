@@ -26,6 +26,8 @@ pub mod wait;
 
 use crate::store::{Registry, RegistryConfig, RegistryError, Revision};
 
+pub mod dnsmasq;
+
 /// How long etcd may take to become healthy (a cold start on a loaded
 /// 2-core machine takes a few seconds).
 const START_DEADLINE: Duration = Duration::from_secs(30);
@@ -134,6 +136,11 @@ impl Etcd {
     pub fn endpoint(&self) -> String {
         let scheme = if self.tls.is_some() { "https" } else { "http" };
         format!("{scheme}://127.0.0.1:{}", self.client_port)
+    }
+
+    /// The port etcd serves clients on (for DNS SRV records).
+    pub fn client_port(&self) -> u16 {
+        self.client_port
     }
 
     /// The certificates of a TLS etcd.
@@ -344,11 +351,13 @@ async fn healthy(address: SocketAddr) -> bool {
     )
 }
 
-/// A CA, a server certificate for 127.0.0.1 and a client certificate, all
+/// A CA, a server certificate for 127.0.0.1 and localhost (the name DNS
+/// discovery tests point their SRV records at) and a client certificate, all
 /// P-256 keys, valid until rcgen's default far-future expiry.
 fn make_certificates(dir: &Path) -> TlsFiles {
     let pki = pki::Pki::new(dir);
-    let (server_cert_file, server_key_file) = pki.sign_server("server", &["127.0.0.1"]);
+    let (server_cert_file, server_key_file) =
+        pki.sign_server("server", &["127.0.0.1", "localhost"]);
     let (client_cert_file, client_key_file) = pki.sign_client("fleet-test-client");
     TlsFiles {
         ca_file: pki.ca_file(),

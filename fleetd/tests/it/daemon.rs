@@ -43,7 +43,7 @@ impl Fleetd {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    fn signal(&self, signal: libc::c_int) {
+    pub(crate) fn signal(&self, signal: libc::c_int) {
         let pid = libc::pid_t::try_from(self.child.id()).expect("a pid fits pid_t");
         // SAFETY: kill(2) on our own child's pid has no memory-safety concerns.
         let result = unsafe { libc::kill(pid, signal) };

@@ -5,12 +5,14 @@
 //! - `heart`: presence: registration, duplicates, lease loss, etcd restarts.
 //! - `daemon`: the `fleetd` binary: 503 without etcd, the API on unix and
 //!   TCP sockets, config errors, SIGTERM.
+//! - `discovery`: the binary finding etcd through DNS SRV records (dnsmasq).
 //! - `observe`: `/metrics` scraped from the binary and checked by `promtool`.
 //! - `api_security`: TLS, client certificates, roles, tokens, the audit
 //!   log and the plaintext rules of the API, with certificates from the shared test CA.
 
 mod api_security;
 mod daemon;
+mod discovery;
 mod heart;
 mod observe;
 mod util;

@@ -2,6 +2,7 @@
 //! module per area). Every test starts its own etcd and uses a unique prefix.
 
 mod auth;
+mod discovery;
 mod engine;
 mod failover;
 mod machines;
