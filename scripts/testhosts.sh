@@ -17,7 +17,8 @@
 #   machine-id hN               print hN's machine id
 #   install-fleet hN ETCD_URL [CONF_LINE...]
 #                               write /etc/fleet/fleet.conf (etcd_servers, public_ip, metadata=hostname=hN,
-#                               then CONF_LINEs), install packaging/fleet.{service,socket}
+#                               then CONF_LINEs; ETCD_URL "none" writes no etcd_servers, for
+#                               etcd_discovery_srv), install packaging/fleet.{service,socket}
 #                               and fleet-tcp.socket (<ip>:54728), enable and start them
 #   ssh-key                     print the path of the private key that root and core accept
 #   break hN cut|uncut|drop|undrop|freeze|thaw|kill|stop
@@ -680,7 +681,7 @@ cmd_install_fleet() {
     mkdir -p "$root/etc/fleet"
     {
         echo "# Written by scripts/testhosts.sh install-fleet."
-        echo "etcd_servers=$etcd_url"
+        [ "$etcd_url" = none ] || echo "etcd_servers=$etcd_url"
         echo "public_ip=$ip"
         echo "metadata=hostname=$name"
         # fleet-tcp.socket below serves plaintext on the test bridge, which is not loopback.

@@ -171,6 +171,22 @@ impl Cluster {
         Ok(())
     }
 
+    /// [`Cluster::install_fleet`] without `etcd_servers`: `extra_conf` says how fleetd finds
+    /// etcd (`etcd_discovery_srv=...`).
+    ///
+    /// # Errors
+    /// As [`Cluster::install_fleet`].
+    pub fn install_fleet_without_etcd_servers(
+        &self,
+        host: &str,
+        extra_conf: &[&str],
+    ) -> anyhow::Result<()> {
+        let mut args = vec!["install-fleet", host, "none"];
+        args.extend_from_slice(extra_conf);
+        testhosts(args)?;
+        Ok(())
+    }
+
     /// Runs `cmd` inside `host` (all of its namespaces) and returns its output, whatever its
     /// exit status.
     ///

@@ -18,7 +18,7 @@
 //! - **One scheme.** etcd hands both sets to its client. One fleetd speaks to
 //!   etcd with one TLS configuration, so it takes the `https` set when TLS is
 //!   configured (`etcd_cafile`, `etcd_certfile` or `etcd_keyfile`) and the
-//!   `http` set otherwise, and says which records it ignored. It never falls
+//!   `http` set otherwise, and logs (at DEBUG) which records it ignored. It never falls
 //!   back to plaintext because only plaintext records exist: that is an error
 //!   that names the records and the options.
 //! - **Trailing dots.** A target in DNS is absolute (`etcd1.example.com.`);
@@ -54,7 +54,7 @@ use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::proto::rr::RData;
 use hickory_resolver::{Resolver, TokioResolver};
 use tokio::time::Instant;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::endpoints::Endpoints;
 use crate::store::RegistryConfig;
@@ -308,7 +308,8 @@ impl SrvDiscovery {
         let tried = vec![(https_name.clone(), https), (http_name.clone(), http)];
         if !wanted.is_empty() {
             if !other.is_empty() {
-                info!(records = %other_name, ignored = ?other, tls, "Ignoring the etcd members of the other scheme: one fleetd uses one TLS configuration.");
+                // Every refresh gets here: DEBUG, not INFO, to keep the log quiet.
+                debug!(records = %other_name, ignored = ?other, tls, "Ignoring the etcd members of the other scheme: one fleetd uses one TLS configuration.");
             }
             return Ok(wanted);
         }

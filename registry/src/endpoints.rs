@@ -465,3 +465,42 @@ async fn probe(endpoints: Weak<Endpoints>, member: Arc<Member>) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn urls(list: &[&str]) -> Vec<String> {
+        list.iter().map(|url| (*url).to_owned()).collect()
+    }
+
+    fn health(list: &[(&str, bool)]) -> Vec<(String, bool)> {
+        list.iter()
+            .map(|(url, up)| ((*url).to_owned(), *up))
+            .collect()
+    }
+
+    #[test]
+    fn replacing_the_members_keeps_those_that_stay_and_never_empties_the_list() {
+        let endpoints = Endpoints::new(
+            &urls(&["http://a:2379", "http://b:2379"]),
+            ConnectOptions::new(),
+            Duration::from_secs(1),
+        );
+        let before = endpoints.members();
+        before[1].up.store(false, Ordering::Relaxed);
+
+        assert!(!endpoints.replace(&[]), "an empty answer changes nothing");
+        assert!(!endpoints.replace(&urls(&["http://a:2379", "http://b:2379"])));
+        assert!(endpoints.replace(&urls(&["http://b:2379", "http://c:2379"])));
+
+        // b keeps its member (and its health); c is new and up; a is gone.
+        assert_eq!(
+            endpoints.health(),
+            health(&[("http://b:2379", false), ("http://c:2379", true)])
+        );
+        assert!(Arc::ptr_eq(&endpoints.members()[0], &before[1]));
+        assert!(!endpoints.contains(&before[0]));
+        assert_eq!(endpoints.order().len(), 2);
+    }
+}

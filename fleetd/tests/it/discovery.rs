@@ -43,7 +43,7 @@ fn record(etcd: &Etcd) -> Srv {
 async fn finds_etcd_through_dns_and_looks_again_on_sighup() {
     let first = Etcd::start().await;
     let key_prefix = prefix("discovery");
-    let mut dns = Dnsmasq::start("fleet.test", &[record(&first)]).await;
+    let mut dns = Dnsmasq::start("fleet.test", &[record(&first)]);
     let dir = tempfile::tempdir().expect("tempdir");
     let id_file = machine_id_file(dir.path(), "m-srv");
     let text = config(
@@ -72,7 +72,7 @@ async fn finds_etcd_through_dns_and_looks_again_on_sighup() {
 
     // The records now name another etcd; SIGHUP looks them up again.
     let second = Etcd::start().await;
-    dns.replace_records(&[record(&second)]).await;
+    dns.replace_records(&[record(&second)]);
     fleetd.signal(libc::SIGHUP);
     let on_second = Registry::connect(&second.config(&key_prefix))
         .await
@@ -87,7 +87,7 @@ async fn finds_etcd_through_dns_and_looks_again_on_sighup() {
 
 #[tokio::test]
 async fn does_not_start_when_dns_names_no_member() {
-    let dns = Dnsmasq::start("fleet.test", &[]).await;
+    let dns = Dnsmasq::start("fleet.test", &[]);
     let dir = tempfile::tempdir().expect("tempdir");
     let id_file = machine_id_file(dir.path(), "m-srv-none");
     let text = config(

@@ -8,6 +8,7 @@ mod agent;
 mod bad_input;
 mod chaos;
 mod dashboard;
+mod discovery;
 mod drain;
 mod enrol;
 mod foundation;

@@ -5,7 +5,7 @@
 //! # async fn example() {
 //! use fleet_registry::testing::{Etcd, dnsmasq::{Dnsmasq, Srv}};
 //! let etcd = Etcd::start().await;
-//! let dns = Dnsmasq::start("fleet.test", &[Srv::new("_etcd-client._tcp.fleet.test", "localhost", etcd.client_port())]).await;
+//! let dns = Dnsmasq::start("fleet.test", &[Srv::new("_etcd-client._tcp.fleet.test", "localhost", etcd.client_port())]);
 //! // SrvDiscovery::new("fleet.test", "", Some(dns.address()))
 //! # }
 //! ```
@@ -14,8 +14,11 @@
 //! is authoritative for the test's domain (`--local`), so a name there
 //! without records is NXDOMAIN at once instead of a forwarded query. Its
 //! local records have a TTL of 0, and it is killed on drop.
+//!
+//! Starting is synchronous (dnsmasq listens within milliseconds), so the
+//! functional tests, which have no async runtime, use it too.
 
-use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -46,54 +49,63 @@ impl Srv {
 #[derive(Debug)]
 pub struct Dnsmasq {
     process: Option<Child>,
+    listen: IpAddr,
     port: u16,
     domain: String,
     log: PathBuf,
     _dir: tempfile::TempDir,
 }
 
-/// A port free for both UDP and TCP on 127.0.0.1 now.
-fn free_dns_port() -> u16 {
+/// A port free for both UDP and TCP on `listen` now.
+fn free_dns_port(listen: IpAddr) -> u16 {
     for _ in 0..100 {
-        let udp =
-            UdpSocket::bind("127.0.0.1:0").expect("binding 127.0.0.1:0 (udp) for a free port");
+        let udp = UdpSocket::bind((listen, 0)).expect("binding port 0 (udp) for a free port");
         let port = udp
             .local_addr()
             .expect("a bound socket has an address")
             .port();
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+        if TcpListener::bind((listen, port)).is_ok() {
             return port;
         }
     }
-    panic!("found no port free for both UDP and TCP on 127.0.0.1");
+    panic!("found no port free for both UDP and TCP on {listen}");
 }
 
 impl Dnsmasq {
-    /// Starts dnsmasq serving `records` as the only names of `domain`, and
-    /// waits until it listens.
+    /// Starts dnsmasq on 127.0.0.1 serving `records` as the only names of
+    /// `domain`, and waits until it listens.
     ///
     /// # Panics
     /// When `dnsmasq` is missing ("run scripts/setup.sh (Debian package
     /// dnsmasq-base)") or does not listen within 10 s (with its log).
-    pub async fn start(domain: &str, records: &[Srv]) -> Dnsmasq {
+    pub fn start(domain: &str, records: &[Srv]) -> Dnsmasq {
+        Dnsmasq::start_on(IpAddr::V4(Ipv4Addr::LOCALHOST), domain, records)
+    }
+
+    /// [`Dnsmasq::start`] on another local address (the test hosts' bridge).
+    ///
+    /// # Panics
+    /// As [`Dnsmasq::start`].
+    pub fn start_on(listen: IpAddr, domain: &str, records: &[Srv]) -> Dnsmasq {
         let dir = tempfile::Builder::new()
             .prefix("fleet-dnsmasq-")
             .tempdir()
             .expect("creating a temporary dir for dnsmasq");
         let mut dns = Dnsmasq {
             process: None,
-            port: free_dns_port(),
+            listen,
+            port: free_dns_port(listen),
             domain: domain.to_owned(),
             log: dir.path().join("dnsmasq.log"),
             _dir: dir,
         };
-        dns.spawn(records).await;
+        dns.spawn(records);
         dns
     }
 
     /// The address to give the resolver (`etcd_discovery_srv_resolver`).
     pub fn address(&self) -> SocketAddr {
-        SocketAddr::from(([127, 0, 0, 1], self.port))
+        SocketAddr::new(self.listen, self.port)
     }
 
     /// dnsmasq's log (its queries and answers), for failure messages.
@@ -103,9 +115,9 @@ impl Dnsmasq {
 
     /// Serves `records` instead, on the same port (dnsmasq reads
     /// `--srv-host` only at start, so this restarts it).
-    pub async fn replace_records(&mut self, records: &[Srv]) {
+    pub fn replace_records(&mut self, records: &[Srv]) {
         self.stop();
-        self.spawn(records).await;
+        self.spawn(records);
     }
 
     /// Kills dnsmasq; the port then answers nothing (a dead DNS server).
@@ -116,7 +128,7 @@ impl Dnsmasq {
         }
     }
 
-    async fn spawn(&mut self, records: &[Srv]) {
+    fn spawn(&mut self, records: &[Srv]) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -133,7 +145,7 @@ impl Dnsmasq {
             .arg("--log-facility=-")
             .arg("--pid-file=")
             .arg("--bind-interfaces")
-            .arg("--listen-address=127.0.0.1")
+            .arg(format!("--listen-address={}", self.listen))
             .arg(format!("--port={}", self.port))
             .arg(format!("--local=/{}/", self.domain));
         for record in records {
@@ -155,11 +167,11 @@ impl Dnsmasq {
             Err(error) => panic!("starting dnsmasq failed: {error}"),
         };
         self.process = Some(process);
-        self.wait_listening().await;
+        self.wait_listening();
     }
 
     /// Waits until dnsmasq accepts TCP connections (it opens UDP first).
-    async fn wait_listening(&mut self) {
+    fn wait_listening(&mut self) {
         let deadline = Instant::now() + START_DEADLINE;
         loop {
             if TcpStream::connect(self.address()).is_ok() {
@@ -177,7 +189,7 @@ impl Dnsmasq {
                 self.log()
             );
             // Polling a port; dnsmasq has no readiness notification we can use.
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 }

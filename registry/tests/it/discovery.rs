@@ -57,8 +57,7 @@ async fn finds_a_plain_etcd_through_srv_records_with_and_without_a_service_name(
             Srv::new("_etcd-client-ssl._tcp.fleet.test", "localhost", dead),
             Srv::new("_etcd-client-blue._tcp.fleet.test", "127.0.0.1", port),
         ],
-    )
-    .await;
+    );
 
     let config = plain_config("srv-plain");
     let registry = Registry::connect_discovered(&config, &discovery(&dns, ""))
@@ -94,7 +93,7 @@ async fn finds_a_plain_etcd_through_srv_records_with_and_without_a_service_name(
 
 #[tokio::test]
 async fn no_records_is_an_error_naming_the_domain_and_both_record_names() {
-    let dns = Dnsmasq::start(DOMAIN, &[]).await;
+    let dns = Dnsmasq::start(DOMAIN, &[]);
     let error = discovery_error(&plain_config("srv-none"), &discovery(&dns, "")).await;
     assert!(
         matches!(error, DiscoveryError::NotFound { .. }),
@@ -112,7 +111,7 @@ async fn no_records_is_an_error_naming_the_domain_and_both_record_names() {
 
 #[tokio::test]
 async fn a_dead_dns_server_is_an_error_naming_both_record_names() {
-    let mut dns = Dnsmasq::start(DOMAIN, &[]).await;
+    let mut dns = Dnsmasq::start(DOMAIN, &[]);
     dns.stop();
     let error = discovery_error(&plain_config("srv-dead"), &discovery(&dns, "")).await;
     let message = error.to_string();
@@ -140,8 +139,7 @@ async fn follows_the_records_when_every_member_is_gone() {
             "localhost",
             old.client_port(),
         )],
-    )
-    .await;
+    );
     let config = plain_config("srv-follow");
     let registry = Registry::connect_discovered(&config, &discovery(&dns, ""))
         .await
@@ -156,8 +154,7 @@ async fn follows_the_records_when_every_member_is_gone() {
         "_etcd-client._tcp.fleet.test",
         "localhost",
         new.client_port(),
-    )])
-    .await;
+    )]);
     drop(old);
     wait_until(
         Duration::from_secs(30),
@@ -194,8 +191,7 @@ async fn finds_a_tls_etcd_through_ssl_records_and_never_falls_back_to_plaintext(
             Srv::new("_etcd-client-ssl._tcp.fleet.test", "localhost", port),
             Srv::new("_etcd-client-plain._tcp.fleet.test", "localhost", port),
         ],
-    )
-    .await;
+    );
     let config = RegistryConfig {
         endpoints: Vec::new(),
         ..etcd.config(&unique_prefix("srv-tls"))
