@@ -5,13 +5,15 @@
 # with one `fleetctl start --no-block` until all are active. Finally the largest fleetd
 # resident memory among the hosts.
 #
-# Usage: scripts/bench-start.sh [--endpoint http://IP:54728] [--runs N] [--instances N] [--tls]
-#   Without --endpoint it boots its own 3-host cluster (scripts/testhosts.sh, state dir
+# Usage: scripts/bench-start.sh [--endpoint http://IP:54728] [--runs N] [--instances N] [--hosts N] [--tls]
+#   e.g. scripts/bench-start.sh --hosts 5 --instances 1000 --runs 0 (1,000 instances on 5 hosts)
+#   Without --endpoint it boots its own cluster of --hosts hosts (default 3) (scripts/testhosts.sh, state dir
 #   /run/fleet-testhosts-bench; it waits for any test cluster to finish first) and tears it
 #   down on exit. With --endpoint it uses a running cluster, e.g. the demo's
 #   (http://10.231.0.11:54728); memory is then read from the demo's hosts.
 #   --tls (own cluster only): the API over mTLS (a CA and certificates made with openssl, an
-#   admin client certificate for fleetctl and curl), to compare with plaintext.
+#   admin client certificate for fleetctl and curl), to compare with plaintext. --runs 0 skips
+#   the single-unit runs.
 # Needs root (for its own cluster) and target/debug/{fleetd,fleetctl} (or $FLEET_BINDIR).
 set -euo pipefail
 
@@ -23,6 +25,7 @@ TH="$root/scripts/testhosts.sh"
 ENDPOINT=""
 RUNS=20
 INSTANCES=150
+HOSTS=3
 LOCK=/run/fleet-testhosts.lock
 TLS=0
 
@@ -31,14 +34,20 @@ while (($#)); do
         --endpoint) ENDPOINT=${2:?--endpoint needs a URL}; shift 2 ;;
         --runs) RUNS=${2:?--runs needs a number}; shift 2 ;;
         --instances) INSTANCES=${2:?--instances needs a number}; shift 2 ;;
+        --hosts) HOSTS=${2:?--hosts needs a number}; shift 2 ;;
         --tls) TLS=1; shift ;;
-        -h | --help) sed -n '2,15p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h | --help) sed -n '2,17p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "bench-start: unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
 done
 [ "$TLS" = 0 ] || [ -z "$ENDPOINT" ] || { echo "bench-start: --tls boots its own cluster; leave out --endpoint" >&2; exit 2; }
 [ -x "$FLEETCTL" ] || { echo "bench-start: $FLEETCTL missing: cargo build -p fleetd -p fleetctl" >&2; exit 1; }
 command -v jq >/dev/null || { echo "bench-start: jq missing (apt-get install jq)" >&2; exit 1; }
+
+[[ "$HOSTS" =~ ^[1-9][0-9]*$ ]] || { echo "bench-start: --hosts needs a positive number" >&2; exit 2; }
+[[ "$RUNS" =~ ^[0-9]+$ ]] || { echo "bench-start: --runs needs a number" >&2; exit 2; }
+HOST_NAMES=()
+for idx in $(seq 1 "$HOSTS"); do HOST_NAMES+=("h$idx"); done
 
 now_ns() { date +%s%N; }
 
@@ -47,7 +56,7 @@ now_ns() { date +%s%N; }
 make_pki() {
     local dir=$1 sans="" host
     mkdir -p "$dir"
-    for host in h1 h2 h3; do sans+="${sans:+,}IP:$("$TH" ip "$host")"; done
+    for host in "${HOST_NAMES[@]}"; do sans+="${sans:+,}IP:$("$TH" ip "$host")"; done
     openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
         -subj "/CN=bench CA" -keyout "$dir/ca-key.pem" -out "$dir/ca.pem" 2>/dev/null
     openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=fleet-api" \
@@ -74,6 +83,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
+etcd_url=""
 if [ -z "$ENDPOINT" ]; then
     [ "$(id -u)" = 0 ] || { echo "bench-start: needs root to boot its cluster" >&2; exit 1; }
     export FLEET_TESTHOSTS_DIR=/run/fleet-testhosts-bench FLEET_BINDIR="$BINDIR"
@@ -84,7 +94,7 @@ if [ -z "$ENDPOINT" ]; then
     "$TH" cleanup >/dev/null
     "$TH" rootfs >/dev/null
     etcd_url=$("$TH" etcd start | tail -n1)
-    "$TH" boot 3 >/dev/null
+    "$TH" boot "$HOSTS" >/dev/null
     conf=("agent_ttl=10s")
     scheme=http
     if [ "$TLS" = 1 ]; then
@@ -95,7 +105,7 @@ if [ -z "$ENDPOINT" ]; then
         CURL_TLS=(--cacert "$WORK/pki/ca.pem" --cert "$WORK/pki/bench.pem" --key "$WORK/pki/bench-key.pem")
         scheme=https
     fi
-    for host in h1 h2 h3; do
+    for host in "${HOST_NAMES[@]}"; do
         if [ "$TLS" = 1 ]; then
             etc="$FLEET_TESTHOSTS_DIR/hosts/$host/root/etc/fleet"
             mkdir -p "$etc"
@@ -111,10 +121,16 @@ TH_DIR=${FLEET_TESTHOSTS_DIR:-/run/fleet-testhosts}
 n_machines=0
 for _ in $(seq 1 120); do
     n_machines=$(fc list-machines --no-legend 2>/dev/null | grep -c . || true)
-    [ "$n_machines" -ge 3 ] && break
+    [ "$n_machines" -ge "$HOSTS" ] && break
     sleep 0.25
 done
 echo "endpoint $ENDPOINT, $n_machines machines, fleetctl $FLEETCTL"
+
+# etcd's count of finished gRPC requests (own cluster only; 0 otherwise).
+etcd_requests() {
+    [ -n "$etcd_url" ] || { echo 0; return; }
+    curl -s --max-time 5 "$etcd_url/metrics" | awk '/^grpc_server_handled_total/ { n += $2 } END { printf "%d\n", n }'
+}
 
 # One unit's state from the API: prints its systemdActiveState (or nothing).
 active_state() {
@@ -140,22 +156,26 @@ for run in $(seq 1 "$RUNS"); do
     cmd_times+=("$cmd_ms")
     echo "run $run: $name active after $ms ms (the start command itself: $cmd_ms ms)"
 done
-sorted=$(printf '%s\n' "${times[@]}" | sort -n)
-min=$(head -n1 <<<"$sorted")
-max=$(tail -n1 <<<"$sorted")
-median=$(awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }' <<<"$sorted")
-echo "single unit, start --no-block until active, $RUNS runs: min $min ms, median $median ms, max $max ms"
-cmd_median=$(printf '%s\n' "${cmd_times[@]}" | sort -n | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }')
-echo "  of which the fleetctl start command itself: median $cmd_median ms"
+if [ "$RUNS" -gt 0 ]; then
+    sorted=$(printf '%s\n' "${times[@]}" | sort -n)
+    min=$(head -n1 <<<"$sorted")
+    max=$(tail -n1 <<<"$sorted")
+    median=$(awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }' <<<"$sorted")
+    echo "single unit, start --no-block until active, $RUNS runs: min $min ms, median $median ms, max $max ms"
+    cmd_median=$(printf '%s\n' "${cmd_times[@]}" | sort -n | awk '{ v[NR] = $1 } END { if (NR % 2) print v[(NR + 1) / 2]; else print (v[NR / 2] + v[NR / 2 + 1]) / 2 }')
+    echo "  of which the fleetctl start command itself: median $cmd_median ms"
+fi
 
 # A template and N instances in one command.
 template="bench$tag@.service"
 printf '[Unit]\nDescription=bench %%i\n\n[Service]\nExecStart=/bin/sleep 100000\n' >"$WORK/$template"
 args=()
 for idx in $(seq 1 "$INSTANCES"); do args+=("$WORK/bench$tag@$idx.service"); done
+rpcs_before=$(etcd_requests)
 start=$(now_ns)
 fc start --no-block "${args[@]}" >/dev/null
 cmd_ms=$((($(now_ns) - start) / 1000000))
+rpcs=$(($(etcd_requests) - rpcs_before))
 deadline=$((start + 300000000000))
 while :; do
     n=$(fc list-units --no-legend --fields unit,active 2>/dev/null | awk -v p="bench$tag@" 'index($1, p) == 1 && $2 == "active"' | grep -c . || true)
@@ -164,6 +184,7 @@ while :; do
 done
 all_ms=$((($(now_ns) - start) / 1000000))
 echo "$INSTANCES instances, one start --no-block: command $cmd_ms ms, all active after $all_ms ms"
+[ -n "$etcd_url" ] && echo "  etcd requests while the command ran (all clients): $rpcs"
 
 # The largest fleetd resident memory among the hosts (needs their state dir).
 max_rss=0
@@ -171,7 +192,9 @@ for d in "$TH_DIR"/hosts/h*; do
     [ -d "$d" ] || continue
     host=$(basename "$d")
     rss=$(FLEET_TESTHOSTS_DIR=$TH_DIR "$TH" exec "$host" ps -o rss= -C fleetd 2>/dev/null | sort -n | tail -n1 | tr -d ' ' || true)
-    [ -n "$rss" ] && echo "fleetd RSS in $host: $((rss / 1024)) MiB ($rss KiB)"
+    # The peak (VmHWM) and the thread count tell whether a burst or the runtime holds the memory.
+    peak=$(FLEET_TESTHOSTS_DIR=$TH_DIR "$TH" exec "$host" sh -c 'grep -E "^(VmHWM|Threads):" /proc/$(pgrep -o -x fleetd)/status' 2>/dev/null | tr -s ' \t\n' ' ' || true)
+    [ -n "$rss" ] && echo "fleetd RSS in $host: $((rss / 1024)) MiB ($rss KiB); $peak"
     [ -n "$rss" ] && [ "$rss" -gt "$max_rss" ] && max_rss=$rss
 done
 [ "$max_rss" -gt 0 ] && echo "largest fleetd RSS: $((max_rss / 1024)) MiB"

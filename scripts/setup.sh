@@ -12,6 +12,7 @@
 #   curl                      health checks
 #   prometheus                promtool, which validates fleetd's /metrics in a test
 #   chromium chromium-driver  headless Chromium for the dashboard's browser test
+#   binutils                  strip and objdump for scripts/package.sh (the Debian package)
 #
 # Environment: FLEET_CACHE (default /var/cache/fleet-build) holds a private apt archive dir, so
 # concurrent apt runs (and the image's hook that deletes downloaded .debs) don't collide.
@@ -21,7 +22,8 @@ set -euo pipefail
 # protoc (a "Recommends" of protobuf-compiler, which --no-install-recommends leaves out).
 # openssl: the etcd TLS test fixture makes its certificates with the openssl command.
 PACKAGES=(etcd-server etcd-client protobuf-compiler libprotobuf-dev debootstrap systemd-container
-    iptables iproute2 openssh-client openssh-server curl openssl prometheus chromium chromium-driver)
+    iptables iproute2 openssh-client openssh-server curl openssl prometheus chromium chromium-driver
+    binutils)
 CACHE="${FLEET_CACHE:-/var/cache/fleet-build}"
 
 missing=()
@@ -51,7 +53,7 @@ fi
 
 # Debian's etcd-server starts a system etcd on 2379 where it can; tests never rely on it and
 # pick free ports, so it is left alone.
-for tool in etcd etcdctl protoc debootstrap systemd-nspawn nsenter ip iptables ssh curl promtool chromium chromedriver; do
+for tool in etcd etcdctl protoc debootstrap systemd-nspawn nsenter ip iptables ssh curl promtool chromium chromedriver strip objdump dpkg-deb; do
     command -v "$tool" >/dev/null || {
         echo "setup: error: '$tool' still missing after installing packages" >&2
         exit 1

@@ -30,6 +30,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use fleet_model::TargetState;
 use http::{Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
@@ -465,10 +466,14 @@ impl Client {
     ///
     /// # Errors
     /// Any [`ClientError`].
-    pub async fn set_unit_target_state(&self, name: &str, state: &str) -> Result<(), ClientError> {
+    pub async fn set_unit_target_state(
+        &self,
+        name: &str,
+        state: TargetState,
+    ) -> Result<(), ClientError> {
         let unit = Unit {
             name: name.to_owned(),
-            desired_state: state.to_owned(),
+            desired_state: state.to_string(),
             ..Unit::default()
         };
         self.put_unit(name, &unit).await

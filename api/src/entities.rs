@@ -2,6 +2,7 @@
 //! "What the original fleetctl needs from our API"). Every field is omitted when empty, as
 //! Go's `omitempty` does; an empty page serializes as `{}`.
 
+use fleet_model::TargetState;
 use serde::{Deserialize, Serialize};
 
 /// One `Name=Value` line of a unit, with its section.
@@ -40,6 +41,21 @@ pub struct Unit {
         skip_serializing_if = "String::is_empty"
     )]
     pub machine_id: String,
+}
+
+impl Unit {
+    /// `desiredState` as a target state; `None` when empty or a word this
+    /// build does not know (the field stays a string so that any server's
+    /// JSON round-trips unchanged).
+    pub fn desired(&self) -> Option<TargetState> {
+        self.desired_state.parse().ok()
+    }
+
+    /// `currentState` as a target state: where the engine has placed the
+    /// unit (`None`: empty, e.g. unplaced, or unknown).
+    pub fn current(&self) -> Option<TargetState> {
+        self.current_state.parse().ok()
+    }
 }
 
 /// The state systemd reports for a unit on one machine.

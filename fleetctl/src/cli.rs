@@ -239,6 +239,14 @@ pub enum Command {
     Verify(UnitsArgs),
     /// Print the version and exit
     Version,
+    /// Print a shell completion script (bash, zsh or fish)
+    #[command(
+        after_help = "DESCRIPTION:\n\tPrints a completion script on stdout. Try it with: source <(fleetctl completion bash).\n\tThe Debian package installs the scripts for bash, zsh and fish."
+    )]
+    Completion(crate::commands::completion::CompletionArgs),
+    /// Write fleetctl's man pages into a directory (for packaging)
+    #[command(name = "man-pages", hide = true)]
+    ManPages(crate::commands::completion::ManPagesArgs),
     /// Stop placing new units on a machine; what runs there stays
     Cordon(CordonArgs),
     /// Put a cordoned or drained machine back in rotation

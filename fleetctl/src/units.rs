@@ -11,6 +11,7 @@
 //! thousand template instances are a normal use; messages about one argument
 //! keep their order, and the first error in argument order wins.
 
+use fleet_model::TargetState;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -26,6 +27,52 @@ use crate::wait::{Blocking, wait_for_unit_states};
 
 /// Registry templates looked up during one batch, by template name.
 type TemplateCache = Arc<tokio::sync::Mutex<HashMap<String, Option<Unit>>>>;
+
+/// Up to this many names are looked up with one `GET` each; more with one
+/// listing of all units. A thousand `GET`s cost a thousand requests (and
+/// several etcd reads each); the listing costs one request for any number.
+const MAX_SINGLE_LOOKUPS: usize = 4;
+
+/// The registry's units by name, listed once, when `n_names` is large enough
+/// that one listing is cheaper than a `GET` per name; `None` when it is not
+/// (the caller then looks each name up by itself).
+///
+/// # Errors
+/// The listing's error, as the per-name lookup would say it.
+pub async fn listed_units(
+    ctx: &Ctx,
+    n_names: usize,
+) -> Result<Option<Arc<HashMap<String, Unit>>>, String> {
+    if n_names <= MAX_SINGLE_LOOKUPS {
+        return Ok(None);
+    }
+    let units = ctx
+        .client
+        .units()
+        .await
+        .map_err(|error| format!("error retrieving units from Registry: {error}"))?;
+    Ok(Some(Arc::new(
+        units
+            .into_iter()
+            .map(|unit| (unit.name.clone(), unit))
+            .collect(),
+    )))
+}
+
+/// One unit: from `listed` when the batch listed them all, else by `GET`.
+///
+/// # Errors
+/// The `GET`'s error.
+pub async fn lookup_unit(
+    ctx: &Ctx,
+    listed: Option<&HashMap<String, Unit>>,
+    name: &str,
+) -> Result<Option<Unit>, fleet_api::client::ClientError> {
+    match listed {
+        Some(units) => Ok(units.get(name).cloned()),
+        None => ctx.client.unit(name).await,
+    }
+}
 
 /// Which command creates the units; it decides what `--replace` may replace.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -155,17 +202,24 @@ pub fn decide_existing(
             Ok((Decision::Keep, messages))
         }
         LocalComparison::Different { .. } => {
-            let allowed: &[&str] = match command {
-                CreateCommand::Submit => &["inactive"],
-                CreateCommand::Load => &["inactive", "loaded"],
-                CreateCommand::Start => &["inactive", "loaded", "launched"],
+            let allowed: &[TargetState] = match command {
+                CreateCommand::Submit => &[TargetState::Inactive],
+                CreateCommand::Load => &[TargetState::Inactive, TargetState::Loaded],
+                CreateCommand::Start => &[
+                    TargetState::Inactive,
+                    TargetState::Loaded,
+                    TargetState::Launched,
+                ],
                 CreateCommand::Restart => {
                     return Err(
                         "error: replacing units is not supported in this context".to_owned()
                     );
                 }
             };
-            if allowed.contains(&existing.desired_state.as_str()) {
+            if existing
+                .desired()
+                .is_some_and(|state| allowed.contains(&state))
+            {
                 Ok((Decision::Replace, messages))
             } else {
                 messages.push(Message::Err(format!(
@@ -344,7 +398,7 @@ async fn create_unit(ctx: &Ctx, name: &str, unit_file: &UnitFile) -> Result<Unit
         .await
         .map_err(|error| format!("failed creating unit {name}: {error}"))?;
     Ok(Unit {
-        desired_state: "inactive".to_owned(),
+        desired_state: TargetState::Inactive.to_string(),
         ..unit
     })
 }
@@ -357,12 +411,12 @@ async fn create_one(
     command: CreateCommand,
     replace: bool,
     templates: TemplateCache,
+    listed: Option<Arc<HashMap<String, Unit>>>,
 ) -> Result<Option<Unit>, String> {
     let arg = UnitArg::new(&arg);
-    let existing =
-        ctx.client.unit(&arg.name).await.map_err(|error| {
-            format!("error retrieving Unit({}) from Registry: {error}", arg.name)
-        })?;
+    let existing = lookup_unit(&ctx, listed.as_deref(), &arg.name)
+        .await
+        .map_err(|error| format!("error retrieving Unit({}) from Registry: {error}", arg.name))?;
     if let Some(existing) = existing {
         let comparison = compare_with_local(&arg.path, &existing);
         let (decision, messages) =
@@ -402,8 +456,16 @@ pub async fn lazy_create_units(
         .cloned()
         .collect();
     let templates = TemplateCache::default();
+    let listed = listed_units(ctx, args.len()).await?;
     let results = concurrently(ctx, args, move |ctx, arg| {
-        create_one(ctx, arg, command, replace, Arc::clone(&templates))
+        create_one(
+            ctx,
+            arg,
+            command,
+            replace,
+            Arc::clone(&templates),
+            listed.clone(),
+        )
     })
     .await;
     let mut created = Vec::new();
@@ -416,7 +478,7 @@ pub async fn lazy_create_units(
     let errors = wait_for_unit_states(
         ctx,
         &names,
-        "inactive",
+        TargetState::Inactive,
         "submit",
         blocking.ignoring_no_block(),
     )

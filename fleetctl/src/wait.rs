@@ -9,6 +9,7 @@
 //! While a wait lasts more than about 2 s, a progress line goes to stderr:
 //! redrawn in place on a terminal, a plain line every few seconds otherwise.
 
+use fleet_model::TargetState;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
@@ -182,7 +183,7 @@ async fn poll_units(ctx: &Ctx, pending: &[String]) -> Result<Vec<Unit>, ClientEr
 pub async fn wait_for_unit_states(
     ctx: &Ctx,
     names: &[String],
-    target: &str,
+    target: TargetState,
     verb: &str,
     blocking: Blocking,
 ) -> Vec<String> {
@@ -208,22 +209,22 @@ pub async fn wait_for_unit_states(
                 for name in pending {
                     let reached = units.iter().find(|u| u.name == name).and_then(|unit| {
                         let state = if is_global(unit) {
-                            &unit.desired_state
+                            unit.desired()
                         } else {
-                            &unit.current_state
+                            unit.current()
                         };
-                        (state == target).then_some(unit)
+                        (state == Some(target)).then_some(unit)
                     });
                     match reached {
                         Some(unit) => {
                             progress.clear();
                             let shown = if unit.current_state.is_empty() {
-                                target
+                                target.to_string()
                             } else {
-                                &unit.current_state
+                                unit.current_state.clone()
                             };
                             let message =
-                                unit_state_message(ctx, &name, shown, &unit.machine_id).await;
+                                unit_state_message(ctx, &name, &shown, &unit.machine_id).await;
                             ctx.console.out(&message);
                         }
                         None => still_pending.push(name),
@@ -233,7 +234,7 @@ pub async fn wait_for_unit_states(
                 // An inactive unit has no machine on purpose.
                 let unplaced = pending
                     .iter()
-                    .filter(|_| target != "inactive")
+                    .filter(|_| target != TargetState::Inactive)
                     .find(|name| {
                         units.iter().any(|unit| {
                             &&unit.name == name && unit.machine_id.is_empty() && !is_global(unit)

@@ -374,6 +374,50 @@ fn start_no_block_creates_then_triggers_once() {
 }
 
 #[test]
+fn start_of_many_names_lists_the_units_instead_of_a_get_per_name() {
+    // Five instances that exist and are launched already: one listing to
+    // find them before creating, one before setting the state, nothing else.
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("api.sock");
+    std::fs::write(
+        dir.path().join("hello@.service"),
+        "[Service]\nExecStart=/bin/sleep 100\n",
+    )
+    .unwrap();
+    let units: Vec<String> = (1..=5)
+        .map(|i| {
+            format!(
+                r#"{{"name":"hello@{i}.service","options":[{{"section":"Service","name":"ExecStart","value":"/bin/sleep 100"}}],"desiredState":"launched","currentState":"launched"}}"#
+            )
+        })
+        .collect();
+    let listing = format!(r#"{{"units":[{}]}}"#, units.join(","));
+    let server = scripted_api(
+        &socket,
+        vec![
+            exchange("GET /fleet/v1/units?alt=json", 200, &listing),
+            exchange("GET /fleet/v1/units?alt=json", 200, &listing),
+        ],
+    );
+    let endpoint = format!("unix://{}", socket.display());
+    let args: Vec<String> = (1..=5)
+        .map(|i| {
+            dir.path()
+                .join(format!("hello@{i}.service"))
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    let mut command = vec!["--endpoint", &endpoint, "start", "--no-block"];
+    command.extend(args.iter().map(String::as_str));
+    let output = run(&command);
+    let bodies = finish(server, &socket);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    assert_eq!(bodies.len(), 2, "exactly the two listings were requested");
+    assert_eq!(stdout(&output), "");
+}
+
+#[test]
 fn cat_prints_the_canonical_text_without_extra_newline() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("api.sock");

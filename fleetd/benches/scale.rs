@@ -676,7 +676,7 @@ async fn register(
     // ourselves: no placement can slip in between.
     let (_, revision) = retry(|| registry.machine_schedule(&id)).await?;
     let prefix = registry.keys().machine_schedule(id.as_str());
-    let stream = retry(|| registry.watch_prefix(prefix.clone(), revision + 1)).await?;
+    let stream = retry(|| registry.watch_prefix(prefix.clone(), revision.next())).await?;
     retry(|| registry.register_machine(&state, lease)).await?;
     Ok((
         SimMachine {

@@ -33,7 +33,7 @@ use crate::backoff::Backoff;
 use crate::machine::LocalMachine;
 
 /// The current machine lease id; `None` while this machine is not registered.
-pub type Presence = watch::Receiver<Option<i64>>;
+pub type Presence = watch::Receiver<Option<LeaseId>>;
 
 /// The heart's config. No `Default`: tests say what they use.
 #[derive(Clone, Debug)]
@@ -121,7 +121,7 @@ impl Heart {
                 return Ok(());
             };
             backoff.reset();
-            info!(machine = %state.id, lease, public_ip = %state.public_ip, "Registered this machine.");
+            info!(machine = %state.id, %lease, public_ip = %state.public_ip, "Registered this machine.");
             if let Err(error) = self.registry.clear_stopped(&state.id).await {
                 warn!(%error, "Deleting this machine's clean-stop mark failed; a later loss of this machine would wait the restart grace.");
             }
@@ -134,7 +134,7 @@ impl Heart {
                     return Ok(());
                 }
                 Ended::Lost => {
-                    warn!(machine = %state.id, lease, "Lost this machine's lease; registering again.")
+                    warn!(machine = %state.id, %lease, "Lost this machine's lease; registering again.")
                 }
             }
         }
@@ -181,7 +181,7 @@ impl Heart {
                 // Do not leave a useless lease behind; if this fails too, it
                 // expires by itself within a TTL.
                 if let Err(revoke_error) = self.registry.revoke_lease(lease).await {
-                    debug!(error = %revoke_error, lease, "Revoking an unused lease failed.");
+                    debug!(error = %revoke_error, %lease, "Revoking an unused lease failed.");
                 }
                 Err(error.into())
             }
@@ -211,12 +211,12 @@ impl Heart {
                 () = tokio::time::sleep_until(next_keep_alive) => {
                     match keeper.keep_alive().await {
                         Ok(Some(remaining)) => {
-                            debug!(lease, ?remaining, "Kept the machine lease alive.");
+                            debug!(%lease, ?remaining, "Kept the machine lease alive.");
                             last_success = Instant::now();
                             next_keep_alive = last_success + period;
                         }
                         Ok(None) => {
-                            warn!(lease, "The machine lease has expired.");
+                            warn!(%lease, "The machine lease has expired.");
                             return Ended::Lost;
                         }
                         Err(error) => {
@@ -225,7 +225,7 @@ impl Heart {
                                 error!(%error, "Server monitor triggered: Monitor timed out before successful heartbeat");
                                 return Ended::Lost;
                             }
-                            warn!(%error, lease, "Keeping the machine lease alive failed; retrying.");
+                            warn!(%error, %lease, "Keeping the machine lease alive failed; retrying.");
                             next_keep_alive = Instant::now() + retry_period;
                         }
                     }
@@ -291,9 +291,9 @@ impl Heart {
             warn!(%error, %machine, "Unregistering this machine failed; revoking its lease anyway.");
         }
         match self.registry.revoke_lease(lease).await {
-            Ok(()) => info!(%machine, lease, "Unregistered this machine."),
+            Ok(()) => info!(%machine, %lease, "Unregistered this machine."),
             Err(error) => {
-                warn!(%error, lease, "Revoking the machine lease failed; it expires within its TTL.")
+                warn!(%error, %lease, "Revoking the machine lease failed; it expires within its TTL.")
             }
         }
     }

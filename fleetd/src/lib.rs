@@ -6,7 +6,7 @@
 //! - [`server`]: wires everything together, owns shutdown and SIGHUP reload.
 //! - [`config`]: every option, the goini loader and `FLEET_*` overrides.
 //! - [`heart`]: the machine lease and record; publishes [`heart::Presence`].
-//! - [`engine`]: leader election and the scheduler (pure, in `engine::scheduler`).
+//! - [`engine`]: leader election and the scheduler (pure, the `fleet-scheduler` crate re-exported as `engine::scheduler`).
 //! - [`agent`]: makes this machine's systemd match its schedule.
 //! - [`listeners`]: the API sockets (socket activation or `api_listen`),
 //!   with TLS ([`api_tls`]), limits, and the [`api_gate`] every request

@@ -294,4 +294,33 @@ mod tests {
         assert_eq!(parse(&["-bogus"]).expect_err("unknown flag").exit_code, 2);
         assert_eq!(parse(&["-config"]).expect_err("missing value").exit_code, 2);
     }
+
+    /// fleetd's man page is written by hand (packaging/fleetd.8, shipped by the Debian
+    /// package): every flag the usage names, and every etcd-auth command, is in it.
+    #[test]
+    fn man_page_documents_every_flag() {
+        let page = include_str!("../../packaging/fleetd.8");
+        let flags = USAGE
+            .lines()
+            .filter_map(|line| line.trim_start().strip_prefix('-'))
+            .filter_map(|rest| rest.split_whitespace().next());
+        for flag in flags {
+            // roff escapes the dash: `\-config`.
+            assert!(
+                page.contains(&format!("\\-{flag}")),
+                "fleetd.8 lacks -{flag}"
+            );
+        }
+        for command in ["init", "add\\-machine", "remove\\-machine"] {
+            assert!(
+                page.contains(&format!("etcd\\-auth {command}")),
+                "{command}"
+            );
+            let plain = command.replace('\\', "");
+            assert!(
+                fleetd::etcd_auth::USAGE.contains(&format!("  {plain} ")),
+                "{plain}"
+            );
+        }
+    }
 }

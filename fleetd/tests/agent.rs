@@ -14,6 +14,7 @@ use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 use fleet_registry::testing::Etcd;
+use fleet_registry::testing::wait::wait_for;
 use fleet_registry::{MachineId, Placement, Registry, ScheduleChange, TargetState, UnitState};
 use fleet_systemd::dbus::Manager;
 use fleet_systemd::unit::{UnitFile, UnitName};
@@ -28,25 +29,6 @@ use tokio_util::sync::CancellationToken;
 const DEADLINE: Duration = Duration::from_secs(30);
 /// The units directory inside the host.
 const INSIDE_DIR: &str = "/var/lib/fleet-agent-test/units";
-
-/// Polls `check` every 100 ms until it returns `Some`, or panics after `DEADLINE`.
-async fn wait_for<T, F, Fut>(what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let start = Instant::now();
-    loop {
-        if let Some(value) = check().await {
-            return value;
-        }
-        assert!(
-            start.elapsed() < DEADLINE,
-            "timed out after {DEADLINE:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 struct Fixture {
     registry: Registry,
@@ -73,7 +55,11 @@ impl Fixture {
     async fn start_agent(
         &self,
         stop_units_on_shutdown: bool,
-    ) -> (i64, CancellationToken, JoinHandle<anyhow::Result<()>>) {
+    ) -> (
+        fleet_registry::LeaseId,
+        CancellationToken,
+        JoinHandle<anyhow::Result<()>>,
+    ) {
         let lease = self
             .registry
             .grant_lease(Duration::from_secs(30))
@@ -134,7 +120,7 @@ impl Fixture {
         what: &str,
         matches: impl Fn(&UnitState) -> bool,
     ) -> UnitState {
-        wait_for(what, || async {
+        wait_for(DEADLINE, what, || async {
             let state = self
                 .registry
                 .unit_state_on(unit, &self.machine)
@@ -146,7 +132,7 @@ impl Fixture {
     }
 
     async fn wait_no_state(&self, unit: &UnitName) {
-        wait_for("the unit's state to be deleted", || async {
+        wait_for(DEADLINE, "the unit's state to be deleted", || async {
             let state = self
                 .registry
                 .unit_state_on(unit, &self.machine)
@@ -351,7 +337,7 @@ async fn agent_drives_a_real_systemd() {
     .await;
     fx.unplace(&hello).await;
     fx.wait_no_state(&hello).await;
-    wait_for("hello.service's file to be removed", || async {
+    wait_for(DEADLINE, "hello.service's file to be removed", || async {
         (!file.exists()).then_some(())
     })
     .await;

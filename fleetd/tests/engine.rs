@@ -5,7 +5,6 @@
 //! engines in-process with their own shutdown token, as `fleetd` does.
 
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::time::Duration;
 
 use tokio::task::JoinHandle;
@@ -14,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use fleet_registry::store::{LeaseId, ScheduleChange};
 use fleet_registry::testing::Etcd;
+use fleet_registry::testing::wait::wait_until;
 use fleet_registry::{MachineId, MachineState, Placement, Registry, RegistryError, TargetState};
 use fleet_systemd::unit::{UnitFile, UnitName};
 use fleetd::config::EngineConfig;
@@ -43,22 +43,6 @@ async fn registry(etcd: &Etcd, prefix: &str) -> Registry {
     Registry::connect(&etcd.config(prefix))
         .await
         .expect("connecting to the test etcd")
-}
-
-/// Polls `condition` until it holds, or panics with `what` after `WAIT`.
-async fn wait_until<F, Fut>(what: &str, mut condition: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = Instant::now() + WAIT;
-    while !condition().await {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {WAIT:?} waiting until {what}"
-        );
-        sleep(Duration::from_millis(50)).await;
-    }
 }
 
 /// A machine as the engine sees it: a record under a live lease, kept alive
@@ -189,7 +173,7 @@ async fn engine_places_units_and_global_units() {
         "[X-Fleet]\nMachineMetadata=region=mars\n",
     )
     .await;
-    wait_until("a, b and the global unit are placed", || async {
+    wait_until(WAIT, "a, b and the global unit are placed", || async {
         let schedule = schedule_of(&registry).await;
         schedule.get("global.service").map(Vec::len) == Some(2)
             && schedule.contains_key("a.service")
@@ -208,7 +192,7 @@ async fn engine_places_units_and_global_units() {
         .set_desired_state(&unit_name("a.service"), TargetState::Loaded)
         .await
         .expect("setting the desired state");
-    wait_until("a's placement targets loaded", || async {
+    wait_until(WAIT, "a's placement targets loaded", || async {
         registry
             .placements()
             .await
@@ -224,7 +208,7 @@ async fn engine_places_units_and_global_units() {
         .destroy_unit(&unit_name("b.service"))
         .await
         .expect("destroying a unit");
-    wait_until("b is unplaced", || async {
+    wait_until(WAIT, "b is unplaced", || async {
         !schedule_of(&registry).await.contains_key("b.service")
     })
     .await;
@@ -249,7 +233,7 @@ async fn units_of_a_lost_machine_move_after_the_grace() {
     for name in ["a.service", "b.service", "c.service"] {
         create_unit(&registry, name, "").await;
     }
-    wait_until("three units are placed", || async {
+    wait_until(WAIT, "three units are placed", || async {
         schedule_of(&registry).await.len() == 3
     })
     .await;
@@ -263,7 +247,7 @@ async fn units_of_a_lost_machine_move_after_the_grace() {
 
     let lost_at = Instant::now();
     m2.lose(&registry).await;
-    wait_until("the unit of m2 moves", || async {
+    wait_until(WAIT, "the unit of m2 moves", || async {
         let schedule = schedule_of(&registry).await;
         schedule
             .get(&on_m2[0])
@@ -292,11 +276,13 @@ async fn a_second_engine_takes_over_and_the_deposed_leader_cannot_write() {
     let _m1 = SimMachine::register(&registry, "m1").await;
     let _m2 = SimMachine::register(&registry, "m2").await;
     let first = RunningEngine::start(&registry, "m1", 0.5);
-    wait_until("the first engine leads", || async { first.leads() }).await;
+    wait_until(WAIT, "the first engine leads", || async { first.leads() }).await;
     let second = RunningEngine::start(&registry, "m2", 0.5);
-    wait_until("the second engine sees the first as leader", || async {
-        second.status.borrow().leader == Some(id("m1"))
-    })
+    wait_until(
+        WAIT,
+        "the second engine sees the first as leader",
+        || async { second.status.borrow().leader == Some(id("m1")) },
+    )
     .await;
     assert!(!second.leads());
 
@@ -309,15 +295,15 @@ async fn a_second_engine_takes_over_and_the_deposed_leader_cannot_write() {
         .revoke_lease(lease)
         .await
         .expect("revoking the leader's lease");
-    wait_until("the second engine leads", || async { second.leads() }).await;
-    wait_until("the first engine notices it was deposed", || async {
+    wait_until(WAIT, "the second engine leads", || async { second.leads() }).await;
+    wait_until(WAIT, "the first engine notices it was deposed", || async {
         !first.leads()
     })
     .await;
 
     // The new leader schedules.
     create_unit(&registry, "after-takeover.service", "").await;
-    wait_until("the new unit is placed", || async {
+    wait_until(WAIT, "the new unit is placed", || async {
         schedule_of(&registry)
             .await
             .contains_key("after-takeover.service")
@@ -356,7 +342,7 @@ async fn the_breaker_holds_when_half_the_machines_vanish() {
     for n in 0..8 {
         create_unit(&registry, &format!("u{n}.service"), "").await;
     }
-    wait_until("eight units are placed", || async {
+    wait_until(WAIT, "eight units are placed", || async {
         schedule_of(&registry).await.len() == 8
     })
     .await;
@@ -364,7 +350,7 @@ async fn the_breaker_holds_when_half_the_machines_vanish() {
 
     m3.lose(&registry).await;
     m4.lose(&registry).await;
-    wait_until("the breaker trips", || async {
+    wait_until(WAIT, "the breaker trips", || async {
         engine.status.borrow().breaker_tripped
     })
     .await;
@@ -381,7 +367,7 @@ async fn the_breaker_holds_when_half_the_machines_vanish() {
 
     // m3 returns: one of four is lost, the breaker lets go and only m4's units move.
     let m3 = SimMachine::register(&registry, "m3").await;
-    wait_until("m4's units move", || async {
+    wait_until(WAIT, "m4's units move", || async {
         let schedule = schedule_of(&registry).await;
         schedule.len() == 8
             && schedule

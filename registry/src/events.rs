@@ -169,7 +169,9 @@ impl Registry {
                 Some(GetOptions::new().with_count_only()),
             )
             .await?;
-        Ok(response.header().map_or(0, |header| header.revision()))
+        Ok(Revision::new(
+            response.header().map_or(0, |header| header.revision()),
+        ))
     }
 
     /// Watches every change from `from_revision` on (0: from now), as typed
@@ -181,7 +183,7 @@ impl Registry {
         let options = WatchOptions::new()
             .with_prefix()
             .with_prev_key()
-            .with_start_revision(from_revision);
+            .with_start_revision(from_revision.get());
         let prefix = self.keys().prefix().to_owned();
         let (stream, first, _member) = self.open_watch("watch events", prefix, options).await?;
         check_cancelled(&first)?;
@@ -201,7 +203,7 @@ fn check_cancelled(response: &etcd_client::WatchResponse) -> Result<(), Registry
     }
     if response.compact_revision() > 0 {
         return Err(RegistryError::Compacted {
-            revision: response.compact_revision(),
+            revision: Revision::new(response.compact_revision()),
         });
     }
     Err(RegistryError::Etcd {
@@ -287,7 +289,7 @@ impl EventWatch {
     fn decode(&mut self, response: &etcd_client::WatchResponse) {
         for event in response.events() {
             let Some(kv) = event.kv() else { continue };
-            let revision = kv.mod_revision();
+            let revision = Revision::new(kv.mod_revision());
             let decoded = match event.event_type() {
                 EventType::Put => self.registry.decode_put(kv, event.prev_kv()),
                 EventType::Delete => self.registry.decode_delete(kv),

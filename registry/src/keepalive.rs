@@ -82,12 +82,12 @@ impl LeaseKeepAlive {
             match self.registry.within_deadline(exchange(open)).await {
                 Some(Exchange::Answered(ttl)) => return Ok(ttl),
                 Some(Exchange::Broken(reason)) => {
-                    debug!(lease = self.lease, %reason, "The keep-alive stream broke; opening another.");
+                    debug!(lease = %self.lease, %reason, "The keep-alive stream broke; opening another.");
                 }
                 None => {
                     open.member.timed_out();
                     debug!(
-                        lease = self.lease,
+                        lease = %self.lease,
                         "The keep-alive stream did not answer; opening another."
                     );
                 }
@@ -101,7 +101,7 @@ impl LeaseKeepAlive {
             .run(OP, |mut clients| async move {
                 // Opening sends a first keep-alive and reads its answer, which
                 // says whether the lease still exists.
-                match clients.lease.keep_alive(lease).await {
+                match clients.lease.keep_alive(lease.get()).await {
                     Ok(pair) => Ok(Some(pair)),
                     Err(etcd_client::Error::LeaseKeepAliveError(message))
                         if message.contains("not found") =>

@@ -1,7 +1,7 @@
 //! The registry: fleet's model types and its etcd v3 store.
 //!
 //! - [`model`]: machines, units, placements (the schedule) and unit states, the
-//!   words every other crate uses.
+//!   words every other crate uses (the `fleet-model` crate, re-exported).
 //! - [`auth`]: etcd users and roles, one identity per machine (`fleetd etcd-auth`).
 //! - [`events`]: the watch of everything, decoded into typed events by revision.
 //! - [`keys`]: the etcd key layout. **The only module that formats a key.**
@@ -26,9 +26,12 @@ pub mod auth;
 pub mod cordon;
 mod endpoints;
 pub mod events;
+mod ids;
 mod keepalive;
 pub mod keys;
-pub mod model;
+/// The domain model, its own crate (`fleet-model`, no etcd, no tokio) so the API
+/// entities and fleetctl share it without linking etcd.
+pub use fleet_model as model;
 pub mod rollouts;
 pub mod store;
 #[cfg(feature = "testing")]
@@ -42,6 +45,6 @@ pub use model::{
     UnitState,
 };
 pub use store::{
-    Leadership, LeaseId, MetadataOp, Registry, RegistryConfig, RegistryError, Revision,
-    ScheduleChange, Snapshot, WatchEvent, WatchEventKind, WatchStream,
+    InvalidRevision, Leadership, LeaseId, MetadataOp, Registry, RegistryConfig, RegistryError,
+    Revision, ScheduleChange, Snapshot, WatchEvent, WatchEventKind, WatchStream,
 };

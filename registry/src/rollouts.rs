@@ -79,7 +79,7 @@ impl Registry {
             rollouts.push(StoredRollout {
                 name: name.to_owned(),
                 spec: kv.value().to_vec(),
-                spec_revision: kv.mod_revision(),
+                spec_revision: Revision::new(kv.mod_revision()),
                 progress,
             });
         }
@@ -95,7 +95,8 @@ impl Registry {
             return Ok(None);
         };
         let at = Some(header_revision(&spec));
-        let options = at.map(|revision| etcd_client::GetOptions::new().with_revision(revision));
+        let options =
+            at.map(|revision| etcd_client::GetOptions::new().with_revision(revision.get()));
         let progress = self
             .get(
                 "get rollout progress",
@@ -106,7 +107,7 @@ impl Registry {
         Ok(Some(StoredRollout {
             name: name.to_owned(),
             spec: kv.value().to_vec(),
-            spec_revision: kv.mod_revision(),
+            spec_revision: Revision::new(kv.mod_revision()),
             progress: progress.kvs().first().map(|p| p.value().to_vec()),
         }))
     }
@@ -128,7 +129,7 @@ impl Registry {
         let key = keys.rollout(name);
         let guard = match replaces {
             None => Compare::create_revision(key.as_str(), CompareOp::Equal, 0),
-            Some(revision) => Compare::mod_revision(key.as_str(), CompareOp::Equal, revision),
+            Some(revision) => Compare::mod_revision(key.as_str(), CompareOp::Equal, revision.get()),
         };
         let new_hash = new_content.hash().to_string();
         let content_key = keys.content(&new_hash);
@@ -169,7 +170,7 @@ impl Registry {
             .when([Compare::mod_revision(
                 key.as_str(),
                 CompareOp::Equal,
-                revision,
+                revision.get(),
             )])
             .and_then([TxnOp::put(key.as_str(), spec, None)]);
         Ok(self.txn("update rollout", txn).await?.succeeded())
@@ -187,7 +188,7 @@ impl Registry {
             .when([Compare::create_revision(
                 leader.as_str(),
                 CompareOp::Equal,
-                leadership.revision,
+                leadership.revision.get(),
             )])
             .and_then([TxnOp::put(
                 self.keys().rollout_progress(name),
@@ -281,7 +282,7 @@ impl Registry {
         let txn = Txn::new().and_then([TxnOp::put(
             key,
             value,
-            Some(etcd_client::PutOptions::new().with_lease(lease)),
+            Some(etcd_client::PutOptions::new().with_lease(lease.get())),
         )]);
         self.txn("put unit health", txn).await?;
         Ok(())

@@ -35,10 +35,7 @@ use crate::keys::{Keys, RegistryKey};
 use crate::model::{MachineId, MachineState, Placement, TargetState, Unit, UnitState};
 use crate::wire;
 
-/// An etcd revision.
-pub type Revision = i64;
-/// An etcd lease id.
-pub type LeaseId = i64;
+pub use crate::ids::{InvalidRevision, LeaseId, Revision};
 
 mod forget;
 mod safety;
@@ -246,7 +243,7 @@ fn watch_batch(
     if response.canceled() {
         if response.compact_revision() > 0 {
             return Err(RegistryError::Compacted {
-                revision: response.compact_revision(),
+                revision: Revision::new(response.compact_revision()),
             });
         }
         return Err(RegistryError::Etcd {
@@ -271,7 +268,7 @@ fn watch_batch(
                 key,
                 value: kv.value().to_vec(),
                 kind,
-                mod_revision: kv.mod_revision(),
+                mod_revision: Revision::new(kv.mod_revision()),
             })
         })
         .collect();
@@ -338,7 +335,7 @@ fn txn_ranges(response: &TxnResponse) -> Vec<GetResponse> {
 }
 
 pub(crate) fn header_revision(response: &GetResponse) -> Revision {
-    response.header().map_or(0, |header| header.revision())
+    Revision::new(response.header().map_or(0, |header| header.revision()))
 }
 
 /// The outcome of a guarded write of our machine record.
@@ -514,7 +511,7 @@ impl Registry {
         revision: Option<Revision>,
     ) -> Result<GetResponse, RegistryError> {
         let options = match revision {
-            Some(revision) => prefix_options().with_revision(revision),
+            Some(revision) => prefix_options().with_revision(revision.get()),
             None => prefix_options(),
         };
         self.get(op, prefix, Some(options)).await
@@ -549,15 +546,15 @@ impl Registry {
             .saturating_add(u64::from(ttl.subsec_nanos() > 0))
             .max(1);
         let secs = i64::try_from(secs).unwrap_or(i64::MAX);
-        let id: LeaseId = fastrand::i64(1..i64::MAX);
+        let id = LeaseId::new(fastrand::i64(1..i64::MAX));
         let granted = self
             .run(OP, |mut clients| async move {
-                let options = LeaseGrantOptions::new().with_id(id);
+                let options = LeaseGrantOptions::new().with_id(id.get());
                 clients.lease.grant(secs, Some(options)).await
             })
             .await;
         match granted {
-            Ok(response) => Ok(response.id()),
+            Ok(response) => Ok(LeaseId::new(response.id())),
             Err(RegistryError::Etcd { message, .. })
                 if message.contains("lease already exists") =>
             {
@@ -580,7 +577,7 @@ impl Registry {
         const OP: &str = "lease revoke";
         match self
             .run(OP, |mut clients| async move {
-                clients.lease.revoke(lease).await
+                clients.lease.revoke(lease.get()).await
             })
             .await
         {
@@ -626,7 +623,7 @@ impl Registry {
         value: &[u8],
         lease: LeaseId,
     ) -> Result<MachineWrite, RegistryError> {
-        let ours = Compare::lease(key, CompareOp::Equal, lease);
+        let ours = Compare::lease(key, CompareOp::Equal, lease.get());
         self.put_machine_if("update machine", ours, key, value, lease)
             .await
     }
@@ -646,7 +643,7 @@ impl Registry {
             .and_then([TxnOp::put(
                 key,
                 value,
-                Some(PutOptions::new().with_lease(lease)),
+                Some(PutOptions::new().with_lease(lease.get())),
             )])
             .or_else([TxnOp::get(key, None)]);
         let response = self.txn(op, txn).await?;
@@ -658,7 +655,7 @@ impl Registry {
                 .first()
                 .and_then(|get| get.kvs().first())
             {
-                Some(kv) => MachineWrite::Held(kv.lease()),
+                Some(kv) => MachineWrite::Held(LeaseId::new(kv.lease())),
                 None => MachineWrite::Absent,
             },
         )
@@ -723,11 +720,11 @@ impl Registry {
     ) -> Result<(), RegistryError> {
         let key = self.keys.machine(machine.as_str());
         let txn = Txn::new()
-            .when([Compare::lease(key.as_str(), CompareOp::Equal, lease)])
+            .when([Compare::lease(key.as_str(), CompareOp::Equal, lease.get())])
             .and_then([TxnOp::delete(key.as_str(), None)]);
         let response = self.txn("unregister machine", txn).await?;
         if !response.succeeded() {
-            debug!(%machine, lease, "The machine record is not ours; left alone.");
+            debug!(%machine, %lease, "The machine record is not ours; left alone.");
         }
         Ok(())
     }
@@ -909,7 +906,7 @@ impl Registry {
             .get(
                 "get unit content",
                 content_key.clone(),
-                Some(GetOptions::new().with_revision(header_revision(&response))),
+                Some(GetOptions::new().with_revision(header_revision(&response).get())),
             )
             .await?;
         let Some(content) = content.kvs().first() else {
@@ -1276,7 +1273,7 @@ impl Registry {
         self.run(OP, |mut clients| {
             let (key, value) = (key.clone(), value.clone());
             async move {
-                let options = PutOptions::new().with_lease(lease);
+                let options = PutOptions::new().with_lease(lease.get());
                 clients.kv.put(key, value, Some(options)).await
             }
         })
@@ -1365,7 +1362,7 @@ impl Registry {
     ) -> Result<WatchStream, RegistryError> {
         let options = WatchOptions::new()
             .with_prefix()
-            .with_start_revision(from_revision);
+            .with_start_revision(from_revision.get());
         let (stream, first, member) = self.open_watch("watch", prefix, options).await?;
         // Events are not expected before `created`, but never drop any.
         let pending = watch_batch(&first)?;
@@ -1511,7 +1508,7 @@ impl Registry {
                 TxnOp::put(
                     key.as_str(),
                     machine.as_str(),
-                    Some(PutOptions::new().with_lease(lease)),
+                    Some(PutOptions::new().with_lease(lease.get())),
                 ),
                 TxnOp::get(key.as_str(), None),
             ])
@@ -1523,10 +1520,10 @@ impl Registry {
             return Ok(None);
         };
         let ours = response.succeeded()
-            || (kv.value() == machine.as_str().as_bytes() && kv.lease() == lease);
+            || (kv.value() == machine.as_str().as_bytes() && kv.lease() == lease.get());
         Ok(ours.then(|| Leadership {
             machine: machine.clone(),
-            revision: kv.create_revision(),
+            revision: Revision::new(kv.create_revision()),
         }))
     }
 
@@ -1573,7 +1570,7 @@ impl Registry {
             .when([Compare::create_revision(
                 key.as_str(),
                 CompareOp::Equal,
-                leadership.revision,
+                leadership.revision.get(),
             )])
             .and_then([TxnOp::delete(key.as_str(), None)]);
         self.txn("resign", txn).await?;
@@ -1602,7 +1599,7 @@ impl Registry {
                 .when([Compare::create_revision(
                     leader.as_str(),
                     CompareOp::Equal,
-                    leadership.revision,
+                    leadership.revision.get(),
                 )])
                 .and_then(ops);
             if !self.txn("commit schedule", txn).await?.succeeded() {

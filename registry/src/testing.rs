@@ -21,6 +21,9 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+pub mod pki;
+pub mod wait;
+
 use crate::store::{Registry, RegistryConfig, RegistryError, Revision};
 
 /// How long etcd may take to become healthy (a cold start on a loaded
@@ -103,11 +106,11 @@ impl Etcd {
     }
 
     /// Starts etcd serving clients over TLS only, requiring a client
-    /// certificate signed by a fresh test CA (made with the `openssl` CLI).
+    /// certificate signed by a fresh test CA ([`pki::Pki`]).
     /// [`Etcd::config`] then carries the CA and a client certificate.
     ///
     /// # Panics
-    /// As [`Etcd::start`], and when `openssl` is missing or fails.
+    /// As [`Etcd::start`].
     pub async fn start_tls() -> Etcd {
         let mut etcd = Etcd::unstarted();
         etcd.tls = Some(make_certificates(etcd.data_dir.path()));
@@ -341,102 +344,18 @@ async fn healthy(address: SocketAddr) -> bool {
     )
 }
 
-/// Runs `openssl` with `args` in `dir`, panicking with its output on failure.
-fn openssl(dir: &Path, args: &[&str]) {
-    let output = match Command::new("openssl").args(args).current_dir(dir).output() {
-        Ok(output) => output,
-        Err(error) => panic!("cannot run openssl (Debian package openssl): {error}"),
-    };
-    assert!(
-        output.status.success(),
-        "openssl {args:?} failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
-
 /// A CA, a server certificate for 127.0.0.1 and a client certificate, all
-/// P-256 keys (fast to make), valid for a day.
+/// P-256 keys, valid until rcgen's default far-future expiry.
 fn make_certificates(dir: &Path) -> TlsFiles {
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-    ];
-    let mut ca = vec![
-        "req",
-        "-x509",
-        "-days",
-        "1",
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.pem",
-        "-subj",
-        "/CN=fleet test CA",
-    ];
-    ca.extend(ec);
-    ca.extend([
-        "-addext",
-        "basicConstraints=critical,CA:TRUE",
-        "-addext",
-        "keyUsage=critical,keyCertSign",
-    ]);
-    openssl(dir, &ca);
-    for (name, usage, alt) in [
-        ("server", "serverAuth", "IP:127.0.0.1"),
-        ("client", "clientAuth", "DNS:fleet-test-client"),
-    ] {
-        let (key, csr, cert, ext) = (
-            format!("{name}.key"),
-            format!("{name}.csr"),
-            format!("{name}.pem"),
-            format!("{name}.ext"),
-        );
-        let extensions = format!(
-            "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage={usage}\nsubjectAltName={alt}\n"
-        );
-        std::fs::write(dir.join(&ext), extensions).expect("writing an openssl extension file");
-        let mut request = vec![
-            "req",
-            "-keyout",
-            key.as_str(),
-            "-out",
-            csr.as_str(),
-            "-subj",
-        ];
-        let subject = format!("/CN=fleet test {name}");
-        request.push(&subject);
-        request.extend(ec);
-        openssl(dir, &request);
-        openssl(
-            dir,
-            &[
-                "x509",
-                "-req",
-                "-days",
-                "1",
-                "-in",
-                &csr,
-                "-CA",
-                "ca.pem",
-                "-CAkey",
-                "ca.key",
-                "-CAcreateserial",
-                "-out",
-                &cert,
-                "-extfile",
-                &ext,
-            ],
-        );
-    }
+    let pki = pki::Pki::new(dir);
+    let (server_cert_file, server_key_file) = pki.sign_server("server", &["127.0.0.1"]);
+    let (client_cert_file, client_key_file) = pki.sign_client("fleet-test-client");
     TlsFiles {
-        ca_file: dir.join("ca.pem"),
-        server_cert_file: dir.join("server.pem"),
-        server_key_file: dir.join("server.key"),
-        client_cert_file: dir.join("client.pem"),
-        client_key_file: dir.join("client.key"),
+        ca_file: pki.ca_file(),
+        server_cert_file,
+        server_key_file,
+        client_cert_file,
+        client_key_file,
     }
 }
 
@@ -456,7 +375,7 @@ pub async fn compact(registry: &Registry, revision: Revision) -> Result<(), Regi
     registry
         .run(OP, |mut clients| async move {
             let options = etcd_client::CompactionOptions::new().with_physical();
-            clients.kv.compact(revision, Some(options)).await
+            clients.kv.compact(revision.get(), Some(options)).await
         })
         .await?;
     Ok(())

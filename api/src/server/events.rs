@@ -28,7 +28,7 @@ use super::{ApiError, Query, Shared};
 use crate::events::{EventEntity, EventError};
 
 /// How far back `follow=false` without a resume point looks.
-const RECENT_REVISIONS: Revision = 1000;
+const RECENT_REVISIONS: i64 = 1000;
 
 /// What a client asked to see.
 struct Filter {
@@ -88,9 +88,9 @@ pub(super) async fn stream(
                 .map_err(|error| ApiError::registry("read the head revision", error))?,
         )
     };
-    let mut from = since.map_or(0, |since| since + 1);
+    let mut from = since.map_or(Revision::new(0), Revision::next);
     if let (None, Some(head)) = (since, until) {
-        from = (head - RECENT_REVISIONS).max(1);
+        from = Revision::new((head.get() - RECENT_REVISIONS).max(1));
     }
     let mut watch = registry.watch_events(from).await;
     if let (None, Some(_), Err(RegistryError::Compacted { revision })) = (since, until, &watch) {
@@ -135,7 +135,7 @@ fn resume_point(query: &Query, headers: &HeaderMap) -> Result<Option<Revision>, 
         return Ok(None);
     };
     match text.parse::<Revision>() {
-        Ok(revision) if revision >= 0 => Ok(Some(revision)),
+        Ok(revision) => Ok(Some(revision)),
         _ => Err(ApiError::bad_request(format!(
             "an event id is an etcd revision (a non-negative integer), not {text:?}"
         ))),
@@ -192,7 +192,7 @@ fn error_message(error: &RegistryError) -> Event {
             message: format!(
                 "etcd compacted its history up to revision {revision}; start again without a resume point"
             ),
-            compact_revision: Some(*revision),
+            compact_revision: Some(revision.get()),
         },
         other => EventError {
             error: "unavailable".to_owned(),
@@ -207,7 +207,7 @@ fn error_message(error: &RegistryError) -> Event {
 /// The wire form of one event.
 pub(crate) fn entity(revision: Revision, event: &RegistryEvent) -> EventEntity {
     let mut entity = EventEntity {
-        revision,
+        revision: revision.get(),
         kind: event.kind().to_owned(),
         unit: event.unit().map(ToString::to_string),
         machine: event.machine().map(ToString::to_string),

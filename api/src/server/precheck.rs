@@ -177,6 +177,10 @@ fn put_precheck(
     if !request.desired_state.is_empty() {
         check_template_activation(&name, &request.desired_state)?;
         parse_desired_state(&request.desired_state)?;
+        if request.options.is_empty() {
+            // Only a desired state: the handler goes straight to the write.
+            return Ok(Reached::Registry("set desired state"));
+        }
     }
     Ok(Reached::Registry("get unit"))
 }
@@ -259,6 +263,11 @@ mod tests {
         assert_eq!(
             check(Method::PUT, "/fleet/v1/units/a.service", json, body),
             Ok(Reached::Registry("get unit"))
+        );
+        let state_only = r#"{"desiredState":"launched"}"#;
+        assert_eq!(
+            check(Method::PUT, "/fleet/v1/units/a.service", json, state_only),
+            Ok(Reached::Registry("set desired state"))
         );
     }
 

@@ -14,6 +14,7 @@ use axum::response::Response;
 use http::StatusCode;
 use tracing::info;
 
+use fleet_registry::Revision;
 use fleet_registry::rollouts::StoredRollout;
 use fleet_systemd::unit::{UnitFile, UnitHash, UnitName, validate_options};
 
@@ -169,7 +170,7 @@ pub(super) async fn act(shared: &Shared, name: &str, body: &[u8]) -> Result<Resp
     let written = shared
         .api
         .registry
-        .update_rollout_spec(name, &encode(&spec)?, revision)
+        .update_rollout_spec(name, &encode(&spec)?, Revision::new(revision))
         .await
         .map_err(|error| ApiError::registry("update rollout", error))?;
     if !written {
@@ -203,7 +204,7 @@ async fn read(shared: &Shared, name: &str) -> Result<(Rollout, i64), ApiError> {
             format!("the stored rollout of {name} does not decode"),
         )
     })?;
-    Ok((rollout, stored.spec_revision))
+    Ok((rollout, stored.spec_revision.get()))
 }
 
 fn decode(stored: &StoredRollout) -> Option<Rollout> {

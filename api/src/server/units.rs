@@ -167,6 +167,11 @@ pub(super) async fn put(
     // A line break in an option would smuggle more options into the stored
     // text, past validation.
     super::line_breaks::check(&request.options).map_err(ApiError::bad_request)?;
+    if request.options.is_empty()
+        && let Some(answer) = put_desired_state_only(shared, &name, &request.desired_state).await
+    {
+        return answer;
+    }
     // Step 5: the existing unit.
     let registry = &shared.api.registry;
     let existing = registry
@@ -211,6 +216,40 @@ pub(super) async fn put(
             Ok(empty_response(StatusCode::NO_CONTENT))
         }
     }
+}
+
+/// The common PUT of a batch `fleetctl start`: no options and a valid
+/// desired state. The answer is step 8's (or step 6's for a missing unit),
+/// but the registry's compare-and-swap of the record is the only read: the
+/// full procedure reads the unit and its content first, three etcd reads
+/// per PUT instead of one. `None` when the request is not of this kind;
+/// the full procedure then answers, with its errors in its order.
+async fn put_desired_state_only(
+    shared: &Shared,
+    name: &UnitName,
+    desired_state: &str,
+) -> Option<Result<Response, ApiError>> {
+    if desired_state.is_empty() || check_template_activation(name, desired_state).is_err() {
+        return None;
+    }
+    let desired_state = parse_desired_state(desired_state).ok()?;
+    let updated = shared
+        .api
+        .registry
+        .set_desired_state(name, desired_state)
+        .await
+        .map_err(|error| ApiError::registry("set desired state", error));
+    Some(match updated {
+        Ok(true) => {
+            shared.units_listing.forget();
+            Ok(empty_response(StatusCode::NO_CONTENT))
+        }
+        Ok(false) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "unit does not exist and options field empty",
+        )),
+        Err(error) => Err(error),
+    })
 }
 
 /// Creates or replaces a unit after validating it; 201.

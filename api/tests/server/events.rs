@@ -225,7 +225,7 @@ async fn bad_or_compacted_resume_points_are_clear_errors() {
     assert_eq!(message.event, "error", "{message:?}");
     let error: fleet_api::events::EventError = serde_json::from_str(&message.data).unwrap();
     assert_eq!(error.error, "compacted", "{error:?}");
-    assert_eq!(error.compact_revision, Some(head), "{error:?}");
+    assert_eq!(error.compact_revision, Some(head.get()), "{error:?}");
     assert!(
         stream.next().await.is_none(),
         "the stream ends after the error"

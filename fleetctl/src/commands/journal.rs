@@ -3,6 +3,7 @@
 //! Runs locally when the unit's machine is this host, as the original did, else over
 //! SSH ([`crate::ssh::remote::run_on_machine`]).
 
+use fleet_model::TargetState;
 use fleet_systemd::unit::fleetctl_unit_name;
 
 use crate::cli::JournalArgs;
@@ -59,7 +60,7 @@ pub async fn run(ctx: &Ctx, args: JournalArgs) -> anyhow::Result<Exit> {
         ));
         return Ok(Exit::Failure);
     }
-    if unit.current_state == "inactive" || unit.machine_id.is_empty() {
+    if unit.current() == Some(TargetState::Inactive) || unit.machine_id.is_empty() {
         ctx.console
             .err(&format!("Unit {name} does not appear to be running."));
         return Ok(Exit::Failure);

@@ -8,6 +8,7 @@
 //! `error: …` with status 1.
 
 mod cat;
+pub mod completion;
 mod cordon;
 mod destroy;
 pub mod enrol;
@@ -47,6 +48,8 @@ pub async fn run(config: Config, command: Command, console: Console) -> Exit {
             console.out(&format!("fleetctl version {}", crate::cli::VERSION));
             return Exit::Success;
         }
+        Command::Completion(args) => return completion::run_completion(&args, console),
+        Command::ManPages(args) => return completion::run_man_pages(&args, console),
         _ => {}
     }
 
@@ -89,7 +92,11 @@ pub async fn run(config: Config, command: Command, console: Console) -> Exit {
         Command::Exec(args) => exec::run(&ctx, args).await,
         Command::Enrol(args) => enrol::run(&ctx, args).await,
         Command::Disenrol(args) => enrol::run_disenrol(&ctx, args).await,
-        Command::Verify(_) | Command::FdForward(_) | Command::Version => Ok(Exit::Success),
+        Command::Verify(_)
+        | Command::FdForward(_)
+        | Command::Version
+        | Command::Completion(_)
+        | Command::ManPages(_) => Ok(Exit::Success),
     };
     outcome.unwrap_or_else(|error| {
         console.err(&format!("error: {error:#}"));

@@ -7,6 +7,7 @@
 //! machine, over SSH elsewhere); the original's global path did nothing.
 //! See Documentation/compatibility.md, "Quirks of the original".
 
+use fleet_model::TargetState;
 use std::sync::Arc;
 
 use fleet_api::entities::Unit;
@@ -22,7 +23,12 @@ use crate::wait::{Blocking, wait_for_unit_states};
 /// `restart` has no `--ssh-port`; the original used the default.
 const DEFAULT_SSH_PORT: u16 = 22;
 
-async fn set_and_wait(ctx: &Ctx, unit: &Unit, state: &str, blocking: Blocking) -> Result<(), Exit> {
+async fn set_and_wait(
+    ctx: &Ctx,
+    unit: &Unit,
+    state: TargetState,
+    blocking: Blocking,
+) -> Result<(), Exit> {
     if let Err(error) = ctx.client.set_unit_target_state(&unit.name, state).await {
         ctx.console.err(&format!(
             "Error setting target state of unit {}: {error}",
@@ -107,18 +113,18 @@ pub async fn run(ctx: &Arc<Ctx>, args: RestartArgs) -> anyhow::Result<Exit> {
             }
             continue;
         }
-        let phases: &[&str] = match unit.current_state.as_str() {
-            "inactive" => {
+        let phases: &[TargetState] = match unit.current() {
+            Some(TargetState::Inactive) => {
                 ctx.console.err(&format!(
                     "Unable to restart unit {} in state inactive",
                     unit.name
                 ));
                 continue;
             }
-            "loaded" => &["launched"],
-            _ => &["loaded", "launched"],
+            Some(TargetState::Loaded) => &[TargetState::Launched],
+            _ => &[TargetState::Loaded, TargetState::Launched],
         };
-        for state in phases {
+        for &state in phases {
             if let Err(failure) = set_and_wait(ctx, unit, state, blocking).await {
                 return Ok(failure);
             }

@@ -5,6 +5,7 @@
 //! A quirk fixed on purpose: with `--no-block`, `start` prints `Triggered unit <n> start`
 //! once, not twice (Documentation/compatibility.md, "Quirks of the original").
 
+use fleet_model::TargetState;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -14,7 +15,7 @@ use fleet_systemd::unit::fleetctl_unit_name;
 use crate::cli::CreateArgs;
 use crate::context::{Ctx, concurrently, is_global};
 use crate::exit::Exit;
-use crate::units::{CreateCommand, lazy_create_units};
+use crate::units::{CreateCommand, lazy_create_units, listed_units, lookup_unit};
 use crate::wait::{Blocking, wait_for_systemd_active, wait_for_unit_states};
 
 /// The deprecated `--sign` flag: the original refuses it with status 2.
@@ -28,6 +29,7 @@ pub fn refuse_sign(ctx: &Ctx) -> Exit {
 /// not already there; returns the units it changed (as they were before).
 ///
 /// `known` holds units this command just created: they are not fetched again.
+/// The others are looked up by one listing when there are many of them.
 ///
 /// # Errors
 /// The first failure in argument order.
@@ -35,7 +37,7 @@ pub async fn set_target_state_of_units(
     ctx: &Arc<Ctx>,
     names: Vec<String>,
     known: Vec<Unit>,
-    state: &'static str,
+    state: TargetState,
 ) -> Result<Vec<Unit>, String> {
     let known: Arc<HashMap<String, Unit>> = Arc::new(
         known
@@ -43,12 +45,18 @@ pub async fn set_target_state_of_units(
             .map(|unit| (unit.name.clone(), unit))
             .collect(),
     );
+    let n_unknown = names
+        .iter()
+        .filter(|name| !known.contains_key(*name))
+        .count();
+    let listed = listed_units(ctx, n_unknown).await?;
     let results = concurrently(ctx, names, move |ctx, name| {
         let known = Arc::clone(&known);
+        let listed = listed.clone();
         async move {
             let fetched = match known.get(&name) {
                 Some(unit) => Ok(Some(unit.clone())),
-                None => ctx.client.unit(&name).await,
+                None => lookup_unit(&ctx, listed.as_deref(), &name).await,
             };
             let unit = match fetched {
                 Ok(Some(unit)) => unit,
@@ -59,7 +67,7 @@ pub async fn set_target_state_of_units(
                     ));
                 }
             };
-            if unit.desired_state == state {
+            if unit.desired() == Some(state) {
                 return Ok(None);
             }
             ctx.client
@@ -98,7 +106,7 @@ async fn create_and_trigger(
     ctx: &Arc<Ctx>,
     args: &CreateArgs,
     command: CreateCommand,
-    state: &'static str,
+    state: TargetState,
 ) -> Result<Vec<Unit>, Exit> {
     let blocking = Blocking::from_args(&args.block);
     let created = match lazy_create_units(ctx, &args.units, command, args.replace, blocking).await {
@@ -144,13 +152,14 @@ pub async fn run_load(ctx: &Arc<Ctx>, args: CreateArgs) -> anyhow::Result<Exit> 
         ctx.console.err("No units given");
         return Ok(Exit::Success);
     }
-    let triggered = match create_and_trigger(ctx, &args, CreateCommand::Load, "loaded").await {
-        Ok(triggered) => triggered,
-        Err(exit) => return Ok(exit),
-    };
+    let triggered =
+        match create_and_trigger(ctx, &args, CreateCommand::Load, TargetState::Loaded).await {
+            Ok(triggered) => triggered,
+            Err(exit) => return Ok(exit),
+        };
     let loading = announce_global(ctx, &triggered, "load");
     let blocking = Blocking::from_args(&args.block);
-    let errors = wait_for_unit_states(ctx, &loading, "loaded", "load", blocking).await;
+    let errors = wait_for_unit_states(ctx, &loading, TargetState::Loaded, "load", blocking).await;
     if !report_wait_errors(ctx, &errors) {
         ctx.console
             .err("Error waiting for unit states, exit status: 1");
@@ -167,13 +176,15 @@ pub async fn run_start(ctx: &Arc<Ctx>, args: CreateArgs) -> anyhow::Result<Exit>
         ctx.console.err("No units given");
         return Ok(Exit::Success);
     }
-    let triggered = match create_and_trigger(ctx, &args, CreateCommand::Start, "launched").await {
-        Ok(triggered) => triggered,
-        Err(exit) => return Ok(exit),
-    };
+    let triggered =
+        match create_and_trigger(ctx, &args, CreateCommand::Start, TargetState::Launched).await {
+            Ok(triggered) => triggered,
+            Err(exit) => return Ok(exit),
+        };
     let starting = announce_global(ctx, &triggered, "start");
     let blocking = Blocking::from_args(&args.block);
-    let errors = wait_for_unit_states(ctx, &starting, "launched", "start", blocking).await;
+    let errors =
+        wait_for_unit_states(ctx, &starting, TargetState::Launched, "start", blocking).await;
     if !report_wait_errors(ctx, &errors) {
         ctx.console
             .err("Error waiting for unit states, exit status: 1");

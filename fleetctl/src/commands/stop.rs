@@ -1,6 +1,7 @@
 //! `stop` and `unload`: lower the desired state of units that are
 //! in the registry and wait for it.
 
+use fleet_model::TargetState;
 use std::sync::Arc;
 
 use fleet_api::entities::Unit;
@@ -26,21 +27,21 @@ pub async fn run_stop(ctx: &Arc<Ctx>, args: BlockingUnitsArgs) -> anyhow::Result
     let mut to_stop = Vec::new();
     for unit in &units {
         if !is_global(unit) {
-            if unit.current_state == "inactive" {
+            if unit.current() == Some(TargetState::Inactive) {
                 ctx.console.err(&format!(
                     "Unable to stop unit {} in state inactive",
                     unit.name
                 ));
                 return Ok(Exit::Failure);
             }
-            if unit.current_state == "loaded" {
+            if unit.current() == Some(TargetState::Loaded) {
                 continue;
             }
         }
         to_stop.push(unit);
     }
     let lowering = Lowering {
-        target: "loaded",
+        target: TargetState::Loaded,
         verb: "stop",
         done: "stopped",
     };
@@ -59,10 +60,10 @@ pub async fn run_unload(ctx: &Arc<Ctx>, args: BlockingUnitsArgs) -> anyhow::Resu
     };
     let to_unload: Vec<&Unit> = units
         .iter()
-        .filter(|unit| is_global(unit) || unit.current_state != "inactive")
+        .filter(|unit| is_global(unit) || unit.current() != Some(TargetState::Inactive))
         .collect();
     let lowering = Lowering {
-        target: "inactive",
+        target: TargetState::Inactive,
         verb: "unload",
         done: "unloaded",
     };
@@ -73,7 +74,7 @@ pub async fn run_unload(ctx: &Arc<Ctx>, args: BlockingUnitsArgs) -> anyhow::Resu
 
 /// One lowering of desired state: the target and the words of its messages.
 struct Lowering {
-    target: &'static str,
+    target: TargetState,
     verb: &'static str,
     done: &'static str,
 }

@@ -16,7 +16,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-use fleet_registry::{MachineId, Registry};
+use fleet_registry::{LeaseId, MachineId, Registry};
 use fleet_systemd::unit::{UnitFile, UnitHash, UnitName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::{Instant, sleep, timeout};
@@ -288,7 +288,7 @@ impl HealthChecks {
     }
 
     /// Runs the checks that are due (concurrently) and publishes changes.
-    async fn check_due(&mut self, lease: Option<i64>) {
+    async fn check_due(&mut self, lease: Option<LeaseId>) {
         let now = Instant::now();
         let due: Vec<(UnitName, Check)> = self
             .units

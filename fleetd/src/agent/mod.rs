@@ -32,7 +32,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use fleet_registry::keys::RegistryKey;
-use fleet_registry::store::{Revision, WatchEvent, WatchEventKind, WatchStream};
+use fleet_registry::store::{LeaseId, Revision, WatchEvent, WatchEventKind, WatchStream};
 use fleet_registry::{MachineId, Registry, RegistryError, TargetState, UnitState};
 use fleet_systemd::dbus::{DbusError, Event, Events, Manager, UnitStatus};
 use fleet_systemd::unit::{UnitFile, UnitHash, UnitName};
@@ -152,7 +152,7 @@ pub struct Agent {
     statuses: BTreeMap<UnitName, UnitStatus>,
     /// What we last wrote to etcd, and under which lease.
     published: BTreeMap<UnitName, UnitState>,
-    published_lease: Option<i64>,
+    published_lease: Option<LeaseId>,
     /// Units no longer scheduled here, with the last schedule revision at
     /// which they were (the breaker's test of an engine's order).
     left_at: BTreeMap<UnitName, Revision>,
@@ -183,7 +183,7 @@ impl Agent {
             units,
             desired: BTreeMap::new(),
             schedule_known: false,
-            schedule_revision: 0,
+            schedule_revision: Revision::default(),
             need_relist: true,
             contents: HashMap::new(),
             on_disk: BTreeMap::new(),
@@ -417,12 +417,12 @@ impl Agent {
             self.need_relist = false;
             debug!(
                 units = self.desired.len(),
-                revision, "Read this machine's schedule."
+                %revision, "Read this machine's schedule."
             );
         }
         let prefix = self.registry.keys().machine_schedule(self.machine.as_str());
         self.registry
-            .watch_prefix(prefix, self.schedule_revision + 1)
+            .watch_prefix(prefix, self.schedule_revision.next())
             .await
     }
 
@@ -453,7 +453,7 @@ impl Agent {
                         && machine == self.machine
                         && self.desired.remove(&unit).is_some()
                     {
-                        self.left_at.insert(unit, event.mod_revision - 1);
+                        self.left_at.insert(unit, event.mod_revision.previous());
                         changed = true;
                     }
                 }
@@ -462,7 +462,7 @@ impl Agent {
         if changed {
             debug!(
                 units = self.desired.len(),
-                revision = self.schedule_revision,
+                revision = %self.schedule_revision,
                 "This machine's schedule changed."
             );
         }
@@ -864,7 +864,7 @@ impl Agent {
         };
         let (ordered, unordered): (BTreeSet<UnitName>, BTreeSet<UnitName>) =
             leaving.into_iter().partition(|unit| {
-                let known_until = self.left_at.get(unit).copied().unwrap_or(0);
+                let known_until = self.left_at.get(unit).copied().unwrap_or_default();
                 orders.get(unit).is_some_and(|order| *order > known_until)
             });
         self.ordered = ordered;
@@ -1042,7 +1042,7 @@ impl Agent {
             self.published.remove(&unit);
         }
         if puts + deletes > 0 {
-            debug!(puts, deletes, lease, "Published unit states.");
+            debug!(puts, deletes, %lease, "Published unit states.");
         }
         let units = self.published.values();
         fleet_metrics::get()

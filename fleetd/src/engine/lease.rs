@@ -56,22 +56,22 @@ async fn keep_alive(mut keeper: LeaseKeepAlive, ttl: Duration, lost: Cancellatio
         tokio::time::sleep_until(next).await;
         match keeper.keep_alive().await {
             Ok(Some(remaining)) => {
-                debug!(lease, ?remaining, "Kept the engine lease alive.");
+                debug!(%lease, ?remaining, "Kept the engine lease alive.");
                 last_success = Instant::now();
                 next = last_success + period;
             }
             Ok(None) => {
-                warn!(lease, "The engine lease has expired.");
+                warn!(%lease, "The engine lease has expired.");
                 lost.cancel();
                 return;
             }
             Err(error) => {
                 if last_success.elapsed() >= ttl {
-                    warn!(%error, lease, "No keep-alive of the engine lease succeeded for a whole TTL; giving up the leadership.");
+                    warn!(%error, %lease, "No keep-alive of the engine lease succeeded for a whole TTL; giving up the leadership.");
                     lost.cancel();
                     return;
                 }
-                warn!(%error, lease, "Keeping the engine lease alive failed; retrying.");
+                warn!(%error, %lease, "Keeping the engine lease alive failed; retrying.");
                 next = Instant::now() + retry_period;
             }
         }

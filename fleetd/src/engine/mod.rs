@@ -27,7 +27,8 @@ pub mod loss;
 pub mod model;
 pub mod rollout_driver;
 pub mod rollouts;
-pub mod scheduler;
+/// The pure scheduler, its own crate so nothing impure can creep in.
+pub use fleet_scheduler as scheduler;
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -39,7 +40,7 @@ use tracing::{debug, error, info, warn};
 
 use fleet_registry::keys::RegistryKey;
 use fleet_registry::store::{
-    Leadership, LeaseId, ScheduleChange, WatchEvent, WatchEventKind, WatchStream,
+    Leadership, LeaseId, Revision, ScheduleChange, WatchEvent, WatchEventKind, WatchStream,
 };
 use fleet_registry::{MachineId, Registry, RegistryError};
 use fleet_systemd::unit::UnitName;
@@ -184,8 +185,8 @@ impl Engine {
         };
         self.note_leader(Some(&self.machine));
         info!(
-            revision = leadership.revision,
-            lease, "Became the engine leader."
+            revision = %leadership.revision,
+            %lease, "Became the engine leader."
         );
         fleet_metrics::get().engine.set_leader(true);
         self.status.send_modify(|status| {
@@ -218,7 +219,7 @@ impl Engine {
 
     async fn revoke(&self, lease: LeaseId) {
         if let Err(error) = self.registry.revoke_lease(lease).await {
-            debug!(%error, lease, "Revoking the engine lease failed; it expires by itself.");
+            debug!(%error, %lease, "Revoking the engine lease failed; it expires by itself.");
         }
     }
 
@@ -229,7 +230,7 @@ impl Engine {
         // the watch, so read again once the watch is in place.
         let mut stream = self
             .registry
-            .watch_prefix(self.registry.keys().engine_leader(), 0)
+            .watch_prefix(self.registry.keys().engine_leader(), Revision::default())
             .await?;
         match self.registry.leader().await? {
             None => return Ok(()),
@@ -423,7 +424,7 @@ impl<'a> Leader<'a> {
         let snapshot = self.registry().snapshot().await?;
         let revision = snapshot.revision;
         let keys = self.registry().keys().clone();
-        let from = revision + 1;
+        let from = revision.next();
         let watches = Watches {
             machines: self.registry().watch_prefix(keys.machines(), from).await?,
             metadata: self
@@ -457,7 +458,7 @@ impl<'a> Leader<'a> {
         }
         self.read_clean_stops().await;
         info!(
-            revision,
+            %revision,
             n_machines = self.model.machines.len(),
             n_units = self.model.units.len(),
             n_placements = self.model.placements.len(),

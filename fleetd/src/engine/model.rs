@@ -310,7 +310,7 @@ mod tests {
         let content = file("");
         let hash = content.hash();
         let snapshot = Snapshot {
-            revision: 7,
+            revision: fleet_registry::Revision::new(7),
             machines: Vec::new(),
             units: Vec::new(),
             placements: vec![placement("bad.service", hash)],

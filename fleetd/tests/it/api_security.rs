@@ -4,7 +4,7 @@
 //! the audit log, the `Host` check of plaintext loopback, the refusal of
 //! plaintext on a non-loopback address, the body limit, and our `fleetctl`
 //! with the original's flags (`--endpoint https://… --ca-file --cert-file
-//! --key-file`). Certificates are made here with rcgen.
+//! --key-file`). Certificates come from the shared test CA (`fleet_registry::testing::pki`).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -13,9 +13,7 @@ use std::time::Duration;
 use fleet_api::client::{Client, ClientError, ClientTls, Endpoint};
 use fleet_api::entities::{Unit, UnitOption};
 use fleet_registry::testing::Etcd;
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-};
+use fleet_registry::testing::pki::Pki;
 use sha2::{Digest, Sha256};
 
 use crate::daemon::Fleetd;
@@ -27,71 +25,20 @@ const DEADLINE: Duration = Duration::from_secs(20);
 const CI_TOKEN: &str = "s3cret-ci-token";
 
 /// A test CA and the PEM files it signed, in a temporary directory.
-struct Pki {
-    dir: PathBuf,
-    issuer: Issuer<'static, KeyPair>,
-}
-
-impl Pki {
-    fn new(dir: &Path) -> Pki {
-        let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "fleet test CA");
-        let key = KeyPair::generate().expect("CA key");
-        let cert = params.self_signed(&key).expect("CA certificate");
-        std::fs::write(dir.join("ca.pem"), cert.pem()).expect("writing ca.pem");
-        Pki {
-            dir: dir.to_owned(),
-            issuer: Issuer::new(params, key),
+/// Client TLS options trusting `pki`'s CA, with a client certificate for
+/// `common_name` if any.
+fn client_tls(pki: &Pki, common_name: Option<&str>) -> ClientTls {
+    let (cert_file, key_file) = match common_name {
+        Some(name) => {
+            let (cert, key) = pki.sign_client(name);
+            (Some(cert), Some(key))
         }
-    }
-
-    fn ca(&self) -> PathBuf {
-        self.dir.join("ca.pem")
-    }
-
-    /// Signs a certificate for `common_name` (a server for 127.0.0.1 and
-    /// localhost when `server`); returns (cert file, key file).
-    fn sign(&self, common_name: &str, server: bool) -> (PathBuf, PathBuf) {
-        let names = if server {
-            vec!["localhost".to_owned(), "127.0.0.1".to_owned()]
-        } else {
-            Vec::new()
-        };
-        let mut params = CertificateParams::new(names).expect("params");
-        params
-            .distinguished_name
-            .push(DnType::CommonName, common_name);
-        params.extended_key_usages = vec![if server {
-            ExtendedKeyUsagePurpose::ServerAuth
-        } else {
-            ExtendedKeyUsagePurpose::ClientAuth
-        }];
-        let key = KeyPair::generate().expect("key");
-        let cert = params.signed_by(&key, &self.issuer).expect("signing");
-        let cert_file = self.dir.join(format!("{common_name}.pem"));
-        let key_file = self.dir.join(format!("{common_name}-key.pem"));
-        std::fs::write(&cert_file, cert.pem()).expect("writing a certificate");
-        std::fs::write(&key_file, key.serialize_pem()).expect("writing a key");
-        (cert_file, key_file)
-    }
-
-    /// Client TLS options with the certificate of `common_name`, if any.
-    fn client(&self, common_name: Option<&str>) -> ClientTls {
-        let (cert_file, key_file) = match common_name {
-            Some(name) => {
-                let (cert, key) = self.sign(name, false);
-                (Some(cert), Some(key))
-            }
-            None => (None, None),
-        };
-        ClientTls {
-            ca_file: Some(self.ca()),
-            cert_file,
-            key_file,
-        }
+        None => (None, None),
+    };
+    ClientTls {
+        ca_file: Some(pki.ca_file()),
+        cert_file,
+        key_file,
     }
 }
 
@@ -120,7 +67,7 @@ fn start_tls_fleetd(
     client_ca: bool,
     test: &str,
 ) -> Fleetd {
-    let (cert, key) = pki.sign("fleetd-api", true);
+    let (cert, key) = pki.sign_server("fleetd-api", &["localhost", "127.0.0.1"]);
     let id_file = machine_id_file(dir, &format!("m-{test}"));
     let mut text = format!(
         "etcd_servers = {}\n\
@@ -142,7 +89,7 @@ fn start_tls_fleetd(
     if client_ca {
         text.push_str(&format!(
             "api_tls_client_ca_file = {}\n",
-            pki.ca().display()
+            pki.ca_file().display()
         ));
     }
     Fleetd::start(dir, &text, &[("RUST_LOG", "info")])
@@ -197,18 +144,18 @@ async fn mtls_roles_decide_who_may_start_units() {
     let port = free_port();
     let mut fleetd = start_tls_fleetd(&etcd, dir.path(), &pki, port, true, "mtls");
 
-    let admin = https_client(port, &pki.client(Some("ops-admin")));
+    let admin = https_client(port, &client_tls(&pki, Some("ops-admin")));
     wait_serving(&admin, &mut fleetd).await;
 
     // No certificate: the handshake fails, nothing reaches HTTP.
-    let anonymous = https_client(port, &pki.client(None));
+    let anonymous = https_client(port, &client_tls(&pki, None));
     match anonymous.units().await {
         Err(ClientError::Transport { .. }) => {}
         other => panic!("a client without a certificate got {other:?}"),
     }
 
     // read: lists, cannot create or start (403 with the API's error body).
-    let reader = https_client(port, &pki.client(Some("ops-reader")));
+    let reader = https_client(port, &client_tls(&pki, Some("ops-reader")));
     reader.units().await.expect("a reader lists units");
     let denied = reader
         .create_unit(&hello_unit("hello.service", "launched"))
@@ -222,7 +169,7 @@ async fn mtls_roles_decide_who_may_start_units() {
     }
 
     // A certificate from the CA whose name has no role: 403 even for reads.
-    let stranger = https_client(port, &pki.client(Some("stranger")));
+    let stranger = https_client(port, &client_tls(&pki, Some("stranger")));
     match stranger.units().await {
         Err(ClientError::Api { code: 403, message }) => {
             assert!(message.contains("cert:stranger has no role"), "{message}");
@@ -231,13 +178,13 @@ async fn mtls_roles_decide_who_may_start_units() {
     }
 
     // operate: creates and starts; cannot change machine metadata (admin).
-    let operator = https_client(port, &pki.client(Some("ops-operator")));
+    let operator = https_client(port, &client_tls(&pki, Some("ops-operator")));
     operator
         .create_unit(&hello_unit("hello.service", "loaded"))
         .await
         .expect("an operator creates a unit");
     operator
-        .set_unit_target_state("hello.service", "launched")
+        .set_unit_target_state("hello.service", fleet_registry::TargetState::Launched)
         .await
         .expect("an operator starts a unit");
     let unit = admin
@@ -274,7 +221,7 @@ async fn tokens_over_tls_and_401_without_credentials() {
     let pki = Pki::new(dir.path());
     let port = free_port();
     let mut fleetd = start_tls_fleetd(&etcd, dir.path(), &pki, port, false, "token");
-    let tls = pki.client(None);
+    let tls = client_tls(&pki, None);
     let ci = https_client(port, &tls).with_token(Some(CI_TOKEN.to_owned()));
     wait_serving(&ci, &mut fleetd).await;
 
@@ -318,13 +265,13 @@ async fn our_fleetctl_takes_the_original_tls_flags() {
     let pki = Pki::new(dir.path());
     let port = free_port();
     let mut fleetd = start_tls_fleetd(&etcd, dir.path(), &pki, port, true, "flags");
-    let admin = pki.client(Some("ops-admin"));
+    let admin = client_tls(&pki, Some("ops-admin"));
     wait_serving(&https_client(port, &admin), &mut fleetd).await;
     let unit_file = dir.path().join("hello.service");
     std::fs::write(&unit_file, "[Service]\nExecStart=/bin/sleep 1000\n").expect("unit file");
     let endpoint = format!("https://127.0.0.1:{port}");
     let run = |common_name: &str, args: &[&str]| {
-        let tls = pki.client(Some(common_name));
+        let tls = client_tls(&pki, Some(common_name));
         let output = Command::new(&fleetctl)
             .args(["--endpoint", &endpoint, "--ca-file"])
             .arg(tls.ca_file.expect("ca"))

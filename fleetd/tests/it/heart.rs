@@ -53,7 +53,7 @@ impl Running {
         }
     }
 
-    async fn registered(&mut self) -> i64 {
+    async fn registered(&mut self) -> fleet_registry::LeaseId {
         let lease = tokio::time::timeout(DEADLINE, self.presence.wait_for(Option::is_some))
             .await
             .expect("the heart registers within the deadline")

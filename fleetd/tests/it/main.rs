@@ -7,7 +7,7 @@
 //!   TCP sockets, config errors, SIGTERM.
 //! - `observe`: `/metrics` scraped from the binary and checked by `promtool`.
 //! - `api_security`: TLS, client certificates, roles, tokens, the audit
-//!   log and the plaintext rules of the API, with rcgen certificates.
+//!   log and the plaintext rules of the API, with certificates from the shared test CA.
 
 mod api_security;
 mod daemon;

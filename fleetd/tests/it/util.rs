@@ -1,52 +1,11 @@
 //! Shared helpers: waiting with a deadline, machine-id files, raw HTTP.
 
-use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use fleet_registry::{MachineId, Registry};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::time::Instant;
 
-/// Polls `condition` until it holds, or panics with `what` after `deadline`.
-pub async fn wait_until<F, Fut>(deadline: Duration, what: &str, mut condition: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let end = Instant::now() + deadline;
-    loop {
-        if condition().await {
-            return;
-        }
-        assert!(
-            Instant::now() < end,
-            "timed out after {deadline:?} waiting until {what}"
-        );
-        // Polling etcd or a socket: there is no event to wait on.
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// Polls `probe` until it yields a value, or panics with `what` after `deadline`.
-pub async fn wait_for<T, F, Fut>(deadline: Duration, what: &str, mut probe: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let end = Instant::now() + deadline;
-    loop {
-        if let Some(value) = probe().await {
-            return value;
-        }
-        assert!(
-            Instant::now() < end,
-            "timed out after {deadline:?} waiting until {what}"
-        );
-        // Polling etcd or a socket: there is no event to wait on.
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
+pub use fleet_registry::testing::wait::{wait_for, wait_until};
 
 /// Writes a machine-id file for `id` in `dir`.
 pub fn machine_id_file(dir: &Path, id: &str) -> PathBuf {

@@ -13,6 +13,7 @@ mod enrol;
 mod foundation;
 mod harness;
 mod host_units;
+mod package;
 mod rollout;
 mod safety;
 mod ssh;

@@ -49,7 +49,10 @@ impl Registry {
             .iter()
             .filter_map(|kv| {
                 let unit = kv.key_str().ok()?.strip_prefix(prefix.as_str())?;
-                Some((unit.parse::<UnitName>().ok()?, kv.mod_revision()))
+                Some((
+                    unit.parse::<UnitName>().ok()?,
+                    Revision::new(kv.mod_revision()),
+                ))
             })
             .collect())
     }

@@ -6,8 +6,8 @@ use std::time::Duration;
 use fleet_registry::keys::RegistryKey;
 use fleet_registry::testing::compact;
 use fleet_registry::{
-    Placement, Registry, RegistryError, ScheduleChange, TargetState, WatchEvent, WatchEventKind,
-    WatchStream,
+    Placement, Registry, RegistryError, Revision, ScheduleChange, TargetState, WatchEvent,
+    WatchEventKind, WatchStream,
 };
 
 use crate::util::{machine, machine_id, registry, unit_file, unit_name, wait_until};
@@ -87,7 +87,7 @@ async fn only_the_leader_writes_the_schedule() {
     );
     let (schedule, revision) = registry.machine_schedule(&m2).await.expect("m2's schedule");
     assert_eq!(schedule, vec![a2.clone(), b2.clone()]);
-    assert!(revision > 0);
+    assert!(revision > Revision::new(0));
 
     let unplace = [ScheduleChange::Unplace {
         unit: unit_name("a.service"),
@@ -224,7 +224,10 @@ async fn snapshot_reads_at_one_revision_and_a_watch_continues_from_it() {
         .await
         .expect("create b");
     let mut watch = registry
-        .watch_prefix(registry.keys().prefix().to_owned(), snapshot.revision + 1)
+        .watch_prefix(
+            registry.keys().prefix().to_owned(),
+            snapshot.revision.next(),
+        )
         .await
         .expect("watch");
     let events = next_batch(&mut watch).await;
@@ -273,7 +276,10 @@ async fn an_agent_watch_sees_its_schedule_and_deletes() {
     let (schedule, revision) = registry.machine_schedule(&m1).await.expect("schedule");
     assert_eq!(schedule, vec![]);
     let mut watch = registry
-        .watch_prefix(registry.keys().machine_schedule(m1.as_str()), revision + 1)
+        .watch_prefix(
+            registry.keys().machine_schedule(m1.as_str()),
+            revision.next(),
+        )
         .await
         .expect("watch");
 
@@ -319,7 +325,7 @@ async fn an_agent_watch_sees_its_schedule_and_deletes() {
 
 /// Watching from a compacted revision fails with `Compacted` (from the watch
 /// call or its first batch), carrying the revision to list again from.
-async fn expect_compacted(registry: &Registry, from_revision: i64) -> i64 {
+async fn expect_compacted(registry: &Registry, from_revision: Revision) -> Revision {
     match registry
         .watch_prefix(registry.keys().prefix().to_owned(), from_revision)
         .await
@@ -359,13 +365,16 @@ async fn watching_compacted_history_says_so() {
     }
     let now = registry.snapshot().await.expect("snapshot").revision;
     compact(&registry, now).await.expect("compact");
-    let compacted = expect_compacted(&registry, first + 1).await;
+    let compacted = expect_compacted(&registry, first.next()).await;
     assert_eq!(compacted, now);
     // Re-listing and watching from the new revision works.
     let snapshot = registry.snapshot().await.expect("re-list");
     assert_eq!(snapshot.placements.len(), 5);
     let mut watch = registry
-        .watch_prefix(registry.keys().prefix().to_owned(), snapshot.revision + 1)
+        .watch_prefix(
+            registry.keys().prefix().to_owned(),
+            snapshot.revision.next(),
+        )
         .await
         .expect("watch");
     let unplace = ScheduleChange::Unplace {
@@ -398,7 +407,10 @@ async fn a_watch_fails_when_etcd_goes_away_and_can_resume_after_a_restart() {
     let m1 = machine_id("m1");
     let (_, revision) = registry.machine_schedule(&m1).await.expect("schedule");
     let mut watch = registry
-        .watch_prefix(registry.keys().machine_schedule(m1.as_str()), revision + 1)
+        .watch_prefix(
+            registry.keys().machine_schedule(m1.as_str()),
+            revision.next(),
+        )
         .await
         .expect("watch");
 
@@ -423,7 +435,10 @@ async fn a_watch_fails_when_etcd_goes_away_and_can_resume_after_a_restart() {
         .await
         .expect("schedule after the restart");
     let mut watch = registry
-        .watch_prefix(registry.keys().machine_schedule(m1.as_str()), last_seen + 1)
+        .watch_prefix(
+            registry.keys().machine_schedule(m1.as_str()),
+            last_seen.next(),
+        )
         .await
         .expect("watch again");
     let a1 = placement("a.service", "m1", TargetState::Launched);

@@ -91,7 +91,7 @@ async fn lease_and_watch_survive(cluster: &mut EtcdCluster, registry: &Registry,
         .expect("reading the schedule revision");
     let prefix = registry.keys().machines();
     let mut watch = registry
-        .watch_prefix(prefix.clone(), revision + 1)
+        .watch_prefix(prefix.clone(), revision.next())
         .await
         .expect("watching the machines");
 
@@ -118,7 +118,7 @@ async fn lease_and_watch_survive(cluster: &mut EtcdCluster, registry: &Registry,
         Ok(Err(error)) => {
             assert!(error.is_retriable(), "{error}");
             let mut again = registry
-                .watch_prefix(prefix, revision + 1)
+                .watch_prefix(prefix, revision.next())
                 .await
                 .expect("watching again on a live member");
             match tokio::time::timeout(Duration::from_secs(10), again.next()).await {

@@ -1,9 +1,7 @@
 //! Shared fixtures: a connected registry on a fresh etcd, test values, and a
 //! condition wait with a deadline.
 
-use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
 
 use fleet_registry::testing::Etcd;
 use fleet_registry::{MachineId, MachineState, Registry};
@@ -63,18 +61,4 @@ pub fn unit_file(exec: &str) -> UnitFile {
     ])
 }
 
-/// Waits until `condition` holds, polling, or panics with `what` after `timeout`.
-pub async fn wait_until<F, Fut>(timeout: Duration, what: &str, mut condition: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = Instant::now() + timeout;
-    while !condition().await {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting until {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
+pub use fleet_registry::testing::wait::wait_until;

@@ -442,7 +442,8 @@ impl Enrolment<'_> {
             self.say(STEP, host::CONF, "unchanged");
             return Ok(false);
         }
-        let what = match &existing {
+        // The package's postinst leaves a commented sample: nothing set is "new" too.
+        let what = match existing.as_deref().filter(|old| conf::has_settings(old)) {
             Some(old) => format!("changed {}", conf::changed_keys(old, &wanted).join(", ")),
             None => "new".to_owned(),
         };

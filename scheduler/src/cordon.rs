@@ -18,7 +18,7 @@
 
 use std::collections::BTreeSet;
 
-use fleet_registry::{MachineId, MachineState, Placement, TargetState};
+use fleet_model::{MachineId, MachineState, Placement, TargetState};
 use fleet_systemd::unit::UnitName;
 
 use super::{LossPolicy, MIdx, Outcome, Pass, Reject, UIdx, UnitSpec};
@@ -287,8 +287,8 @@ impl Pass<'_> {
 
 #[cfg(test)]
 mod tests {
-    use super::super::tests::{machines, name, placement, unit};
     use super::*;
+    use crate::tests::{machines, name, placement, unit};
 
     fn cordons(cordoned: &[&str], draining: &[&str], budget: usize) -> Cordons {
         let ids = |list: &[&str]| {
@@ -324,7 +324,7 @@ mod tests {
             for decision in &outcome.decisions {
                 placements
                     .retain(|p| !(&p.unit == decision.unit() && &p.machine == decision.machine()));
-                if let super::super::Decision::Place { placement, .. } = decision {
+                if let crate::Decision::Place { placement, .. } = decision {
                     placements.push(placement.clone());
                 }
             }

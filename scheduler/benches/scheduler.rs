@@ -11,16 +11,16 @@
 //! Cases: from scratch (an empty schedule), incremental (one new unit into
 //! the full cluster), and steady state (nothing changed).
 //!
-//! Run: `cargo bench -p fleetd --bench scheduler -- --sample-size 10`.
+//! Run: `cargo bench -p fleet-scheduler --bench scheduler -- --sample-size 10`.
 
 use std::hint::black_box;
 use std::sync::Arc;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 
-use fleet_registry::{MachineState, Placement, TargetState};
+use fleet_model::{MachineState, Placement, TargetState};
+use fleet_scheduler::{Decision, LossPolicy, UnitSpec, schedule};
 use fleet_systemd::unit::{Requirements, UnitHash, UnitName};
-use fleetd::engine::scheduler::{Decision, LossPolicy, UnitSpec, schedule};
 
 const N_MACHINES: usize = 1_000;
 const N_UNITS: usize = 20_000;

@@ -6,7 +6,8 @@
 //! or delete ([`Decision`]) plus the units whose constraints cannot be met
 //! ([`Unschedulable`]). It does no I/O, reads no clock and draws no random
 //! number, so the same snapshot always gives the same answer; the engine
-//! (`super`) owns the side effects.
+//! (fleetd's `engine`) owns the side effects. As its own crate with no etcd,
+//! tokio or I/O dependency, that purity is enforced by the compiler.
 //!
 //! The rules (the original's, with its bugs fixed: Documentation/compatibility.md,
 //! "Quirks of the original"):
@@ -31,10 +32,12 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::sync::Arc;
 
-use fleet_registry::{MachineId, MachineState, Placement, TargetState};
+use fleet_model::{MachineId, MachineState, Placement, TargetState};
 use fleet_systemd::unit::{Requirements, UnitFile, UnitHash, UnitName};
 
 mod cordon;
+#[cfg(test)]
+mod proptests;
 pub use cordon::{Cordons, Explanation, MachineVerdict, explain, schedule_with};
 
 /// One unit as the scheduler sees it.
@@ -1143,7 +1146,7 @@ fn list(names: &BTreeSet<&str>) -> String {
 }
 
 #[cfg(test)]
-pub(super) mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// A machine with `id` and `metadata` (`key=value` items).
@@ -1174,7 +1177,7 @@ pub(super) mod tests {
 
     /// `[X-Fleet]` options in a compact form: `Conflicts=a b`, `MachineOf=x`,
     /// `MachineMetadata=k=v`, `MachineID=m`, `Global=true`, `Replaces=x`.
-    fn requirements(options: &[&str]) -> Requirements {
+    pub(crate) fn requirements(options: &[&str]) -> Requirements {
         let mut requirements = Requirements::default();
         for option in options {
             let (key, value) = option.split_once('=').expect("Option=value");
@@ -1200,7 +1203,7 @@ pub(super) mod tests {
         requirements
     }
 
-    fn hash(n: u8) -> UnitHash {
+    pub(crate) fn hash(n: u8) -> UnitHash {
         UnitHash([n; 20])
     }
 
@@ -1223,16 +1226,17 @@ pub(super) mod tests {
     }
 
     /// A cluster under test: runs passes and applies their decisions.
-    struct Cluster {
-        machines: Vec<MachineState>,
-        units: Vec<UnitSpec>,
-        placements: Vec<Placement>,
-        loss: LossPolicy,
-        last: Outcome,
+    #[derive(Debug)]
+    pub(crate) struct Cluster {
+        pub(crate) machines: Vec<MachineState>,
+        pub(crate) units: Vec<UnitSpec>,
+        pub(crate) placements: Vec<Placement>,
+        pub(crate) loss: LossPolicy,
+        pub(crate) last: Outcome,
     }
 
     impl Cluster {
-        fn new(machines: Vec<MachineState>, units: Vec<UnitSpec>) -> Cluster {
+        pub(crate) fn new(machines: Vec<MachineState>, units: Vec<UnitSpec>) -> Cluster {
             Cluster {
                 machines,
                 units,
@@ -1243,7 +1247,7 @@ pub(super) mod tests {
         }
 
         /// One pass, applied; returns its decisions.
-        fn pass(&mut self) -> Vec<Decision> {
+        pub(crate) fn pass(&mut self) -> Vec<Decision> {
             let outcome = schedule(&self.machines, &self.units, &self.placements, &self.loss);
             for decision in &outcome.decisions {
                 match decision {
@@ -1271,7 +1275,7 @@ pub(super) mod tests {
 
         /// Passes until nothing changes; the schedule must settle in one
         /// pass and the next pass must decide nothing (no ping-pong).
-        fn settle(&mut self) {
+        pub(crate) fn settle(&mut self) {
             self.pass();
             let again = self.pass();
             assert!(
@@ -1339,7 +1343,7 @@ pub(super) mod tests {
 
         /// No two conflicting units share a machine, and every placement on
         /// a live machine satisfies its unit's constraints.
-        fn check_invariants(&self) {
+        pub(crate) fn check_invariants(&self) {
             for m in &self.machines {
                 let here: Vec<&UnitSpec> = self
                     .units
