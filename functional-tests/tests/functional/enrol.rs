@@ -374,8 +374,8 @@ fn etcd_auth(cluster: &Cluster, password: &str, command: &[&str]) -> anyhow::Res
     Ok(text(&output.stdout))
 }
 
-/// With etcd auth on, enrol gives the host its own etcd user (a worker) and keeps it when
-/// run again; disenrol deletes that user and role.
+/// With etcd auth on, enrol (as a sudo user) gives the host its own etcd user (a worker)
+/// and keeps it when run again; disenrol deletes that user and role.
 #[test]
 fn with_etcd_auth_the_machine_gets_its_own_etcd_user_and_loses_it_at_disenrol() -> anyhow::Result<()>
 {
@@ -405,7 +405,8 @@ fn with_etcd_auth_the_machine_gets_its_own_etcd_user_and_loses_it_at_disenrol() 
     std::fs::write(&password_file, format!("{password}\n"))?;
     let password_file = password_file.to_string_lossy().into_owned();
     let id = cluster.machine_id(&bare)?;
-    let target = format!("root@{}", cluster.ip(&bare)?);
+    // As core, through sudo -n (the test image lets core sudo without a password).
+    let target = format!("core@{}", cluster.ip(&bare)?);
     let package = package.to_string_lossy().into_owned();
     let enrol = [
         "enrol",
