@@ -236,6 +236,35 @@ fn a_bare_host_is_enrolled_runs_a_unit_and_is_disenrolled_clean() -> anyhow::Res
         "second enrol changed something"
     );
 
+    // Other metadata: only fleet.conf changes (fleetd restarts; the unit keeps running).
+    let mut changed = enrol.to_vec();
+    changed[7] = "role=changed";
+    let output = ctl.run(&changed)?;
+    let out = text(&output.stdout);
+    assert!(
+        output.status.success(),
+        "re-enrol with other metadata failed"
+    );
+    assert!(
+        out.contains("(changed metadata, mode 0600) ... ok"),
+        "{out}"
+    );
+    assert!(
+        out.contains("[3/7] copy package: fleet ") && out.contains("up to date"),
+        "{out}"
+    );
+    let row = fleet.machines()?.into_iter().find(|m| m.id == id);
+    assert!(
+        row.is_some_and(|m| m.metadata.contains("role=changed")),
+        "metadata not applied"
+    );
+    let active = cluster.exec(&bare, &["systemctl", "is-active", "pinned.service"])?;
+    assert_eq!(
+        text(&active.stdout).trim(),
+        "active",
+        "the restart stopped the unit"
+    );
+
     // Out again: the pinned unit cannot move, so --force; the host ends clean.
     let output = ctl.run(&["disenrol", &id, "--reason", "functional test", "--force"])?;
     let out = text(&output.stdout);
@@ -334,6 +363,35 @@ fn hosts_that_cannot_be_enrolled_are_named_at_the_step_and_left_as_they_were() -
         Vec::<String>::new(),
         "not rolled back"
     );
+
+    // A package for another architecture: refused at step 1.
+    let other = dir.path().join("other-arch");
+    let deb = dir.path().join("fleet_arm64.deb");
+    let repack = format!(
+        "dpkg-deb -R {pkg} {o} && sed -i 's/^Architecture: .*/Architecture: arm64/' {o}/DEBIAN/control \
+         && dpkg-deb -Zxz -z0 --root-owner-group -b {o} {deb} >/dev/null",
+        pkg = package,
+        o = other.display(),
+        deb = deb.display()
+    );
+    let status = Command::new("sh").args(["-c", &repack]).status()?;
+    assert!(status.success(), "repacking the package failed");
+    let deb = deb.to_string_lossy().into_owned();
+    let output = ctl.run(&[
+        "enrol",
+        &target,
+        "--package",
+        &deb,
+        "--etcd-servers",
+        cluster.etcd_url(),
+    ])?;
+    assert!(!output.status.success());
+    assert!(
+        text(&output.stdout)
+            .contains("wrong architecture: the package is arm64, the host is amd64"),
+        "architecture not checked"
+    );
+    assert_eq!(leftovers(&cluster, &bare)?, Vec::<String>::new());
 
     // SSH refused (nothing listens on the port): step 1, nothing touched.
     let output = ctl.run(&[
