@@ -193,8 +193,10 @@ for d in "$TH_DIR"/hosts/h*; do
     host=$(basename "$d")
     rss=$(FLEET_TESTHOSTS_DIR=$TH_DIR "$TH" exec "$host" ps -o rss= -C fleetd 2>/dev/null | sort -n | tail -n1 | tr -d ' ' || true)
     # The peak (VmHWM) and the thread count tell whether a burst or the runtime holds the memory.
-    peak=$(FLEET_TESTHOSTS_DIR=$TH_DIR "$TH" exec "$host" sh -c 'grep -E "^(VmHWM|Threads):" /proc/$(pgrep -o -x fleetd)/status' 2>/dev/null | tr -s ' \t\n' ' ' || true)
-    [ -n "$rss" ] && echo "fleetd RSS in $host: $((rss / 1024)) MiB ($rss KiB); $peak"
+    peak=$(FLEET_TESTHOSTS_DIR=$TH_DIR "$TH" exec "$host" sh -c 'grep -E "^(VmHWM|RssAnon|RssFile|Threads):" /proc/$(pgrep -o -x fleetd)/status' 2>/dev/null | tr -s ' \t\n' ' ' || true)
+    # Every systemd daemon-reload logs "Reloading."; each re-reads all units and blocks systemd.
+    reloads=$(FLEET_TESTHOSTS_DIR=$TH_DIR "$TH" exec "$host" journalctl -b -q --no-pager -o cat _PID=1 2>/dev/null | grep -c '^Reloading' || true)
+    [ -n "$rss" ] && echo "fleetd RSS in $host: $((rss / 1024)) MiB ($rss KiB); $peak; systemd daemon-reloads since boot: $reloads"
     [ -n "$rss" ] && [ "$rss" -gt "$max_rss" ] && max_rss=$rss
 done
 [ "$max_rss" -gt 0 ] && echo "largest fleetd RSS: $((max_rss / 1024)) MiB"

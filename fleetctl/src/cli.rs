@@ -555,6 +555,119 @@ impl Setting<'_> {
     }
 }
 
+/// Reads global options: a flag wins over its variables (see [`Setting`]),
+/// and a value that does not parse is a [`ConfigError`] naming where it came
+/// from.
+struct Resolver<'a> {
+    env: &'a HashMap<String, String>,
+}
+
+type EnvNames = &'static [&'static str];
+
+impl Resolver<'_> {
+    /// The raw value and where it came from, if set anywhere.
+    fn get(
+        &self,
+        flag: &'static str,
+        given: &Option<String>,
+        env_names: EnvNames,
+    ) -> Option<(String, String)> {
+        Setting {
+            flag,
+            given,
+            env_names,
+        }
+        .resolve(self.env)
+    }
+
+    fn string_or(
+        &self,
+        flag: &'static str,
+        given: &Option<String>,
+        env_names: EnvNames,
+        default: &str,
+    ) -> String {
+        self.get(flag, given, env_names)
+            .map_or_else(|| default.to_owned(), |(_, value)| value)
+    }
+
+    fn bool(
+        &self,
+        flag: &'static str,
+        given: &Option<String>,
+        env_names: EnvNames,
+        default: bool,
+    ) -> Result<bool, ConfigError> {
+        match self.get(flag, given, env_names) {
+            None => Ok(default),
+            Some((source_name, value)) => parse_go_bool(&source_name, &value),
+        }
+    }
+
+    fn seconds(
+        &self,
+        flag: &'static str,
+        given: &Option<String>,
+        env_names: EnvNames,
+    ) -> Result<Option<Duration>, ConfigError> {
+        self.get(flag, given, env_names)
+            .map(|(source_name, value)| parse_seconds(&source_name, &value))
+            .transpose()
+    }
+
+    fn path(
+        &self,
+        flag: &'static str,
+        given: &Option<String>,
+        env_names: EnvNames,
+    ) -> Option<PathBuf> {
+        self.get(flag, given, env_names)
+            .map(|(_, value)| PathBuf::from(value))
+    }
+}
+
+/// The first entry of a comma-separated endpoint list, and the rest (which
+/// the API driver ignores, as the original did).
+fn split_endpoints(list: &str) -> (String, Vec<String>) {
+    let mut endpoints = list
+        .split(',')
+        .map(str::trim)
+        .filter(|e| !e.is_empty())
+        .map(str::to_owned);
+    let first = endpoints
+        .next()
+        .unwrap_or_else(|| DEFAULT_ENDPOINT.to_owned());
+    (first, endpoints.collect())
+}
+
+/// `--driver`: the API only (the etcd driver reached etcd directly, which
+/// this fleetctl never does).
+fn parse_driver(value: Option<(String, String)>) -> Result<Driver, ConfigError> {
+    match value {
+        None => Ok(Driver::Api),
+        Some((_, value)) if value.eq_ignore_ascii_case("api") => Ok(Driver::Api),
+        Some((source_name, value)) if value == "etcd" => Err(ConfigError {
+            source_name,
+            value,
+            expected: "the etcd driver is not supported; fleetctl talks to the fleet API only (use --driver=API and --endpoint)".to_owned(),
+        }),
+        Some((source_name, value)) => Err(ConfigError {
+            source_name,
+            expected: format!("unrecognized driver {value:?}"),
+            value,
+        }),
+    }
+}
+
+/// `--tunnel host` means port 22.
+fn with_default_ssh_port(tunnel: String) -> String {
+    if tunnel.contains(':') {
+        tunnel
+    } else {
+        format!("{tunnel}:22")
+    }
+}
+
 /// Go's `strconv.ParseBool`, which pflag uses for boolean flags.
 fn parse_go_bool(source_name: &str, value: &str) -> Result<bool, ConfigError> {
     match value {
@@ -620,167 +733,87 @@ impl Config {
         global: &GlobalArgs,
         env: &HashMap<String, String>,
     ) -> Result<Config, ConfigError> {
-        let setting = |flag, given, env_names| Setting {
-            flag,
-            given,
-            env_names,
-        };
-
-        let endpoint_list = setting("endpoint", &global.endpoint, &["FLEETCTL_ENDPOINT"])
-            .resolve(env)
-            .map_or_else(|| DEFAULT_ENDPOINT.to_owned(), |(_, v)| v);
-        let mut endpoints = endpoint_list
-            .split(',')
-            .map(str::trim)
-            .filter(|e| !e.is_empty())
-            .map(str::to_owned);
-        let endpoint = endpoints
-            .next()
-            .unwrap_or_else(|| DEFAULT_ENDPOINT.to_owned());
-        let ignored_endpoints = endpoints.collect();
-
-        let driver = match setting("driver", &global.driver, &["FLEETCTL_DRIVER"]).resolve(env) {
-            None => Driver::Api,
-            Some((_, value)) if value.eq_ignore_ascii_case("api") => Driver::Api,
-            Some((source_name, value)) if value == "etcd" => {
-                return Err(ConfigError {
-                    source_name,
-                    value,
-                    expected: "the etcd driver is not supported; fleetctl talks to the fleet API only (use --driver=API and --endpoint)".to_owned(),
-                });
-            }
-            Some((source_name, value)) => {
-                return Err(ConfigError {
-                    source_name,
-                    expected: format!("unrecognized driver {value:?}"),
-                    value,
-                });
-            }
-        };
-
-        let tunnel = setting("tunnel", &global.tunnel, &["FLEETCTL_TUNNEL"])
-            .resolve(env)
-            .map(|(_, value)| {
-                if value.contains(':') {
-                    value
-                } else {
-                    format!("{value}:22")
-                }
-            });
-
-        let ssh_username = setting(
-            "ssh-username",
-            &global.ssh_username,
-            &["FLEETCTL_SSH_USERNAME"],
-        )
-        .resolve(env)
-        .map_or_else(|| "core".to_owned(), |(_, v)| v);
-
-        let ssh_timeout = match setting(
-            "ssh-timeout",
-            &global.ssh_timeout,
-            &["FLEETCTL_SSH_TIMEOUT"],
-        )
-        .resolve(env)
-        {
-            None => Duration::from_secs(10),
-            Some((source_name, value)) => parse_seconds(&source_name, &value)?,
-        };
-
-        let known_hosts_file = setting(
+        let r = Resolver { env };
+        let endpoint_list = r.string_or(
+            "endpoint",
+            &global.endpoint,
+            &["FLEETCTL_ENDPOINT"],
+            DEFAULT_ENDPOINT,
+        );
+        let (endpoint, ignored_endpoints) = split_endpoints(&endpoint_list);
+        let request_timeout = r
+            .seconds(
+                "request-timeout",
+                &global.request_timeout,
+                &["FLEETCTL_REQUEST_TIMEOUT"],
+            )?
+            // Zero keeps the original's "no deadline".
+            .filter(|timeout| !timeout.is_zero());
+        let known_hosts_file = r.string_or(
             "known-hosts-file",
             &global.known_hosts_file,
             &["FLEETCTL_KNOWN_HOSTS_FILE"],
-        )
-        .resolve(env)
-        .map_or_else(|| "~/.fleetctl/known_hosts".to_owned(), |(_, v)| v);
-        let known_hosts_file = expand_home(&known_hosts_file, env);
-
-        let bool_setting = |flag, given, env_names, default| -> Result<bool, ConfigError> {
-            match setting(flag, given, env_names).resolve(env) {
-                None => Ok(default),
-                Some((source_name, value)) => parse_go_bool(&source_name, &value),
-            }
-        };
-        let strict_host_key_checking = bool_setting(
-            "strict-host-key-checking",
-            &global.strict_host_key_checking,
-            &["FLEETCTL_STRICT_HOST_KEY_CHECKING"],
-            true,
-        )?;
-        let debug = bool_setting("debug", &global.debug, &["FLEETCTL_DEBUG"], false)?;
-        let experimental_api = bool_setting(
-            "experimental-api",
-            &global.experimental_api,
-            &["FLEETCTL_EXPERIMENTAL_API"],
-            true,
-        )?;
-
-        let request_timeout = match setting(
-            "request-timeout",
-            &global.request_timeout,
-            &["FLEETCTL_REQUEST_TIMEOUT"],
-        )
-        .resolve(env)
-        {
-            None => None,
-            Some((source_name, value)) => {
-                let timeout = parse_seconds(&source_name, &value)?;
-                // Zero keeps the original's "no deadline".
-                (!timeout.is_zero()).then_some(timeout)
-            }
-        };
-
-        let path_setting = |flag, given, env_names| {
-            setting(flag, given, env_names)
-                .resolve(env)
-                .map(|(_, value)| PathBuf::from(value))
-        };
-        let ca_file = path_setting(
-            "ca-file",
-            &global.ca_file,
-            &["FLEETCTL_CA_FILE", "FLEETCTL_ETCD_CAFILE"],
+            "~/.fleetctl/known_hosts",
         );
-        let cert_file = path_setting(
-            "cert-file",
-            &global.cert_file,
-            &["FLEETCTL_CERT_FILE", "FLEETCTL_ETCD_CERTFILE"],
-        );
-        let key_file = path_setting(
-            "key-file",
-            &global.key_file,
-            &["FLEETCTL_KEY_FILE", "FLEETCTL_ETCD_KEYFILE"],
-        );
-
-        let token = setting("token", &global.token, &["FLEETCTL_TOKEN"])
-            .resolve(env)
-            .map(|(_, value)| value);
-
-        let etcd_key_prefix = setting(
-            "etcd-key-prefix",
-            &global.etcd_key_prefix,
-            &["FLEETCTL_ETCD_KEY_PREFIX"],
-        )
-        .resolve(env)
-        .map_or_else(|| "/_coreos.com/fleet/".to_owned(), |(_, v)| v);
-
         Ok(Config {
             endpoint,
             ignored_endpoints,
-            driver,
-            tunnel,
-            ssh_username,
-            ssh_timeout,
-            known_hosts_file,
-            strict_host_key_checking,
+            driver: parse_driver(r.get("driver", &global.driver, &["FLEETCTL_DRIVER"]))?,
+            tunnel: r
+                .get("tunnel", &global.tunnel, &["FLEETCTL_TUNNEL"])
+                .map(|(_, tunnel)| with_default_ssh_port(tunnel)),
+            ssh_username: r.string_or(
+                "ssh-username",
+                &global.ssh_username,
+                &["FLEETCTL_SSH_USERNAME"],
+                "core",
+            ),
+            ssh_timeout: r
+                .seconds(
+                    "ssh-timeout",
+                    &global.ssh_timeout,
+                    &["FLEETCTL_SSH_TIMEOUT"],
+                )?
+                .unwrap_or(Duration::from_secs(10)),
+            known_hosts_file: expand_home(&known_hosts_file, env),
+            strict_host_key_checking: r.bool(
+                "strict-host-key-checking",
+                &global.strict_host_key_checking,
+                &["FLEETCTL_STRICT_HOST_KEY_CHECKING"],
+                true,
+            )?,
             request_timeout,
-            ca_file,
-            cert_file,
-            key_file,
-            token,
-            etcd_key_prefix,
-            debug,
-            experimental_api,
+            ca_file: r.path(
+                "ca-file",
+                &global.ca_file,
+                &["FLEETCTL_CA_FILE", "FLEETCTL_ETCD_CAFILE"],
+            ),
+            cert_file: r.path(
+                "cert-file",
+                &global.cert_file,
+                &["FLEETCTL_CERT_FILE", "FLEETCTL_ETCD_CERTFILE"],
+            ),
+            key_file: r.path(
+                "key-file",
+                &global.key_file,
+                &["FLEETCTL_KEY_FILE", "FLEETCTL_ETCD_KEYFILE"],
+            ),
+            token: r
+                .get("token", &global.token, &["FLEETCTL_TOKEN"])
+                .map(|(_, token)| token),
+            etcd_key_prefix: r.string_or(
+                "etcd-key-prefix",
+                &global.etcd_key_prefix,
+                &["FLEETCTL_ETCD_KEY_PREFIX"],
+                "/_coreos.com/fleet/",
+            ),
+            debug: r.bool("debug", &global.debug, &["FLEETCTL_DEBUG"], false)?,
+            experimental_api: r.bool(
+                "experimental-api",
+                &global.experimental_api,
+                &["FLEETCTL_EXPERIMENTAL_API"],
+                true,
+            )?,
         })
     }
 }

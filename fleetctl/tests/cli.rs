@@ -1,8 +1,11 @@
 //! Runs the built `fleetctl` binary: version, help, usage errors and their
 //! exit codes, endpoint errors, `fd-forward`, and a few commands against a
 //! scripted API server on a unix socket (a std thread that checks each
-//! request line in order and answers it). End-to-end tests against a real
-//! fleetd live in `functional-tests/`.
+//! request line in order and answers it). The scripted server is not a stand-in
+//! for fleetd: it pins the exact requests fleetctl sends (paths, query strings,
+//! bodies, their order), which a real server would accept in several forms, so
+//! a change in what fleetctl asks for shows here. What fleetctl does against a
+//! real fleetd (and systemd) is tested in `functional-tests/`.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixListener;

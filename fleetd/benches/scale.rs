@@ -54,8 +54,8 @@ use tokio_util::sync::CancellationToken;
 
 use fleet_api::client::{Client, Endpoint};
 use fleet_api::entities;
-use fleet_registry::keys::RegistryKey;
-use fleet_registry::store::{LeaseId, WatchEventKind, WatchStream};
+use fleet_registry::changes::{Change, ChangeStream, Watched};
+use fleet_registry::store::LeaseId;
 use fleet_registry::{
     LeaseKeepAlive, MachineId, MachineState, Registry, RegistryConfig, RegistryError, TargetState,
     UnitState,
@@ -655,7 +655,7 @@ async fn register(
     sim: &Sim,
     index: usize,
     ttl: Duration,
-) -> anyhow::Result<(SimMachine, WatchStream)> {
+) -> anyhow::Result<(SimMachine, ChangeStream)> {
     let registry = &sim.registry;
     let id = sim_machine_id(index);
     let lease = retry(|| registry.grant_lease(ttl)).await?;
@@ -675,8 +675,8 @@ async fn register(
     // Watch first (from the revision of our empty schedule), then announce
     // ourselves: no placement can slip in between.
     let (_, revision) = retry(|| registry.machine_schedule(&id)).await?;
-    let prefix = registry.keys().machine_schedule(id.as_str());
-    let stream = retry(|| registry.watch_prefix(prefix.clone(), revision.next())).await?;
+    let stream =
+        retry(|| registry.watch_changes(Watched::ScheduleOf(id.clone()), revision.next())).await?;
     retry(|| registry.register_machine(&state, lease)).await?;
     Ok((
         SimMachine {
@@ -694,7 +694,7 @@ async fn run_machine(
     index: usize,
     id: MachineId,
     lease: LeaseId,
-    mut stream: WatchStream,
+    mut stream: ChangeStream,
     cancel: CancellationToken,
     first_keep_alive: Duration,
 ) {
@@ -718,11 +718,11 @@ async fn run_machine(
             },
             batch = stream.next() => match batch {
                 Ok(Some(events)) => {
-                    for event in events {
+                    for changed in events {
                         if cancel.is_cancelled() {
                             return;
                         }
-                        handle_event(&sim, index, &id, lease, &event.key, &event.value, event.kind).await;
+                        handle_change(&sim, index, &id, lease, changed.change).await;
                     }
                 }
                 Ok(None) => {
@@ -738,22 +738,10 @@ async fn run_machine(
     }
 }
 
-async fn handle_event(
-    sim: &Sim,
-    index: usize,
-    id: &MachineId,
-    lease: LeaseId,
-    key: &str,
-    value: &[u8],
-    kind: WatchEventKind,
-) {
+async fn handle_change(sim: &Sim, index: usize, id: &MachineId, lease: LeaseId, change: Change) {
     let registry = &sim.registry;
-    match kind {
-        WatchEventKind::Put => {
-            let Some(placement) = registry.decode_placement(key, value) else {
-                sim.error("decode", &format!("undecodable placement at {key}"));
-                return;
-            };
+    match change {
+        Change::Placed(placement) => {
             let mut state = UnitState {
                 unit: placement.unit.clone(),
                 machine: id.clone(),
@@ -782,10 +770,7 @@ async fn handle_event(
                 sim.report_gone(placement.unit.as_str(), index);
             }
         }
-        WatchEventKind::Delete => {
-            let Some(RegistryKey::Scheduled { unit, .. }) = registry.parse_key(key) else {
-                return;
-            };
+        Change::Unplaced { unit, .. } => {
             if let Err(error) = retry(|| registry.delete_unit_state(&unit, id)).await {
                 sim.error("delete unit state", &error);
                 return;
@@ -793,6 +778,7 @@ async fn handle_event(
             sim.state_writes.fetch_add(1, Ordering::Relaxed);
             sim.report_gone(unit.as_str(), index);
         }
+        _ => {}
     }
 }
 
@@ -908,13 +894,63 @@ struct Report {
     json: serde_json::Value,
 }
 
+/// What every phase of a run uses.
+struct Bench<'a> {
+    args: &'a Args,
+    etcd: &'a EtcdProcess,
+    fleetd: &'a Fleetd,
+    metrics_port: u16,
+    registry: Registry,
+    client: Client,
+    sim: Arc<Sim>,
+}
+
+/// The figures of phase 3: submission until every unit is active.
+struct SubmitFigures {
+    submit_time: Duration,
+    all_active: Duration,
+    before: Metrics,
+    after: Metrics,
+    cpu: Cpu,
+    state_writes: u64,
+    hwm_after_active: u64,
+}
+
+/// The figures of phase 4: listing latencies at N units.
+struct ListFigures {
+    api_units: Duration,
+    api_states: Duration,
+    fleetctl: Duration,
+}
+
+/// The figures of phase 5: machines lost, their units moved.
+struct RescheduleFigures {
+    lost: usize,
+    moved: usize,
+    from_revoke: Duration,
+    after_grace: f64,
+    requests: f64,
+    writes: f64,
+}
+
+/// The figures of phase 6: an idle cluster.
+struct IdleFigures {
+    secs: f64,
+    writes: f64,
+    proposals: f64,
+    requests: f64,
+    keep_alive_messages: f64,
+    keep_alive_streams: f64,
+    cpu: Cpu,
+}
+
+/// Runs the phases in order and gathers their figures into a report.
 async fn measure(
     args: &Args,
     etcd: &EtcdProcess,
     fleetd: &Fleetd,
     metrics_port: u16,
 ) -> anyhow::Result<Report> {
-    let (m, n) = (args.machines, args.units);
     let config = RegistryConfig {
         endpoints: vec![etcd.client_url.clone()],
         key_prefix: PREFIX.to_owned(),
@@ -928,28 +964,6 @@ async fn measure(
     let registry = Registry::connect(&config).await?;
     let client = Client::new(Endpoint::parse(&fleetd.api_url).map_err(|error| anyhow!("{error}"))?)
         .with_timeout(Some(Duration::from_secs(120)));
-
-    // 1. fleetd up: registered (the API answers) and leading the engine.
-    let started = Instant::now();
-    loop {
-        let leader = registry.leader().await.ok().flatten();
-        if leader.as_ref() == Some(&fleetd.machine) && client.machines().await.is_ok() {
-            break;
-        }
-        if started.elapsed() > Duration::from_secs(60) {
-            bail!("fleetd did not serve the API and lead the engine within 60 s (see fleetd.log)");
-        }
-        // Polling another process's readiness: no event to wait on.
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    eprintln!(
-        "scale: fleetd (pid {}) leads, API at {} ({:.1} s)",
-        fleetd.pid,
-        fleetd.api_url,
-        started.elapsed().as_secs_f64()
-    );
-
-    // 2. M simulated machines.
     let ttl = Duration::from_secs(args.agent_ttl);
     let sim = Arc::new(Sim {
         registry: registry.clone(),
@@ -960,444 +974,610 @@ async fn measure(
         keep_alive_every: ttl / 3,
         keep_alive_streams: args.keep_alive_streams,
     });
-    let started = Instant::now();
-    let next = Arc::new(AtomicUsize::new(0));
-    let mut workers = Vec::new();
-    for _ in 0..REGISTER_CONCURRENCY.min(m) {
-        let (sim, next) = (sim.clone(), next.clone());
-        workers.push(tokio::spawn(async move {
-            let mut mine = Vec::new();
-            loop {
-                let index = next.fetch_add(1, Ordering::Relaxed);
-                if index >= m {
-                    return anyhow::Ok(mine);
-                }
-                let (machine, stream) = register(&sim, index, ttl)
-                    .await
-                    .with_context(|| format!("registering simulated machine {index}"))?;
-                let stagger = sim.keep_alive_every.mul_f64(index as f64 / m as f64);
-                tokio::spawn(run_machine(
-                    sim.clone(),
-                    index,
-                    machine.id.clone(),
-                    machine.lease,
-                    stream,
-                    machine.cancel.clone(),
-                    stagger.max(Duration::from_millis(1)),
-                ));
-                mine.push((index, machine));
-            }
-        }));
-    }
-    let mut machines: Vec<Option<SimMachine>> = (0..m).map(|_| None).collect();
-    for worker in workers {
-        for (index, machine) in worker.await?? {
-            machines[index] = Some(machine);
-        }
-    }
-    let machines: Vec<SimMachine> = machines.into_iter().flatten().collect();
-    let register_time = started.elapsed();
-    // The API lists them once the engine-side registry has them all.
-    loop {
-        let listed = client.machines().await?.len();
-        if listed > m {
-            break;
-        }
-        if started.elapsed() > Duration::from_secs(120) {
-            bail!("the API lists {listed} machines, expected {}", m + 1);
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    eprintln!(
-        "scale: {m} simulated machines registered and watching ({:.1} s)",
-        register_time.as_secs_f64()
-    );
-
-    // 3. Submit N units through the API, wait until all are active.
-    let before_submit = Metrics::scrape(metrics_port).await?;
-    let cpu_before_submit = Cpu::sample(etcd.pid, fleetd.pid);
-    let writes_before = sim.state_writes.load(Ordering::Relaxed);
-    let started = Instant::now();
-    let next = Arc::new(AtomicUsize::new(0));
-    let mut submitters = Vec::new();
-    for _ in 0..args.concurrency.min(n) {
-        let (client, next) = (client.clone(), next.clone());
-        submitters.push(tokio::spawn(async move {
-            loop {
-                let index = next.fetch_add(1, Ordering::Relaxed);
-                if index >= n {
-                    return anyhow::Ok(());
-                }
-                client
-                    .create_unit(&unit_entity(index))
-                    .await
-                    .with_context(|| format!("PUT {}", unit_name(index)))?;
-            }
-        }));
-    }
-    for submitter in submitters {
-        submitter.await??;
-    }
-    let submit_time = started.elapsed();
-    eprintln!(
-        "scale: {n} units submitted ({:.1} s); waiting until all are active",
-        submit_time.as_secs_f64()
-    );
-    let active_deadline = Duration::from_secs(120).max(Duration::from_millis(20 * n as u64));
-    let all_active = wait_until(
-        &sim,
-        started,
-        active_deadline,
-        |tracker| tracker.active_on.len() >= n,
-        |tracker| format!("{} of {n} units active", tracker.active_on.len()),
-    )
-    .await
-    .ok_or_else(|| anyhow!("not all units became active within {active_deadline:?}"))?;
-    let after_active = Metrics::scrape(metrics_port).await?;
-    let cpu_submit = Cpu::sample(etcd.pid, fleetd.pid).since(cpu_before_submit);
-    let state_writes = sim.state_writes.load(Ordering::Relaxed) - writes_before;
-    let (hwm_after_active, _) = fleetd.memory()?;
-    eprintln!(
-        "scale: all {n} units active after {:.2} s",
-        all_active.as_secs_f64()
-    );
-
-    // 4. Listing latencies at N units.
-    let started = Instant::now();
-    let units = client.units().await?;
-    let list_units_api = started.elapsed();
-    let launched = units
-        .iter()
-        .filter(|unit| unit.current_state == "launched")
-        .count();
-    if units.len() != n || launched != n {
-        bail!(
-            "GET /units lists {} units, {launched} launched; expected {n}",
-            units.len()
-        );
-    }
-    let started = Instant::now();
-    let states = client.unit_states(None, None).await?;
-    let list_states_api = started.elapsed();
-    let active_states = states
-        .iter()
-        .filter(|state| state.systemd_active_state == "active")
-        .count();
-    if active_states != n {
-        bail!("GET /state has {active_states} active states, expected {n}");
-    }
-    let started = Instant::now();
-    let output = Command::new(&args.fleetctl)
-        .arg(format!("--endpoint={}", fleetd.api_url))
-        .arg("list-units")
-        .arg("--no-legend")
-        .stdin(Stdio::null())
-        .output()
-        .await
-        .context("running fleetctl")?;
-    let list_units_fleetctl = started.elapsed();
-    let rows = String::from_utf8_lossy(&output.stdout).lines().count();
-    if !output.status.success() || rows != n {
-        bail!(
-            "fleetctl list-units: {}, {rows} rows (expected {n}): {}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-    eprintln!(
-        "scale: GET /units {:.2} s, GET /state {:.2} s, fleetctl list-units {:.2} s",
-        list_units_api.as_secs_f64(),
-        list_states_api.as_secs_f64(),
-        list_units_fleetctl.as_secs_f64()
-    );
-
-    // 5. Revoke the leases of a fraction of the machines; wait until their
-    // units are active elsewhere.
-    let n_kill = ((m as f64 * args.kill_fraction).round() as usize).max(1);
-    let stride = m / n_kill;
-    let killed: HashSet<usize> = (0..n_kill).map(|k| k * stride).collect();
-    let affected: Vec<String> = {
-        let tracker = sim
-            .tracker
-            .lock()
-            .map_err(|_| anyhow!("tracker lock poisoned"))?;
-        tracker
-            .active_on
-            .iter()
-            .filter(|(_, machine)| killed.contains(machine))
-            .map(|(unit, _)| unit.clone())
-            .collect()
+    let bench = Bench {
+        args,
+        etcd,
+        fleetd,
+        metrics_port,
+        registry,
+        client,
+        sim,
     };
-    let before_kill = Metrics::scrape(metrics_port).await?;
-    let started = Instant::now();
-    for &index in &killed {
-        machines[index].cancel.cancel();
-    }
-    let mut revokes = Vec::new();
-    for &index in &killed {
-        let (registry, lease) = (registry.clone(), machines[index].lease);
-        revokes.push(tokio::spawn(async move {
-            retry(|| registry.revoke_lease(lease)).await
-        }));
-    }
-    for revoke in revokes {
-        revoke.await??;
-    }
-    let revoked = started.elapsed();
-    eprintln!(
-        "scale: revoked {n_kill} leases ({} units to move) in {:.2} s",
-        affected.len(),
-        revoked.as_secs_f64()
-    );
-    let resched_deadline = Duration::from_secs_f64(args.loss_grace + 120.0);
-    let moved = |tracker: &Tracker| {
-        affected
-            .iter()
-            .filter(|unit| {
-                tracker
-                    .active_on
-                    .get(*unit)
-                    .is_some_and(|machine| !killed.contains(machine))
-            })
-            .count()
-    };
-    let reschedule = wait_until(
-        &sim,
-        started,
-        resched_deadline,
-        |tracker| moved(tracker) == affected.len(),
-        |tracker| format!("{} of {} units moved", moved(tracker), affected.len()),
-    )
-    .await
-    .ok_or_else(|| {
-        anyhow!("the units of the lost machines did not move within {resched_deadline:?}")
-    })?;
-    let after_resched = Metrics::scrape(metrics_port).await?;
-    eprintln!(
-        "scale: {} units active elsewhere {:.2} s after the revoke (grace {} s)",
-        affected.len(),
-        reschedule.as_secs_f64(),
-        args.loss_grace
-    );
-
-    // 6. Idle: wait until etcd sees no writes for 3 s (at most 60 s), then
-    // count writes over the idle window.
-    let settle_start = Instant::now();
-    let mut last = Metrics::scrape(metrics_port).await?;
-    let mut quiet_since = Instant::now();
-    while quiet_since.elapsed() < Duration::from_secs(3)
-        && settle_start.elapsed() < Duration::from_secs(60)
-    {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let now = Metrics::scrape(metrics_port).await?;
-        if now.writes(&last) > 0.0 || now.proposals(&last) > 0.0 {
-            quiet_since = Instant::now();
-        }
-        last = now;
-    }
-    let idle_start = Metrics::scrape(metrics_port).await?;
-    let cpu_before_idle = Cpu::sample(etcd.pid, fleetd.pid);
-    let idle_started = Instant::now();
-    tokio::time::sleep(Duration::from_secs_f64(args.idle_seconds)).await;
-    let idle_end = Metrics::scrape(metrics_port).await?;
-    let cpu_idle = Cpu::sample(etcd.pid, fleetd.pid).since(cpu_before_idle);
-    let idle_secs = idle_started.elapsed().as_secs_f64();
-    let idle_writes = idle_end.writes(&idle_start) / idle_secs;
-    let idle_proposals = idle_end.proposals(&idle_start) / idle_secs;
-    let idle_requests = idle_end.requests(&idle_start) / idle_secs;
-    let (keep_alive_messages, keep_alive_streams) = idle_end.keep_alives(&idle_start);
-    let (keep_alive_messages, keep_alive_streams) = (
-        keep_alive_messages / idle_secs,
-        keep_alive_streams / idle_secs,
-    );
+    bench.wait_for_leadership().await?;
+    let (machines, register_time) = bench.register_machines(ttl).await?;
+    let submit = bench.submit_units().await?;
+    let lists = bench.list_units().await?;
+    let reschedule = bench.lose_machines(&machines).await?;
+    let idle = bench.idle_window().await?;
     let (hwm, rss) = fleetd.memory()?;
-    let sim_errors = sim.errors.load(Ordering::Relaxed);
     for machine in &machines {
         machine.cancel.cancel();
     }
+    let figures = Figures {
+        register_time,
+        submit,
+        lists,
+        reschedule,
+        idle,
+        hwm,
+        rss,
+        sim_errors: bench.sim.errors.load(Ordering::Relaxed),
+    };
+    Ok(figures.report(args))
+}
 
-    // The figures.
-    let per_unit = |value: f64| value / n as f64;
-    let submit_requests = after_active.requests(&before_submit);
-    let submit_writes = after_active.writes(&before_submit);
-    let submit_proposals = after_active.proposals(&before_submit);
-    let received = after_active.delta(
-        &before_submit,
-        "etcd_network_client_grpc_received_bytes_total",
-    );
-    let sent = after_active.delta(&before_submit, "etcd_network_client_grpc_sent_bytes_total");
-    let wal_bytes = after_active.delta(&before_submit, "etcd_disk_wal_write_bytes_total");
-    let resched_requests = after_resched.requests(&before_kill);
-    let resched_writes = after_resched.writes(&before_kill);
-    let mib = |bytes: u64| bytes as f64 / (1024.0 * 1024.0);
-    let after_grace = (reschedule.as_secs_f64() - args.loss_grace).max(0.0);
-
-    let met = |ok: bool| if ok { "met" } else { "MISSED" }.to_owned();
-    let mut rows: Vec<(String, String, String)> = vec![
-        (
-            format!(
-                "submit {n} units via API (PUT, {} clients)",
-                args.concurrency
-            ),
-            format!("{:.2} s", submit_time.as_secs_f64()),
-            String::new(),
-        ),
-        (
-            format!("submit → all {n} active"),
-            format!("{:.2} s", all_active.as_secs_f64()),
-            format!("< 60 s: {}", met(all_active < Duration::from_secs(60))),
-        ),
-        (
-            format!(
-                "reschedule {} units of {n_kill} lost machines (from revoke)",
-                affected.len()
-            ),
-            format!("{:.2} s", reschedule.as_secs_f64()),
-            format!("incl. machine_loss_grace {} s", args.loss_grace),
-        ),
-        (
-            "  … of which after the grace period".to_owned(),
-            format!("{after_grace:.2} s"),
-            format!("< 10 s: {}", met(after_grace < 10.0)),
-        ),
-        (
-            "etcd requests per unit (submit → active)".to_owned(),
-            format!("{:.2}", per_unit(submit_requests)),
-            String::new(),
-        ),
-        (
-            "etcd key writes per unit (puts + deletes)".to_owned(),
-            format!("{:.2}", per_unit(submit_writes)),
-            String::new(),
-        ),
-        (
-            "etcd Raft proposals per unit".to_owned(),
-            format!("{:.2}", per_unit(submit_proposals)),
-            String::new(),
-        ),
-        (
-            "etcd bytes received per unit (client gRPC)".to_owned(),
-            format!("{:.0} B", per_unit(received)),
-            String::new(),
-        ),
-        (
-            "etcd WAL bytes written per unit".to_owned(),
-            format!("{:.0} B", per_unit(wal_bytes)),
-            String::new(),
-        ),
-        (
-            format!("idle etcd writes per second ({idle_secs:.0} s window)"),
-            format!("{idle_writes:.2} (proposals {idle_proposals:.2})"),
-            format!("0: {}", met(idle_writes == 0.0 && idle_proposals == 0.0)),
-        ),
-        (
-            "idle etcd requests per second (lease keep-alives)".to_owned(),
-            format!("{idle_requests:.1}"),
-            String::new(),
-        ),
-        (
-            format!(
-                "idle keep-alive messages / streams closed per second ({})",
-                if args.keep_alive_streams {
-                    "one stream per lease"
-                } else {
-                    "one stream per keep-alive"
-                }
-            ),
-            format!("{keep_alive_messages:.1} / {keep_alive_streams:.1}"),
-            String::new(),
-        ),
-        (
-            "engine fleetd peak RSS (VmHWM)".to_owned(),
-            format!("{:.1} MiB (now {:.1} MiB)", mib(hwm), mib(rss)),
-            format!("< 200 MB: {}", met(hwm < 200 * 1000 * 1000)),
-        ),
-        (
-            format!("GET /fleet/v1/units, all pages ({n} units)"),
-            format!("{:.2} s", list_units_api.as_secs_f64()),
-            String::new(),
-        ),
-        (
-            format!("GET /fleet/v1/state, all pages ({n} states)"),
-            format!("{:.2} s", list_states_api.as_secs_f64()),
-            String::new(),
-        ),
-        (
-            "fleetctl list-units".to_owned(),
-            format!("{:.2} s", list_units_fleetctl.as_secs_f64()),
-            format!(
-                "< 2 s: {}",
-                met(list_units_fleetctl < Duration::from_secs(2))
-            ),
-        ),
-    ];
-    rows.push((
-        "CPU used, submit → all active".to_owned(),
-        cpu_submit.describe(),
-        String::new(),
-    ));
-    rows.push((
-        "CPU used, idle window".to_owned(),
-        cpu_idle.describe(),
-        String::new(),
-    ));
-    if sim_errors > 0 {
-        rows.push((
-            "simulated agent errors (see stderr)".to_owned(),
-            sim_errors.to_string(),
-            String::new(),
-        ));
+impl Bench<'_> {
+    /// Phase 1: fleetd up, registered (the API answers) and leading the engine.
+    async fn wait_for_leadership(&self) -> anyhow::Result<()> {
+        let started = Instant::now();
+        loop {
+            let leader = self.registry.leader().await.ok().flatten();
+            if leader.as_ref() == Some(&self.fleetd.machine) && self.client.machines().await.is_ok()
+            {
+                break;
+            }
+            if started.elapsed() > Duration::from_secs(60) {
+                bail!(
+                    "fleetd did not serve the API and lead the engine within 60 s (see fleetd.log)"
+                );
+            }
+            // Polling another process's readiness: no event to wait on.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        eprintln!(
+            "scale: fleetd (pid {}) leads, API at {} ({:.1} s)",
+            self.fleetd.pid,
+            self.fleetd.api_url,
+            started.elapsed().as_secs_f64()
+        );
+        Ok(())
     }
-    let json = serde_json::json!({
-        "machines": m,
-        "units": n,
-        "concurrency": args.concurrency,
-        "machine_loss_grace_s": args.loss_grace,
-        "register_machines_s": secs(register_time),
-        "submit_s": secs(submit_time),
-        "all_active_s": secs(all_active),
-        "fleetd_hwm_after_active_bytes": hwm_after_active,
-        "reschedule": {
-            "machines_lost": n_kill,
-            "units_moved": affected.len(),
-            "from_revoke_s": secs(reschedule),
-            "after_grace_s": (after_grace * 1000.0).round() / 1000.0,
-            "etcd_requests": resched_requests,
-            "etcd_writes": resched_writes,
-        },
-        "per_unit": {
-            "etcd_requests": per_unit(submit_requests),
-            "etcd_writes": per_unit(submit_writes),
-            "etcd_proposals": per_unit(submit_proposals),
-            "etcd_received_bytes": per_unit(received),
-            "etcd_sent_bytes": per_unit(sent),
-            "etcd_wal_bytes": per_unit(wal_bytes),
-            "agent_state_writes": per_unit(state_writes as f64),
-        },
-        "submit_requests_by_method": after_active
-            .by_method(&before_submit)
-            .into_iter()
-            .map(|(method, count)| (method, serde_json::json!(count)))
-            .collect::<serde_json::Map<_, _>>(),
-        "idle": {
-            "window_s": idle_secs,
-            "writes_per_s": idle_writes,
-            "proposals_per_s": idle_proposals,
-            "requests_per_s": idle_requests,
-            "keep_alive_messages_per_s": keep_alive_messages,
-            "keep_alive_streams_closed_per_s": keep_alive_streams,
-            "keep_alive_stream_per_lease": args.keep_alive_streams,
-        },
-        "fleetd_rss": { "hwm_bytes": hwm, "rss_bytes": rss },
-        "latency_s": {
-            "api_get_units_all_pages": secs(list_units_api),
-            "api_get_state_all_pages": secs(list_states_api),
-            "fleetctl_list_units": secs(list_units_fleetctl),
-        },
-        "simulated_agent_errors": sim_errors,
-        "cpu": { "submit_to_active": cpu_submit.json(), "idle": cpu_idle.json() },
-    });
-    Ok(Report { rows, json })
+
+    /// Phase 2: M simulated machines, registered and watching their schedule,
+    /// and listed by the API.
+    async fn register_machines(
+        &self,
+        ttl: Duration,
+    ) -> anyhow::Result<(Vec<SimMachine>, Duration)> {
+        let m = self.args.machines;
+        let started = Instant::now();
+        let next = Arc::new(AtomicUsize::new(0));
+        let mut workers = Vec::new();
+        for _ in 0..REGISTER_CONCURRENCY.min(m) {
+            let (sim, next) = (self.sim.clone(), next.clone());
+            workers.push(tokio::spawn(register_some(sim, next, m, ttl)));
+        }
+        let mut machines: Vec<Option<SimMachine>> = (0..m).map(|_| None).collect();
+        for worker in workers {
+            for (index, machine) in worker.await?? {
+                machines[index] = Some(machine);
+            }
+        }
+        let machines: Vec<SimMachine> = machines.into_iter().flatten().collect();
+        let register_time = started.elapsed();
+        // The API lists them once the engine-side registry has them all.
+        loop {
+            let listed = self.client.machines().await?.len();
+            if listed > m {
+                break;
+            }
+            if started.elapsed() > Duration::from_secs(120) {
+                bail!("the API lists {listed} machines, expected {}", m + 1);
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        eprintln!(
+            "scale: {m} simulated machines registered and watching ({:.1} s)",
+            register_time.as_secs_f64()
+        );
+        Ok((machines, register_time))
+    }
+
+    /// Phase 3: submits N units through the API and waits until all are active.
+    async fn submit_units(&self) -> anyhow::Result<SubmitFigures> {
+        let n = self.args.units;
+        let before = Metrics::scrape(self.metrics_port).await?;
+        let cpu_before = Cpu::sample(self.etcd.pid, self.fleetd.pid);
+        let writes_before = self.sim.state_writes.load(Ordering::Relaxed);
+        let started = Instant::now();
+        let next = Arc::new(AtomicUsize::new(0));
+        let mut submitters = Vec::new();
+        for _ in 0..self.args.concurrency.min(n) {
+            let (client, next) = (self.client.clone(), next.clone());
+            submitters.push(tokio::spawn(submit_some(client, next, n)));
+        }
+        for submitter in submitters {
+            submitter.await??;
+        }
+        let submit_time = started.elapsed();
+        eprintln!(
+            "scale: {n} units submitted ({:.1} s); waiting until all are active",
+            submit_time.as_secs_f64()
+        );
+        let deadline = Duration::from_secs(120).max(Duration::from_millis(20 * n as u64));
+        let all_active = wait_until(
+            &self.sim,
+            started,
+            deadline,
+            |tracker| tracker.active_on.len() >= n,
+            |tracker| format!("{} of {n} units active", tracker.active_on.len()),
+        )
+        .await
+        .ok_or_else(|| anyhow!("not all units became active within {deadline:?}"))?;
+        let after = Metrics::scrape(self.metrics_port).await?;
+        let cpu = Cpu::sample(self.etcd.pid, self.fleetd.pid).since(cpu_before);
+        let state_writes = self.sim.state_writes.load(Ordering::Relaxed) - writes_before;
+        let (hwm_after_active, _) = self.fleetd.memory()?;
+        eprintln!(
+            "scale: all {n} units active after {:.2} s",
+            all_active.as_secs_f64()
+        );
+        Ok(SubmitFigures {
+            submit_time,
+            all_active,
+            before,
+            after,
+            cpu,
+            state_writes,
+            hwm_after_active,
+        })
+    }
+
+    /// Phase 4: listing latencies at N units (API pages and fleetctl), each
+    /// checked for completeness.
+    async fn list_units(&self) -> anyhow::Result<ListFigures> {
+        let n = self.args.units;
+        let started = Instant::now();
+        let units = self.client.units().await?;
+        let api_units = started.elapsed();
+        let launched = units
+            .iter()
+            .filter(|unit| unit.current() == Some(TargetState::Launched))
+            .count();
+        if units.len() != n || launched != n {
+            bail!(
+                "GET /units lists {} units, {launched} launched; expected {n}",
+                units.len()
+            );
+        }
+        let started = Instant::now();
+        let states = self.client.unit_states(None, None).await?;
+        let api_states = started.elapsed();
+        let active = states
+            .iter()
+            .filter(|state| state.systemd_active_state == "active")
+            .count();
+        if active != n {
+            bail!("GET /state has {active} active states, expected {n}");
+        }
+        let fleetctl = self.fleetctl_list_units().await?;
+        eprintln!(
+            "scale: GET /units {:.2} s, GET /state {:.2} s, fleetctl list-units {:.2} s",
+            api_units.as_secs_f64(),
+            api_states.as_secs_f64(),
+            fleetctl.as_secs_f64()
+        );
+        Ok(ListFigures {
+            api_units,
+            api_states,
+            fleetctl,
+        })
+    }
+
+    /// How long `fleetctl list-units` takes, checking it printed every unit.
+    async fn fleetctl_list_units(&self) -> anyhow::Result<Duration> {
+        let n = self.args.units;
+        let started = Instant::now();
+        let output = Command::new(&self.args.fleetctl)
+            .arg(format!("--endpoint={}", self.fleetd.api_url))
+            .arg("list-units")
+            .arg("--no-legend")
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .context("running fleetctl")?;
+        let took = started.elapsed();
+        let rows = String::from_utf8_lossy(&output.stdout).lines().count();
+        if !output.status.success() || rows != n {
+            bail!(
+                "fleetctl list-units: {}, {rows} rows (expected {n}): {}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        Ok(took)
+    }
+
+    /// Phase 5: revokes the leases of a fraction of the machines and waits
+    /// until their units are active elsewhere.
+    async fn lose_machines(&self, machines: &[SimMachine]) -> anyhow::Result<RescheduleFigures> {
+        let m = self.args.machines;
+        let n_kill = ((m as f64 * self.args.kill_fraction).round() as usize).max(1);
+        let stride = m / n_kill;
+        let killed: HashSet<usize> = (0..n_kill).map(|k| k * stride).collect();
+        let affected = self.units_on(&killed)?;
+        let before = Metrics::scrape(self.metrics_port).await?;
+        let started = Instant::now();
+        for &index in &killed {
+            machines[index].cancel.cancel();
+        }
+        let mut revokes = Vec::new();
+        for &index in &killed {
+            let (registry, lease) = (self.registry.clone(), machines[index].lease);
+            revokes.push(tokio::spawn(async move {
+                retry(|| registry.revoke_lease(lease)).await
+            }));
+        }
+        for revoke in revokes {
+            revoke.await??;
+        }
+        eprintln!(
+            "scale: revoked {n_kill} leases ({} units to move) in {:.2} s",
+            affected.len(),
+            started.elapsed().as_secs_f64()
+        );
+        let deadline = Duration::from_secs_f64(self.args.loss_grace + 120.0);
+        let moved = |tracker: &Tracker| {
+            affected
+                .iter()
+                .filter(|unit| {
+                    tracker
+                        .active_on
+                        .get(*unit)
+                        .is_some_and(|machine| !killed.contains(machine))
+                })
+                .count()
+        };
+        let from_revoke = wait_until(
+            &self.sim,
+            started,
+            deadline,
+            |tracker| moved(tracker) == affected.len(),
+            |tracker| format!("{} of {} units moved", moved(tracker), affected.len()),
+        )
+        .await
+        .ok_or_else(|| {
+            anyhow!("the units of the lost machines did not move within {deadline:?}")
+        })?;
+        let after = Metrics::scrape(self.metrics_port).await?;
+        eprintln!(
+            "scale: {} units active elsewhere {:.2} s after the revoke (grace {} s)",
+            affected.len(),
+            from_revoke.as_secs_f64(),
+            self.args.loss_grace
+        );
+        Ok(RescheduleFigures {
+            lost: n_kill,
+            moved: affected.len(),
+            from_revoke,
+            after_grace: (from_revoke.as_secs_f64() - self.args.loss_grace).max(0.0),
+            requests: after.requests(&before),
+            writes: after.writes(&before),
+        })
+    }
+
+    /// The units active on the machines `indexes`.
+    fn units_on(&self, indexes: &HashSet<usize>) -> anyhow::Result<Vec<String>> {
+        let tracker = self
+            .sim
+            .tracker
+            .lock()
+            .map_err(|_| anyhow!("tracker lock poisoned"))?;
+        Ok(tracker
+            .active_on
+            .iter()
+            .filter(|(_, machine)| indexes.contains(machine))
+            .map(|(unit, _)| unit.clone())
+            .collect())
+    }
+
+    /// Phase 6: waits until etcd sees no writes for 3 s (at most 60 s), then
+    /// counts what an idle cluster costs over the idle window.
+    async fn idle_window(&self) -> anyhow::Result<IdleFigures> {
+        let settle_start = Instant::now();
+        let mut last = Metrics::scrape(self.metrics_port).await?;
+        let mut quiet_since = Instant::now();
+        while quiet_since.elapsed() < Duration::from_secs(3)
+            && settle_start.elapsed() < Duration::from_secs(60)
+        {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let now = Metrics::scrape(self.metrics_port).await?;
+            if now.writes(&last) > 0.0 || now.proposals(&last) > 0.0 {
+                quiet_since = Instant::now();
+            }
+            last = now;
+        }
+        let start = Metrics::scrape(self.metrics_port).await?;
+        let cpu_before = Cpu::sample(self.etcd.pid, self.fleetd.pid);
+        let started = Instant::now();
+        tokio::time::sleep(Duration::from_secs_f64(self.args.idle_seconds)).await;
+        let end = Metrics::scrape(self.metrics_port).await?;
+        let cpu = Cpu::sample(self.etcd.pid, self.fleetd.pid).since(cpu_before);
+        let secs = started.elapsed().as_secs_f64();
+        let (messages, streams) = end.keep_alives(&start);
+        Ok(IdleFigures {
+            secs,
+            writes: end.writes(&start) / secs,
+            proposals: end.proposals(&start) / secs,
+            requests: end.requests(&start) / secs,
+            keep_alive_messages: messages / secs,
+            keep_alive_streams: streams / secs,
+            cpu,
+        })
+    }
+}
+
+/// One registration worker: takes machine indexes until M are registered.
+async fn register_some(
+    sim: Arc<Sim>,
+    next: Arc<AtomicUsize>,
+    m: usize,
+    ttl: Duration,
+) -> anyhow::Result<Vec<(usize, SimMachine)>> {
+    let mut mine = Vec::new();
+    loop {
+        let index = next.fetch_add(1, Ordering::Relaxed);
+        if index >= m {
+            return Ok(mine);
+        }
+        let (machine, stream) = register(&sim, index, ttl)
+            .await
+            .with_context(|| format!("registering simulated machine {index}"))?;
+        let stagger = sim.keep_alive_every.mul_f64(index as f64 / m as f64);
+        tokio::spawn(run_machine(
+            sim.clone(),
+            index,
+            machine.id.clone(),
+            machine.lease,
+            stream,
+            machine.cancel.clone(),
+            stagger.max(Duration::from_millis(1)),
+        ));
+        mine.push((index, machine));
+    }
+}
+
+/// One submitting client: PUTs unit indexes until N are submitted.
+async fn submit_some(client: Client, next: Arc<AtomicUsize>, n: usize) -> anyhow::Result<()> {
+    loop {
+        let index = next.fetch_add(1, Ordering::Relaxed);
+        if index >= n {
+            return Ok(());
+        }
+        client
+            .create_unit(&unit_entity(index))
+            .await
+            .with_context(|| format!("PUT {}", unit_name(index)))?;
+    }
+}
+
+/// Every figure of a run.
+struct Figures {
+    register_time: Duration,
+    submit: SubmitFigures,
+    lists: ListFigures,
+    reschedule: RescheduleFigures,
+    idle: IdleFigures,
+    hwm: u64,
+    rss: u64,
+    sim_errors: u64,
+}
+
+/// One row of the printed table: what, the figure, the target and whether it was met.
+fn row(what: impl Into<String>, figure: String, target: String) -> (String, String, String) {
+    (what.into(), figure, target)
+}
+
+fn met(ok: bool) -> &'static str {
+    if ok { "met" } else { "MISSED" }
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}
+
+impl Figures {
+    fn report(&self, args: &Args) -> Report {
+        let mut rows = self.time_rows(args);
+        rows.extend(self.cost_rows(args));
+        Report {
+            rows,
+            json: self.json(args),
+        }
+    }
+
+    /// Per-unit share of a count over the submission.
+    fn per_unit(&self, args: &Args, value: f64) -> f64 {
+        value / args.units as f64
+    }
+
+    fn time_rows(&self, args: &Args) -> Vec<(String, String, String)> {
+        let n = args.units;
+        let (submit, reschedule, lists) = (&self.submit, &self.reschedule, &self.lists);
+        vec![
+            row(
+                format!(
+                    "submit {n} units via API (PUT, {} clients)",
+                    args.concurrency
+                ),
+                format!("{:.2} s", submit.submit_time.as_secs_f64()),
+                String::new(),
+            ),
+            row(
+                format!("submit → all {n} active"),
+                format!("{:.2} s", submit.all_active.as_secs_f64()),
+                format!(
+                    "< 60 s: {}",
+                    met(submit.all_active < Duration::from_secs(60))
+                ),
+            ),
+            row(
+                format!(
+                    "reschedule {} units of {} lost machines (from revoke)",
+                    reschedule.moved, reschedule.lost
+                ),
+                format!("{:.2} s", reschedule.from_revoke.as_secs_f64()),
+                format!("incl. machine_loss_grace {} s", args.loss_grace),
+            ),
+            row(
+                "  … of which after the grace period",
+                format!("{:.2} s", reschedule.after_grace),
+                format!("< 10 s: {}", met(reschedule.after_grace < 10.0)),
+            ),
+            row(
+                format!("GET /fleet/v1/units, all pages ({n} units)"),
+                format!("{:.2} s", lists.api_units.as_secs_f64()),
+                String::new(),
+            ),
+            row(
+                format!("GET /fleet/v1/state, all pages ({n} states)"),
+                format!("{:.2} s", lists.api_states.as_secs_f64()),
+                String::new(),
+            ),
+            row(
+                "fleetctl list-units",
+                format!("{:.2} s", lists.fleetctl.as_secs_f64()),
+                format!("< 2 s: {}", met(lists.fleetctl < Duration::from_secs(2))),
+            ),
+        ]
+    }
+
+    fn cost_rows(&self, args: &Args) -> Vec<(String, String, String)> {
+        let (before, after) = (&self.submit.before, &self.submit.after);
+        let per_unit = |value: f64| self.per_unit(args, value);
+        let idle = &self.idle;
+        let streams = if args.keep_alive_streams {
+            "one stream per lease"
+        } else {
+            "one stream per keep-alive"
+        };
+        let mut rows = vec![
+            row(
+                "etcd requests per unit (submit → active)",
+                format!("{:.2}", per_unit(after.requests(before))),
+                String::new(),
+            ),
+            row(
+                "etcd key writes per unit (puts + deletes)",
+                format!("{:.2}", per_unit(after.writes(before))),
+                String::new(),
+            ),
+            row(
+                "etcd Raft proposals per unit",
+                format!("{:.2}", per_unit(after.proposals(before))),
+                String::new(),
+            ),
+            row(
+                "etcd bytes received per unit (client gRPC)",
+                format!(
+                    "{:.0} B",
+                    per_unit(after.delta(before, "etcd_network_client_grpc_received_bytes_total"))
+                ),
+                String::new(),
+            ),
+            row(
+                "etcd WAL bytes written per unit",
+                format!(
+                    "{:.0} B",
+                    per_unit(after.delta(before, "etcd_disk_wal_write_bytes_total"))
+                ),
+                String::new(),
+            ),
+            row(
+                format!("idle etcd writes per second ({:.0} s window)", idle.secs),
+                format!("{:.2} (proposals {:.2})", idle.writes, idle.proposals),
+                format!("0: {}", met(idle.writes == 0.0 && idle.proposals == 0.0)),
+            ),
+            row(
+                "idle etcd requests per second (lease keep-alives)",
+                format!("{:.1}", idle.requests),
+                String::new(),
+            ),
+            row(
+                format!("idle keep-alive messages / streams closed per second ({streams})"),
+                format!(
+                    "{:.1} / {:.1}",
+                    idle.keep_alive_messages, idle.keep_alive_streams
+                ),
+                String::new(),
+            ),
+            row(
+                "engine fleetd peak RSS (VmHWM)",
+                format!("{:.1} MiB (now {:.1} MiB)", mib(self.hwm), mib(self.rss)),
+                format!("< 200 MB: {}", met(self.hwm < 200 * 1000 * 1000)),
+            ),
+            row(
+                "CPU used, submit → all active",
+                self.submit.cpu.describe(),
+                String::new(),
+            ),
+            row("CPU used, idle window", idle.cpu.describe(), String::new()),
+        ];
+        if self.sim_errors > 0 {
+            rows.push(row(
+                "simulated agent errors (see stderr)",
+                self.sim_errors.to_string(),
+                String::new(),
+            ));
+        }
+        rows
+    }
+
+    fn json(&self, args: &Args) -> serde_json::Value {
+        let (submit, reschedule, lists, idle) =
+            (&self.submit, &self.reschedule, &self.lists, &self.idle);
+        let (before, after) = (&submit.before, &submit.after);
+        let per_unit = |value: f64| self.per_unit(args, value);
+        serde_json::json!({
+            "machines": args.machines,
+            "units": args.units,
+            "concurrency": args.concurrency,
+            "machine_loss_grace_s": args.loss_grace,
+            "register_machines_s": secs(self.register_time),
+            "submit_s": secs(submit.submit_time),
+            "all_active_s": secs(submit.all_active),
+            "fleetd_hwm_after_active_bytes": submit.hwm_after_active,
+            "reschedule": {
+                "machines_lost": reschedule.lost,
+                "units_moved": reschedule.moved,
+                "from_revoke_s": secs(reschedule.from_revoke),
+                "after_grace_s": (reschedule.after_grace * 1000.0).round() / 1000.0,
+                "etcd_requests": reschedule.requests,
+                "etcd_writes": reschedule.writes,
+            },
+            "per_unit": {
+                "etcd_requests": per_unit(after.requests(before)),
+                "etcd_writes": per_unit(after.writes(before)),
+                "etcd_proposals": per_unit(after.proposals(before)),
+                "etcd_received_bytes": per_unit(after.delta(before, "etcd_network_client_grpc_received_bytes_total")),
+                "etcd_sent_bytes": per_unit(after.delta(before, "etcd_network_client_grpc_sent_bytes_total")),
+                "etcd_wal_bytes": per_unit(after.delta(before, "etcd_disk_wal_write_bytes_total")),
+                "agent_state_writes": per_unit(submit.state_writes as f64),
+            },
+            "submit_requests_by_method": after
+                .by_method(before)
+                .into_iter()
+                .map(|(method, count)| (method, serde_json::json!(count)))
+                .collect::<serde_json::Map<_, _>>(),
+            "idle": {
+                "window_s": idle.secs,
+                "writes_per_s": idle.writes,
+                "proposals_per_s": idle.proposals,
+                "requests_per_s": idle.requests,
+                "keep_alive_messages_per_s": idle.keep_alive_messages,
+                "keep_alive_streams_closed_per_s": idle.keep_alive_streams,
+                "keep_alive_stream_per_lease": args.keep_alive_streams,
+            },
+            "fleetd_rss": { "hwm_bytes": self.hwm, "rss_bytes": self.rss },
+            "latency_s": {
+                "api_get_units_all_pages": secs(lists.api_units),
+                "api_get_state_all_pages": secs(lists.api_states),
+                "fleetctl_list_units": secs(lists.fleetctl),
+            },
+            "simulated_agent_errors": self.sim_errors,
+            "cpu": { "submit_to_active": submit.cpu.json(), "idle": idle.cpu.json() },
+        })
+    }
 }
 
 fn print_table(args: &Args, report: &Report) {

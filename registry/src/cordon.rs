@@ -96,7 +96,7 @@ impl Registry {
 
     /// A cordon record (a key under `P/api/cordon/`); `None` for anything else or
     /// an undecodable value (logged), which counts as no cordon.
-    pub fn decode_cordon(&self, key: &str, value: &[u8]) -> Option<Cordon> {
+    pub(crate) fn decode_cordon(&self, key: &str, value: &[u8]) -> Option<Cordon> {
         let RegistryKey::Cordon(machine) = self.keys().parse(key)? else {
             return None;
         };

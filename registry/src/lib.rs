@@ -3,6 +3,8 @@
 //! - [`model`]: machines, units, placements (the schedule) and unit states, the
 //!   words every other crate uses (the `fleet-model` crate, re-exported).
 //! - [`auth`]: etcd users and roles, one identity per machine (`fleetd etcd-auth`).
+//! - [`changes`]: typed changes of a watch for the engine and the agent
+//!   ([`changes::ChangeStream`]): the domain's facts, never raw keys.
 //! - [`events`]: the watch of everything, decoded into typed events by revision.
 //! - [`keys`]: the etcd key layout. **The only module that formats a key.**
 //! - [`store`]: [`Registry`], typed reads and writes, leases, watches, the
@@ -23,6 +25,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used))]
 
 pub mod auth;
+pub mod changes;
 pub mod cordon;
 mod endpoints;
 pub mod events;

@@ -108,17 +108,17 @@ impl Pass<'_> {
         for machine in 0..self.n_present {
             let id = self.machines[machine].id;
             let draining = cordons.draining.contains(id);
-            self.cordoned[machine] = draining || cordons.cordoned.contains(id);
+            self.drain.cordoned[machine] = draining || cordons.cordoned.contains(id);
             if draining {
-                self.draining.push(machine);
+                self.drain.draining.push(machine);
             }
         }
-        self.drain_budget = cordons.drain_budget;
+        self.drain.budget = cordons.drain_budget;
     }
 
     /// Moves the movable units off every draining machine, within the budget.
     fn drain(&mut self) {
-        for machine in self.draining.clone() {
+        for machine in self.drain.draining.clone() {
             let from = self.machines[machine].id;
             let mut here = self.machines[machine].units.clone();
             // Unit indexes are in name order: a drain moves units alphabetically.
@@ -132,11 +132,11 @@ impl Pass<'_> {
                 }
                 match self.drain_destination(unit, machine) {
                     Err(reason) => {
-                        self.drain_blocked.insert(unit, reason);
+                        self.drain.blocked.insert(unit, reason);
                     }
-                    Ok(_) if self.drain_budget == 0 => self.drain_waiting += 1,
+                    Ok(_) if self.drain.budget == 0 => self.drain.waiting += 1,
                     Ok(destination) => {
-                        self.drain_budget -= 1;
+                        self.drain.budget -= 1;
                         self.displaced.insert(unit);
                         self.unplace(unit, machine, format!("machine {from} is draining"));
                         self.place(
@@ -144,7 +144,7 @@ impl Pass<'_> {
                             destination,
                             format!("moved off draining machine {from}"),
                         );
-                        self.drain_moves.push((unit, destination));
+                        self.drain.moves.push((unit, destination));
                     }
                 }
             }
@@ -154,11 +154,11 @@ impl Pass<'_> {
                     continue;
                 }
                 if let Some(peer) = self.follows_peer_on(unit, machine) {
-                    if self.drain_blocked.contains_key(&peer) {
+                    if self.drain.blocked.contains_key(&peer) {
                         let reason = format!("stays with its MachineOf peer {}", self.name(peer));
-                        self.drain_blocked.insert(unit, reason);
+                        self.drain.blocked.insert(unit, reason);
                     } else {
-                        self.drain_waiting += 1;
+                        self.drain.waiting += 1;
                     }
                 }
             }
@@ -233,7 +233,7 @@ impl Pass<'_> {
                 } else if self.is_global(unit) {
                     self.check_static(unit, machine)
                         .and_then(|()| self.check_peers_placed(unit, machine))
-                        .and_then(|()| match self.cordoned[machine] {
+                        .and_then(|()| match self.drain.cordoned[machine] {
                             true => Err(Reject::Cordoned),
                             false => Ok(()),
                         })
@@ -267,7 +267,7 @@ impl Pass<'_> {
         if self.units[unit].desired_state == TargetState::Inactive {
             return "desired state is inactive: not placed".to_owned();
         }
-        if let Some(reason) = self.drain_blocked.get(&unit) {
+        if let Some(reason) = self.drain.blocked.get(&unit) {
             return format!("stays on its draining machine: {reason}");
         }
         if let Some(reason) = self.unschedulable.get(&unit)

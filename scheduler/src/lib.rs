@@ -237,26 +237,37 @@ struct Pass<'a> {
     /// Placements of unknown units: deleted with this reason.
     orphans: Vec<&'a Placement>,
     unschedulable: BTreeMap<UIdx, String>,
+    /// Cordons and the drain of this pass (`cordon.rs`).
+    drain: DrainPass,
+}
+
+/// What a pass knows and decides about cordoned and draining machines.
+#[derive(Default)]
+struct DrainPass {
     /// Per present machine: cordoned (no new placements).
     cordoned: Vec<bool>,
     /// Draining present machines, in id order.
     draining: Vec<MIdx>,
     /// How many more units the drain may move in this pass.
-    drain_budget: usize,
+    budget: usize,
     /// Units moved off a draining machine, with their destination.
-    drain_moves: Vec<(UIdx, MIdx)>,
+    moves: Vec<(UIdx, MIdx)>,
     /// Units that must stay on a draining machine, and why.
-    drain_blocked: BTreeMap<UIdx, String>,
-    drain_waiting: usize,
+    blocked: BTreeMap<UIdx, String>,
+    /// Units that could leave a draining machine but wait for the budget.
+    waiting: usize,
 }
 
-impl<'a> Pass<'a> {
-    fn new(
-        machines: &'a [MachineState],
-        units: &'a [UnitSpec],
-        placements: &'a [Placement],
-        loss: &'a LossPolicy,
-    ) -> Pass<'a> {
+/// The units of a pass in name order, with their `MachineOf` graph resolved.
+struct UnitIndex<'a> {
+    units: Vec<&'a UnitSpec>,
+    unit_by_name: HashMap<&'a str, UIdx>,
+    followers: Vec<Vec<UIdx>>,
+    peers: Vec<Vec<Option<UIdx>>>,
+}
+
+impl<'a> UnitIndex<'a> {
+    fn new(units: &'a [UnitSpec]) -> UnitIndex<'a> {
         let mut units: Vec<&UnitSpec> = units.iter().collect();
         units.sort_by(|a, b| a.name.cmp(&b.name));
         let unit_by_name: HashMap<&str, UIdx> = units
@@ -264,7 +275,6 @@ impl<'a> Pass<'a> {
             .enumerate()
             .map(|(idx, unit)| (unit.name.as_str(), idx))
             .collect();
-
         let mut followers = vec![Vec::new(); units.len()];
         let mut peers = Vec::with_capacity(units.len());
         for (idx, unit) in units.iter().enumerate() {
@@ -281,20 +291,33 @@ impl<'a> Pass<'a> {
             }
             peers.push(resolved);
         }
+        UnitIndex {
+            units,
+            unit_by_name,
+            followers,
+            peers,
+        }
+    }
+}
 
-        let mut sorted_machines: Vec<&MachineState> = machines.iter().collect();
-        sorted_machines.sort_by(|a, b| a.id.cmp(&b.id));
-        sorted_machines.dedup_by(|a, b| a.id == b.id);
-        let mut slots: Vec<MachineSlot> = sorted_machines
+/// The machines of a pass: present ones in id order, then absent ones that
+/// placements still name (so held placements are represented like others).
+struct MachineIndex<'a> {
+    present: Vec<&'a MachineState>,
+    slots: Vec<MachineSlot<'a>>,
+    machine_by_id: HashMap<&'a str, MIdx>,
+    machines_by_short_id: HashMap<&'a str, Vec<MIdx>>,
+}
+
+impl<'a> MachineIndex<'a> {
+    fn new(machines: &'a [MachineState], placements: &'a [Placement]) -> MachineIndex<'a> {
+        let mut present: Vec<&MachineState> = machines.iter().collect();
+        present.sort_by(|a, b| a.id.cmp(&b.id));
+        present.dedup_by(|a, b| a.id == b.id);
+        let mut slots: Vec<MachineSlot> = present
             .iter()
-            .map(|state| MachineSlot {
-                id: &state.id,
-                units: Vec::new(),
-                conflicters: Vec::new(),
-                replacers: Vec::new(),
-            })
+            .map(|state| MachineSlot::new(&state.id))
             .collect();
-        let n_present = slots.len();
         let mut machine_by_id: HashMap<&str, MIdx> = HashMap::new();
         let mut machines_by_short_id: HashMap<&str, Vec<MIdx>> = HashMap::new();
         for (idx, slot) in slots.iter().enumerate() {
@@ -304,7 +327,6 @@ impl<'a> Pass<'a> {
                 .or_default()
                 .push(idx);
         }
-        // Absent machines, in id order after the present ones.
         let absent: BTreeSet<&MachineId> = placements
             .iter()
             .map(|p| &p.machine)
@@ -312,37 +334,78 @@ impl<'a> Pass<'a> {
             .collect();
         for id in absent {
             machine_by_id.insert(id.as_str(), slots.len());
-            slots.push(MachineSlot {
-                id,
-                units: Vec::new(),
-                conflicters: Vec::new(),
-                replacers: Vec::new(),
-            });
+            slots.push(MachineSlot::new(id));
         }
-
-        // One metadata table per distinct requirement: thousands of units
-        // share a handful of requirements, and this keeps the per-candidate
-        // metadata check a table lookup.
-        let mut metadata_class = vec![None; units.len()];
-        let mut metadata_tables = Vec::new();
-        let mut table_of: HashMap<&BTreeMap<String, BTreeSet<String>>, usize> = HashMap::new();
-        for (idx, unit) in units.iter().enumerate() {
-            let requirement = &unit.requirements.machine_metadata;
-            if requirement.is_empty() {
-                continue;
-            }
-            let table = *table_of.entry(requirement).or_insert_with(|| {
-                let table: Vec<bool> = sorted_machines
-                    .iter()
-                    .map(|state| unit.requirements.metadata_matches(&state.metadata))
-                    .collect();
-                metadata_tables.push(table);
-                metadata_tables.len() - 1
-            });
-            metadata_class[idx] = Some(table);
+        MachineIndex {
+            present,
+            slots,
+            machine_by_id,
+            machines_by_short_id,
         }
+    }
+}
 
-        let by_load = (0..n_present).map(|idx| (0, idx)).collect();
+/// One metadata table per distinct `MachineMetadata` requirement (does
+/// present machine i match), and each unit's table. Thousands of units share
+/// a handful of requirements, and this keeps the per-candidate metadata check
+/// a table lookup.
+fn metadata_tables(
+    units: &[&UnitSpec],
+    present: &[&MachineState],
+) -> (Vec<Option<usize>>, Vec<Vec<bool>>) {
+    let mut metadata_class = vec![None; units.len()];
+    let mut tables = Vec::new();
+    let mut table_of: HashMap<&BTreeMap<String, BTreeSet<String>>, usize> = HashMap::new();
+    for (idx, unit) in units.iter().enumerate() {
+        let requirement = &unit.requirements.machine_metadata;
+        if requirement.is_empty() {
+            continue;
+        }
+        let table = *table_of.entry(requirement).or_insert_with(|| {
+            let table: Vec<bool> = present
+                .iter()
+                .map(|state| unit.requirements.metadata_matches(&state.metadata))
+                .collect();
+            tables.push(table);
+            tables.len() - 1
+        });
+        metadata_class[idx] = Some(table);
+    }
+    (metadata_class, tables)
+}
+
+impl<'a> MachineSlot<'a> {
+    fn new(id: &'a MachineId) -> MachineSlot<'a> {
+        MachineSlot {
+            id,
+            units: Vec::new(),
+            conflicters: Vec::new(),
+            replacers: Vec::new(),
+        }
+    }
+}
+
+impl<'a> Pass<'a> {
+    fn new(
+        machines: &'a [MachineState],
+        units: &'a [UnitSpec],
+        placements: &'a [Placement],
+        loss: &'a LossPolicy,
+    ) -> Pass<'a> {
+        let UnitIndex {
+            units,
+            unit_by_name,
+            followers,
+            peers,
+        } = UnitIndex::new(units);
+        let MachineIndex {
+            present,
+            slots,
+            machine_by_id,
+            machines_by_short_id,
+        } = MachineIndex::new(machines, placements);
+        let (metadata_class, metadata_tables) = metadata_tables(&units, &present);
+        let n_present = present.len();
         let n_units = units.len();
         Pass {
             units,
@@ -355,7 +418,7 @@ impl<'a> Pass<'a> {
             n_present,
             machine_by_id,
             machines_by_short_id,
-            by_load,
+            by_load: (0..n_present).map(|idx| (0, idx)).collect(),
             on: vec![Vec::new(); n_units],
             pending: BTreeSet::new(),
             displaced: HashSet::new(),
@@ -366,12 +429,10 @@ impl<'a> Pass<'a> {
             place_reasons: HashMap::new(),
             orphans: Vec::new(),
             unschedulable: BTreeMap::new(),
-            cordoned: vec![false; n_present],
-            draining: Vec::new(),
-            drain_budget: 0,
-            drain_moves: Vec::new(),
-            drain_blocked: BTreeMap::new(),
-            drain_waiting: 0,
+            drain: DrainPass {
+                cordoned: vec![false; n_present],
+                ..DrainPass::default()
+            },
         }
     }
 
@@ -512,7 +573,7 @@ impl<'a> Pass<'a> {
     /// Every check for a non-global unit on a present machine.
     fn check(&self, unit: UIdx, machine: MIdx) -> Result<(), Reject> {
         self.check_static(unit, machine)?;
-        if self.cordoned[machine] {
+        if self.drain.cordoned[machine] {
             return Err(Reject::Cordoned);
         }
         for peer in &self.peers[unit] {
@@ -702,7 +763,7 @@ impl<'a> Pass<'a> {
                 }
                 matched += 1;
                 // A cordoned machine keeps the global units it runs and gets no new one.
-                if self.on[unit].contains(&machine) || self.cordoned[machine] {
+                if self.on[unit].contains(&machine) || self.drain.cordoned[machine] {
                     continue;
                 }
                 let slot = &self.machines[machine];
@@ -1103,7 +1164,8 @@ impl<'a> Pass<'a> {
             })
             .collect();
         let drain_moves = self
-            .drain_moves
+            .drain
+            .moves
             .iter()
             .map(|&(unit, machine)| Placement {
                 unit: self.units[unit].name.clone(),
@@ -1113,7 +1175,8 @@ impl<'a> Pass<'a> {
             })
             .collect();
         let drain_blocked = self
-            .drain_blocked
+            .drain
+            .blocked
             .iter()
             .map(|(&unit, reason)| Unschedulable {
                 unit: self.units[unit].name.clone(),
@@ -1125,7 +1188,7 @@ impl<'a> Pass<'a> {
             unschedulable,
             drain_moves,
             drain_blocked,
-            drain_waiting: self.drain_waiting,
+            drain_waiting: self.drain.waiting,
         }
     }
 }

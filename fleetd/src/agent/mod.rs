@@ -31,8 +31,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use fleet_registry::keys::RegistryKey;
-use fleet_registry::store::{LeaseId, Revision, WatchEvent, WatchEventKind, WatchStream};
+use fleet_registry::changes::{Change, ChangeStream, Changed, Watched};
+use fleet_registry::store::{LeaseId, Revision};
 use fleet_registry::{MachineId, Registry, RegistryError, TargetState, UnitState};
 use fleet_systemd::dbus::{DbusError, Event, Events, Manager, UnitStatus};
 use fleet_systemd::unit::{UnitFile, UnitHash, UnitName};
@@ -164,6 +164,10 @@ pub struct Agent {
     reload_pending: bool,
     /// Units whose new file systemd has not loaded yet: never started.
     unreloaded: BTreeSet<UnitName>,
+    /// Units loaded this pass that systemd never had a definition of: it
+    /// reads their new files when first asked about them, so they need no
+    /// daemon-reload (see [`Agent::reload_unit_files`]).
+    fresh_loads: BTreeSet<UnitName>,
 }
 
 impl Agent {
@@ -197,6 +201,7 @@ impl Agent {
             ordered: BTreeSet::new(),
             reload_pending: false,
             unreloaded: BTreeSet::new(),
+            fresh_loads: BTreeSet::new(),
         }
     }
 
@@ -267,7 +272,7 @@ impl Agent {
             Ok(found) => self.on_disk = found,
             Err(error) => warn!(%error, "Cannot read the units directory; using what we knew."),
         }
-        let mut schedule: Option<WatchStream> = None;
+        let mut schedule: Option<ChangeStream> = None;
         let mut registry_backoff = Backoff::new(RETRY_INITIAL, RETRY_MAX);
         let mut task_backoff = Backoff::new(RETRY_INITIAL, RETRY_MAX);
         let mut state_backoff = Backoff::new(RETRY_INITIAL, RETRY_MAX);
@@ -390,7 +395,7 @@ impl Agent {
     // --- the schedule ---
 
     /// Lists the schedule if needed and watches it from the next revision.
-    async fn watch_schedule(&mut self) -> Result<WatchStream, RegistryError> {
+    async fn watch_schedule(&mut self) -> Result<ChangeStream, RegistryError> {
         if self.need_relist {
             let (placements, revision) = self.registry.machine_schedule(&self.machine).await?;
             let known_until = self.schedule_revision;
@@ -420,26 +425,19 @@ impl Agent {
                 %revision, "Read this machine's schedule."
             );
         }
-        let prefix = self.registry.keys().machine_schedule(self.machine.as_str());
+        let watched = Watched::ScheduleOf(self.machine.clone());
         self.registry
-            .watch_prefix(prefix, self.schedule_revision.next())
+            .watch_changes(watched, self.schedule_revision.next())
             .await
     }
 
     /// Applies a batch of schedule changes; `true` if the schedule changed.
-    fn apply_schedule_events(&mut self, batch: Vec<WatchEvent>) -> bool {
+    fn apply_schedule_events(&mut self, batch: Vec<Changed>) -> bool {
         let mut changed = false;
-        for event in batch {
-            self.schedule_revision = self.schedule_revision.max(event.mod_revision);
-            match event.kind {
-                WatchEventKind::Put => {
-                    let Some(placement) = self.registry.decode_placement(&event.key, &event.value)
-                    else {
-                        continue;
-                    };
-                    if placement.machine != self.machine {
-                        continue;
-                    }
+        for Changed { revision, change } in batch {
+            self.schedule_revision = self.schedule_revision.max(revision);
+            match change {
+                Change::Placed(placement) if placement.machine == self.machine => {
                     let desired = Desired {
                         hash: placement.hash,
                         target: placement.target_state,
@@ -447,16 +445,13 @@ impl Agent {
                     self.left_at.remove(&placement.unit);
                     changed |= self.desired.insert(placement.unit, desired) != Some(desired);
                 }
-                WatchEventKind::Delete => {
-                    if let Some(RegistryKey::Scheduled { machine, unit }) =
-                        self.registry.parse_key(&event.key)
-                        && machine == self.machine
-                        && self.desired.remove(&unit).is_some()
-                    {
-                        self.left_at.insert(unit, event.mod_revision.previous());
-                        changed = true;
-                    }
+                Change::Unplaced { unit, machine }
+                    if machine == self.machine && self.desired.remove(&unit).is_some() =>
+                {
+                    self.left_at.insert(unit, revision.previous());
+                    changed = true;
                 }
+                _ => {}
             }
         }
         if changed {
@@ -681,7 +676,7 @@ impl Agent {
                 }
                 Ok(())
             }
-            Task::ReloadUnitFiles => self.daemon_reload(manager).await,
+            Task::ReloadUnitFiles => self.reload_unit_files(manager).await,
             Task::Adopt { unit, reached } => {
                 self.reached.insert(unit.clone(), *reached);
                 Ok(())
@@ -736,6 +731,13 @@ impl Agent {
         hash: UnitHash,
     ) -> Result<(), TaskError> {
         let file = self.content(unit, hash).await?;
+        // systemd has never had a definition of this unit: no file of ours
+        // before, and not loaded from anywhere else.
+        let fresh = !self.on_disk.contains_key(unit)
+            && self
+                .statuses
+                .get(unit)
+                .is_none_or(|status| status.load_state == "not-found");
         if !self.config.allow_host_unit_override && !self.on_disk.contains_key(unit) {
             self.refuse_host_unit(manager, unit).await?;
         }
@@ -779,9 +781,58 @@ impl Agent {
             return Err(error);
         }
         self.reached.insert(unit.clone(), TargetState::Loaded);
-        self.reload_pending = true;
-        self.unreloaded.insert(unit.clone());
+        if fresh {
+            self.fresh_loads.insert(unit.clone());
+        } else {
+            self.reload_pending = true;
+            self.unreloaded.insert(unit.clone());
+        }
         Ok(())
+    }
+
+    /// The pass's `ReloadUnitFiles` task. A daemon-reload re-reads every unit
+    /// and blocks systemd meanwhile, so its cost grows with the units the
+    /// machine runs; one per pass made a burst of starts wait behind it.
+    /// It is needed only when systemd holds an old definition: a changed or
+    /// removed file, or a unit it knew before. A unit it never had a
+    /// definition of is read from its new file the first time it is asked
+    /// about it (systemd rebuilds its unit-file map when a unit directory
+    /// changed), so for those we ask once, for all of them, whether systemd
+    /// now finds them loaded, and reload only when one is still not found.
+    async fn reload_unit_files(&mut self, manager: &Manager) -> Result<(), TaskError> {
+        let fresh: Vec<UnitName> = std::mem::take(&mut self.fresh_loads).into_iter().collect();
+        if !self.reload_pending && self.all_loaded_by_systemd(manager, &fresh).await? {
+            return Ok(());
+        }
+        // Until a reload works, these are not started either.
+        self.unreloaded.extend(fresh);
+        self.reload_pending = true;
+        self.daemon_reload(manager).await
+    }
+
+    /// Whether systemd reports every unit in `units` as loaded (asking
+    /// makes it read a new unit file); remembers what it says.
+    async fn all_loaded_by_systemd(
+        &mut self,
+        manager: &Manager,
+        units: &[UnitName],
+    ) -> Result<bool, TaskError> {
+        if units.is_empty() {
+            return Ok(true);
+        }
+        match self.refresh_statuses(manager, units).await {
+            Ok(()) => {}
+            Err(error) if error.is_connection_lost() => return Err(error.into()),
+            Err(error) => {
+                debug!(%error, "Cannot ask systemd about new units; reloading instead.");
+                return Ok(false);
+            }
+        }
+        Ok(units.iter().all(|unit| {
+            self.statuses
+                .get(unit)
+                .is_some_and(|status| status.load_state == "loaded")
+        }))
     }
 
     /// Fails with [`TaskError::HostUnit`] when systemd already knows `unit`
@@ -1087,8 +1138,8 @@ impl Agent {
 
 /// The next batch of the schedule watch; never ready without a watch.
 async fn next_batch(
-    watch: &mut Option<WatchStream>,
-) -> Result<Option<Vec<WatchEvent>>, RegistryError> {
+    watch: &mut Option<ChangeStream>,
+) -> Result<Option<Vec<Changed>>, RegistryError> {
     match watch {
         Some(watch) => watch.next().await,
         None => std::future::pending().await,

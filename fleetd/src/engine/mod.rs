@@ -38,10 +38,8 @@ use tokio::time::{Instant, sleep, sleep_until};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use fleet_registry::keys::RegistryKey;
-use fleet_registry::store::{
-    Leadership, LeaseId, Revision, ScheduleChange, WatchEvent, WatchEventKind, WatchStream,
-};
+use fleet_registry::changes::{Change, ChangeStream, Changed, Watched};
+use fleet_registry::store::{Leadership, LeaseId, Revision, ScheduleChange};
 use fleet_registry::{MachineId, Registry, RegistryError};
 use fleet_systemd::unit::UnitName;
 
@@ -230,7 +228,7 @@ impl Engine {
         // the watch, so read again once the watch is in place.
         let mut stream = self
             .registry
-            .watch_prefix(self.registry.keys().engine_leader(), Revision::default())
+            .watch_changes(Watched::EngineLeader, Revision::default())
             .await?;
         match self.registry.leader().await? {
             None => return Ok(()),
@@ -245,14 +243,11 @@ impl Engine {
                 events = stream.next() => match events? {
                     None => return Ok(()),
                     Some(events) => {
-                        for event in events {
-                            match event.kind {
-                                WatchEventKind::Delete => return Ok(()),
-                                WatchEventKind::Put => {
-                                    if let Ok(leader) = String::from_utf8_lossy(&event.value).parse::<MachineId>() {
-                                        self.note_leader(Some(&leader));
-                                    }
-                                }
+                        for changed in events {
+                            match changed.change {
+                                Change::LeaderGone => return Ok(()),
+                                Change::LeaderIs(leader) => self.note_leader(Some(&leader)),
+                                _ => {}
                             }
                         }
                     }
@@ -373,12 +368,12 @@ impl Engine {
 
 /// The watches of a leader.
 struct Watches {
-    machines: WatchStream,
-    metadata: WatchStream,
-    units: WatchStream,
-    content: WatchStream,
-    rollouts: WatchStream,
-    cordons: WatchStream,
+    machines: ChangeStream,
+    metadata: ChangeStream,
+    units: ChangeStream,
+    content: ChangeStream,
+    rollouts: ChangeStream,
+    cordons: ChangeStream,
 }
 
 /// The state of a leading engine.
@@ -423,21 +418,15 @@ impl<'a> Leader<'a> {
     async fn relist(&mut self) -> Result<Watches, RegistryError> {
         let snapshot = self.registry().snapshot().await?;
         let revision = snapshot.revision;
-        let keys = self.registry().keys().clone();
         let from = revision.next();
+        let registry = self.registry();
         let watches = Watches {
-            machines: self.registry().watch_prefix(keys.machines(), from).await?,
-            metadata: self
-                .registry()
-                .watch_prefix(keys.all_metadata(), from)
-                .await?,
-            units: self.registry().watch_prefix(keys.units(), from).await?,
-            content: self
-                .registry()
-                .watch_prefix(keys.all_content(), from)
-                .await?,
-            rollouts: self.registry().watch_prefix(keys.rollouts(), from).await?,
-            cordons: self.registry().watch_prefix(keys.cordons(), from).await?,
+            machines: registry.watch_changes(Watched::Machines, from).await?,
+            metadata: registry.watch_changes(Watched::Metadata, from).await?,
+            units: registry.watch_changes(Watched::Units, from).await?,
+            content: registry.watch_changes(Watched::Content, from).await?,
+            rollouts: registry.watch_changes(Watched::Rollouts, from).await?,
+            cordons: registry.watch_changes(Watched::Cordons, from).await?,
         };
         // Read after the snapshot: a cordon written in between shows up both
         // here and as a watch event, which is harmless.
@@ -471,7 +460,7 @@ impl<'a> Leader<'a> {
     /// model must be re-listed.
     async fn on_events(
         &mut self,
-        events: Result<Option<Vec<WatchEvent>>, RegistryError>,
+        events: Result<Option<Vec<Changed>>, RegistryError>,
         dirty_since: &mut Option<Instant>,
     ) -> bool {
         let events = match events {
@@ -485,18 +474,15 @@ impl<'a> Leader<'a> {
                 return false;
             }
         };
-        for event in &events {
-            self.apply(event).await;
+        for changed in events {
+            self.apply(changed.change).await;
         }
         dirty_since.get_or_insert_with(Instant::now);
         true
     }
 
     /// Applies a batch from the rollouts watch; `false` when it broke.
-    fn on_rollout_events(
-        &mut self,
-        events: Result<Option<Vec<WatchEvent>>, RegistryError>,
-    ) -> bool {
+    fn on_rollout_events(&mut self, events: Result<Option<Vec<Changed>>, RegistryError>) -> bool {
         let events = match events {
             Ok(Some(events)) => events,
             Ok(None) | Err(_) => {
@@ -504,14 +490,11 @@ impl<'a> Leader<'a> {
                 return false;
             }
         };
-        let keys = self.engine.registry.keys().clone();
-        for event in events {
-            let Some(name) = keys.child(&keys.rollouts(), &event.key) else {
-                continue;
-            };
-            match event.kind {
-                WatchEventKind::Put => self.rollouts.put_spec(name, &event.value),
-                WatchEventKind::Delete => self.rollouts.remove(name),
+        for changed in events {
+            match changed.change {
+                Change::RolloutRequested { name, spec } => self.rollouts.put_spec(&name, &spec),
+                Change::RolloutRemoved(name) => self.rollouts.remove(&name),
+                _ => {}
             }
         }
         true
@@ -545,69 +528,62 @@ impl<'a> Leader<'a> {
         }
     }
 
-    async fn apply(&mut self, event: &WatchEvent) {
-        let registry = self.engine.registry.clone();
-        let Some(key) = registry.parse_key(&event.key) else {
-            return;
-        };
+    /// Applies one change to the model, the loss clocks or the drains.
+    async fn apply(&mut self, change: Change) {
         let now = Instant::now().into_std();
-        match (key, event.kind) {
-            (RegistryKey::Machine(machine), WatchEventKind::Delete) => {
+        match change {
+            Change::MachineRemoved(machine) => {
                 if self.model.machines.remove(&machine).is_some() {
                     info!(machine = %machine, "Machine vanished.");
                 }
                 self.loss.vanished(&machine, now);
                 self.read_clean_stops().await;
             }
-            // A machine record or its dynamic metadata changed: read the
-            // machine with its metadata merged (rare events).
-            (RegistryKey::Machine(machine), WatchEventKind::Put)
-            | (RegistryKey::Metadata { machine, .. }, _) => {
-                match registry.machine(&machine).await {
-                    Ok(Some(state)) => {
-                        if self.model.machines.insert(machine.clone(), state).is_none() {
-                            info!(machine = %machine, "Machine present.");
-                        }
-                        self.loss.returned(&machine);
-                    }
-                    Ok(None) => {
-                        if self.model.machines.remove(&machine).is_some() {
-                            self.loss.vanished(&machine, now);
-                        }
-                    }
-                    Err(error) => {
-                        warn!(%error, machine = %machine, "Reading a changed machine failed; the next resync corrects it.")
-                    }
+            Change::MachineUpdated(machine) => self.reread_machine(machine, now).await,
+            Change::UnitRecord {
+                unit,
+                record: Some((hash, desired_state)),
+            } => self.model.put_unit_record(unit, hash, desired_state),
+            Change::UnitRecord { unit, record: None } => {
+                // Not a destroy: the unit keeps its placements (and keeps
+                // running) until a record that decodes replaces this one.
+                error!(unit = %unit, "The unit's record does not decode; keeping the unit as it was.");
+                self.model.hold_unusable(unit);
+            }
+            Change::UnitRemoved(unit) => self.model.remove_unit(&unit),
+            Change::Content { hash, file } => self.model.put_content(hash, file),
+            Change::ContentRemoved(hash) => self.model.remove_content(&hash),
+            Change::Cordoned(cordon) => self.drain.put(cordon),
+            Change::CordonLifted(machine) => self.drain.remove(&machine),
+            // The schedule is not watched (the engine is its only writer) and
+            // rollouts come on their own watch.
+            Change::Placed(_)
+            | Change::Unplaced { .. }
+            | Change::RolloutRequested { .. }
+            | Change::RolloutRemoved(_)
+            | Change::LeaderIs(_)
+            | Change::LeaderGone => {}
+        }
+    }
+
+    /// A machine record or its dynamic metadata changed: reads the machine
+    /// with its metadata merged (rare events).
+    async fn reread_machine(&mut self, machine: MachineId, now: std::time::Instant) {
+        match self.engine.registry.machine(&machine).await {
+            Ok(Some(state)) => {
+                if self.model.machines.insert(machine.clone(), state).is_none() {
+                    info!(machine = %machine, "Machine present.");
+                }
+                self.loss.returned(&machine);
+            }
+            Ok(None) => {
+                if self.model.machines.remove(&machine).is_some() {
+                    self.loss.vanished(&machine, now);
                 }
             }
-            (RegistryKey::Unit(name), WatchEventKind::Put) => {
-                if let Some((name, hash, desired_state)) =
-                    registry.decode_unit_record(&event.key, &event.value)
-                {
-                    self.model.put_unit_record(name, hash, desired_state);
-                } else {
-                    // Not a destroy: the unit keeps its placements (and keeps
-                    // running) until a record that decodes replaces this one.
-                    error!(unit = %name, key = %event.key, "The unit's record does not decode; keeping the unit as it was.");
-                    self.model.hold_unusable(name);
-                }
+            Err(error) => {
+                warn!(%error, machine = %machine, "Reading a changed machine failed; the next resync corrects it.")
             }
-            (RegistryKey::Unit(name), WatchEventKind::Delete) => self.model.remove_unit(&name),
-            (RegistryKey::Content(_), WatchEventKind::Put) => {
-                if let Some((hash, file)) = registry.decode_content(&event.key, &event.value) {
-                    self.model.put_content(hash, file);
-                }
-            }
-            (RegistryKey::Content(hash), WatchEventKind::Delete) => {
-                self.model.remove_content(&hash)
-            }
-            (RegistryKey::Cordon(_), WatchEventKind::Put) => {
-                if let Some(cordon) = registry.decode_cordon(&event.key, &event.value) {
-                    self.drain.put(cordon);
-                }
-            }
-            (RegistryKey::Cordon(machine), WatchEventKind::Delete) => self.drain.remove(&machine),
-            _ => {}
         }
     }
 

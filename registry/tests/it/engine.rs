@@ -3,11 +3,11 @@
 
 use std::time::Duration;
 
-use fleet_registry::keys::RegistryKey;
+use fleet_registry::changes::{Change, ChangeStream, Changed, Watched};
 use fleet_registry::testing::compact;
 use fleet_registry::{
     Placement, Registry, RegistryError, Revision, ScheduleChange, TargetState, WatchEvent,
-    WatchEventKind, WatchStream,
+    WatchStream,
 };
 
 use crate::util::{machine, machine_id, registry, unit_file, unit_name, wait_until};
@@ -22,6 +22,14 @@ fn placement(unit: &str, machine: &str, target_state: TargetState) -> Placement 
 }
 
 /// The next batch of a watch, or a panic after 10 s.
+async fn next_changes(watch: &mut ChangeStream) -> Vec<Changed> {
+    tokio::time::timeout(Duration::from_secs(10), watch.next())
+        .await
+        .expect("a batch of changes within 10 s")
+        .expect("watch ok")
+        .expect("the watch is open")
+}
+
 async fn next_batch(watch: &mut WatchStream) -> Vec<WatchEvent> {
     tokio::time::timeout(Duration::from_secs(10), watch.next())
         .await
@@ -223,35 +231,42 @@ async fn snapshot_reads_at_one_revision_and_a_watch_continues_from_it() {
         .create_unit(&b, &unit_file("/bin/b"), TargetState::Loaded)
         .await
         .expect("create b");
-    let mut watch = registry
-        .watch_prefix(
-            registry.keys().prefix().to_owned(),
-            snapshot.revision.next(),
-        )
+    let from = snapshot.revision.next();
+    let mut units = registry
+        .watch_changes(Watched::Units, from)
         .await
-        .expect("watch");
-    let events = next_batch(&mut watch).await;
-    assert!(
-        events
-            .iter()
-            .all(|event| event.mod_revision > snapshot.revision)
-    );
-    let units: Vec<_> = events
-        .iter()
-        .filter_map(|event| registry.decode_unit_record(&event.key, &event.value))
+        .expect("watch units");
+    let mut contents = registry
+        .watch_changes(Watched::Content, from)
+        .await
+        .expect("watch contents");
+    let changes = next_changes(&mut units).await;
+    assert!(changes.iter().all(|c| c.revision > snapshot.revision));
+    let records: Vec<_> = changes
+        .into_iter()
+        .filter_map(|changed| match changed.change {
+            Change::UnitRecord { unit, record } => Some((unit, record)),
+            _ => None,
+        })
         .collect();
     assert_eq!(
-        units,
-        vec![(b.clone(), unit_file("/bin/b").hash(), TargetState::Loaded)]
+        records,
+        vec![(
+            b.clone(),
+            Some((unit_file("/bin/b").hash(), TargetState::Loaded))
+        )]
     );
-    let contents: Vec<_> = events
-        .iter()
-        .filter_map(|event| registry.decode_content(&event.key, &event.value))
+    let contents: Vec<_> = next_changes(&mut contents)
+        .await
+        .into_iter()
+        .filter_map(|changed| match changed.change {
+            Change::Content { hash, file } => Some((hash, file)),
+            _ => None,
+        })
         .collect();
     assert_eq!(
         contents,
-        vec![(unit_file("/bin/b").hash(), unit_file("/bin/b"))],
-        "the content comes in the same batch"
+        vec![(unit_file("/bin/b").hash(), unit_file("/bin/b"))]
     );
 
     // A snapshot at an older revision than a later write does not see it.
@@ -276,10 +291,7 @@ async fn an_agent_watch_sees_its_schedule_and_deletes() {
     let (schedule, revision) = registry.machine_schedule(&m1).await.expect("schedule");
     assert_eq!(schedule, vec![]);
     let mut watch = registry
-        .watch_prefix(
-            registry.keys().machine_schedule(m1.as_str()),
-            revision.next(),
-        )
+        .watch_changes(Watched::ScheduleOf(m1.clone()), revision.next())
         .await
         .expect("watch");
 
@@ -295,12 +307,15 @@ async fn an_agent_watch_sees_its_schedule_and_deletes() {
         )
         .await
         .expect("place");
-    let events = next_batch(&mut watch).await;
-    assert_eq!(events.len(), 1, "only this machine's schedule: {events:?}");
-    assert_eq!(events[0].kind, WatchEventKind::Put);
+    let changes = next_changes(&mut watch).await;
     assert_eq!(
-        registry.decode_placement(&events[0].key, &events[0].value),
-        Some(a1.clone())
+        changes.len(),
+        1,
+        "only this machine's schedule: {changes:?}"
+    );
+    assert!(
+        matches!(&changes[0].change, Change::Placed(placed) if *placed == a1),
+        "{changes:?}"
     );
 
     let unplace = ScheduleChange::Unplace {
@@ -311,15 +326,11 @@ async fn an_agent_watch_sees_its_schedule_and_deletes() {
         .commit_schedule(&leadership, &[unplace])
         .await
         .expect("unplace");
-    let events = next_batch(&mut watch).await;
-    assert_eq!(events.len(), 1);
-    assert_eq!(events[0].kind, WatchEventKind::Delete);
-    assert_eq!(
-        registry.parse_key(&events[0].key),
-        Some(RegistryKey::Scheduled {
-            machine: m1,
-            unit: a1.unit
-        })
+    let changes = next_changes(&mut watch).await;
+    assert_eq!(changes.len(), 1);
+    assert!(
+        matches!(&changes[0].change, Change::Unplaced { unit, machine } if *unit == a1.unit && *machine == m1),
+        "{changes:?}"
     );
 }
 
@@ -407,10 +418,7 @@ async fn a_watch_fails_when_etcd_goes_away_and_can_resume_after_a_restart() {
     let m1 = machine_id("m1");
     let (_, revision) = registry.machine_schedule(&m1).await.expect("schedule");
     let mut watch = registry
-        .watch_prefix(
-            registry.keys().machine_schedule(m1.as_str()),
-            revision.next(),
-        )
+        .watch_changes(Watched::ScheduleOf(m1.clone()), revision.next())
         .await
         .expect("watch");
 
@@ -435,10 +443,7 @@ async fn a_watch_fails_when_etcd_goes_away_and_can_resume_after_a_restart() {
         .await
         .expect("schedule after the restart");
     let mut watch = registry
-        .watch_prefix(
-            registry.keys().machine_schedule(m1.as_str()),
-            last_seen.next(),
-        )
+        .watch_changes(Watched::ScheduleOf(m1.clone()), last_seen.next())
         .await
         .expect("watch again");
     let a1 = placement("a.service", "m1", TargetState::Launched);
@@ -446,9 +451,9 @@ async fn a_watch_fails_when_etcd_goes_away_and_can_resume_after_a_restart() {
         .commit_schedule(&leadership, &[ScheduleChange::Place(a1.clone())])
         .await
         .expect("place");
-    let events = next_batch(&mut watch).await;
-    assert_eq!(
-        registry.decode_placement(&events[0].key, &events[0].value),
-        Some(a1)
+    let changes = next_changes(&mut watch).await;
+    assert!(
+        matches!(&changes[0].change, Change::Placed(placed) if *placed == a1),
+        "{changes:?}"
     );
 }

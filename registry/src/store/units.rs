@@ -1,0 +1,348 @@
+//! Units: records (name, content hash, desired state), contents by hash with
+//! their references, and the compare-and-swap writes of the API (create, set
+//! the desired state, destroy).
+
+#[allow(clippy::wildcard_imports)] // the store's imports, shared by its parts
+use super::*;
+
+/// Parses stored content (the canonical unit text).
+pub(super) fn parse_content(value: &[u8]) -> Result<UnitFile, String> {
+    let text = std::str::from_utf8(value).map_err(|error| error.to_string())?;
+    UnitFile::parse(text).map_err(|error| error.to_string())
+}
+
+/// How often a read-modify-write of one unit record is retried when another
+/// writer changed the record in between. Contention on one unit is rare (two
+/// API calls for the same name at the same moment), so a few tries suffice.
+pub(super) const MAX_CAS_ATTEMPTS: usize = 8;
+
+impl Registry {
+    /// Parses every content blob once, keyed by hash.
+    pub(super) fn decode_contents(
+        &self,
+        contents: &[KeyValue],
+    ) -> HashMap<UnitHash, Arc<UnitFile>> {
+        contents
+            .iter()
+            .filter_map(|kv| {
+                let (hash, file) = self.decode_content(kv.key_str().ok()?, kv.value())?;
+                Some((hash, Arc::new(file)))
+            })
+            .collect()
+    }
+
+    pub(super) fn decode_units(&self, records: &[KeyValue], contents: &[KeyValue]) -> Vec<Unit> {
+        let contents = self.decode_contents(contents);
+        let mut units: Vec<Unit> = records
+            .iter()
+            .filter_map(|kv| {
+                let key = kv.key_str().ok()?;
+                let (name, hash, desired_state) = self.decode_unit_record(key, kv.value())?;
+                let Some(file) = contents.get(&hash) else {
+                    warn!(unit = %name, %hash, "The unit's content is missing; skipping the unit.");
+                    return None;
+                };
+                Some(Unit {
+                    name,
+                    file: Arc::clone(file),
+                    hash,
+                    desired_state,
+                })
+            })
+            .collect();
+        units.sort_by(|a, b| a.name.cmp(&b.name));
+        units
+    }
+
+    /// All units sorted by name, each with its content (one read per prefix,
+    /// both at one revision; each content parsed once and shared).
+    pub async fn units(&self) -> Result<Vec<Unit>, RegistryError> {
+        let records = self
+            .get_prefix("list units", self.keys.units(), None)
+            .await?;
+        let revision = header_revision(&records);
+        let contents = self
+            .get_prefix(
+                "list unit contents",
+                self.keys.all_content(),
+                Some(revision),
+            )
+            .await?;
+        Ok(self.decode_units(records.kvs(), contents.kvs()))
+    }
+
+    /// One unit with its content.
+    ///
+    /// # Errors
+    /// [`RegistryError::Decode`] when the record or its content is unusable.
+    pub async fn unit(&self, name: &UnitName) -> Result<Option<Unit>, RegistryError> {
+        let key = self.keys.unit(name.as_str());
+        let response = self.get("get unit", key.clone(), None).await?;
+        let Some(kv) = response.kvs().first() else {
+            return Ok(None);
+        };
+        let (hash, desired_state) =
+            wire::decode_unit(kv.value()).map_err(|message| RegistryError::Decode {
+                key: key.clone(),
+                message,
+            })?;
+        // The content as of the record's revision: a replace right after our
+        // read may already have released it.
+        let content_key = self.keys.content(&hash.to_string());
+        let content = self
+            .get(
+                "get unit content",
+                content_key.clone(),
+                Some(GetOptions::new().with_revision(header_revision(&response).get())),
+            )
+            .await?;
+        let Some(content) = content.kvs().first() else {
+            return Err(RegistryError::Decode {
+                key: content_key,
+                message: format!("the content of {name} is missing"),
+            });
+        };
+        let file = parse_content(content.value()).map_err(|message| RegistryError::Decode {
+            key: content_key,
+            message,
+        })?;
+        Ok(Some(Unit {
+            name: name.clone(),
+            file: Arc::new(file),
+            hash,
+            desired_state,
+        }))
+    }
+
+    /// The content stored for `hash`, parsed; `Ok(None)` when there is none
+    /// (the agent fetches what it must load by hash and caches it).
+    ///
+    /// # Errors
+    /// [`RegistryError::Decode`] when the stored text does not parse.
+    pub async fn unit_content(&self, hash: &UnitHash) -> Result<Option<UnitFile>, RegistryError> {
+        let key = self.keys.content(&hash.to_string());
+        let response = self.get("get unit content", key.clone(), None).await?;
+        let Some(kv) = response.kvs().first() else {
+            return Ok(None);
+        };
+        let file =
+            parse_content(kv.value()).map_err(|message| RegistryError::Decode { key, message })?;
+        Ok(Some(file))
+    }
+
+    /// Releases `unit`'s reference to `hash` and, in the same txn, deletes the
+    /// content when that was the last reference: the refs before and after
+    /// ours must both be empty ranges (an empty range compares as a zero
+    /// version in etcd).
+    pub(crate) fn release_content(&self, hash: &UnitHash, unit: &UnitName) -> Txn {
+        self.release_content_ref(
+            hash,
+            &self.keys.content_ref(&hash.to_string(), unit.as_str()),
+        )
+    }
+
+    /// [`Registry::release_content`] for any reference key `own` under the
+    /// hash's refs (a unit's, or a rollout's).
+    pub(crate) fn release_content_ref(&self, hash: &UnitHash, own: &str) -> Txn {
+        let hash = hash.to_string();
+        let refs = self.keys.content_refs(&hash);
+        let own = own.to_owned();
+        let mut after_own = own.clone().into_bytes();
+        after_own.push(0);
+        Txn::new()
+            .when([
+                Compare::version(refs.as_str(), CompareOp::Equal, 0).with_range(own.as_str()),
+                Compare::version(after_own, CompareOp::Equal, 0).with_range(prefix_end(&refs)),
+            ])
+            .and_then([
+                TxnOp::delete(own.as_str(), None),
+                TxnOp::delete(self.keys.content(&hash), None),
+            ])
+            .or_else([TxnOp::delete(own.as_str(), None)])
+    }
+
+    /// Deletes the content of `hash` if no unit refers to it. Repairs content
+    /// leaked by hand edits; the normal paths release content atomically.
+    pub async fn collect_content(&self, hash: &UnitHash) -> Result<bool, RegistryError> {
+        let hash = hash.to_string();
+        let refs = self.keys.content_refs(&hash);
+        let txn = Txn::new()
+            .when([
+                Compare::version(refs.as_str(), CompareOp::Equal, 0).with_range(prefix_end(&refs))
+            ])
+            .and_then([TxnOp::delete(self.keys.content(&hash), None)]);
+        Ok(self.txn("collect unit content", txn).await?.succeeded())
+    }
+
+    /// The record of `name` and the compare that holds while it is unchanged.
+    pub(super) async fn unit_record(
+        &self,
+        op: &'static str,
+        name: &UnitName,
+    ) -> Result<Option<(Compare, Vec<u8>)>, RegistryError> {
+        let key = self.keys.unit(name.as_str());
+        let response = self.get(op, key.clone(), None).await?;
+        Ok(response.kvs().first().map(|kv| {
+            (
+                Compare::mod_revision(key.as_str(), CompareOp::Equal, kv.mod_revision()),
+                kv.value().to_vec(),
+            )
+        }))
+    }
+
+    pub(super) fn cas_exhausted(op: &'static str) -> RegistryError {
+        RegistryError::Etcd {
+            op,
+            message: format!(
+                "the unit record kept changing under us; gave up after {MAX_CAS_ATTEMPTS} attempts"
+            ),
+        }
+    }
+
+    /// Creates or replaces `name` with `file` and `desired_state`, storing the
+    /// content once per hash; releases the old content when replaced. One txn.
+    pub async fn create_unit(
+        &self,
+        name: &UnitName,
+        file: &UnitFile,
+        desired_state: TargetState,
+    ) -> Result<(), RegistryError> {
+        const OP: &str = "create unit";
+        let text = file.serialize();
+        let hash = file.hash();
+        let hash_hex = hash.to_string();
+        let key = self.keys.unit(name.as_str());
+        let content_key = self.keys.content(&hash_hex);
+        for attempt in 0..MAX_CAS_ATTEMPTS {
+            // Most creates are of new units: the first attempt assumes there is
+            // no record, which the guard checks, and saves a read per unit.
+            let record = if attempt == 0 {
+                None
+            } else {
+                self.unit_record(OP, name).await?
+            };
+            let (guard, old_hash) = match &record {
+                None => (
+                    Compare::create_revision(key.as_str(), CompareOp::Equal, 0),
+                    None,
+                ),
+                Some((guard, value)) => {
+                    let old_hash = match wire::decode_unit(value) {
+                        Ok((old_hash, _)) => Some(old_hash),
+                        Err(message) => {
+                            warn!(unit = %name, %message, "Replacing an undecodable unit record; its content may leak.");
+                            None
+                        }
+                    };
+                    (guard.clone(), old_hash)
+                }
+            };
+            let put_content_if_absent = Txn::new()
+                .when([Compare::version(content_key.as_str(), CompareOp::Equal, 0)])
+                .and_then([TxnOp::put(content_key.as_str(), text.as_str(), None)]);
+            let mut ops = vec![
+                TxnOp::put(key.as_str(), wire::encode_unit(&hash, desired_state), None),
+                TxnOp::put(self.keys.content_ref(&hash_hex, name.as_str()), "", None),
+                TxnOp::txn(put_content_if_absent),
+            ];
+            if let Some(old_hash) = old_hash.filter(|old_hash| *old_hash != hash) {
+                ops.push(TxnOp::txn(self.release_content(&old_hash, name)));
+            }
+            if self
+                .txn(OP, Txn::new().when([guard]).and_then(ops))
+                .await?
+                .succeeded()
+            {
+                return Ok(());
+            }
+            if attempt > 0 {
+                debug!(unit = %name, "The unit record changed while we wrote it; retrying.");
+            }
+        }
+        Err(Self::cas_exhausted(OP))
+    }
+
+    /// Sets the desired state of an existing unit. `Ok(false)` if it is gone.
+    pub async fn set_desired_state(
+        &self,
+        name: &UnitName,
+        desired_state: TargetState,
+    ) -> Result<bool, RegistryError> {
+        const OP: &str = "set desired state";
+        let key = self.keys.unit(name.as_str());
+        for _ in 0..MAX_CAS_ATTEMPTS {
+            let Some((guard, value)) = self.unit_record(OP, name).await? else {
+                return Ok(false);
+            };
+            let (hash, _) = wire::decode_unit(&value).map_err(|message| RegistryError::Decode {
+                key: key.clone(),
+                message,
+            })?;
+            let txn = Txn::new().when([guard]).and_then([TxnOp::put(
+                key.as_str(),
+                wire::encode_unit(&hash, desired_state),
+                None,
+            )]);
+            if self.txn(OP, txn).await?.succeeded() {
+                return Ok(true);
+            }
+            debug!(unit = %name, "The unit record changed while we wrote it; retrying.");
+        }
+        Err(Self::cas_exhausted(OP))
+    }
+
+    /// Removes a unit and, with its last reference, its content (one txn).
+    /// `Ok(false)` if it did not exist. Placements are the engine's to remove.
+    pub async fn destroy_unit(&self, name: &UnitName) -> Result<bool, RegistryError> {
+        const OP: &str = "destroy unit";
+        let key = self.keys.unit(name.as_str());
+        for _ in 0..MAX_CAS_ATTEMPTS {
+            let Some((guard, value)) = self.unit_record(OP, name).await? else {
+                return Ok(false);
+            };
+            let mut ops = vec![TxnOp::delete(key.as_str(), None)];
+            match wire::decode_unit(&value) {
+                Ok((hash, _)) => ops.push(TxnOp::txn(self.release_content(&hash, name))),
+                Err(message) => {
+                    warn!(unit = %name, %message, "Destroying an undecodable unit record; its content may leak.")
+                }
+            }
+            if self
+                .txn(OP, Txn::new().when([guard]).and_then(ops))
+                .await?
+                .succeeded()
+            {
+                return Ok(true);
+            }
+            debug!(unit = %name, "The unit record changed while we deleted it; retrying.");
+        }
+        Err(Self::cas_exhausted(OP))
+    }
+
+    /// A unit record: `(name, content hash, desired state)`.
+    pub(crate) fn decode_unit_record(
+        &self,
+        key: &str,
+        value: &[u8],
+    ) -> Option<(UnitName, UnitHash, TargetState)> {
+        let RegistryKey::Unit(name) = self.keys.parse(key)? else {
+            return None;
+        };
+        let (hash, desired_state) = wire::decode_unit(value)
+            .map_err(|message| warn_undecodable(key, &message))
+            .ok()?;
+        Some((name, hash, desired_state))
+    }
+
+    /// A content blob, parsed: `(hash, file)`. Parse each hash once and share
+    /// it (`Arc`) among the units that use it.
+    pub(crate) fn decode_content(&self, key: &str, value: &[u8]) -> Option<(UnitHash, UnitFile)> {
+        let RegistryKey::Content(hash) = self.keys.parse(key)? else {
+            return None;
+        };
+        let file = parse_content(value)
+            .map_err(|message| warn_undecodable(key, &message))
+            .ok()?;
+        Some((hash, file))
+    }
+}
