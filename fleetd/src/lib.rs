@@ -13,6 +13,8 @@
 //!   passes: the pure [`access`] policy and the audit log.
 //! - [`machine`]: the machine id, public IP detection and the published state.
 //! - [`backoff`]: the one retry delay policy.
+//! - [`memory`]: malloc tuning that keeps fleetd's resident size small.
+//! - [`pacing`]: act at once when idle, batch only while work is in flight.
 //! - [`etcd_role`]: control plane or worker, learned from etcd's permissions.
 //! - [`etcd_auth`]: `fleetd etcd-auth`, one etcd identity per machine.
 //! - [`supervise`]: a component that dies takes fleetd down (never half-alive).
@@ -36,6 +38,8 @@ pub mod etcd_role;
 pub mod heart;
 pub mod listeners;
 pub mod machine;
+pub mod memory;
+pub mod pacing;
 pub mod server;
 pub mod supervise;
 pub mod x1;

@@ -126,6 +126,7 @@ fn takes_no_arguments() -> Refusal {
 }
 
 fn main() -> ExitCode {
+    fleetd::memory::limit_malloc_arenas();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let explicit_config = match parse_args(&args) {
         Ok(Command::Version) => {

@@ -237,7 +237,7 @@ impl EtcdAdmin {
         let user = machine_user(machine);
         let permissions = self
             .keys
-            .machine_grants(machine.as_str())
+            .machine_grants(machine)
             .into_iter()
             .map(Self::range_permission)
             .collect();

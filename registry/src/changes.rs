@@ -162,7 +162,7 @@ impl Registry {
             Watched::Content => keys.all_content(),
             Watched::Rollouts => keys.rollouts(),
             Watched::Cordons => keys.cordons(),
-            Watched::ScheduleOf(machine) => keys.machine_schedule(machine.as_str()),
+            Watched::ScheduleOf(machine) => keys.machine_schedule(machine),
             Watched::EngineLeader => keys.engine_leader(),
         };
         Ok(ChangeStream {

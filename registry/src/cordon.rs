@@ -46,7 +46,7 @@ impl Registry {
     /// Writes (creates or replaces) the cordon of `cordon.machine`.
     pub async fn put_cordon(&self, cordon: &Cordon) -> Result<(), RegistryError> {
         const OP: &str = "put cordon";
-        let key = self.keys().cordon(cordon.machine.as_str());
+        let key = self.keys().cordon(&cordon.machine);
         let record = CordonRecord {
             draining: cordon.draining,
             by: cordon.by.clone(),
@@ -69,7 +69,7 @@ impl Registry {
     /// Removes the cordon of `machine`; whether there was one.
     pub async fn delete_cordon(&self, machine: &MachineId) -> Result<bool, RegistryError> {
         const OP: &str = "delete cordon";
-        let key = self.keys().cordon(machine.as_str());
+        let key = self.keys().cordon(machine);
         // Retry-safe: a delete (a retry after a lost answer reports "none").
         let response = self
             .run(OP, |mut clients| {

@@ -133,7 +133,7 @@ impl Keys {
     }
     /// Everything `machine` writes, and nothing another machine writes: its
     /// presence key and its unit states.
-    pub fn machine_grants(&self, machine: &str) -> Vec<KeyRange> {
+    pub fn machine_grants(&self, machine: &MachineId) -> Vec<KeyRange> {
         vec![
             KeyRange::Key(self.machine(machine)),
             KeyRange::Prefix(self.machine_states(machine)),
@@ -149,16 +149,16 @@ impl Keys {
     pub fn machines(&self) -> String {
         format!("{}machine/presence/", self.prefix)
     }
-    pub fn machine(&self, machine: &str) -> String {
+    pub fn machine(&self, machine: &MachineId) -> String {
         format!("{}machine/presence/{machine}", self.prefix)
     }
     pub fn states(&self) -> String {
         format!("{}machine/states/", self.prefix)
     }
-    pub fn machine_states(&self, machine: &str) -> String {
+    pub fn machine_states(&self, machine: &MachineId) -> String {
         format!("{}machine/states/{machine}/", self.prefix)
     }
-    pub fn state(&self, unit: &str, machine: &str) -> String {
+    pub fn state(&self, unit: &UnitName, machine: &MachineId) -> String {
         format!("{}machine/states/{machine}/{unit}", self.prefix)
     }
 
@@ -167,28 +167,28 @@ impl Keys {
     pub fn all_metadata(&self) -> String {
         format!("{}api/metadata/", self.prefix)
     }
-    pub fn machine_metadata(&self, machine: &str) -> String {
+    pub fn machine_metadata(&self, machine: &MachineId) -> String {
         format!("{}api/metadata/{machine}/", self.prefix)
     }
-    pub fn metadata(&self, machine: &str, key: &str) -> String {
+    pub fn metadata(&self, machine: &MachineId, key: &str) -> String {
         format!("{}api/metadata/{machine}/{key}", self.prefix)
     }
     pub fn units(&self) -> String {
         format!("{}api/units/", self.prefix)
     }
-    pub fn unit(&self, unit: &str) -> String {
+    pub fn unit(&self, unit: &UnitName) -> String {
         format!("{}api/units/{unit}", self.prefix)
     }
     pub fn all_content(&self) -> String {
         format!("{}api/content/", self.prefix)
     }
-    pub fn content(&self, hash: &str) -> String {
+    pub fn content(&self, hash: &UnitHash) -> String {
         format!("{}api/content/{hash}", self.prefix)
     }
-    pub fn content_refs(&self, hash: &str) -> String {
+    pub fn content_refs(&self, hash: &UnitHash) -> String {
         format!("{}api/content-refs/{hash}/", self.prefix)
     }
-    pub fn content_ref(&self, hash: &str, unit: &str) -> String {
+    pub fn content_ref(&self, hash: &UnitHash, unit: &UnitName) -> String {
         format!("{}api/content-refs/{hash}/{unit}", self.prefix)
     }
 
@@ -197,19 +197,19 @@ impl Keys {
     pub fn schedule(&self) -> String {
         format!("{}engine/schedule/", self.prefix)
     }
-    pub fn machine_schedule(&self, machine: &str) -> String {
+    pub fn machine_schedule(&self, machine: &MachineId) -> String {
         format!("{}engine/schedule/{machine}/", self.prefix)
     }
-    pub fn scheduled(&self, machine: &str, unit: &str) -> String {
+    pub fn scheduled(&self, machine: &MachineId, unit: &UnitName) -> String {
         format!("{}engine/schedule/{machine}/{unit}", self.prefix)
     }
     pub fn placements(&self) -> String {
         format!("{}engine/placement/", self.prefix)
     }
-    pub fn unit_placements(&self, unit: &str) -> String {
+    pub fn unit_placements(&self, unit: &UnitName) -> String {
         format!("{}engine/placement/{unit}/", self.prefix)
     }
-    pub fn placement(&self, unit: &str, machine: &str) -> String {
+    pub fn placement(&self, unit: &UnitName, machine: &MachineId) -> String {
         format!("{}engine/placement/{unit}/{machine}", self.prefix)
     }
     pub fn engine_leader(&self) -> String {
@@ -235,7 +235,7 @@ impl Keys {
     pub fn rollout_progress(&self, name: &str) -> String {
         format!("{}engine/rollout-progress/{name}", self.prefix)
     }
-    pub fn rollout_content_ref(&self, hash: &str, rollout: &str) -> String {
+    pub fn rollout_content_ref(&self, hash: &UnitHash, rollout: &str) -> String {
         format!("{}api/content-refs/{hash}/rollout:{rollout}", self.prefix)
     }
     /// `P/machine/health/<machine>/<unit>`: `healthy` or `unhealthy`, the
@@ -245,10 +245,10 @@ impl Keys {
     pub fn all_health(&self) -> String {
         format!("{}machine/health/", self.prefix)
     }
-    pub fn machine_health(&self, machine: &str) -> String {
+    pub fn machine_health(&self, machine: &MachineId) -> String {
         format!("{}machine/health/{machine}/", self.prefix)
     }
-    pub fn health(&self, unit: &str, machine: &str) -> String {
+    pub fn health(&self, unit: &UnitName, machine: &MachineId) -> String {
         format!("{}machine/health/{machine}/{unit}", self.prefix)
     }
 
@@ -257,7 +257,7 @@ impl Keys {
     pub fn cordons(&self) -> String {
         format!("{}api/cordon/", self.prefix)
     }
-    pub fn cordon(&self, machine: &str) -> String {
+    pub fn cordon(&self, machine: &MachineId) -> String {
         format!("{}api/cordon/{machine}", self.prefix)
     }
 
@@ -342,20 +342,20 @@ impl Keys {
 // | `P/machine/stopped/<machine>` | `{"at":<unix seconds>}` | none (survives the stop) | the machine's heart at a clean stop; deleted when it registers again |
 impl Keys {
     /// `P/engine/unload-order/<machine>/`: the engine's unload orders for `machine`.
-    pub fn unload_orders(&self, machine: &str) -> String {
+    pub fn unload_orders(&self, machine: &MachineId) -> String {
         format!("{}engine/unload-order/{machine}/", self.prefix)
     }
     /// `P/engine/unload-order/<machine>/<unit>`: written by the engine in the same
     /// leader-guarded txn that takes `unit` off `machine`, so the agent can
     /// tell an ordered unload from a wiped or foreign registry.
-    pub fn unload_order(&self, machine: &str, unit: &str) -> String {
+    pub fn unload_order(&self, machine: &MachineId, unit: &UnitName) -> String {
         format!("{}engine/unload-order/{machine}/{unit}", self.prefix)
     }
     /// `P/machine/stopped/`: machines whose fleetd stopped cleanly, units left running.
     pub fn stopped_machines(&self) -> String {
         format!("{}machine/stopped/", self.prefix)
     }
-    pub fn stopped(&self, machine: &str) -> String {
+    pub fn stopped(&self, machine: &MachineId) -> String {
         format!("{}machine/stopped/{machine}", self.prefix)
     }
 }
@@ -364,22 +364,30 @@ impl Keys {
 mod tests {
     use super::*;
 
+    fn m(id: &str) -> MachineId {
+        id.parse().expect("valid machine id")
+    }
+
+    fn u(name: &str) -> UnitName {
+        name.parse().expect("valid unit name")
+    }
+
     #[test]
     fn prefix_gets_a_trailing_slash() {
-        assert_eq!(Keys::new("/x").machine("m1"), "/x/machine/presence/m1");
-        assert_eq!(Keys::new("/x/").machine("m1"), "/x/machine/presence/m1");
+        assert_eq!(Keys::new("/x").machine(&m("m1")), "/x/machine/presence/m1");
+        assert_eq!(Keys::new("/x/").machine(&m("m1")), "/x/machine/presence/m1");
     }
 
     #[test]
     fn children_split_two_segments() {
         let keys = Keys::new("/p/");
-        let key = keys.state("a.service", "m1");
+        let key = keys.state(&u("a.service"), &m("m1"));
         assert_eq!(
             keys.children(&keys.states(), &key),
             Some(("m1", "a.service"))
         );
         assert_eq!(
-            keys.child(&keys.units(), &keys.unit("a.service")),
+            keys.child(&keys.units(), &keys.unit(&u("a.service"))),
             Some("a.service")
         );
         assert_eq!(keys.child(&keys.units(), "/p/api/units/a/b"), None);
@@ -390,11 +398,11 @@ mod tests {
         let keys = Keys::new("/p/");
         let machine: MachineId = "m1".parse().expect("valid id");
         assert_eq!(
-            keys.parse(&keys.machine("m1")),
+            keys.parse(&keys.machine(&m("m1"))),
             Some(RegistryKey::Machine(machine.clone()))
         );
         assert_eq!(
-            keys.parse(&keys.metadata("m1", "region")),
+            keys.parse(&keys.metadata(&m("m1"), "region")),
             Some(RegistryKey::Metadata {
                 machine,
                 key: "region".to_owned()
@@ -402,7 +410,7 @@ mod tests {
         );
         let hash = UnitHash([7; 20]);
         assert_eq!(
-            keys.parse(&keys.content(&hash.to_string())),
+            keys.parse(&keys.content(&hash)),
             Some(RegistryKey::Content(hash))
         );
         assert_eq!(
@@ -410,7 +418,7 @@ mod tests {
             Some(RegistryKey::EngineLeader)
         );
         assert_eq!(
-            keys.parse(&keys.state("a.service", "m1")),
+            keys.parse(&keys.state(&u("a.service"), &m("m1"))),
             Some(RegistryKey::State {
                 unit: "a.service".parse().expect("valid name"),
                 machine: "m1".parse().expect("valid id"),
@@ -431,37 +439,46 @@ mod tests {
     fn machine_grants_cover_its_own_keys_only() {
         let keys = Keys::new("/p/");
         let within = |key: &str, machine: &str| {
-            keys.machine_grants(machine)
+            keys.machine_grants(&m(machine))
                 .iter()
                 .any(|range| match range {
                     KeyRange::Key(own) => own == key,
                     KeyRange::Prefix(prefix) => key.starts_with(prefix.as_str()),
                 })
         };
-        assert!(within(&keys.machine("m1"), "m1"));
-        assert!(within(&keys.state("a.service", "m1"), "m1"));
-        assert!(within(&keys.health("a.service", "m1"), "m1"));
+        assert!(within(&keys.machine(&m("m1")), "m1"));
+        assert!(within(&keys.state(&u("a.service"), &m("m1")), "m1"));
+        assert!(within(&keys.health(&u("a.service"), &m("m1")), "m1"));
         for foreign in [
-            keys.machine("m10"),
-            keys.machine("m2"),
-            keys.state("a.service", "m10"),
-            keys.health("a.service", "m2"),
+            keys.machine(&m("m10")),
+            keys.machine(&m("m2")),
+            keys.state(&u("a.service"), &m("m10")),
+            keys.health(&u("a.service"), &m("m2")),
             keys.rollout("r1"),
             keys.rollout_progress("r1"),
-            keys.metadata("m1", "region"),
-            keys.unit("a.service"),
-            keys.scheduled("m1", "a.service"),
-            keys.placement("a.service", "m1"),
+            keys.metadata(&m("m1"), "region"),
+            keys.unit(&u("a.service")),
+            keys.scheduled(&m("m1"), &u("a.service")),
+            keys.placement(&u("a.service"), &m("m1")),
             keys.engine_leader(),
         ] {
             assert!(!within(&foreign, "m1"), "{foreign} is granted to m1");
         }
         for (writer, key) in [
-            (keys.api_prefix(), keys.unit("a.service")),
-            (keys.api_prefix(), keys.content_ref("ab", "a.service")),
-            (keys.api_prefix(), keys.metadata("m1", "region")),
-            (keys.engine_prefix(), keys.scheduled("m1", "a.service")),
-            (keys.engine_prefix(), keys.placement("a.service", "m1")),
+            (keys.api_prefix(), keys.unit(&u("a.service"))),
+            (
+                keys.api_prefix(),
+                keys.content_ref(&UnitHash([0xab; 20]), &u("a.service")),
+            ),
+            (keys.api_prefix(), keys.metadata(&m("m1"), "region")),
+            (
+                keys.engine_prefix(),
+                keys.scheduled(&m("m1"), &u("a.service")),
+            ),
+            (
+                keys.engine_prefix(),
+                keys.placement(&u("a.service"), &m("m1")),
+            ),
             (keys.engine_prefix(), keys.engine_leader()),
         ] {
             assert!(key.starts_with(&writer), "{key} is outside {writer}");

@@ -131,7 +131,7 @@ impl Registry {
             None => Compare::create_revision(key.as_str(), CompareOp::Equal, 0),
             Some(revision) => Compare::mod_revision(key.as_str(), CompareOp::Equal, revision.get()),
         };
-        let new_hash = new_content.hash().to_string();
+        let new_hash = new_content.hash();
         let content_key = keys.content(&new_hash);
         let put_content_if_absent = Txn::new()
             .when([Compare::version(content_key.as_str(), CompareOp::Equal, 0)])
@@ -147,11 +147,7 @@ impl Registry {
             TxnOp::txn(put_content_if_absent),
         ];
         for old in old_hashes {
-            ops.push(TxnOp::put(
-                keys.rollout_content_ref(&old.to_string(), name),
-                "",
-                None,
-            ));
+            ops.push(TxnOp::put(keys.rollout_content_ref(old, name), "", None));
         }
         let txn = Txn::new().when([guard]).and_then(ops);
         Ok(self.txn("start rollout", txn).await?.succeeded())
@@ -210,7 +206,7 @@ impl Registry {
         hashes: &[UnitHash],
     ) -> Result<(), RegistryError> {
         for hash in hashes {
-            let own = self.keys().rollout_content_ref(&hash.to_string(), name);
+            let own = self.keys().rollout_content_ref(hash, name);
             let txn = self.release_content_ref(hash, &own);
             self.txn("release rollout content", txn).await?;
         }
@@ -227,7 +223,7 @@ impl Registry {
         new: &UnitHash,
     ) -> Result<UnitSwitch, RegistryError> {
         const OP: &str = "switch unit content";
-        let key = self.keys().unit(name.as_str());
+        let key = self.keys().unit(name);
         let response = self.get(OP, key.clone(), None).await?;
         let Some(kv) = response.kvs().first() else {
             return Ok(UnitSwitch::Changed);
@@ -251,11 +247,7 @@ impl Registry {
             )])
             .and_then([
                 TxnOp::put(key.as_str(), wire::encode_unit(new, desired_state), None),
-                TxnOp::put(
-                    self.keys().content_ref(&new.to_string(), name.as_str()),
-                    "",
-                    None,
-                ),
+                TxnOp::put(self.keys().content_ref(new, name), "", None),
                 TxnOp::txn(self.release_content(old, name)),
             ]);
         if self.txn(OP, txn).await?.succeeded() {
@@ -277,7 +269,7 @@ impl Registry {
         healthy: bool,
         lease: crate::LeaseId,
     ) -> Result<(), RegistryError> {
-        let key = self.keys().health(unit.as_str(), machine.as_str());
+        let key = self.keys().health(unit, machine);
         let value = if healthy { "healthy" } else { "unhealthy" };
         let txn = Txn::new().and_then([TxnOp::put(
             key,
@@ -294,7 +286,7 @@ impl Registry {
         unit: &UnitName,
         machine: &crate::MachineId,
     ) -> Result<(), RegistryError> {
-        let key = self.keys().health(unit.as_str(), machine.as_str());
+        let key = self.keys().health(unit, machine);
         let txn = Txn::new().and_then([TxnOp::delete(key, None)]);
         self.txn("delete unit health", txn).await?;
         Ok(())

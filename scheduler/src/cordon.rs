@@ -105,7 +105,7 @@ fn run<'a>(
 
 impl Pass<'_> {
     fn set_cordons(&mut self, cordons: &Cordons) {
-        for machine in 0..self.n_present {
+        for machine in self.present_machines() {
             let id = self.machines[machine].id;
             let draining = cordons.draining.contains(id);
             self.drain.cordoned[machine] = draining || cordons.cordoned.contains(id);
@@ -225,7 +225,8 @@ impl Pass<'_> {
             .copied()
             .filter(|&machine| self.is_present(machine))
             .collect();
-        let machines = (0..self.n_present)
+        let machines = self
+            .present_machines()
             .map(|machine| {
                 let chosen = placed_on.contains(&machine);
                 let verdict = if chosen {

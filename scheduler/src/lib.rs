@@ -175,8 +175,41 @@ pub fn schedule(
     schedule_with(machines, units, placements, loss, &Cordons::default())
 }
 
-type UIdx = usize;
-type MIdx = usize;
+/// A unit's position in a pass (units sorted by name). A newtype, not a
+/// `usize`, so a unit index can never index the machines.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+struct UIdx(usize);
+
+/// A machine's position in a pass (present machines in id order, then
+/// absent ones that placements still name).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+struct MIdx(usize);
+
+impl<T> std::ops::Index<UIdx> for Vec<T> {
+    type Output = T;
+    fn index(&self, idx: UIdx) -> &T {
+        &self[idx.0]
+    }
+}
+
+impl<T> std::ops::IndexMut<UIdx> for Vec<T> {
+    fn index_mut(&mut self, idx: UIdx) -> &mut T {
+        &mut self[idx.0]
+    }
+}
+
+impl<T> std::ops::Index<MIdx> for Vec<T> {
+    type Output = T;
+    fn index(&self, idx: MIdx) -> &T {
+        &self[idx.0]
+    }
+}
+
+impl<T> std::ops::IndexMut<MIdx> for Vec<T> {
+    fn index_mut(&mut self, idx: MIdx) -> &mut T {
+        &mut self[idx.0]
+    }
+}
 
 /// A machine during one pass. Absent machines (named only by placements) get
 /// a slot too, so that held placements are represented like any other.
@@ -273,11 +306,12 @@ impl<'a> UnitIndex<'a> {
         let unit_by_name: HashMap<&str, UIdx> = units
             .iter()
             .enumerate()
-            .map(|(idx, unit)| (unit.name.as_str(), idx))
+            .map(|(idx, unit)| (unit.name.as_str(), UIdx(idx)))
             .collect();
         let mut followers = vec![Vec::new(); units.len()];
         let mut peers = Vec::with_capacity(units.len());
         for (idx, unit) in units.iter().enumerate() {
+            let idx = UIdx(idx);
             // A unit is always on its own machine: `MachineOf` itself is no constraint.
             let resolved: Vec<Option<UIdx>> = unit
                 .requirements
@@ -321,6 +355,7 @@ impl<'a> MachineIndex<'a> {
         let mut machine_by_id: HashMap<&str, MIdx> = HashMap::new();
         let mut machines_by_short_id: HashMap<&str, Vec<MIdx>> = HashMap::new();
         for (idx, slot) in slots.iter().enumerate() {
+            let idx = MIdx(idx);
             machine_by_id.insert(slot.id.as_str(), idx);
             machines_by_short_id
                 .entry(slot.id.short())
@@ -333,7 +368,7 @@ impl<'a> MachineIndex<'a> {
             .filter(|id| !machine_by_id.contains_key(id.as_str()))
             .collect();
         for id in absent {
-            machine_by_id.insert(id.as_str(), slots.len());
+            machine_by_id.insert(id.as_str(), MIdx(slots.len()));
             slots.push(MachineSlot::new(id));
         }
         MachineIndex {
@@ -418,7 +453,7 @@ impl<'a> Pass<'a> {
             n_present,
             machine_by_id,
             machines_by_short_id,
-            by_load: (0..n_present).map(|idx| (0, idx)).collect(),
+            by_load: (0..n_present).map(|idx| (0, MIdx(idx))).collect(),
             on: vec![Vec::new(); n_units],
             pending: BTreeSet::new(),
             displaced: HashSet::new(),
@@ -436,12 +471,22 @@ impl<'a> Pass<'a> {
         }
     }
 
+    /// Every unit of the pass, in name order.
+    fn unit_indexes(&self) -> impl Iterator<Item = UIdx> + use<'a> {
+        (0..self.units.len()).map(UIdx)
+    }
+
+    /// Every present machine, in id order.
+    fn present_machines(&self) -> impl Iterator<Item = MIdx> + use<'a> {
+        (0..self.n_present).map(MIdx)
+    }
+
     fn name(&self, unit: UIdx) -> &'a str {
         self.units[unit].name.as_str()
     }
 
     fn is_present(&self, machine: MIdx) -> bool {
-        machine < self.n_present
+        machine.0 < self.n_present
     }
 
     fn is_global(&self, unit: UIdx) -> bool {
@@ -457,7 +502,7 @@ impl<'a> Pass<'a> {
     fn attach(&mut self, unit: UIdx, machine: MIdx) {
         let requirements = &self.units[unit].requirements;
         let slot = &mut self.machines[machine];
-        if machine < self.n_present {
+        if machine.0 < self.n_present {
             self.by_load.remove(&(slot.units.len(), machine));
             self.by_load.insert((slot.units.len() + 1, machine));
         }
@@ -473,7 +518,7 @@ impl<'a> Pass<'a> {
 
     fn detach(&mut self, unit: UIdx, machine: MIdx) {
         let slot = &mut self.machines[machine];
-        if machine < self.n_present {
+        if machine.0 < self.n_present {
             self.by_load.remove(&(slot.units.len(), machine));
             self.by_load.insert((slot.units.len() - 1, machine));
         }
@@ -626,7 +671,7 @@ impl<'a> Pass<'a> {
 
         // Pass over units in name order so that, of two conflicting units on
         // one machine, the alphabetically first stays, as in the original.
-        for unit in 0..self.units.len() {
+        for unit in self.unit_indexes() {
             if !self.wants_placement(unit) {
                 for machine in self.on[unit].clone() {
                     self.unplace(unit, machine, "desired state is inactive".to_owned());
@@ -670,7 +715,7 @@ impl<'a> Pass<'a> {
 
         // Replaces among existing placements: move the replaced unit if it
         // can go elsewhere; otherwise leave both.
-        for unit in 0..self.units.len() {
+        for unit in self.unit_indexes() {
             if self.is_global(unit) || self.on[unit].len() != 1 {
                 continue;
             }
@@ -750,12 +795,12 @@ impl<'a> Pass<'a> {
     /// Places every global unit on every matching machine where it does not
     /// conflict with a unit that stays (an alphabetically later global gives way).
     fn place_globals(&mut self) {
-        for unit in 0..self.units.len() {
+        for unit in self.unit_indexes() {
             if !self.is_global(unit) || !self.wants_placement(unit) {
                 continue;
             }
             let mut matched = 0;
-            for machine in 0..self.n_present {
+            for machine in self.present_machines() {
                 if self.check_static(unit, machine).is_err()
                     || self.check_peers_placed(unit, machine).is_err()
                 {
@@ -811,7 +856,7 @@ impl<'a> Pass<'a> {
     // --- phase 4: pending units ---
 
     fn place_pending(&mut self) {
-        for unit in 0..self.units.len() {
+        for unit in self.unit_indexes() {
             if !self.is_global(unit) && self.wants_placement(unit) && self.on[unit].is_empty() {
                 self.pending.insert(unit);
             }
@@ -961,7 +1006,8 @@ impl<'a> Pass<'a> {
     /// Places `unit` on the machine of a unit it replaces and moves that unit
     /// away (checked); `None` when no replaced unit can make room.
     fn place_replacing(&mut self, unit: UIdx) -> Option<(MIdx, String)> {
-        let targets: Vec<UIdx> = (0..self.units.len())
+        let targets: Vec<UIdx> = self
+            .unit_indexes()
             .filter(|&other| {
                 !self.is_global(other)
                     && self.displaces(unit, other)
@@ -996,7 +1042,8 @@ impl<'a> Pass<'a> {
     fn describe_static(&self, unit: UIdx) -> String {
         let requirements = &self.units[unit].requirements;
         if let Some(machine_id) = &requirements.machine_id
-            && !(0..self.n_present)
+            && !self
+                .present_machines()
                 .any(|machine| requirements.machine_id_matches(self.machines[machine].id.as_str()))
         {
             return format!("MachineID={machine_id}");
@@ -1120,6 +1167,7 @@ impl<'a> Pass<'a> {
             }
         }
         for (unit, machines) in self.on.iter().enumerate() {
+            let unit = UIdx(unit);
             let spec = self.units[unit];
             for &machine in machines {
                 let reason = match self.initial.get(&(unit, machine)) {

@@ -11,8 +11,8 @@ use http::header::CONTENT_TYPE;
 use http::{HeaderValue, StatusCode};
 use serde_json::{Map, Value};
 
-use fleet_registry::MachineState;
 use fleet_registry::store::MetadataOp;
+use fleet_registry::{MachineId, MachineState};
 
 use super::units::decode_first_json;
 use super::{ApiError, Query, Shared, empty_response, json_response, paginate};
@@ -113,7 +113,10 @@ impl RawOp {
         let Some((machine, key)) = parse_metadata_path(&self.path) else {
             return Err(ApiError::bad_request("machine metadata path invalid"));
         };
-        let (machine, key) = (machine.to_owned(), key.to_owned());
+        let Ok(machine) = machine.parse::<MachineId>() else {
+            return Err(ApiError::bad_request("machine metadata path invalid"));
+        };
+        let key = key.to_owned();
         if self.op == "remove" {
             return Ok(MetadataOp::Remove { machine, key });
         }
@@ -220,7 +223,7 @@ mod tests {
     #[test]
     fn both_value_forms() {
         let set = MetadataOp::Set {
-            machine: "m".into(),
+            machine: "m".parse().unwrap(),
             key: "k".into(),
             value: "v".into(),
         };
@@ -235,7 +238,7 @@ mod tests {
         assert_eq!(
             decode(r#"{"Op":"replace","PATH":"/m/metadata/k","value":{"Value":"v"}}"#),
             Ok(MetadataOp::Set {
-                machine: "m".into(),
+                machine: "m".parse().unwrap(),
                 key: "k".into(),
                 value: "v".into()
             })
@@ -247,7 +250,7 @@ mod tests {
         assert_eq!(
             decode(r#"{"op":"remove","path":"/m/metadata/k"}"#),
             Ok(MetadataOp::Remove {
-                machine: "m".into(),
+                machine: "m".parse().unwrap(),
                 key: "k".into()
             })
         );

@@ -37,6 +37,8 @@ use fleet_registry::{MachineId, Registry, RegistryError, TargetState, UnitState}
 use fleet_systemd::dbus::{DbusError, Event, Events, Manager, UnitStatus};
 use fleet_systemd::unit::{UnitFile, UnitHash, UnitName};
 use tokio::time::Instant;
+
+use crate::pacing::Pacer;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
@@ -48,10 +50,13 @@ pub use breaker::{BreakerEvent, UnloadBreaker};
 pub use plan::{Current, Desired, Task, plan, with_pending_reload};
 pub use units_dir::{UnitsDir, UnitsDirError};
 
-/// How long schedule events are batched before a reconcile pass.
-const RECONCILE_DEBOUNCE: Duration = Duration::from_millis(50);
-/// How long systemd's signals are batched before states are read and published.
-const STATE_DEBOUNCE: Duration = Duration::from_millis(100);
+/// The least time between the end of a reconcile pass and the next: a
+/// schedule change on an idle agent is acted on at once, the changes that
+/// arrive during a pass and this gap after it go into the next pass
+/// (see [`crate::pacing`]).
+const RECONCILE_GAP: Duration = Duration::from_millis(50);
+/// The same for reading and publishing states after systemd's signals.
+const STATE_GAP: Duration = Duration::from_millis(20);
 /// The safety-net pass, in case an event was missed.
 const RESYNC_INTERVAL: Duration = Duration::from_secs(300);
 /// Retry delays (systemd, etcd, failed tasks): 1 s doubling to 1 min.
@@ -282,6 +287,8 @@ impl Agent {
         let mut resync_at = Instant::now() + RESYNC_INTERVAL;
         let mut dirty: BTreeSet<UnitName> = BTreeSet::new();
         let mut presence_open = true;
+        let mut reconcile_pacer = Pacer::new(RECONCILE_GAP);
+        let mut state_pacer = Pacer::new(STATE_GAP);
         loop {
             let wake = [list_at, reconcile_at, states_at]
                 .into_iter()
@@ -292,7 +299,7 @@ impl Agent {
                 event = events.next() => match event {
                     Ok(event) => {
                         if self.on_systemd_event(event, &mut dirty) {
-                            states_at = Some(earliest(states_at, Instant::now() + STATE_DEBOUNCE));
+                            states_at = Some(earliest(states_at, state_pacer.due(Instant::now())));
                         }
                     }
                     Err(error) => return Exit::SystemdLost(error),
@@ -300,7 +307,7 @@ impl Agent {
                 batch = next_batch(&mut schedule) => match batch {
                     Ok(Some(batch)) => {
                         if self.apply_schedule_events(batch) {
-                            reconcile_at = Some(earliest(reconcile_at, Instant::now() + RECONCILE_DEBOUNCE));
+                            reconcile_at = Some(earliest(reconcile_at, reconcile_pacer.due(Instant::now())));
                         }
                     }
                     Ok(None) => {
@@ -360,7 +367,9 @@ impl Agent {
                 // Never act on an unknown schedule: with etcd unreachable the
                 // units keep running as they are, as in the original.
                 if self.schedule_known {
-                    match self.reconcile(manager).await {
+                    let outcome = self.reconcile(manager).await;
+                    reconcile_pacer.ran(Instant::now());
+                    match outcome {
                         Err(error) => return Exit::SystemdLost(error),
                         Ok(true) => task_backoff.reset(),
                         Ok(false) => reconcile_at = Some(now + task_backoff.next_delay()),
@@ -383,7 +392,9 @@ impl Agent {
                         continue;
                     }
                 }
-                if self.publish_states().await {
+                let published = self.publish_states().await;
+                state_pacer.ran(Instant::now());
+                if published {
                     state_backoff.reset();
                 } else {
                     states_at = Some(now + state_backoff.next_delay());

@@ -51,11 +51,14 @@ use crate::engine::loss::{BreakerEvent, LossTracker};
 use crate::engine::model::Model;
 use crate::engine::rollouts::Rollouts;
 use crate::engine::scheduler::{Decision, schedule_with};
+use crate::pacing::Pacer;
 
-/// How long watch events are gathered before a pass: a `fleetctl start` of
-/// 100 units arrives as 100 events, and one pass with one batch of writes is
-/// far cheaper than 100.
-const BATCH_WINDOW: Duration = Duration::from_millis(50);
+/// The least time between the end of a pass and the start of the next: a
+/// change on an idle engine is scheduled at once, while a `fleetctl start`
+/// of 100 units, which arrives as 100 events, is gathered into a few passes
+/// with one batch of writes each, far cheaper than 100 (see
+/// [`crate::pacing`]).
+const PASS_GAP: Duration = Duration::from_millis(50);
 
 /// The safety-net resync: re-list everything and run a pass, in case a watch
 /// silently missed something. Slow on purpose (a re-list of 20,000 units is
@@ -287,9 +290,10 @@ impl Engine {
             let mut dirty_since: Option<Instant> = Some(Instant::now());
             let mut rollout_at = Instant::now();
             let resync_at = Instant::now() + RESYNC_INTERVAL;
+            let mut pacer = Pacer::new(PASS_GAP);
             loop {
                 let now = Instant::now();
-                let batch_deadline = dirty_since.map(|since| since + BATCH_WINDOW);
+                let batch_deadline = dirty_since.map(|since| pacer.due(since));
                 let loss_deadline = leader
                     .loss
                     .next_deadline(now.into_std())
@@ -346,7 +350,9 @@ impl Engine {
                             continue 'relist;
                         }
                         dirty_since = None;
-                        match leader.pass().await {
+                        let outcome = leader.pass().await;
+                        pacer.ran(Instant::now());
+                        match outcome {
                             Ok(()) => {}
                             Err(RegistryError::NotLeader) => return Stop::Deposed,
                             Err(error) => {

@@ -26,10 +26,10 @@ impl Registry {
     /// [`RegistryError::MachineExists`] while the machine is registered;
     /// transport errors and timeouts.
     pub async fn forget_machine(&self, machine: &MachineId) -> Result<i64, RegistryError> {
-        let presence = self.keys.machine(machine.as_str());
+        let presence = self.keys.machine(machine);
         let deletes: Vec<TxnOp> = self
             .keys
-            .machine_grants(machine.as_str())
+            .machine_grants(machine)
             .into_iter()
             .map(|range| match range {
                 KeyRange::Key(key) => TxnOp::delete(key, None),

@@ -10,12 +10,12 @@ use super::*;
 pub enum MetadataOp {
     /// add/replace: set `key` of `machine` to a non-empty value.
     Set {
-        machine: String,
+        machine: MachineId,
         key: String,
         value: String,
     },
     /// remove: hide `key` of `machine`, configured or dynamic.
-    Remove { machine: String, key: String },
+    Remove { machine: MachineId, key: String },
 }
 
 /// The outcome of a guarded write of our machine record.
@@ -117,7 +117,7 @@ impl Registry {
         machine: &MachineState,
         lease: LeaseId,
     ) -> Result<(), RegistryError> {
-        let key = self.keys.machine(machine.id.as_str());
+        let key = self.keys.machine(&machine.id);
         let value = wire::encode_machine(machine);
         match self.create_machine(&key, &value, lease).await? {
             MachineWrite::Done => Ok(()),
@@ -144,7 +144,7 @@ impl Registry {
         machine: &MachineState,
         lease: LeaseId,
     ) -> Result<(), RegistryError> {
-        let key = self.keys.machine(machine.id.as_str());
+        let key = self.keys.machine(&machine.id);
         let value = wire::encode_machine(machine);
         match self.update_own_machine(&key, &value, lease).await? {
             MachineWrite::Done => Ok(()),
@@ -163,7 +163,7 @@ impl Registry {
         machine: &MachineId,
         lease: LeaseId,
     ) -> Result<(), RegistryError> {
-        let key = self.keys.machine(machine.as_str());
+        let key = self.keys.machine(machine);
         let txn = Txn::new()
             .when([Compare::lease(key.as_str(), CompareOp::Equal, lease.get())])
             .and_then([TxnOp::delete(key.as_str(), None)]);
@@ -228,11 +228,8 @@ impl Registry {
         machine: &MachineId,
     ) -> Result<Option<MachineState>, RegistryError> {
         let txn = Txn::new().and_then([
-            TxnOp::get(self.keys.machine(machine.as_str()), None),
-            TxnOp::get(
-                self.keys.machine_metadata(machine.as_str()),
-                Some(prefix_options()),
-            ),
+            TxnOp::get(self.keys.machine(machine), None),
+            TxnOp::get(self.keys.machine_metadata(machine), Some(prefix_options())),
         ]);
         let response = self.txn("get machine", txn).await?;
         let ranges = txn_ranges(&response);

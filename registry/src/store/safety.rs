@@ -40,7 +40,7 @@ impl Registry {
         &self,
         machine: &MachineId,
     ) -> Result<BTreeMap<UnitName, Revision>, RegistryError> {
-        let prefix = self.keys.unload_orders(machine.as_str());
+        let prefix = self.keys.unload_orders(machine);
         let response = self
             .get_prefix("list unload orders", prefix.clone(), None)
             .await?;
@@ -67,7 +67,7 @@ impl Registry {
         unit: &UnitName,
     ) -> Result<(), RegistryError> {
         const OP: &str = "delete unload order";
-        let key = self.keys.unload_order(machine.as_str(), unit.as_str());
+        let key = self.keys.unload_order(machine, unit);
         // Retry-safe: a delete.
         self.run(OP, |mut clients| {
             let key = key.clone();
@@ -87,7 +87,7 @@ impl Registry {
         at: SystemTime,
     ) -> Result<(), RegistryError> {
         const OP: &str = "mark machine stopped";
-        let key = self.keys.stopped(machine.as_str());
+        let key = self.keys.stopped(machine);
         let at = at.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
         let value = serde_json::to_vec(&StoppedWire { at }).unwrap_or_default();
         // Retry-safe: a put of a fixed value.
@@ -105,7 +105,7 @@ impl Registry {
     /// Transport errors and timeouts.
     pub async fn clear_stopped(&self, machine: &MachineId) -> Result<(), RegistryError> {
         const OP: &str = "clear machine stopped";
-        let key = self.keys.stopped(machine.as_str());
+        let key = self.keys.stopped(machine);
         // Retry-safe: a delete.
         self.run(OP, |mut clients| {
             let key = key.clone();

@@ -68,7 +68,7 @@ impl Registry {
         let response = self
             .get(
                 "get unit placements",
-                self.keys.unit_placements(name.as_str()),
+                self.keys.unit_placements(name),
                 Some(options),
             )
             .await?;
@@ -92,7 +92,7 @@ impl Registry {
         let response = self
             .get_prefix(
                 "get machine schedule",
-                self.keys.machine_schedule(machine.as_str()),
+                self.keys.machine_schedule(machine),
                 None,
             )
             .await?;
@@ -294,7 +294,7 @@ impl Registry {
             }
             match change {
                 ScheduleChange::Place(placement) => {
-                    let (unit, machine) = (placement.unit.as_str(), placement.machine.as_str());
+                    let (unit, machine) = (&placement.unit, &placement.machine);
                     ops.push(TxnOp::put(
                         self.keys.scheduled(machine, unit),
                         wire::encode_placement(placement),
@@ -303,7 +303,6 @@ impl Registry {
                     ops.push(TxnOp::put(self.keys.placement(unit, machine), "", None));
                 }
                 ScheduleChange::Unplace { unit, machine } => {
-                    let (unit, machine) = (unit.as_str(), machine.as_str());
                     ops.push(TxnOp::delete(self.keys.scheduled(machine, unit), None));
                     ops.push(TxnOp::delete(self.keys.placement(unit, machine), None));
                     ops.push(TxnOp::put(self.keys.unload_order(machine, unit), "", None));

@@ -54,7 +54,7 @@ impl Registry {
         for batch in ids.chunks(STATE_GETS_BATCH) {
             let gets: Vec<TxnOp> = batch
                 .iter()
-                .map(|machine| TxnOp::get(self.keys.state(name.as_str(), machine.as_str()), None))
+                .map(|machine| TxnOp::get(self.keys.state(name, machine), None))
                 .collect();
             let response = self.txn(OP, Txn::new().and_then(gets)).await?;
             for range in txn_ranges(&response) {
@@ -71,7 +71,7 @@ impl Registry {
         name: &UnitName,
         machine: &MachineId,
     ) -> Result<Option<UnitState>, RegistryError> {
-        let key = self.keys.state(name.as_str(), machine.as_str());
+        let key = self.keys.state(name, machine);
         let response = self.get("get unit state", key, None).await?;
         Ok(self.decode_unit_states(response.kvs()).into_iter().next())
     }
@@ -83,7 +83,7 @@ impl Registry {
         lease: LeaseId,
     ) -> Result<(), RegistryError> {
         const OP: &str = "put unit state";
-        let key = self.keys.state(state.unit.as_str(), state.machine.as_str());
+        let key = self.keys.state(&state.unit, &state.machine);
         let value = wire::encode_unit_state(state);
         // Retry-safe: a put of a fixed value.
         self.run(OP, |mut clients| {
@@ -104,7 +104,7 @@ impl Registry {
         machine: &MachineId,
     ) -> Result<(), RegistryError> {
         const OP: &str = "delete unit state";
-        let key = self.keys.state(unit.as_str(), machine.as_str());
+        let key = self.keys.state(unit, machine);
         // Retry-safe: deleting a key twice leaves it deleted.
         self.run(OP, |mut clients| {
             let key = key.clone();

@@ -76,7 +76,7 @@ impl Registry {
     /// # Errors
     /// [`RegistryError::Decode`] when the record or its content is unusable.
     pub async fn unit(&self, name: &UnitName) -> Result<Option<Unit>, RegistryError> {
-        let key = self.keys.unit(name.as_str());
+        let key = self.keys.unit(name);
         let response = self.get("get unit", key.clone(), None).await?;
         let Some(kv) = response.kvs().first() else {
             return Ok(None);
@@ -88,7 +88,7 @@ impl Registry {
             })?;
         // The content as of the record's revision: a replace right after our
         // read may already have released it.
-        let content_key = self.keys.content(&hash.to_string());
+        let content_key = self.keys.content(&hash);
         let content = self
             .get(
                 "get unit content",
@@ -120,7 +120,7 @@ impl Registry {
     /// # Errors
     /// [`RegistryError::Decode`] when the stored text does not parse.
     pub async fn unit_content(&self, hash: &UnitHash) -> Result<Option<UnitFile>, RegistryError> {
-        let key = self.keys.content(&hash.to_string());
+        let key = self.keys.content(hash);
         let response = self.get("get unit content", key.clone(), None).await?;
         let Some(kv) = response.kvs().first() else {
             return Ok(None);
@@ -135,17 +135,13 @@ impl Registry {
     /// ours must both be empty ranges (an empty range compares as a zero
     /// version in etcd).
     pub(crate) fn release_content(&self, hash: &UnitHash, unit: &UnitName) -> Txn {
-        self.release_content_ref(
-            hash,
-            &self.keys.content_ref(&hash.to_string(), unit.as_str()),
-        )
+        self.release_content_ref(hash, &self.keys.content_ref(hash, unit))
     }
 
     /// [`Registry::release_content`] for any reference key `own` under the
     /// hash's refs (a unit's, or a rollout's).
     pub(crate) fn release_content_ref(&self, hash: &UnitHash, own: &str) -> Txn {
-        let hash = hash.to_string();
-        let refs = self.keys.content_refs(&hash);
+        let refs = self.keys.content_refs(hash);
         let own = own.to_owned();
         let mut after_own = own.clone().into_bytes();
         after_own.push(0);
@@ -156,7 +152,7 @@ impl Registry {
             ])
             .and_then([
                 TxnOp::delete(own.as_str(), None),
-                TxnOp::delete(self.keys.content(&hash), None),
+                TxnOp::delete(self.keys.content(hash), None),
             ])
             .or_else([TxnOp::delete(own.as_str(), None)])
     }
@@ -164,13 +160,12 @@ impl Registry {
     /// Deletes the content of `hash` if no unit refers to it. Repairs content
     /// leaked by hand edits; the normal paths release content atomically.
     pub async fn collect_content(&self, hash: &UnitHash) -> Result<bool, RegistryError> {
-        let hash = hash.to_string();
-        let refs = self.keys.content_refs(&hash);
+        let refs = self.keys.content_refs(hash);
         let txn = Txn::new()
             .when([
                 Compare::version(refs.as_str(), CompareOp::Equal, 0).with_range(prefix_end(&refs))
             ])
-            .and_then([TxnOp::delete(self.keys.content(&hash), None)]);
+            .and_then([TxnOp::delete(self.keys.content(hash), None)]);
         Ok(self.txn("collect unit content", txn).await?.succeeded())
     }
 
@@ -180,7 +175,7 @@ impl Registry {
         op: &'static str,
         name: &UnitName,
     ) -> Result<Option<(Compare, Vec<u8>)>, RegistryError> {
-        let key = self.keys.unit(name.as_str());
+        let key = self.keys.unit(name);
         let response = self.get(op, key.clone(), None).await?;
         Ok(response.kvs().first().map(|kv| {
             (
@@ -210,9 +205,8 @@ impl Registry {
         const OP: &str = "create unit";
         let text = file.serialize();
         let hash = file.hash();
-        let hash_hex = hash.to_string();
-        let key = self.keys.unit(name.as_str());
-        let content_key = self.keys.content(&hash_hex);
+        let key = self.keys.unit(name);
+        let content_key = self.keys.content(&hash);
         for attempt in 0..MAX_CAS_ATTEMPTS {
             // Most creates are of new units: the first attempt assumes there is
             // no record, which the guard checks, and saves a read per unit.
@@ -242,7 +236,7 @@ impl Registry {
                 .and_then([TxnOp::put(content_key.as_str(), text.as_str(), None)]);
             let mut ops = vec![
                 TxnOp::put(key.as_str(), wire::encode_unit(&hash, desired_state), None),
-                TxnOp::put(self.keys.content_ref(&hash_hex, name.as_str()), "", None),
+                TxnOp::put(self.keys.content_ref(&hash, name), "", None),
                 TxnOp::txn(put_content_if_absent),
             ];
             if let Some(old_hash) = old_hash.filter(|old_hash| *old_hash != hash) {
@@ -269,7 +263,7 @@ impl Registry {
         desired_state: TargetState,
     ) -> Result<bool, RegistryError> {
         const OP: &str = "set desired state";
-        let key = self.keys.unit(name.as_str());
+        let key = self.keys.unit(name);
         for _ in 0..MAX_CAS_ATTEMPTS {
             let Some((guard, value)) = self.unit_record(OP, name).await? else {
                 return Ok(false);
@@ -295,7 +289,7 @@ impl Registry {
     /// `Ok(false)` if it did not exist. Placements are the engine's to remove.
     pub async fn destroy_unit(&self, name: &UnitName) -> Result<bool, RegistryError> {
         const OP: &str = "destroy unit";
-        let key = self.keys.unit(name.as_str());
+        let key = self.keys.unit(name);
         for _ in 0..MAX_CAS_ATTEMPTS {
             let Some((guard, value)) = self.unit_record(OP, name).await? else {
                 return Ok(false);

@@ -95,7 +95,7 @@ async fn cluster(test: &str) -> Cluster {
     .await
     .expect("the control plane writes units");
     cp.apply_metadata(&[MetadataOp::Set {
-        machine: "w2".to_owned(),
+        machine: machine_id("w2"),
         key: "region".to_owned(),
         value: "eu".to_owned(),
     }])
@@ -206,28 +206,52 @@ async fn a_worker_runs_its_units_with_its_own_credential() {
 async fn a_worker_cannot_write_or_delete_any_key_it_does_not_own() {
     let cluster = cluster("auth-refused").await;
     let (w1, keys) = (&cluster.w1, cluster.w1.keys().clone());
-    let hash = unit_file("/bin/a").hash().to_string();
+    let hash = unit_file("/bin/a").hash();
     let before = everything(&cluster.root).await;
     let foreign = [
-        ("another machine's presence", keys.machine("w2")),
-        ("the control plane's presence", keys.machine("cp")),
+        (
+            "another machine's presence",
+            keys.machine(&machine_id("w2")),
+        ),
+        (
+            "the control plane's presence",
+            keys.machine(&machine_id("cp")),
+        ),
         (
             "another machine's unit state",
-            keys.state("a.service", "w2"),
+            keys.state(&unit_name("a.service"), &machine_id("w2")),
         ),
-        ("a unit", keys.unit("a.service")),
+        ("a unit", keys.unit(&unit_name("a.service"))),
         ("a unit content", keys.content(&hash)),
-        ("a content reference", keys.content_ref(&hash, "a.service")),
-        ("another machine's metadata", keys.metadata("w2", "region")),
-        ("its own metadata", keys.metadata("w1", "region")),
-        ("its own schedule", keys.scheduled("w1", "a.service")),
+        (
+            "a content reference",
+            keys.content_ref(&hash, &unit_name("a.service")),
+        ),
+        (
+            "another machine's metadata",
+            keys.metadata(&machine_id("w2"), "region"),
+        ),
+        (
+            "its own metadata",
+            keys.metadata(&machine_id("w1"), "region"),
+        ),
+        (
+            "its own schedule",
+            keys.scheduled(&machine_id("w1"), &unit_name("a.service")),
+        ),
         (
             "another machine's schedule",
-            keys.scheduled("w2", "a.service"),
+            keys.scheduled(&machine_id("w2"), &unit_name("a.service")),
         ),
-        ("a placement", keys.placement("a.service", "w1")),
+        (
+            "a placement",
+            keys.placement(&unit_name("a.service"), &machine_id("w1")),
+        ),
         ("the leader key", keys.engine_leader()),
-        ("a machine whose id it prefixes", keys.machine("w10")),
+        (
+            "a machine whose id it prefixes",
+            keys.machine(&machine_id("w10")),
+        ),
         ("a new top-level key", format!("{}other", keys.prefix())),
     ];
     for (what, key) in &foreign {

@@ -156,28 +156,28 @@ async fn metadata_merges_over_configured_and_tombstones_hide_keys() {
 
     let ops = [
         MetadataOp::Set {
-            machine: "m1".to_owned(),
+            machine: machine_id("m1"),
             key: "rack".to_owned(),
             value: "r1".to_owned(),
         },
         MetadataOp::Set {
-            machine: "m1".to_owned(),
+            machine: machine_id("m1"),
             key: "region".to_owned(),
             value: "eu".to_owned(),
         },
         MetadataOp::Remove {
-            machine: "m1".to_owned(),
+            machine: machine_id("m1"),
             key: "disk".to_owned(),
         },
         // Later edits of one key win.
         MetadataOp::Set {
-            machine: "m1".to_owned(),
+            machine: machine_id("m1"),
             key: "rack".to_owned(),
             value: "r2".to_owned(),
         },
         // Machines need not exist, as in the original (metadata may be set before a machine joins).
         MetadataOp::Set {
-            machine: "m9".to_owned(),
+            machine: machine_id("m9"),
             key: "x".to_owned(),
             value: "y".to_owned(),
         },

@@ -114,9 +114,13 @@ async fn a_machine_gone_for_good_is_forgotten_but_never_while_registered() {
         .await
         .expect("register m1");
     let keys = registry.keys().clone();
-    put_raw(&registry, &keys.unload_order("m1", "a.service"), b"")
-        .await
-        .expect("plant an unload order");
+    put_raw(
+        &registry,
+        &keys.unload_order(&machine_id("m1"), &unit_name("a.service")),
+        b"",
+    )
+    .await
+    .expect("plant an unload order");
     registry
         .mark_stopped(&m1, SystemTime::now())
         .await
@@ -135,7 +139,7 @@ async fn a_machine_gone_for_good_is_forgotten_but_never_while_registered() {
         list_keys(&registry)
             .await
             .expect("list")
-            .contains(&keys.stopped("m1"))
+            .contains(&keys.stopped(&machine_id("m1")))
     );
 
     registry
@@ -150,7 +154,7 @@ async fn a_machine_gone_for_good_is_forgotten_but_never_while_registered() {
         "m1 keys left: {left:?}"
     );
     assert!(
-        left.contains(&keys.stopped("m2")),
+        left.contains(&keys.stopped(&machine_id("m2"))),
         "m2 is untouched: {left:?}"
     );
     assert_eq!(registry.forget_machine(&m1).await.expect("again"), 0);

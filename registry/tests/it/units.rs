@@ -7,7 +7,7 @@ use fleet_registry::testing::{count_keys, delete_raw, list_keys, put_raw};
 use fleet_registry::{Registry, RegistryError, TargetState};
 use fleet_systemd::unit::UnitHash;
 
-use crate::util::{registry, unit_file, unit_name};
+use crate::util::{machine_id, registry, unit_file, unit_name};
 
 /// The content keys under the registry's prefix.
 async fn content_keys(registry: &Registry) -> Vec<String> {
@@ -21,7 +21,7 @@ async fn content_keys(registry: &Registry) -> Vec<String> {
 }
 
 fn content_key(registry: &Registry, hash: &UnitHash) -> String {
-    registry.keys().content(&hash.to_string())
+    registry.keys().content(hash)
 }
 
 #[tokio::test]
@@ -187,10 +187,12 @@ async fn a_unit_without_content_is_skipped_in_lists_and_an_error_alone() {
         .await
         .expect("create b");
     // Break b by hand: drop its reference, then let the collector take the content.
-    let b_hash = unit_file("/bin/b").hash().to_string();
+    let b_hash = unit_file("/bin/b").hash();
     delete_raw(
         &registry,
-        &registry.keys().content_ref(&b_hash, "b.service"),
+        &registry
+            .keys()
+            .content_ref(&b_hash, &unit_name("b.service")),
     )
     .await
     .expect("delete the ref");
@@ -230,10 +232,14 @@ async fn undecodable_records_are_skipped() {
         .create_unit(&a, &unit_file("/bin/a"), TargetState::Launched)
         .await
         .expect("create a");
-    put_raw(&registry, &registry.keys().unit("b.service"), b"not json")
-        .await
-        .expect("plant");
-    put_raw(&registry, &registry.keys().machine("m1"), b"{")
+    put_raw(
+        &registry,
+        &registry.keys().unit(&unit_name("b.service")),
+        b"not json",
+    )
+    .await
+    .expect("plant");
+    put_raw(&registry, &registry.keys().machine(&machine_id("m1")), b"{")
         .await
         .expect("plant");
     let names: Vec<_> = registry
