@@ -5,7 +5,7 @@
 //! never reports in) are refused at the step named and left as they were.
 //!
 //! The package is built by `scripts/package.sh --bindir <bindir>` (or taken from
-//! `FLEET_TEST_PACKAGE`, a path to a fleet `.deb`).
+//! `FLEET_TEST_PACKAGE`, a path to a fleet `.deb`, to test a given build).
 
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
@@ -20,43 +20,38 @@ use crate::ssh::Agent;
 /// How long units may take to start on 2 busy cores.
 const DEADLINE: Duration = Duration::from_secs(60);
 
-/// The fleet package to enrol with.
-fn package() -> anyhow::Result<PathBuf> {
+/// The fleet package to enrol with, built into `out` (each test its own: tests run in
+/// parallel).
+fn package(out: &std::path::Path) -> anyhow::Result<PathBuf> {
     if let Some(path) = std::env::var_os("FLEET_TEST_PACKAGE") {
         return Ok(PathBuf::from(path));
     }
     let script = workspace_root().join("scripts").join("package.sh");
-    if !script.exists() {
-        bail!(
-            "{} is missing: the enrol tests install the package it builds",
-            script.display()
-        );
-    }
     let output = Command::new(&script)
         .arg("--bindir")
         .arg(bin_dir())
+        .arg("--out")
+        .arg(out)
         .current_dir(workspace_root())
         .stdin(Stdio::null())
         .output()
-        .context("running scripts/package.sh")?;
+        .with_context(|| format!("running {}", script.display()))?;
     if !output.status.success() {
+        bail!("scripts/package.sh failed: {}", text(&output.stderr));
+    }
+    let path = text(&output.stdout)
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .trim()
+        .to_owned();
+    if !path.ends_with(".deb") || !std::path::Path::new(&path).exists() {
         bail!(
-            "scripts/package.sh failed: {}",
-            String::from_utf8_lossy(&output.stderr)
+            "scripts/package.sh printed no package: {:?}",
+            text(&output.stdout)
         );
     }
-    let dir = workspace_root().join("target").join("debian");
-    let newest = std::fs::read_dir(&dir)
-        .with_context(|| format!("reading {}", dir.display()))?
-        .filter_map(Result::ok)
-        .map(|entry| entry.path())
-        .filter(|path| {
-            path.file_name()
-                .and_then(|name| name.to_str())
-                .is_some_and(|name| name.starts_with("fleet_") && name.ends_with(".deb"))
-        })
-        .max_by_key(|path| path.metadata().and_then(|m| m.modified()).ok());
-    newest.with_context(|| format!("no fleet_*.deb in {}", dir.display()))
+    Ok(PathBuf::from(path))
 }
 
 /// fleetctl with the test agent and a known hosts file holding `host`'s key: strict host
@@ -94,9 +89,11 @@ impl Ctl<'_> {
 }
 
 /// Boots `n_fleet` hosts with fleet plus one bare host (the last), waits for sshd there,
-/// and records its host key. Returns the cluster, the bare host's name and the temp dir
-/// holding the agent socket and known hosts file.
-fn cluster_and_bare_host(n_fleet: usize) -> anyhow::Result<(Cluster, String, tempfile::TempDir)> {
+/// and records its host key in `dir/known_hosts`. Returns the cluster and the bare host.
+fn cluster_and_bare_host(
+    n_fleet: usize,
+    dir: &std::path::Path,
+) -> anyhow::Result<(Cluster, String)> {
     let cluster = Cluster::start(n_fleet + 1)?;
     let hosts = cluster.hosts().to_vec();
     for host in &hosts[..n_fleet] {
@@ -107,7 +104,6 @@ fn cluster_and_bare_host(n_fleet: usize) -> anyhow::Result<(Cluster, String, tem
         let output = cluster.exec(&bare, &["systemctl", "is-active", "ssh.service"])?;
         Ok(String::from_utf8_lossy(&output.stdout).trim() == "active")
     })?;
-    let dir = tempfile::tempdir()?;
     let key = std::fs::read_to_string(
         cluster
             .host_root(&bare)
@@ -115,10 +111,10 @@ fn cluster_and_bare_host(n_fleet: usize) -> anyhow::Result<(Cluster, String, tem
     )?;
     let key: Vec<&str> = key.split_whitespace().take(2).collect();
     std::fs::write(
-        dir.path().join("known_hosts"),
+        dir.join("known_hosts"),
         format!("{} {}\n", cluster.ip(&bare)?, key.join(" ")),
     )?;
-    Ok((cluster, bare, dir))
+    Ok((cluster, bare))
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -164,8 +160,9 @@ fn machine_listed(fleet: &Fleet<'_>, id: &str) -> anyhow::Result<bool> {
 
 #[test]
 fn a_bare_host_is_enrolled_runs_a_unit_and_is_disenrolled_clean() -> anyhow::Result<()> {
-    let package = package()?;
-    let (cluster, bare, dir) = cluster_and_bare_host(2)?;
+    let dir = tempfile::tempdir()?;
+    let package = package(dir.path())?;
+    let (cluster, bare) = cluster_and_bare_host(2, dir.path())?;
     let agent = Agent::start(dir.path(), &[&cluster.ssh_key()?])?;
     let ctl = Ctl {
         endpoint: cluster.endpoint("h1")?,
@@ -239,6 +236,35 @@ fn a_bare_host_is_enrolled_runs_a_unit_and_is_disenrolled_clean() -> anyhow::Res
         "second enrol changed something"
     );
 
+    // Other metadata: only fleet.conf changes (fleetd restarts; the unit keeps running).
+    let mut changed = enrol.to_vec();
+    changed[7] = "role=changed";
+    let output = ctl.run(&changed)?;
+    let out = text(&output.stdout);
+    assert!(
+        output.status.success(),
+        "re-enrol with other metadata failed"
+    );
+    assert!(
+        out.contains("(changed metadata, mode 0600) ... ok"),
+        "{out}"
+    );
+    assert!(
+        out.contains("[3/7] copy package: fleet ") && out.contains("up to date"),
+        "{out}"
+    );
+    let row = fleet.machines()?.into_iter().find(|m| m.id == id);
+    assert!(
+        row.is_some_and(|m| m.metadata.contains("role=changed")),
+        "metadata not applied"
+    );
+    let active = cluster.exec(&bare, &["systemctl", "is-active", "pinned.service"])?;
+    assert_eq!(
+        text(&active.stdout).trim(),
+        "active",
+        "the restart stopped the unit"
+    );
+
     // Out again: the pinned unit cannot move, so --force; the host ends clean.
     let output = ctl.run(&["disenrol", &id, "--reason", "functional test", "--force"])?;
     let out = text(&output.stdout);
@@ -274,8 +300,9 @@ fn a_bare_host_is_enrolled_runs_a_unit_and_is_disenrolled_clean() -> anyhow::Res
 #[test]
 fn hosts_that_cannot_be_enrolled_are_named_at_the_step_and_left_as_they_were() -> anyhow::Result<()>
 {
-    let package = package()?;
-    let (cluster, bare, dir) = cluster_and_bare_host(1)?;
+    let dir = tempfile::tempdir()?;
+    let package = package(dir.path())?;
+    let (cluster, bare) = cluster_and_bare_host(1, dir.path())?;
     let agent = Agent::start(dir.path(), &[&cluster.ssh_key()?])?;
     let ctl = Ctl {
         endpoint: cluster.endpoint("h1")?,
@@ -304,7 +331,8 @@ fn hosts_that_cannot_be_enrolled_are_named_at_the_step_and_left_as_they_were() -
     assert_eq!(leftovers(&cluster, &bare)?, Vec::<String>::new());
 
     // fleetd starts but never shows in list-machines (it writes under another prefix):
-    // step 7 fails and the run undoes itself (package purged, fleet.conf removed).
+    // step 7 fails and the run undoes itself (fleet stopped, fleet.conf restored, package
+    // purged).
     let output = ctl.run(&[
         "enrol",
         &target,
@@ -324,12 +352,46 @@ fn hosts_that_cannot_be_enrolled_are_named_at_the_step_and_left_as_they_were() -
         "step 7 not named"
     );
     assert!(err.contains("rollback: purge the package ... ok"), "{err}");
-    assert!(err.contains("rollback: remove fleet.conf ... ok"), "{err}");
+    // The package's postinst wrote a sample fleet.conf before ours: that is put back, and
+    // the purge removes it.
+    assert!(
+        err.contains("rollback: restore the previous fleet.conf ... ok"),
+        "{err}"
+    );
     assert_eq!(
         leftovers(&cluster, &bare)?,
         Vec::<String>::new(),
         "not rolled back"
     );
+
+    // A package for another architecture: refused at step 1.
+    let other = dir.path().join("other-arch");
+    let deb = dir.path().join("fleet_arm64.deb");
+    let repack = format!(
+        "dpkg-deb -R {pkg} {o} && sed -i 's/^Architecture: .*/Architecture: arm64/' {o}/DEBIAN/control \
+         && dpkg-deb -Zxz -z0 --root-owner-group -b {o} {deb} >/dev/null",
+        pkg = package,
+        o = other.display(),
+        deb = deb.display()
+    );
+    let status = Command::new("sh").args(["-c", &repack]).status()?;
+    assert!(status.success(), "repacking the package failed");
+    let deb = deb.to_string_lossy().into_owned();
+    let output = ctl.run(&[
+        "enrol",
+        &target,
+        "--package",
+        &deb,
+        "--etcd-servers",
+        cluster.etcd_url(),
+    ])?;
+    assert!(!output.status.success());
+    assert!(
+        text(&output.stdout)
+            .contains("wrong architecture: the package is arm64, the host is amd64"),
+        "architecture not checked"
+    );
+    assert_eq!(leftovers(&cluster, &bare)?, Vec::<String>::new());
 
     // SSH refused (nothing listens on the port): step 1, nothing touched.
     let output = ctl.run(&[
@@ -370,13 +432,14 @@ fn etcd_auth(cluster: &Cluster, password: &str, command: &[&str]) -> anyhow::Res
     Ok(text(&output.stdout))
 }
 
-/// With etcd auth on, enrol gives the host its own etcd user (a worker) and keeps it when
-/// run again; disenrol deletes that user and role.
+/// With etcd auth on, enrol (as a sudo user) gives the host its own etcd user (a worker)
+/// and keeps it when run again; disenrol deletes that user and role.
 #[test]
 fn with_etcd_auth_the_machine_gets_its_own_etcd_user_and_loses_it_at_disenrol() -> anyhow::Result<()>
 {
-    let package = package()?;
-    let (cluster, bare, dir) = cluster_and_bare_host(1)?;
+    let dir = tempfile::tempdir()?;
+    let package = package(dir.path())?;
+    let (cluster, bare) = cluster_and_bare_host(1, dir.path())?;
     let password = "enrol-test-root";
     etcd_auth(&cluster, password, &["init"])?;
     let h1 = cluster.machine_id("h1")?;
@@ -400,7 +463,8 @@ fn with_etcd_auth_the_machine_gets_its_own_etcd_user_and_loses_it_at_disenrol() 
     std::fs::write(&password_file, format!("{password}\n"))?;
     let password_file = password_file.to_string_lossy().into_owned();
     let id = cluster.machine_id(&bare)?;
-    let target = format!("root@{}", cluster.ip(&bare)?);
+    // As core, through sudo -n (the test image lets core sudo without a password).
+    let target = format!("core@{}", cluster.ip(&bare)?);
     let package = package.to_string_lossy().into_owned();
     let enrol = [
         "enrol",

@@ -90,6 +90,13 @@ pub fn value_of(text: &str, key: &str) -> Option<String> {
         .map(|(_, value)| value.trim().to_owned())
 }
 
+/// Whether a fleet.conf sets anything (the package's sample is all comments).
+pub fn has_settings(text: &str) -> bool {
+    text.lines()
+        .map(str::trim)
+        .any(|line| !line.is_empty() && !line.starts_with('#') && !line.starts_with(';'))
+}
+
 /// Which lines differ between two files, by key (for "changed: ..."):
 /// passwords are named, never shown.
 pub fn changed_keys(old: &str, new: &str) -> Vec<String> {
@@ -313,6 +320,10 @@ mod tests {
     fn changes_are_named_by_key() {
         let old = conf().render();
         assert!(changed_keys(&old, &old).is_empty());
+        assert!(has_settings(&old));
+        assert!(!has_settings(
+            "# a sample\n\n# etcd_servers=http://127.0.0.1:2379\n"
+        ));
         let new = FleetConf {
             metadata: vec![("region".to_owned(), "us".to_owned())],
             credential: Some(Credential {

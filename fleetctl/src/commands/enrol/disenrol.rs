@@ -32,7 +32,7 @@ use crate::ssh::resolve::{machine_by_prefix, ssh_address};
 use crate::ssh::script::{Input, sh_quote};
 
 use super::conf::{self, Credential};
-use super::host::{Host, Refused};
+use super::host::{EtcdAt, Host, Refused};
 use super::{POLL, connect, root_from};
 
 #[derive(Debug, Args)]
@@ -324,7 +324,7 @@ impl Disenrolment<'_> {
         match (&self.root, has_identity) {
             (Some(root), true) => {
                 let command = format!("remove-machine {}", machine.id);
-                let removed = at(4, host.etcd_auth(root, &[], &command).await)?;
+                let removed = at(4, host.etcd_auth(root, EtcdAt::HostConf, &command).await)?;
                 self.say(4, removed.stdout.trim(), "ok");
             }
             _ => self.say(4, "the machine has no etcd user of its own", "skipped"),

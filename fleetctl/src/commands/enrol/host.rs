@@ -21,6 +21,18 @@ pub struct Host {
     pub sudo: bool,
 }
 
+/// Where `fleetd etcd-auth` on the host finds etcd.
+#[derive(Clone, Copy, Debug)]
+pub enum EtcdAt<'a> {
+    /// As the host's own fleet.conf says (disenrol: fleet is configured there).
+    HostConf,
+    /// These servers and `--conf` options (enrol: before fleet.conf is written).
+    Given {
+        servers: &'a [String],
+        options: &'a [(String, String)],
+    },
+}
+
 /// A step that could not be done on the host: the words to print.
 #[derive(Debug)]
 pub struct Refused(pub String);
@@ -152,22 +164,29 @@ impl Host {
     }
 
     /// `fleetd etcd-auth` on the host with etcd's root credentials (the
-    /// password on stdin). `servers` empty: the host's own fleet.conf names
-    /// etcd (the root user and password still override its credentials).
+    /// password on stdin), finding etcd as `at` says.
     pub async fn etcd_auth(
         &self,
         root: &Credential,
-        servers: &[String],
+        at: EtcdAt<'_>,
         command: &str,
     ) -> Result<Captured> {
-        // With servers given, nothing of an existing fleet.conf is read.
-        let (servers, config) = if servers.is_empty() {
-            (String::new(), "")
-        } else {
-            (
-                format!("FLEET_ETCD_SERVERS={} ", sh_quote(&servers.join(","))),
-                " --config /dev/null",
-            )
+        let (servers, config) = match at {
+            // The root user and password override the machine's own credential.
+            EtcdAt::HostConf => (String::new(), ""),
+            // Nothing of a fleet.conf on the host is read: the servers and the etcd
+            // options enrol writes (etcd_key_prefix, the TLS files), as FLEET_* variables.
+            EtcdAt::Given { servers, options } => {
+                let mut env = format!("FLEET_ETCD_SERVERS={} ", sh_quote(&servers.join(",")));
+                for (key, value) in options.iter().filter(|(key, _)| key.starts_with("etcd_")) {
+                    env.push_str(&format!(
+                        "FLEET_{}={} ",
+                        key.to_uppercase(),
+                        sh_quote(value)
+                    ));
+                }
+                (env, " --config /dev/null")
+            }
         };
         let script = format!(
             "IFS= read -r FLEET_ETCD_PASSWORD; export FLEET_ETCD_PASSWORD; \

@@ -47,7 +47,7 @@ use crate::ssh::{Destination, SshOptions};
 
 use conf::{Credential, FleetConf};
 use facts::{CHECK_SCRIPT, HostFacts};
-use host::{Host, Refused};
+use host::{EtcdAt, Host, Refused};
 use package::Package;
 
 pub use disenrol::{DisenrolArgs, run as run_disenrol};
@@ -180,6 +180,14 @@ pub(super) fn root_from(
 }
 
 impl Inputs {
+    /// etcd as the host's fleet.conf will name it.
+    fn etcd_at(&self) -> EtcdAt<'_> {
+        EtcdAt::Given {
+            servers: &self.servers,
+            options: &self.extra,
+        }
+    }
+
     fn read(args: &EnrolArgs) -> Result<Inputs, String> {
         let (user, host) = split_user(&args.host)?;
         let destination =
@@ -442,7 +450,8 @@ impl Enrolment<'_> {
             self.say(STEP, host::CONF, "unchanged");
             return Ok(false);
         }
-        let what = match &existing {
+        // The package's postinst leaves a commented sample: nothing set is "new" too.
+        let what = match existing.as_deref().filter(|old| conf::has_settings(old)) {
             Some(old) => format!("changed {}", conf::changed_keys(old, &wanted).join(", ")),
             None => "new".to_owned(),
         };
@@ -491,7 +500,7 @@ impl Enrolment<'_> {
         let command = format!("add-machine {}{engine}", facts.machine_id);
         let made = at(
             4,
-            host.etcd_auth(&root, &self.inputs.servers, &command).await,
+            host.etcd_auth(&root, self.inputs.etcd_at(), &command).await,
         )?;
         self.done.push(Done::Identity {
             machine: facts.machine_id.clone(),
@@ -642,7 +651,7 @@ impl Enrolment<'_> {
                         "remove the machine's etcd user",
                         host.etcd_auth(
                             root,
-                            &self.inputs.servers,
+                            self.inputs.etcd_at(),
                             &format!("remove-machine {machine}"),
                         )
                         .await
