@@ -70,6 +70,7 @@ pub const OPTION_NAMES: &[&str] = &[
     "api_tls_client_ca_file",
     "api_access_file",
     "api_insecure_tcp",
+    "api_idle_timeout",
 ];
 
 /// The engine's slice of the config (see `fleetd::engine`). No `Default`:
@@ -227,6 +228,11 @@ pub struct Config {
     /// `api_insecure_tcp` (bool, default false): allow plaintext TCP on an
     /// address that is not loopback (anyone who reaches it is root). New.
     pub api_insecure_tcp: bool,
+    /// `api_idle_timeout` (float seconds > 0, default 10): how long an API
+    /// connection may wait for its next request to arrive whole (headers
+    /// included); an idle keep-alive connection is closed after this long.
+    /// Read at start-up only. New.
+    pub api_idle_timeout: Duration,
 }
 
 impl Default for Config {
@@ -273,6 +279,7 @@ impl Default for Config {
             api_tls_client_ca_file: String::new(),
             api_access_file: String::new(),
             api_insecure_tcp: false,
+            api_idle_timeout: crate::listeners::DEFAULT_IDLE_TIMEOUT,
         }
     }
 }
@@ -679,6 +686,7 @@ impl RawValues {
                 parse_go_bool,
                 d.api_insecure_tcp,
             )?,
+            api_idle_timeout: seconds("api_idle_timeout", d.api_idle_timeout, false)?,
         };
         check_api_tls(&config)?;
         // A path option set to empty means the default: an empty path names nothing.
@@ -1485,6 +1493,20 @@ stop_units_on_shutdown = TRUE
         assert!(config.engine().lease_ttl >= MAX_DURATION);
         let later = std::time::Instant::now() + config.machine_loss_grace * 12;
         assert!(later > std::time::Instant::now());
+    }
+    #[test]
+    fn api_idle_timeout_defaults_to_ten_seconds_and_refuses_zero() {
+        let (config, _) = from_file("").unwrap();
+        assert_eq!(config.api_idle_timeout, Duration::from_secs(10));
+        let (config, _) = from_file("api_idle_timeout=2.5\n").unwrap();
+        assert_eq!(config.api_idle_timeout, Duration::from_millis(2500));
+        let (config, _) =
+            Config::from_sources(None, &env(&[("FLEET_API_IDLE_TIMEOUT", "30")])).unwrap();
+        assert_eq!(config.api_idle_timeout, Duration::from_secs(30));
+        for bad in ["0", "-1", "soon"] {
+            let error = from_file(&format!("api_idle_timeout={bad}\n")).unwrap_err();
+            assert!(error.to_string().contains("api_idle_timeout"), "{error}");
+        }
     }
 }
 
