@@ -150,7 +150,10 @@ async fn mtls_roles_decide_who_may_start_units() {
     // No certificate: the handshake fails, nothing reaches HTTP.
     let anonymous = https_client(port, &client_tls(&pki, None));
     match anonymous.units().await {
-        Err(ClientError::Transport { .. }) => {}
+        Err(ClientError::Transport { detail, .. }) => assert!(
+            detail.contains("the API requires a client certificate"),
+            "the refusal is not explained: {detail}"
+        ),
         other => panic!("a client without a certificate got {other:?}"),
     }
 

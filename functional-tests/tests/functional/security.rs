@@ -250,7 +250,7 @@ fn mtls_roles_and_per_machine_etcd_identities_hold_on_real_hosts() -> anyhow::Re
         "a client without a certificate was served"
     );
     assert!(
-        text(&output.stderr).contains("CertificateRequired"),
+        text(&output.stderr).contains("the API requires a client certificate"),
         "the refusal does not say a certificate is required: {}",
         text(&output.stderr)
     );
