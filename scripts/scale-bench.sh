@@ -6,7 +6,7 @@
 # Usage: scripts/scale-bench.sh [--machines M] [--units N] [--json out.json] [more bench options]
 #   e.g. scripts/scale-bench.sh --machines 1000 --units 20000 --json /tmp/scale.json
 #   Other options pass through to the bench (--help lists them): --concurrency,
-#   --kill-fraction, --loss-grace, --idle-seconds, --agent-ttl, --keep.
+#   --kill-fraction, --loss-grace, --idle-seconds, --agent-ttl, --keep, --tls (the API over mTLS).
 #
 # Needs: etcd (Debian etcd-server) on PATH, a Rust toolchain. Builds with
 # cargo's release profile; on 2 cores the first build takes several minutes.

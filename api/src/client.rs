@@ -711,6 +711,10 @@ impl Client {
             detail.push_str(&format!(": {cause}"));
             source = cause.source();
         }
+        if let Some(hint) = tls::refusal_hint(error) {
+            detail.push_str(": ");
+            detail.push_str(hint);
+        }
         if let Some(explanation) = self.dialer.explain_failure().await {
             detail.push_str(": ");
             detail.push_str(&explanation);

@@ -52,10 +52,11 @@ use tokio::process::{Child, Command};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use fleet_api::client::{Client, Endpoint};
+use fleet_api::client::{Client, ClientTls, Endpoint};
 use fleet_api::entities;
 use fleet_registry::changes::{Change, ChangeStream, Watched};
 use fleet_registry::store::LeaseId;
+use fleet_registry::testing::pki::Pki;
 use fleet_registry::{
     LeaseKeepAlive, MachineId, MachineState, Registry, RegistryConfig, RegistryError, TargetState,
     UnitState,
@@ -79,6 +80,9 @@ Options (cargo bench -p fleetd --bench scale -- OPTIONS):
                         simulated machines open a new keep-alive stream per
                         keep-alive (the old way) instead of one per lease
   --keep                keep the work dir (etcd and fleetd logs) even on success
+  --tls                 the API over mTLS (certificates from the test CA, an admin
+                        client certificate for the bench's client and fleetctl),
+                        to compare with a plaintext run
 ";
 
 /// The key prefix of the benchmark's cluster.
@@ -107,6 +111,8 @@ struct Args {
     /// keep-alive.
     keep_alive_streams: bool,
     keep: bool,
+    /// Serve the API over TLS with client certificates.
+    tls: bool,
 }
 
 fn workspace_binary(name: &str, env: &str) -> PathBuf {
@@ -133,6 +139,7 @@ fn parse_args(raw: &[String]) -> anyhow::Result<Option<Args>> {
         agent_ttl: 30,
         keep_alive_streams: true,
         keep: false,
+        tls: false,
     };
     let mut iter = raw.iter();
     while let Some(flag) = iter.next() {
@@ -160,6 +167,7 @@ fn parse_args(raw: &[String]) -> anyhow::Result<Option<Args>> {
             }
             "--agent-ttl" => args.agent_ttl = value(flag)?.parse().context("--agent-ttl")?,
             "--keep" => args.keep = true,
+            "--tls" => args.tls = true,
             "--keep-alive-per-request" => args.keep_alive_streams = false,
             other => bail!("unknown option {other:?}\n{USAGE}"),
         }
@@ -330,11 +338,76 @@ struct Fleetd {
     pid: u32,
     api_url: String,
     machine: MachineId,
+    /// With `--tls`: the CA and the admin client certificate.
+    tls: Option<ClientTls>,
+}
+
+impl Fleetd {
+    /// An API client (over mTLS with `--tls`).
+    fn client(&self) -> anyhow::Result<Client> {
+        let endpoint = Endpoint::parse(&self.api_url).map_err(|error| anyhow!("{error}"))?;
+        let client = match &self.tls {
+            Some(tls) => Client::with_tls(endpoint, tls)?,
+            None => Client::new(endpoint),
+        };
+        Ok(client.with_timeout(Some(Duration::from_secs(120))))
+    }
+
+    /// fleetctl's TLS flags (the original's), empty without `--tls`.
+    fn fleetctl_tls_args(&self) -> Vec<std::ffi::OsString> {
+        let Some(tls) = &self.tls else {
+            return Vec::new();
+        };
+        let mut args = Vec::new();
+        for (flag, file) in [
+            ("--ca-file", &tls.ca_file),
+            ("--cert-file", &tls.cert_file),
+            ("--key-file", &tls.key_file),
+        ] {
+            if let Some(file) = file {
+                args.push(flag.into());
+                args.push(file.clone().into_os_string());
+            }
+        }
+        args
+    }
+}
+
+/// With `--tls`: a test CA in `dir/pki`, the API's certificate for 127.0.0.1, an
+/// admin client certificate and the access file; returns fleet.conf lines and the
+/// client's TLS files.
+fn api_tls(dir: &Path) -> anyhow::Result<(String, ClientTls)> {
+    let pki_dir = dir.join("pki");
+    std::fs::create_dir_all(&pki_dir)?;
+    let pki = Pki::new(&pki_dir);
+    let (cert, key) = pki.sign_server("api", &["127.0.0.1"]);
+    let (client_cert, client_key) = pki.sign_client("bench");
+    let access = pki_dir.join("access.toml");
+    std::fs::write(&access, "[roles]\nbench = \"admin\"\n")?;
+    let conf = format!(
+        "api_tls_cert_file={}\napi_tls_key_file={}\napi_tls_client_ca_file={}\napi_access_file={}\n",
+        cert.display(),
+        key.display(),
+        pki.ca_file().display(),
+        access.display()
+    );
+    let tls = ClientTls {
+        ca_file: Some(pki.ca_file()),
+        cert_file: Some(client_cert),
+        key_file: Some(client_key),
+    };
+    Ok((conf, tls))
 }
 
 async fn start_fleetd(args: &Args, dir: &Path, etcd_url: &str) -> anyhow::Result<Fleetd> {
     let [api_port] = free_ports()?;
-    let api_url = format!("http://127.0.0.1:{api_port}");
+    let (scheme, tls_conf, tls) = if args.tls {
+        let (conf, tls) = api_tls(dir)?;
+        ("https", conf, Some(tls))
+    } else {
+        ("http", String::new(), None)
+    };
+    let api_url = format!("{scheme}://127.0.0.1:{api_port}");
     let machine: MachineId = "e0e0e0e0fleetscaleengine00000000"
         .parse()
         .map_err(|error| anyhow!("{error}"))?;
@@ -349,7 +422,8 @@ async fn start_fleetd(args: &Args, dir: &Path, etcd_url: &str) -> anyhow::Result
          disable_agent=true\n\
          public_ip=127.0.0.1\n\
          metadata=role=engine\n\
-         machine_loss_grace={}\n",
+         machine_loss_grace={}\n\
+         {tls_conf}",
         machine_id_file.display(),
         args.loss_grace,
     );
@@ -371,6 +445,7 @@ async fn start_fleetd(args: &Args, dir: &Path, etcd_url: &str) -> anyhow::Result
         pid,
         api_url,
         machine,
+        tls,
     })
 }
 
@@ -962,8 +1037,7 @@ async fn measure(
         key_file: None,
     };
     let registry = Registry::connect(&config).await?;
-    let client = Client::new(Endpoint::parse(&fleetd.api_url).map_err(|error| anyhow!("{error}"))?)
-        .with_timeout(Some(Duration::from_secs(120)));
+    let client = fleetd.client()?;
     let ttl = Duration::from_secs(args.agent_ttl);
     let sim = Arc::new(Sim {
         registry: registry.clone(),
@@ -1170,6 +1244,7 @@ impl Bench<'_> {
         let started = Instant::now();
         let output = Command::new(&self.args.fleetctl)
             .arg(format!("--endpoint={}", self.fleetd.api_url))
+            .args(self.fleetd.fleetctl_tls_args())
             .arg("list-units")
             .arg("--no-legend")
             .stdin(Stdio::null())

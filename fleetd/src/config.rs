@@ -75,6 +75,7 @@ pub const OPTION_NAMES: &[&str] = &[
     "etcd_discovery_srv",
     "etcd_discovery_srv_name",
     "etcd_discovery_srv_resolver",
+    "api_idle_timeout",
 ];
 
 /// The engine's slice of the config (see `fleetd::engine`). No `Default`:
@@ -243,6 +244,11 @@ pub struct Config {
     /// `etcd_discovery_srv_resolver` (`IP:PORT`, default empty = the servers
     /// of /etc/resolv.conf): the DNS server asked for the SRV records. New.
     pub etcd_discovery_srv_resolver: Option<SocketAddr>,
+    /// `api_idle_timeout` (float seconds > 0, default 10): how long an API
+    /// connection may wait for its next request to arrive whole (headers
+    /// included); an idle keep-alive connection is closed after this long.
+    /// Read at start-up only. New.
+    pub api_idle_timeout: Duration,
 }
 
 impl Default for Config {
@@ -292,6 +298,7 @@ impl Default for Config {
             etcd_discovery_srv: String::new(),
             etcd_discovery_srv_name: String::new(),
             etcd_discovery_srv_resolver: None,
+            api_idle_timeout: crate::listeners::DEFAULT_IDLE_TIMEOUT,
         }
     }
 }
@@ -793,6 +800,7 @@ impl RawValues {
                 |value| value.parse::<SocketAddr>().ok().map(Some),
                 d.etcd_discovery_srv_resolver,
             )?,
+            api_idle_timeout: seconds("api_idle_timeout", d.api_idle_timeout, false)?,
         };
         check_api_tls(&config)?;
         check_discovery(self, &config)?;
@@ -1600,6 +1608,20 @@ stop_units_on_shutdown = TRUE
         assert!(config.engine().lease_ttl >= MAX_DURATION);
         let later = std::time::Instant::now() + config.machine_loss_grace * 12;
         assert!(later > std::time::Instant::now());
+    }
+    #[test]
+    fn api_idle_timeout_defaults_to_ten_seconds_and_refuses_zero() {
+        let (config, _) = from_file("").unwrap();
+        assert_eq!(config.api_idle_timeout, Duration::from_secs(10));
+        let (config, _) = from_file("api_idle_timeout=2.5\n").unwrap();
+        assert_eq!(config.api_idle_timeout, Duration::from_millis(2500));
+        let (config, _) =
+            Config::from_sources(None, &env(&[("FLEET_API_IDLE_TIMEOUT", "30")])).unwrap();
+        assert_eq!(config.api_idle_timeout, Duration::from_secs(30));
+        for bad in ["0", "-1", "soon"] {
+            let error = from_file(&format!("api_idle_timeout={bad}\n")).unwrap_err();
+            assert!(error.to_string().contains("api_idle_timeout"), "{error}");
+        }
     }
 }
 

@@ -14,9 +14,10 @@
 //! ([`serve`]): TCP speaks TLS first when the gate has a certificate
 //! (`crate::api_tls`), then every request passes the gate
 //! (`crate::api_gate`), which knows how the connection arrived
-//! ([`crate::access::Transport`]). Limits: [`HEADER_READ_TIMEOUT`] (also the
-//! idle timeout of keep-alive connections), [`TLS_HANDSHAKE_TIMEOUT`],
-//! [`MAX_CONNECTIONS`] and [`MAX_IN_FLIGHT`]; the body limit is the router's.
+//! ([`crate::access::Transport`]). Limits: the idle timeout (`api_idle_timeout`,
+//! default [`DEFAULT_IDLE_TIMEOUT`]: how long a connection may wait for its next
+//! request, headers included), [`TLS_HANDSHAKE_TIMEOUT`], [`MAX_CONNECTIONS`]
+//! and [`MAX_IN_FLIGHT`]; the body limit is the router's.
 
 use std::io;
 use std::os::unix::fs::PermissionsExt;
@@ -234,11 +235,13 @@ impl ApiSwitch {
     }
 }
 
-/// How long a client has to send a request's headers, counted from the
-/// moment the connection waits for them. It also closes a keep-alive
-/// connection that stays idle this long (hyper starts the same timer when it
-/// waits for the next request).
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// The default of `api_idle_timeout`: how long a connection may wait for its
+/// next request to arrive whole, counted from the moment it waits for one.
+/// One timer covers both limits the API needs: a keep-alive connection that
+/// sends nothing, and headers sent byte by byte (slowloris), are both closed
+/// after this long (hyper's header read timer starts when the connection
+/// starts waiting, not at the first byte).
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How long a TLS handshake may take.
 pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -259,12 +262,14 @@ enum Accepted {
 
 /// Serves `app` on `listener` until `shutdown`, then finishes in-flight
 /// requests. Every request passes `gate`; `connections` caps the connections
-/// open at once (shared by all listeners).
+/// open at once (shared by all listeners); a connection waiting longer than
+/// `idle_timeout` for its next request is closed.
 pub async fn serve(
     listener: Listener,
     app: Router,
     gate: Arc<Gate>,
     connections: Arc<Semaphore>,
+    idle_timeout: Duration,
     shutdown: CancellationToken,
 ) {
     let described = listener.describe();
@@ -295,6 +300,7 @@ pub async fn serve(
         let context = Connection {
             app: app.clone(),
             gate: Arc::clone(&gate),
+            idle_timeout,
             shutdown: shutdown.clone(),
         };
         tasks.spawn(async move {
@@ -322,6 +328,7 @@ async fn accept(listener: &Listener) -> io::Result<Accepted> {
 struct Connection {
     app: Router,
     gate: Arc<Gate>,
+    idle_timeout: Duration,
     shutdown: CancellationToken,
 }
 
@@ -361,6 +368,7 @@ impl Connection {
         let Connection {
             app,
             gate,
+            idle_timeout,
             shutdown,
         } = self;
         let transport = Arc::new(transport);
@@ -376,7 +384,7 @@ impl Connection {
         let mut builder = hyper::server::conn::http1::Builder::new();
         builder
             .timer(TokioTimer::new())
-            .header_read_timeout(HEADER_READ_TIMEOUT);
+            .header_read_timeout(idle_timeout);
         let connection = builder.serve_connection(TokioIo::new(stream), service);
         tokio::pin!(connection);
         let result = tokio::select! {

@@ -97,6 +97,7 @@ pub async fn run(loaded: Loaded, options: ServerOptions) -> anyhow::Result<()> {
             switch.service(),
             Arc::clone(&gate),
             Arc::clone(&connections),
+            config.api_idle_timeout,
             listener_shutdown.child_token(),
         ));
     }

@@ -124,3 +124,57 @@ pub(super) async fn handshake(
     })?;
     Ok(Box::new(stream) as Box<dyn Connection>)
 }
+
+/// What a TLS alert from the API means for its client, when the chain of
+/// `error` holds one: with TLS 1.3 the server checks the client certificate
+/// after the client's side of the handshake is done, so the refusal only shows
+/// as an alert on the first read, which hyper reports as "connection error".
+pub(super) fn refusal_hint(error: &(dyn std::error::Error + 'static)) -> Option<&'static str> {
+    let mut cause = Some(error);
+    while let Some(current) = cause {
+        let tls = current.downcast_ref::<rustls::Error>().or_else(|| {
+            current
+                .downcast_ref::<io::Error>()
+                .and_then(io::Error::get_ref)
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        });
+        if let Some(rustls::Error::AlertReceived(alert)) = tls {
+            return alert_hint(*alert);
+        }
+        cause = current.source();
+    }
+    None
+}
+
+fn alert_hint(alert: rustls::AlertDescription) -> Option<&'static str> {
+    use rustls::AlertDescription as Alert;
+    match alert {
+        Alert::CertificateRequired => Some(
+            "the API requires a client certificate signed by its CA: give a certificate and its key",
+        ),
+        Alert::BadCertificate | Alert::UnknownCA | Alert::CertificateUnknown => Some(
+            "the API refused the client certificate: it must be signed by the CA the API trusts \
+             (api_tls_client_ca_file)",
+        ),
+        Alert::CertificateExpired => Some("the API refused the client certificate: it has expired"),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn alerts_about_the_client_certificate_are_explained_through_io_errors() {
+        let alert = rustls::Error::AlertReceived(rustls::AlertDescription::CertificateRequired);
+        let wrapped = io::Error::new(io::ErrorKind::InvalidData, alert);
+        let hint = refusal_hint(&wrapped).expect("a hint");
+        assert!(hint.contains("requires a client certificate"), "{hint}");
+        let unknown = rustls::Error::AlertReceived(rustls::AlertDescription::UnknownCA);
+        assert!(refusal_hint(&unknown).is_some_and(|hint| hint.contains("signed by the CA")));
+        let other = rustls::Error::AlertReceived(rustls::AlertDescription::HandshakeFailure);
+        assert_eq!(refusal_hint(&other), None);
+        assert_eq!(refusal_hint(&io::Error::other("reset")), None);
+    }
+}

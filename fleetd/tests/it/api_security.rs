@@ -150,7 +150,10 @@ async fn mtls_roles_decide_who_may_start_units() {
     // No certificate: the handshake fails, nothing reaches HTTP.
     let anonymous = https_client(port, &client_tls(&pki, None));
     match anonymous.units().await {
-        Err(ClientError::Transport { .. }) => {}
+        Err(ClientError::Transport { detail, .. }) => assert!(
+            detail.contains("the API requires a client certificate"),
+            "the refusal is not explained: {detail}"
+        ),
         other => panic!("a client without a certificate got {other:?}"),
     }
 
@@ -361,4 +364,52 @@ async fn plaintext_is_refused_off_loopback_and_checks_host_on_it() {
     // etcd is unreachable, so a loopback Host gets the API's 503, not a 421.
     let (status, _) = answer("localhost:4001").await.expect("answers");
     assert_eq!(status, 503);
+}
+
+/// `api_idle_timeout`: a keep-alive connection that got its answer and then sends nothing is
+/// closed by fleetd, and so is one that never sends a request.
+#[tokio::test]
+async fn idle_keep_alive_connections_are_closed() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let id_file = machine_id_file(dir.path(), "m-idle");
+    let port = free_port();
+    // Nothing listens on this etcd: the API answers 503, which is answer enough.
+    let conf = format!(
+        "etcd_servers = http://127.0.0.1:{}\nmachine_id_file = {}\ndisable_agent = true\n\
+         api_listen = tcp://127.0.0.1:{port}\napi_idle_timeout = 1\n",
+        free_port(),
+        id_file.display()
+    );
+    let _fleetd = Fleetd::start(dir.path(), &conf, &[]);
+    let address = format!("127.0.0.1:{port}");
+    let mut answered = wait_for(DEADLINE, "fleetd accepts a connection", || async {
+        tokio::net::TcpStream::connect(&address).await.ok()
+    })
+    .await;
+    let silent = tokio::net::TcpStream::connect(&address)
+        .await
+        .expect("connects");
+
+    // HTTP/1.1 keeps the connection alive unless told otherwise.
+    answered
+        .write_all(b"GET /fleet/v1/machines HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .expect("sends a request");
+    for (name, mut stream) in [("answered", answered), ("silent", silent)] {
+        let mut received = Vec::new();
+        let read = tokio::time::timeout(DEADLINE, stream.read_to_end(&mut received)).await;
+        assert!(
+            matches!(read, Ok(Ok(_))),
+            "the {name} idle connection was not closed: {read:?}"
+        );
+        if name == "answered" {
+            assert!(
+                received.starts_with(b"HTTP/1.1 "),
+                "no answer before the close: {:?}",
+                String::from_utf8_lossy(&received)
+            );
+        }
+    }
 }

@@ -17,5 +17,6 @@ mod host_units;
 mod package;
 mod rollout;
 mod safety;
+mod security;
 mod ssh;
 mod units;
