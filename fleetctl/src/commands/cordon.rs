@@ -168,7 +168,9 @@ struct DrainWatch {
 
 impl DrainWatch {
     /// Takes in one status; `true` when the drain is over: nothing movable
-    /// left and every moved unit reached its target state elsewhere.
+    /// left, every moved unit reached its target state elsewhere, and the
+    /// drained machine's agent has unloaded what left it (it reports no
+    /// state for a unit no longer placed there).
     async fn observe(&mut self, ctx: &Ctx, status: &DrainStatus) -> bool {
         self.failure = None;
         self.blocked.clear();
@@ -201,6 +203,22 @@ impl DrainWatch {
                         && (unit.machine_id == status.machine
                             || unit.current_state != unit.desired_state)
                 })
+            })
+            .count();
+        if self.n_starting > 0 {
+            return false;
+        }
+        // A unit can be active on its new machine before the old machine's
+        // agent has stopped it: until then it still runs on the drained one.
+        let Ok(states) = ctx.client.unit_states(Some(&status.machine), None).await else {
+            return false;
+        };
+        let placed_here: BTreeSet<&str> =
+            status.units.iter().map(|unit| unit.name.as_str()).collect();
+        self.n_starting = states
+            .iter()
+            .filter(|state| {
+                state.machine_id == status.machine && !placed_here.contains(state.name.as_str())
             })
             .count();
         self.n_starting == 0

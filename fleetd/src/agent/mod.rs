@@ -57,6 +57,10 @@ pub use units_dir::{UnitsDir, UnitsDirError};
 const RECONCILE_GAP: Duration = Duration::from_millis(50);
 /// The same for reading and publishing states after systemd's signals.
 const STATE_GAP: Duration = Duration::from_millis(20);
+/// How long a pass waits for the stop jobs of the units it unloaded, and
+/// how often it looks.
+const STOP_WAIT: Duration = Duration::from_secs(5);
+const STOP_POLL: Duration = Duration::from_millis(25);
 /// The safety-net pass, in case an event was missed.
 const RESYNC_INTERVAL: Duration = Duration::from_secs(300);
 /// Retry delays (systemd, etcd, failed tasks): 1 s doubling to 1 min.
@@ -173,6 +177,8 @@ pub struct Agent {
     /// reads their new files when first asked about them, so they need no
     /// daemon-reload (see [`Agent::reload_unit_files`]).
     fresh_loads: BTreeSet<UnitName>,
+    /// Units unloaded this pass whose stop job systemd may not have run yet.
+    stopping: Vec<UnitName>,
 }
 
 impl Agent {
@@ -207,6 +213,7 @@ impl Agent {
             reload_pending: false,
             unreloaded: BTreeSet::new(),
             fresh_loads: BTreeSet::new(),
+            stopping: Vec::new(),
         }
     }
 
@@ -653,6 +660,7 @@ impl Agent {
                     }
                 }
             }
+            self.await_stopped(manager).await?;
             info!(done = ?done, failed = failed.len(), skipped, "Reconcile pass finished.");
             let managed: Vec<UnitName> = self.managed().into_iter().collect();
             if let Err(error) = self.refresh_statuses(manager, &managed).await {
@@ -974,13 +982,65 @@ impl Agent {
         }
     }
 
+    /// Waits (at most [`STOP_WAIT`]) until systemd has run the stop jobs of
+    /// the units unloaded this pass. `StopUnit` only queues a job, and
+    /// systemd runs its job queue when no D-Bus request is waiting, so right
+    /// after a burst of unloads the units may still run; their states are
+    /// deleted after this pass, and a deleted state says "not running here"
+    /// (`fleetctl drain` returns on it).
+    async fn await_stopped(&mut self, manager: &Manager) -> Result<(), DbusError> {
+        // A unit loaded again this pass (new content) is meant to run.
+        let names: Vec<String> = std::mem::take(&mut self.stopping)
+            .iter()
+            .filter(|unit| !self.on_disk.contains_key(*unit))
+            .map(ToString::to_string)
+            .collect();
+        if names.is_empty() {
+            return Ok(());
+        }
+        let deadline = Instant::now() + STOP_WAIT;
+        loop {
+            let mut running = 0usize;
+            for chunk in names.chunks(STATUS_CHUNK) {
+                let statuses = match manager.list_units_by_names(chunk).await {
+                    Ok(statuses) => statuses,
+                    Err(error) if error.is_connection_lost() => return Err(error),
+                    Err(error) => {
+                        warn!(%error, "Cannot ask systemd whether unloaded units stopped.");
+                        return Ok(());
+                    }
+                };
+                running += statuses
+                    .iter()
+                    .filter(|status| {
+                        matches!(
+                            status.active_state.as_str(),
+                            "active" | "activating" | "deactivating" | "reloading"
+                        )
+                    })
+                    .count();
+            }
+            if running == 0 {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                warn!(
+                    running,
+                    "Unloaded units are still stopping; reporting them gone anyway."
+                );
+                return Ok(());
+            }
+            tokio::time::sleep(STOP_POLL).await;
+        }
+    }
+
     /// Stops the unit and, only if that worked (so it never becomes
     /// unmanageable), disables it, resets its failed state and removes its
     /// file. The file goes even if disable or reset-failed fail.
     async fn unload(&mut self, manager: &Manager, unit: &UnitName) -> Result<(), TaskError> {
         self.reached.remove(unit);
         match manager.stop_unit(unit.as_str()).await {
-            Ok(_) => {}
+            Ok(_) => self.stopping.push(unit.clone()),
             Err(error) if error.systemd_error_name() == Some(NO_SUCH_UNIT) => {}
             Err(error) => return Err(error.into()),
         }
