@@ -1155,6 +1155,42 @@ async fn states_are_filtered_and_paginated() {
         .assert_error(404, "unit state does not exist");
 }
 
+/// The machine entity gains `cordon` only for a cordoned or draining machine: a machine in
+/// rotation has exactly the original's fields, which is all the original fleetctl reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cordoned_machine_says_so_and_the_others_keep_the_original_fields() {
+    let api = Api::start("machine-cordon", 100).await;
+    api.register_machine("m1", &[("region", "eu")]).await;
+    api.register_machine("m2", &[]).await;
+    api.register_machine("m3", &[]).await;
+    for (machine, draining) in [("m2", false), ("m3", true)] {
+        let cordon = fleet_registry::cordon::Cordon {
+            machine: machine_id(machine),
+            draining,
+            by: "test@host".to_owned(),
+            reason: "maintenance".to_owned(),
+            since: 1,
+        };
+        api.registry.put_cordon(&cordon).await.expect("cordoning");
+    }
+    let reply = api.get("/fleet/v1/machines").await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(
+        reply.json(),
+        json!({"machines": [
+            {"id": "m1", "primaryIP": "10.0.0.2", "metadata": {"region": "eu"}},
+            {"id": "m2", "primaryIP": "10.0.0.2", "cordon": "cordoned"},
+            {"id": "m3", "primaryIP": "10.0.0.2", "cordon": "draining"},
+        ]})
+    );
+    api.registry
+        .delete_cordon(&machine_id("m3"))
+        .await
+        .expect("uncordoning");
+    let page: MachinePage = api.get("/fleet/v1/machines").await.entity();
+    assert_eq!(page.machines[2].cordon, None);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn machines_are_listed_and_patched() {
     let api = Api::start("machines", 2).await;
@@ -1177,6 +1213,7 @@ async fn machines_are_listed_and_patched() {
             id: "m1".into(),
             primary_ip: "10.0.0.2".into(),
             metadata: BTreeMap::from([("region".to_owned(), "eu".to_owned())]),
+            cordon: None,
         }
     );
     let second: MachinePage = api
