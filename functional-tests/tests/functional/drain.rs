@@ -158,12 +158,26 @@ fn drain_moves_what_can_move_and_leaves_a_pinned_unit() -> anyhow::Result<()> {
         plan_out.contains("cannot be placed: MachineOf peer missing.service is not scheduled"),
         "{plan_out}"
     );
-    // plan wrote nothing.
+    // start --dry-run says the same and starts nothing.
+    let dry = fleet.ctl(&["start", "--dry-run", &orphan])?;
+    let dry_out = String::from_utf8_lossy(&dry.stdout);
+    assert_eq!(dry.status.code(), Some(1), "{dry_out}");
+    assert!(
+        dry_out.contains("MachineOf peer missing.service"),
+        "{dry_out}"
+    );
+    // plan and the dry run wrote nothing.
     assert!(
         fleet
             .units()?
             .iter()
             .all(|row| row.unit != "orphan.service")
+    );
+    assert!(
+        !fleet
+            .ctl_ok(&["list-unit-files", "--no-legend"])?
+            .contains("orphan.service"),
+        "a dry run submitted the unit"
     );
 
     // Uncordon: h1 is back in rotation for new units (nothing moves back by itself).
