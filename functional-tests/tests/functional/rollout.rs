@@ -310,7 +310,7 @@ fn template_hash(fleet: &Fleet) -> anyhow::Result<String> {
 }
 
 /// The machine id in `P/engine/leader`.
-fn engine_leader(cluster: &Cluster) -> anyhow::Result<String> {
+pub(crate) fn engine_leader(cluster: &Cluster) -> anyhow::Result<String> {
     let endpoint = cluster
         .etcd_url()
         .split(',')
