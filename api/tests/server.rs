@@ -1321,6 +1321,56 @@ async fn machines_are_listed_and_patched() {
     assert_eq!(api.machines().await, after);
 }
 
+/// A restart is a rollout to the content the unit has: no unit file is needed, the spec
+/// says `restart` and names the unit's own hash as both old and new content; a missing
+/// unit is a 404 and a second restart while the first is not over a conflict.
+#[tokio::test]
+async fn a_restart_is_stored_as_a_rollout_to_the_same_content() {
+    let api = Api::start("restarts", 100).await;
+    let restart = |name: &str| {
+        let api = &api;
+        let body = json!({"name": name, "unitFile": "", "restart": true, "strategy": {
+            "maxParallel": 1, "minHealthyTimeMs": 2000, "healthyDeadlineMs": 300000,
+            "canary": 0, "autoRevert": true}})
+        .to_string();
+        async move {
+            api.call_with(Method::POST, "/fleet/v1/rollouts", &[JSON], &body)
+                .await
+        }
+    };
+    restart("everywhere.service").await.assert_error(
+        404,
+        "no unit everywhere.service exists; submit or start it first",
+    );
+    let file =
+        UnitFile::parse("[Service]\nExecStart=/bin/sleep 1\n[X-Fleet]\nGlobal=true\n").unwrap();
+    api.registry
+        .create_unit(
+            &unit_name("everywhere.service"),
+            &file,
+            TargetState::Launched,
+        )
+        .await
+        .unwrap();
+    let created = restart("everywhere.service").await;
+    created.assert_status(201);
+    let rollout: fleet_api::rollout::Rollout = created.entity();
+    let hash = file.hash().to_string();
+    assert!(rollout.spec.restart);
+    assert_eq!(rollout.spec.new_hash, hash);
+    assert_eq!(rollout.spec.units.len(), 1);
+    assert_eq!(rollout.spec.units[0].old_hash, hash);
+    // The unit record is untouched.
+    assert_eq!(
+        api.unit_records().await,
+        [("everywhere.service".to_owned(), hash, TargetState::Launched)]
+    );
+    restart("everywhere.service").await.assert_error(
+        409,
+        "a rollout of everywhere.service is pending; abort it or wait for it to end",
+    );
+}
+
 /// Rolling updates beside v1: bad requests are refused and store nothing; a good one is
 /// stored with the old content of every instance; a second one while the first is not over
 /// is a conflict; operator actions change the stored spec.
