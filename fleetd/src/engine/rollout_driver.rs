@@ -129,11 +129,12 @@ pub fn step(
                     .iter()
                     .filter(|target| target.started_ms.is_some())
                     .count();
-                log(
-                    &mut next,
-                    now_ms,
-                    format!("{what}; reverting {touched} updated unit(s) to the old content."),
-                );
+                let message = if spec.restart {
+                    format!("{what}; the restart stops here (every unit runs as before).")
+                } else {
+                    format!("{what}; reverting {touched} updated unit(s) to the old content.")
+                };
+                log(&mut next, now_ms, message);
                 next.phase = Phase::Reverted;
             } else {
                 log(
@@ -166,7 +167,7 @@ pub fn step(
         log(
             &mut next,
             now_ms,
-            format!("Updating {}.", started.join(", ")),
+            format!("{} {}.", verb(spec), started.join(", ")),
         );
     }
     let done = next
@@ -174,14 +175,14 @@ pub fn step(
         .iter()
         .all(|target| matches!(target.phase, TargetPhase::Healthy | TargetPhase::Gone));
     if done {
-        log(
-            &mut next,
-            now_ms,
-            format!(
+        let message = match spec.restart {
+            true => format!("Succeeded: {} placement(s) restarted.", next.targets.len()),
+            false => format!(
                 "Succeeded: {} unit(s) run the new content.",
                 spec.units.len()
             ),
-        );
+        };
+        log(&mut next, now_ms, message);
         next.phase = Phase::Succeeded;
     } else if canary_limit(spec).is_some_and(|limit| n_started(&next.targets) >= limit)
         && !next
@@ -198,6 +199,15 @@ pub fn step(
         next.phase = Phase::AwaitingPromotion;
     }
     next
+}
+
+/// What starting a target means, for the history.
+fn verb(spec: &RolloutSpec) -> &'static str {
+    if spec.restart {
+        "Restarting"
+    } else {
+        "Updating"
+    }
 }
 
 /// Appends a history line.
@@ -736,6 +746,19 @@ mod tests {
             assert!(now < 60_000, "the restart never ended: {progress:?}");
         }
         assert_eq!(progress.phase, Phase::Succeeded);
+        let history: Vec<&str> = progress
+            .history
+            .iter()
+            .map(|e| e.message.as_str())
+            .collect();
+        assert!(
+            history.contains(&"Restarting web@0.service on m0."),
+            "{history:?}"
+        );
+        assert_eq!(
+            history.last(),
+            Some(&"Succeeded: 3 placement(s) restarted.")
+        );
         assert!(progress.targets.iter().all(|t| t.stopped_ms.is_some()));
         assert!(n_stops >= 3);
         assert!(target_pins(&spec, Some(&progress)).is_empty());
