@@ -784,6 +784,22 @@ mod tests {
     }
 
     #[test]
+    fn a_new_engine_holds_what_the_stored_restart_progress_holds() {
+        let spec = restart(2, 1);
+        let placements = placements(2);
+        let progress = step(&spec, None, &placements, &HashMap::new(), 0);
+        let stopped_first: HashMap<PlacementKey, Observed> =
+            HashMap::from([(("web@0.service".to_owned(), "m0".to_owned()), stopped())]);
+        let progress = step(&spec, Some(&progress), &placements, &stopped_first, 500);
+        assert!(progress.targets[0].stopped_ms.is_some());
+        let stored = serde_json::to_vec(&progress).expect("serializes");
+        let read: RolloutProgress = serde_json::from_slice(&stored).expect("parses");
+        assert_eq!(read, progress);
+        // Stopped already: released to its record's target, not held again.
+        assert!(target_pins(&spec, Some(&read)).is_empty());
+    }
+
+    #[test]
     fn an_update_holds_no_target_state() {
         let spec = spec(2, strategy(2));
         let progress = step(&spec, None, &placements(2), &HashMap::new(), 0);
