@@ -1345,11 +1345,15 @@ async fn a_restart_is_stored_as_a_rollout_to_the_same_content() {
     let file =
         UnitFile::parse("[Service]\nExecStart=/bin/sleep 1\n[X-Fleet]\nGlobal=true\n").unwrap();
     api.registry
-        .create_unit(
-            &unit_name("everywhere.service"),
-            &file,
-            TargetState::Launched,
-        )
+        .create_unit(&unit_name("everywhere.service"), &file, TargetState::Loaded)
+        .await
+        .unwrap();
+    restart("everywhere.service").await.assert_error(
+        409,
+        "unit everywhere.service is loaded, not launched; start it instead",
+    );
+    api.registry
+        .set_desired_state(&unit_name("everywhere.service"), TargetState::Launched)
         .await
         .unwrap();
     let created = restart("everywhere.service").await;

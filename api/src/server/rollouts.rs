@@ -14,8 +14,8 @@ use axum::response::Response;
 use http::StatusCode;
 use tracing::info;
 
-use fleet_registry::Revision;
 use fleet_registry::rollouts::StoredRollout;
+use fleet_registry::{Revision, TargetState};
 use fleet_systemd::unit::{UnitFile, UnitHash, UnitName, validate_options};
 
 use super::{ApiError, Shared, json_response};
@@ -185,6 +185,16 @@ async fn start_restart(
                 format!("no unit {name} exists; submit or start it first"),
             )
         })?;
+    // Only running units restart: a loaded one would never become healthy.
+    if unit.desired_state != TargetState::Launched {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!(
+                "unit {name} is {}, not launched; start it instead",
+                unit.desired_state
+            ),
+        ));
+    }
     let replaces = replaced_revision(shared, &name).await?;
     let hash = unit.hash.to_string();
     let spec = RolloutSpec {
