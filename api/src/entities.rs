@@ -104,6 +104,32 @@ pub struct Machine {
     pub primary_ip: String,
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub metadata: std::collections::BTreeMap<String, String>,
+    /// Added by fleet (the original has no such field, and its client ignores
+    /// unknown fields): `cordoned` or `draining`; absent for a machine in
+    /// rotation, so the original's entity is unchanged byte for byte.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cordon: Option<MachineCordon>,
+}
+
+/// Why a machine takes no new units (see Documentation/using-the-client.md,
+/// "Taking machines out of rotation, and asking the scheduler").
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MachineCordon {
+    /// Gets no new placements; what runs there stays.
+    Cordoned,
+    /// Cordoned, and its units are being moved away.
+    Draining,
+}
+
+impl MachineCordon {
+    /// The word in the API and in `list-machines`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MachineCordon::Cordoned => "cordoned",
+            MachineCordon::Draining => "draining",
+        }
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -180,5 +206,26 @@ mod tests {
             serde_json::to_string(&unit).unwrap(),
             r#"{"name":"a.service","desiredState":"launched","machineID":"m"}"#
         );
+    }
+
+    #[test]
+    fn a_machine_in_rotation_has_only_the_originals_fields() {
+        let mut machine = Machine {
+            id: "m1".into(),
+            primary_ip: "10.0.0.1".into(),
+            metadata: [("region".to_owned(), "east".to_owned())].into(),
+            cordon: None,
+        };
+        assert_eq!(
+            serde_json::to_string(&machine).unwrap(),
+            r#"{"id":"m1","primaryIP":"10.0.0.1","metadata":{"region":"east"}}"#
+        );
+        machine.cordon = Some(MachineCordon::Draining);
+        let text = serde_json::to_string(&machine).unwrap();
+        assert_eq!(
+            text,
+            r#"{"id":"m1","primaryIP":"10.0.0.1","metadata":{"region":"east"},"cordon":"draining"}"#
+        );
+        assert_eq!(serde_json::from_str::<Machine>(&text).unwrap(), machine);
     }
 }

@@ -59,6 +59,12 @@ pub struct RolloutRequest {
     pub unit_file: String,
     #[serde(default)]
     pub strategy: Strategy,
+    /// A restart instead of an update: `unit_file` is ignored (may be
+    /// empty) and every placement of the unit is stopped and started again
+    /// on its current content, batch by batch (`fleetctl restart` of a
+    /// global unit).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub restart: bool,
 }
 
 /// What the operator asks of a running rollout.
@@ -116,6 +122,11 @@ pub struct RolloutSpec {
     /// healthy only once its agent says so.
     #[serde(default)]
     pub health_check: bool,
+    /// A restart: `new_hash` is the units' current content, and each target
+    /// is stopped (its placement's target state held at `loaded`) until its
+    /// agent reports it inactive, then started again.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub restart: bool,
 }
 
 /// Where a rollout is.
@@ -197,6 +208,10 @@ pub struct Target {
     pub healthy_since_ms: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// In a restart: when the agent was seen to have stopped the unit (it
+    /// is started again from then on).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopped_ms: Option<u64>,
 }
 
 /// One line of a rollout's history.

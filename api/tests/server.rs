@@ -1155,6 +1155,42 @@ async fn states_are_filtered_and_paginated() {
         .assert_error(404, "unit state does not exist");
 }
 
+/// The machine entity gains `cordon` only for a cordoned or draining machine: a machine in
+/// rotation has exactly the original's fields, which is all the original fleetctl reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cordoned_machine_says_so_and_the_others_keep_the_original_fields() {
+    let api = Api::start("machine-cordon", 100).await;
+    api.register_machine("m1", &[("region", "eu")]).await;
+    api.register_machine("m2", &[]).await;
+    api.register_machine("m3", &[]).await;
+    for (machine, draining) in [("m2", false), ("m3", true)] {
+        let cordon = fleet_registry::cordon::Cordon {
+            machine: machine_id(machine),
+            draining,
+            by: "test@host".to_owned(),
+            reason: "maintenance".to_owned(),
+            since: 1,
+        };
+        api.registry.put_cordon(&cordon).await.expect("cordoning");
+    }
+    let reply = api.get("/fleet/v1/machines").await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(
+        reply.json(),
+        json!({"machines": [
+            {"id": "m1", "primaryIP": "10.0.0.2", "metadata": {"region": "eu"}},
+            {"id": "m2", "primaryIP": "10.0.0.2", "cordon": "cordoned"},
+            {"id": "m3", "primaryIP": "10.0.0.2", "cordon": "draining"},
+        ]})
+    );
+    api.registry
+        .delete_cordon(&machine_id("m3"))
+        .await
+        .expect("uncordoning");
+    let page: MachinePage = api.get("/fleet/v1/machines").await.entity();
+    assert_eq!(page.machines[2].cordon, None);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn machines_are_listed_and_patched() {
     let api = Api::start("machines", 2).await;
@@ -1177,6 +1213,7 @@ async fn machines_are_listed_and_patched() {
             id: "m1".into(),
             primary_ip: "10.0.0.2".into(),
             metadata: BTreeMap::from([("region".to_owned(), "eu".to_owned())]),
+            cordon: None,
         }
     );
     let second: MachinePage = api
@@ -1282,6 +1319,60 @@ async fn machines_are_listed_and_patched() {
     // An empty list is fine and changes nothing.
     api.patch_machines("[]").await.assert_status(204);
     assert_eq!(api.machines().await, after);
+}
+
+/// A restart is a rollout to the content the unit has: no unit file is needed, the spec
+/// says `restart` and names the unit's own hash as both old and new content; a missing
+/// unit is a 404 and a second restart while the first is not over a conflict.
+#[tokio::test]
+async fn a_restart_is_stored_as_a_rollout_to_the_same_content() {
+    let api = Api::start("restarts", 100).await;
+    let restart = |name: &str| {
+        let api = &api;
+        let body = json!({"name": name, "unitFile": "", "restart": true, "strategy": {
+            "maxParallel": 1, "minHealthyTimeMs": 2000, "healthyDeadlineMs": 300000,
+            "canary": 0, "autoRevert": true}})
+        .to_string();
+        async move {
+            api.call_with(Method::POST, "/fleet/v1/rollouts", &[JSON], &body)
+                .await
+        }
+    };
+    restart("everywhere.service").await.assert_error(
+        404,
+        "no unit everywhere.service exists; submit or start it first",
+    );
+    let file =
+        UnitFile::parse("[Service]\nExecStart=/bin/sleep 1\n[X-Fleet]\nGlobal=true\n").unwrap();
+    api.registry
+        .create_unit(&unit_name("everywhere.service"), &file, TargetState::Loaded)
+        .await
+        .unwrap();
+    restart("everywhere.service").await.assert_error(
+        409,
+        "unit everywhere.service is loaded, not launched; start it instead",
+    );
+    api.registry
+        .set_desired_state(&unit_name("everywhere.service"), TargetState::Launched)
+        .await
+        .unwrap();
+    let created = restart("everywhere.service").await;
+    created.assert_status(201);
+    let rollout: fleet_api::rollout::Rollout = created.entity();
+    let hash = file.hash().to_string();
+    assert!(rollout.spec.restart);
+    assert_eq!(rollout.spec.new_hash, hash);
+    assert_eq!(rollout.spec.units.len(), 1);
+    assert_eq!(rollout.spec.units[0].old_hash, hash);
+    // The unit record is untouched.
+    assert_eq!(
+        api.unit_records().await,
+        [("everywhere.service".to_owned(), hash, TargetState::Launched)]
+    );
+    restart("everywhere.service").await.assert_error(
+        409,
+        "a rollout of everywhere.service is pending; abort it or wait for it to end",
+    );
 }
 
 /// Rolling updates beside v1: bad requests are refused and store nothing; a good one is

@@ -339,6 +339,9 @@ pub struct CreateArgs {
     /// DEPRECATED - this option cannot be used
     #[arg(long, hide = true)]
     pub sign: bool,
+    /// Print where the scheduler would place the units and why (as `plan` does); change nothing
+    #[arg(long = "dry-run")]
+    pub dry_run: bool,
     #[arg(value_name = "UNIT")]
     pub units: Vec<String>,
 }

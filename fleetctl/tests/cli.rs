@@ -377,6 +377,62 @@ fn start_no_block_creates_then_triggers_once() {
 }
 
 #[test]
+fn start_dry_run_asks_for_a_plan_and_writes_nothing() {
+    // A new unit is planned from its file, a submitted one is explained from its record;
+    // the only requests are those two questions (the script fails on any PUT or DELETE).
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("api.sock");
+    let unit_path = dir.path().join("new.service");
+    std::fs::write(
+        &unit_path,
+        "[Service]\nExecStart=/bin/sleep 100\n[X-Fleet]\nMachineOf=missing.service\n",
+    )
+    .unwrap();
+    let server = scripted_api(
+        &socket,
+        vec![
+            exchange(
+                "GET /fleet/x1/why/new.service?alt=json",
+                404,
+                r#"{"error":{"code":404,"message":"unit does not exist"}}"#,
+            ),
+            exchange(
+                "GET /fleet/x1/why/old.service?alt=json",
+                200,
+                r#"{"name":"old.service","placedOn":["m1"],"summary":"placed on m1","machines":[{"machine":"m1","chosen":true,"fits":true,"reason":"placed here"}]}"#,
+            ),
+            exchange(
+                "POST /fleet/x1/plan?alt=json",
+                200,
+                r#"{"units":[{"name":"new.service","placedOn":[],"summary":"cannot be placed: MachineOf peer missing.service is not scheduled","machines":[]}]}"#,
+            ),
+        ],
+    );
+    let endpoint = format!("unix://{}", socket.display());
+    let output = run(&[
+        "--endpoint",
+        &endpoint,
+        "start",
+        "--dry-run",
+        &unit_path.to_string_lossy(),
+        "old.service",
+    ]);
+    let bodies = finish(server, &socket);
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    assert_eq!(
+        stdout(&output),
+        "new.service: cannot be placed: MachineOf peer missing.service is not scheduled\n\
+         old.service: placed on m1\n\
+         \x20 * m1...\tplaced here\n"
+    );
+    assert!(
+        bodies[2].starts_with(r#"{"units":[{"name":"new.service","options":["#),
+        "{}",
+        bodies[2]
+    );
+}
+
+#[test]
 fn start_of_many_names_lists_the_units_instead_of_a_get_per_name() {
     // Five instances that exist and are launched already: one listing to
     // find them before creating, one before setting the state, nothing else.

@@ -6,6 +6,8 @@
 //! as Go's decoder does, so the functional tests' `"Value"` works) and the
 //! documented plain string `{"value": "x"}`.
 
+use std::collections::HashMap;
+
 use axum::response::Response;
 use http::header::CONTENT_TYPE;
 use http::{HeaderValue, StatusCode};
@@ -27,8 +29,18 @@ pub(super) async fn list(shared: &Shared, query: &Query) -> Result<Response, Api
         .machines()
         .await
         .map_err(|error| ApiError::registry("list machines", error))?;
+    let cordons = cordons_by_machine(shared).await?;
     let (page_machines, next_page_token) = paginate(all_machines, page);
-    let machines = page_machines.into_iter().map(machine_entity).collect();
+    let machines = page_machines
+        .into_iter()
+        .map(|machine| {
+            let cordon = cordons.get(machine.id.as_str()).copied();
+            entities::Machine {
+                cordon,
+                ..machine_entity(machine)
+            }
+        })
+        .collect();
     Ok(json_response(
         StatusCode::OK,
         &entities::MachinePage {
@@ -184,7 +196,32 @@ fn machine_entity(machine: MachineState) -> entities::Machine {
         id: machine.id.to_string(),
         primary_ip: machine.public_ip,
         metadata: machine.metadata,
+        cordon: None,
     }
+}
+
+/// The cordon state of every cordoned machine, by machine id (the machine
+/// entity's added `cordon` field).
+async fn cordons_by_machine(
+    shared: &Shared,
+) -> Result<HashMap<String, entities::MachineCordon>, ApiError> {
+    let cordons = shared
+        .api
+        .registry
+        .cordons()
+        .await
+        .map_err(|error| ApiError::registry("list cordons", error))?;
+    Ok(cordons
+        .into_iter()
+        .map(|cordon| {
+            let state = if cordon.draining {
+                entities::MachineCordon::Draining
+            } else {
+                entities::MachineCordon::Cordoned
+            };
+            (cordon.machine.to_string(), state)
+        })
+        .collect())
 }
 
 #[cfg(test)]

@@ -14,8 +14,8 @@ use axum::response::Response;
 use http::StatusCode;
 use tracing::info;
 
-use fleet_registry::Revision;
 use fleet_registry::rollouts::StoredRollout;
+use fleet_registry::{Revision, TargetState};
 use fleet_systemd::unit::{UnitFile, UnitHash, UnitName, validate_options};
 
 use super::{ApiError, Shared, json_response};
@@ -51,6 +51,9 @@ pub(super) async fn start(shared: &Shared, body: &[u8]) -> Result<Response, ApiE
         .name
         .parse()
         .map_err(|error| ApiError::bad_request(format!("invalid unit name: {error}")))?;
+    if request.restart {
+        return start_restart(shared, name, request).await;
+    }
     let file = UnitFile::parse(&request.unit_file)
         .map_err(|error| ApiError::bad_request(format!("invalid unit file: {error}")))?;
     validate_options(&file).map_err(ApiError::bad_request)?;
@@ -88,25 +91,7 @@ pub(super) async fn start(shared: &Shared, body: &[u8]) -> Result<Response, ApiE
             format!("every unit of {name} has this content already"),
         ));
     }
-    let replaces = match registry
-        .rollout(name.as_str())
-        .await
-        .map_err(|error| ApiError::registry("get rollout", error))?
-    {
-        None => None,
-        Some(stored) => match decode(&stored) {
-            Some(rollout) if !rollout.is_terminal() => {
-                return Err(ApiError::new(
-                    StatusCode::CONFLICT,
-                    format!(
-                        "a rollout of {name} is {}; abort it or wait for it to end",
-                        rollout.phase_name()
-                    ),
-                ));
-            }
-            _ => Some(stored.spec_revision),
-        },
-    };
+    let replaces = replaced_revision(shared, &name).await?;
     // One reference per content: etcd refuses a txn that writes a key twice.
     let old_hashes: Vec<UnitHash> = targets
         .values()
@@ -123,10 +108,8 @@ pub(super) async fn start(shared: &Shared, body: &[u8]) -> Result<Response, ApiE
         strategy: request.strategy,
         control: Control::Run,
         promoted: false,
-        health_check: file.options().iter().any(|option| {
-            option.section == "X-Fleet"
-                && matches!(option.name.as_str(), "HealthCheckExec" | "HealthCheckHTTP")
-        }),
+        health_check: declares_health_check(&file),
+        restart: false,
     };
     let bytes = encode(&spec)?;
     let started = registry
@@ -140,6 +123,106 @@ pub(super) async fn start(shared: &Shared, body: &[u8]) -> Result<Response, ApiE
         ));
     }
     info!(rollout = %name, n_units = spec.units.len(), new_hash = %spec.new_hash, "Rollout requested.");
+    Ok(json_response(
+        StatusCode::CREATED,
+        &Rollout {
+            spec,
+            progress: None,
+        },
+    ))
+}
+
+/// The revision of the ended rollout of `name` a new one replaces (`None`:
+/// there is none); a rollout of `name` that is not over is a conflict.
+async fn replaced_revision(shared: &Shared, name: &UnitName) -> Result<Option<Revision>, ApiError> {
+    let stored = shared
+        .api
+        .registry
+        .rollout(name.as_str())
+        .await
+        .map_err(|error| ApiError::registry("get rollout", error))?;
+    match stored {
+        None => Ok(None),
+        Some(stored) => match decode(&stored) {
+            Some(rollout) if !rollout.is_terminal() => Err(ApiError::new(
+                StatusCode::CONFLICT,
+                format!(
+                    "a rollout of {name} is {}; abort it or wait for it to end",
+                    rollout.phase_name()
+                ),
+            )),
+            _ => Ok(Some(stored.spec_revision)),
+        },
+    }
+}
+
+fn declares_health_check(file: &UnitFile) -> bool {
+    file.options().iter().any(|option| {
+        option.section == "X-Fleet"
+            && matches!(option.name.as_str(), "HealthCheckExec" | "HealthCheckHTTP")
+    })
+}
+
+/// `POST /rollouts` with `restart`: a rollout of the unit `name` to the
+/// content it has, which the engine drives as a restart (each placement
+/// stopped, then started, batch by batch; see the engine's rollout driver).
+async fn start_restart(
+    shared: &Shared,
+    name: UnitName,
+    request: RolloutRequest,
+) -> Result<Response, ApiError> {
+    if request.strategy.max_parallel == 0 {
+        return Err(ApiError::bad_request("maxParallel must be at least 1"));
+    }
+    let registry = &shared.api.registry;
+    let unit = registry
+        .unit(&name)
+        .await
+        .map_err(|error| ApiError::registry("get unit", error))?
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                format!("no unit {name} exists; submit or start it first"),
+            )
+        })?;
+    // Only running units restart: a loaded one would never become healthy.
+    if unit.desired_state != TargetState::Launched {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!(
+                "unit {name} is {}, not launched; start it instead",
+                unit.desired_state
+            ),
+        ));
+    }
+    let replaces = replaced_revision(shared, &name).await?;
+    let hash = unit.hash.to_string();
+    let spec = RolloutSpec {
+        name: name.to_string(),
+        id: now_ms(),
+        new_hash: hash.clone(),
+        units: vec![RolloutUnit {
+            unit: name.to_string(),
+            old_hash: hash,
+        }],
+        strategy: request.strategy,
+        control: Control::Run,
+        promoted: false,
+        health_check: declares_health_check(&unit.file),
+        restart: true,
+    };
+    let bytes = encode(&spec)?;
+    let started = registry
+        .start_rollout(name.as_str(), &bytes, replaces, &unit.file, &[])
+        .await
+        .map_err(|error| ApiError::registry("start restart", error))?;
+    if !started {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!("another rollout of {name} started meanwhile"),
+        ));
+    }
+    info!(rollout = %name, "Restart of every placement requested.");
     Ok(json_response(
         StatusCode::CREATED,
         &Rollout {

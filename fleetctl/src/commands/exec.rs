@@ -218,6 +218,7 @@ mod tests {
             id: id.to_owned(),
             primary_ip: "10.0.0.1".to_owned(),
             metadata: [("role".to_owned(), role.to_owned())].into(),
+            cordon: None,
         }
     }
 

@@ -1,8 +1,6 @@
 //! `list-machines`: one row per machine.
 
-use std::collections::BTreeMap;
-
-use fleet_api::entities::Machine;
+use fleet_api::entities::{Machine, MachineCordon};
 
 use crate::cli::ListMachinesArgs;
 use crate::context::Ctx;
@@ -14,33 +12,17 @@ use crate::output::{
 
 const VALID_FIELDS: &[&str] = &["machine", "ip", "metadata", "cordon"];
 
-/// The cells of one machine for `fields`.
+/// The cells of one machine for `fields`. `cordon` is the field fleetd adds
+/// to the machine entity: `cordoned`, `draining`, or `-` for a machine in
+/// rotation (and for every machine of a server that does not know cordons).
 pub fn machine_row(machine: &Machine, fields: &[String], full: bool) -> Vec<String> {
     fields
         .iter()
         .map(|field| match field.as_str() {
             "machine" => machine_id_legend(&machine.id, full),
             "ip" => or_dash(&machine.primary_ip),
+            "cordon" => or_dash(machine.cordon.map_or("", MachineCordon::as_str)),
             _ => format_metadata(&machine.metadata),
-        })
-        .collect()
-}
-
-/// `cordoned` or `draining` by machine id (the `cordon` field). A fleetd
-/// without the operations API has no cordons: its machines show `-`.
-async fn cordon_states(ctx: &Ctx) -> BTreeMap<String, String> {
-    let Ok(list) = ctx.client.cordons().await else {
-        return BTreeMap::new();
-    };
-    list.cordons
-        .into_iter()
-        .map(|cordon| {
-            let state = if cordon.draining {
-                "draining"
-            } else {
-                "cordoned"
-            };
-            (cordon.machine, state.to_owned())
         })
         .collect()
 }
@@ -70,22 +52,9 @@ pub async fn run(ctx: &Ctx, args: ListMachinesArgs) -> anyhow::Result<Exit> {
         ctx.console.out_raw(&render_json(&machines));
         return Ok(Exit::Success);
     }
-    let cordons = if fields.iter().any(|field| field == "cordon") {
-        cordon_states(ctx).await
-    } else {
-        BTreeMap::new()
-    };
     let rows = machines
         .iter()
-        .map(|machine| {
-            let mut row = machine_row(machine, &fields, args.list.full);
-            for (cell, field) in row.iter_mut().zip(&fields) {
-                if field == "cordon" {
-                    *cell = or_dash(cordons.get(&machine.id).map_or("", String::as_str));
-                }
-            }
-            row
-        })
+        .map(|machine| machine_row(machine, &fields, args.list.full))
         .collect();
     ctx.console
         .out_raw(&render_fields_table(&fields, rows, !args.list.no_legend));
@@ -107,6 +76,7 @@ mod tests {
                 id: "113f16a7e4bd4a9a8d6c3a1d3bb6a4c2".to_owned(),
                 primary_ip: "172.17.8.101".to_owned(),
                 metadata,
+                cordon: None,
             },
             Machine {
                 id: "9e4f0a2b11112222333344445555aaaa".to_owned(),
@@ -127,6 +97,31 @@ mod tests {
         assert_eq!(
             machine_row(&machines[1], &fields, true)[0],
             "9e4f0a2b11112222333344445555aaaa"
+        );
+    }
+
+    #[test]
+    fn the_cordon_field_shows_the_added_state() {
+        let machine = |id: &str, cordon| Machine {
+            id: id.to_owned(),
+            cordon,
+            ..Machine::default()
+        };
+        let fields: Vec<String> = ["machine", "cordon"].map(String::from).to_vec();
+        let rows = [
+            machine("aaaaaaaa1", None),
+            machine("bbbbbbbb2", Some(MachineCordon::Cordoned)),
+            machine("cccccccc3", Some(MachineCordon::Draining)),
+        ]
+        .iter()
+        .map(|m| machine_row(m, &fields, false))
+        .collect();
+        assert_eq!(
+            render_fields_table(&fields, rows, true),
+            "MACHINE\t\tCORDON\n\
+             aaaaaaaa...\t-\n\
+             bbbbbbbb...\tcordoned\n\
+             cccccccc...\tdraining\n"
         );
     }
 }

@@ -38,33 +38,92 @@ pub fn render(explanation: &Explanation) -> String {
 }
 
 pub async fn run_plan(ctx: &Ctx, args: PlanArgs) -> anyhow::Result<Exit> {
+    Ok(plan_units(ctx, &args.units, true).await)
+}
+
+/// `start --dry-run` and `load --dry-run`: what `plan` prints for these
+/// units, writing nothing. A unit already submitted is explained as `why`
+/// does (its record, not the local file), unless `replace` says the file
+/// would replace it.
+pub async fn dry_run(ctx: &Ctx, units: &[String], replace: bool) -> Exit {
+    plan_units(ctx, units, replace).await
+}
+
+/// Explains every unit argument (in argument order, each name once) and
+/// prints the explanations; fails when one cannot be placed. `from_files`:
+/// plan every unit from its file even when the cluster has it.
+async fn plan_units(ctx: &Ctx, args: &[String], from_files: bool) -> Exit {
+    let mut names: Vec<String> = Vec::new();
     let mut request = PlanRequest::default();
-    for arg in &args.units {
+    let mut submitted = Vec::new();
+    for arg in args {
+        let name = fleet_systemd::unit::fleetctl_unit_name(arg);
+        if names.contains(&name) {
+            continue;
+        }
+        names.push(name.clone());
+        match submitted_explanation(ctx, &name, from_files).await {
+            Ok(Some(explanation)) => {
+                submitted.push(explanation);
+                continue;
+            }
+            Ok(None) => {}
+            Err(error) => {
+                ctx.console
+                    .err(&format!("Error asking fleet about {name}: {error}"));
+                return Exit::Failure;
+            }
+        }
         match planned_unit(ctx, arg).await {
             Ok(unit) => request.units.push(unit),
             Err(error) => {
                 ctx.console
                     .err(&format!("Error planning unit {arg}: {error}"));
-                return Ok(Exit::Failure);
+                return Exit::Failure;
             }
         }
     }
-    let plan = match ctx.client.plan(&request).await {
-        Ok(plan) => plan,
-        Err(error) => {
-            ctx.console
-                .err(&format!("Error asking fleet for a plan: {error}"));
-            return Ok(Exit::Failure);
+    let mut planned = Vec::new();
+    if !request.units.is_empty() {
+        match ctx.client.plan(&request).await {
+            Ok(plan) => planned = plan.units,
+            Err(error) => {
+                ctx.console
+                    .err(&format!("Error asking fleet for a plan: {error}"));
+                return Exit::Failure;
+            }
         }
-    };
+    }
     let mut exit = Exit::Success;
-    for explanation in &plan.units {
+    for name in &names {
+        let found = submitted
+            .iter()
+            .chain(&planned)
+            .find(|explanation| &explanation.name == name);
+        let Some(explanation) = found else { continue };
         ctx.console.out_raw(&render(explanation));
         if explanation.placed_on.is_empty() {
             exit = Exit::Failure;
         }
     }
-    Ok(exit)
+    exit
+}
+
+/// `why` of a unit the cluster already has; `None` when it has not (or when
+/// the unit is to be planned from its file anyway).
+async fn submitted_explanation(
+    ctx: &Ctx,
+    name: &str,
+    from_files: bool,
+) -> Result<Option<Explanation>, fleet_api::client::ClientError> {
+    if from_files {
+        return Ok(None);
+    }
+    match ctx.client.why(name).await {
+        Ok(explanation) => Ok(Some(explanation)),
+        Err(error) if error.is_not_found() => Ok(None),
+        Err(error) => Err(error),
+    }
 }
 
 pub async fn run_why(ctx: &Ctx, args: WhyArgs) -> anyhow::Result<Exit> {

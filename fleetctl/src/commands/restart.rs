@@ -2,17 +2,26 @@
 //!
 //! Quirks fixed on purpose: a launched unit is set to `loaded` and we wait for
 //! `loaded`, then `launched` and we wait for `launched` (the original waited
-//! for `launched` both times). Global units are restarted with
-//! `systemctl restart` on every machine that reports them (directly on this
-//! machine, over SSH elsewhere); the original's global path did nothing.
+//! for `launched` both times). A global unit is restarted machine by machine
+//! by the agents: fleetctl asks fleetd for a restart rollout, which the engine
+//! drives like a rolling update (each machine's placement held at `loaded`
+//! until its agent stopped the unit, then `launched` again and active for a
+//! moment before the next machine), and follows it. Against a fleetd without
+//! rollouts (an original one answers 404) it falls back to
+//! `systemctl restart` on every machine that reports the unit (directly on
+//! this machine, over SSH elsewhere); the original's global path did nothing.
 //! See Documentation/compatibility.md, "Quirks of the original".
 
 use fleet_model::TargetState;
 use std::sync::Arc;
+use std::time::Duration;
+
+use fleet_api::rollout::{RolloutRequest, Strategy};
 
 use fleet_api::entities::Unit;
 
 use crate::cli::RestartArgs;
+use crate::commands::update::follow;
 use crate::context::{Ctx, find_units, is_global};
 use crate::exit::Exit;
 use crate::output::machine_id_legend;
@@ -54,7 +63,76 @@ async fn set_and_wait(
     Err(Exit::Failure)
 }
 
+/// How long a restarted global unit must stay active on one machine before
+/// the next machine's restart begins.
+const GLOBAL_MIN_HEALTHY: Duration = Duration::from_secs(2);
+
+/// How long one machine's stop and start may take before the restart fails.
+const GLOBAL_DEADLINE: Duration = Duration::from_secs(300);
+
+/// Restarts a global unit machine by machine through the agents (a restart
+/// rollout); `None` when fleetd has no rollouts, so the caller falls back.
+async fn restart_global_by_agents(ctx: &Ctx, unit: &Unit) -> Option<Exit> {
+    let request = RolloutRequest {
+        name: unit.name.clone(),
+        unit_file: String::new(),
+        strategy: Strategy {
+            max_parallel: 1,
+            min_healthy_time_ms: millis(GLOBAL_MIN_HEALTHY),
+            healthy_deadline_ms: millis(GLOBAL_DEADLINE),
+            canary: 0,
+            auto_revert: true,
+        },
+        restart: true,
+    };
+    match ctx.client.start_rollout(&request).await {
+        Ok(_) => {}
+        Err(error) if error.is_not_found() => return None,
+        Err(error) => {
+            ctx.console.err(&format!(
+                "Error restarting global unit {}: {error}",
+                unit.name
+            ));
+            return Some(Exit::Failure);
+        }
+    }
+    ctx.console.out(&format!(
+        "Restarting global unit {} machine by machine",
+        unit.name
+    ));
+    match follow(ctx, &unit.name).await {
+        Ok(Exit::Success) => {
+            ctx.console
+                .out(&format!("Triggered global unit {} restart", unit.name));
+            Some(Exit::Success)
+        }
+        Ok(exit) => Some(exit),
+        Err(error) => {
+            ctx.console.err(&format!(
+                "Error following the restart of {}: {error}",
+                unit.name
+            ));
+            Some(Exit::Failure)
+        }
+    }
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
 async fn restart_global(ctx: &Ctx, unit: &Unit) -> Exit {
+    if let Some(exit) = restart_global_by_agents(ctx, unit).await {
+        return exit;
+    }
+    ctx.console.err(&format!(
+        "fleetd has no restart through the agents; restarting {} with systemctl on each machine",
+        unit.name
+    ));
+    restart_global_over_ssh(ctx, unit).await
+}
+
+async fn restart_global_over_ssh(ctx: &Ctx, unit: &Unit) -> Exit {
     let states = match ctx.client.unit_states(None, Some(&unit.name)).await {
         Ok(states) => states,
         Err(error) => {

@@ -152,6 +152,9 @@ pub async fn run_load(ctx: &Arc<Ctx>, args: CreateArgs) -> anyhow::Result<Exit> 
         ctx.console.err("No units given");
         return Ok(Exit::Success);
     }
+    if args.dry_run {
+        return Ok(super::plan::dry_run(ctx, &args.units, args.replace).await);
+    }
     let triggered =
         match create_and_trigger(ctx, &args, CreateCommand::Load, TargetState::Loaded).await {
             Ok(triggered) => triggered,
@@ -175,6 +178,9 @@ pub async fn run_start(ctx: &Arc<Ctx>, args: CreateArgs) -> anyhow::Result<Exit>
     if args.units.is_empty() {
         ctx.console.err("No units given");
         return Ok(Exit::Success);
+    }
+    if args.dry_run {
+        return Ok(super::plan::dry_run(ctx, &args.units, args.replace).await);
     }
     let triggered =
         match create_and_trigger(ctx, &args, CreateCommand::Start, TargetState::Launched).await {

@@ -157,6 +157,7 @@ async fn start(ctx: &Ctx, args: &UpdateArgs) -> anyhow::Result<Exit> {
             name: name.clone(),
             unit_file,
             strategy: strategy.clone(),
+            restart: false,
         };
         match ctx.client.start_rollout(&request).await {
             Ok(rollout) => {
@@ -187,7 +188,7 @@ async fn start(ctx: &Ctx, args: &UpdateArgs) -> anyhow::Result<Exit> {
 
 /// Prints the rollout's history as it grows until it ends (or waits for a
 /// promotion, or holds after a failure).
-async fn follow(ctx: &Ctx, name: &str) -> anyhow::Result<Exit> {
+pub(crate) async fn follow(ctx: &Ctx, name: &str) -> anyhow::Result<Exit> {
     let mut printed = 0;
     loop {
         let Some(rollout) = ctx.client.rollout(name).await? else {

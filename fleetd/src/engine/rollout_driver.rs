@@ -28,8 +28,16 @@
 //!   the rollout like a revert.
 //! - When every target is healthy (or its placement went away) the rollout
 //!   has `succeeded`; the engine then switches the unit records.
+//! - A restart (`spec.restart`) is a rollout to the content the units have:
+//!   an updating target is first held at `loaded` ([`target_pins`]) until its
+//!   agent reports the unit stopped, then released to its unit record's
+//!   target (`launched`), and healthy as above once it runs again. The agent
+//!   only needs what it does anyway: stop a unit whose placement says
+//!   `loaded`, start it when it says `launched`.
 
 use std::collections::{BTreeSet, HashMap};
+
+use fleet_registry::TargetState;
 
 use fleet_api::rollout::{
     Control, HistoryEvent, Phase, RolloutProgress, RolloutSpec, Target, TargetPhase,
@@ -121,11 +129,12 @@ pub fn step(
                     .iter()
                     .filter(|target| target.started_ms.is_some())
                     .count();
-                log(
-                    &mut next,
-                    now_ms,
-                    format!("{what}; reverting {touched} updated unit(s) to the old content."),
-                );
+                let message = if spec.restart {
+                    format!("{what}; the restart stops here (every unit runs as before).")
+                } else {
+                    format!("{what}; reverting {touched} updated unit(s) to the old content.")
+                };
+                log(&mut next, now_ms, message);
                 next.phase = Phase::Reverted;
             } else {
                 log(
@@ -158,7 +167,7 @@ pub fn step(
         log(
             &mut next,
             now_ms,
-            format!("Updating {}.", started.join(", ")),
+            format!("{} {}.", verb(spec), started.join(", ")),
         );
     }
     let done = next
@@ -166,14 +175,14 @@ pub fn step(
         .iter()
         .all(|target| matches!(target.phase, TargetPhase::Healthy | TargetPhase::Gone));
     if done {
-        log(
-            &mut next,
-            now_ms,
-            format!(
+        let message = match spec.restart {
+            true => format!("Succeeded: {} placement(s) restarted.", next.targets.len()),
+            false => format!(
                 "Succeeded: {} unit(s) run the new content.",
                 spec.units.len()
             ),
-        );
+        };
+        log(&mut next, now_ms, message);
         next.phase = Phase::Succeeded;
     } else if canary_limit(spec).is_some_and(|limit| n_started(&next.targets) >= limit)
         && !next
@@ -190,6 +199,15 @@ pub fn step(
         next.phase = Phase::AwaitingPromotion;
     }
     next
+}
+
+/// What starting a target means, for the history.
+fn verb(spec: &RolloutSpec) -> &'static str {
+    if spec.restart {
+        "Restarting"
+    } else {
+        "Updating"
+    }
 }
 
 /// Appends a history line.
@@ -228,6 +246,37 @@ pub fn pins(
         .collect()
 }
 
+/// In a restart, the placements to hold at `loaded` (stopped): the targets
+/// updating whose stop the agent has not reported yet, while the rollout is
+/// not over. Every other placement follows its unit record's target.
+pub fn target_pins(
+    spec: &RolloutSpec,
+    progress: Option<&RolloutProgress>,
+) -> HashMap<PlacementKey, TargetState> {
+    let Some(progress) = progress.filter(|progress| progress.id == spec.id && spec.restart) else {
+        return HashMap::new();
+    };
+    if progress.phase.is_terminal() {
+        return HashMap::new();
+    }
+    progress
+        .targets
+        .iter()
+        .filter(|target| target.phase == TargetPhase::Updating && target.stopped_ms.is_none())
+        .map(|target| {
+            (
+                (target.unit.clone(), target.machine.clone()),
+                TargetState::Loaded,
+            )
+        })
+        .collect()
+}
+
+/// Whether an agent's report says the unit is stopped (a restart's first half).
+fn is_stopped(seen: Option<&Observed>) -> bool {
+    seen.is_some_and(|seen| matches!(seen.active_state.as_str(), "inactive" | "failed"))
+}
+
 /// The first progress: one pending target per placement now.
 fn begin(spec: &RolloutSpec, placements: &BTreeSet<PlacementKey>, now_ms: u64) -> RolloutProgress {
     let targets: Vec<Target> = placements
@@ -239,6 +288,7 @@ fn begin(spec: &RolloutSpec, placements: &BTreeSet<PlacementKey>, now_ms: u64) -
             started_ms: None,
             healthy_since_ms: None,
             reason: None,
+            stopped_ms: None,
         })
         .collect();
     RolloutProgress {
@@ -284,6 +334,21 @@ fn observe(
             continue;
         }
         let seen = observed.get(&key);
+        if spec.restart && target.stopped_ms.is_none() {
+            if is_stopped(seen) {
+                target.stopped_ms = Some(now_ms);
+                events.push(format!(
+                    "{} on {} stopped; starting it again.",
+                    target.unit, target.machine
+                ));
+            } else if now_ms.saturating_sub(target.started_ms.unwrap_or(now_ms))
+                >= spec.strategy.healthy_deadline_ms
+            {
+                target.phase = TargetPhase::Failed;
+                target.reason = Some("the unit did not stop within the deadline".to_owned());
+            }
+            continue;
+        }
         if seen.is_some_and(|seen| seen.is_healthy_on(&spec.new_hash, spec.health_check)) {
             let since = *target.healthy_since_ms.get_or_insert(now_ms);
             if now_ms.saturating_sub(since) >= spec.strategy.min_healthy_time_ms {
@@ -370,6 +435,7 @@ mod tests {
             control: Control::Run,
             promoted: false,
             health_check: false,
+            restart: false,
         }
     }
 
@@ -625,5 +691,118 @@ mod tests {
         assert_eq!(next.targets[0].phase, TargetPhase::Healthy);
         assert_eq!(next.targets[2].phase, TargetPhase::Updating);
         assert_eq!(updating(&next), 2);
+    }
+
+    fn restart(n_units: usize, max_parallel: u32) -> RolloutSpec {
+        RolloutSpec {
+            new_hash: OLD.to_owned(),
+            restart: true,
+            ..spec(n_units, strategy(max_parallel))
+        }
+    }
+
+    fn stopped() -> Observed {
+        Observed {
+            active_state: "inactive".to_owned(),
+            sub_state: "dead".to_owned(),
+            ..running(OLD)
+        }
+    }
+
+    #[test]
+    fn a_restart_stops_each_target_then_starts_it_one_batch_at_a_time() {
+        let spec = restart(3, 1);
+        let placements = placements(3);
+        let mut progress = step(&spec, None, &placements, &HashMap::new(), 0);
+        let first = ("web@0.service".to_owned(), "m0".to_owned());
+        assert_eq!(
+            target_pins(&spec, Some(&progress)),
+            HashMap::from([(first.clone(), TargetState::Loaded)])
+        );
+        // Still running the same content: not healthy, still held stopped.
+        let all_running: HashMap<PlacementKey, Observed> = placements
+            .iter()
+            .map(|key| (key.clone(), running(OLD)))
+            .collect();
+        progress = step(&spec, Some(&progress), &placements, &all_running, 5_000);
+        assert_eq!(progress.targets[0].phase, TargetPhase::Updating);
+        assert_eq!(target_pins(&spec, Some(&progress)).len(), 1);
+        let mut now = 5_000;
+        let mut n_stops = 0;
+        while !progress.phase.is_terminal() {
+            now += 500;
+            // The agents: a target held at loaded stops; every other runs.
+            let held = target_pins(&spec, Some(&progress));
+            assert!(held.len() <= 1, "{progress:?}");
+            n_stops += held.len();
+            let observed = placements
+                .iter()
+                .map(|key| match held.contains_key(key) {
+                    true => (key.clone(), stopped()),
+                    false => (key.clone(), running(OLD)),
+                })
+                .collect();
+            progress = step(&spec, Some(&progress), &placements, &observed, now);
+            assert!(now < 60_000, "the restart never ended: {progress:?}");
+        }
+        assert_eq!(progress.phase, Phase::Succeeded);
+        let history: Vec<&str> = progress
+            .history
+            .iter()
+            .map(|e| e.message.as_str())
+            .collect();
+        assert!(
+            history.contains(&"Restarting web@0.service on m0."),
+            "{history:?}"
+        );
+        assert_eq!(
+            history.last(),
+            Some(&"Succeeded: 3 placement(s) restarted.")
+        );
+        assert!(progress.targets.iter().all(|t| t.stopped_ms.is_some()));
+        assert!(n_stops >= 3);
+        assert!(target_pins(&spec, Some(&progress)).is_empty());
+    }
+
+    #[test]
+    fn a_restart_whose_unit_never_stops_fails_and_holds_nothing() {
+        let spec = restart(2, 1);
+        let placements = placements(2);
+        let progress = step(&spec, None, &placements, &HashMap::new(), 0);
+        let observed = placements
+            .iter()
+            .map(|key| (key.clone(), running(OLD)))
+            .collect();
+        let progress = step(&spec, Some(&progress), &placements, &observed, 10_000);
+        assert_eq!(progress.targets[0].phase, TargetPhase::Failed);
+        assert_eq!(
+            progress.targets[0].reason.as_deref(),
+            Some("the unit did not stop within the deadline")
+        );
+        assert!(progress.phase.is_terminal());
+        assert!(target_pins(&spec, Some(&progress)).is_empty());
+    }
+
+    #[test]
+    fn a_new_engine_holds_what_the_stored_restart_progress_holds() {
+        let spec = restart(2, 1);
+        let placements = placements(2);
+        let progress = step(&spec, None, &placements, &HashMap::new(), 0);
+        let stopped_first: HashMap<PlacementKey, Observed> =
+            HashMap::from([(("web@0.service".to_owned(), "m0".to_owned()), stopped())]);
+        let progress = step(&spec, Some(&progress), &placements, &stopped_first, 500);
+        assert!(progress.targets[0].stopped_ms.is_some());
+        let stored = serde_json::to_vec(&progress).expect("serializes");
+        let read: RolloutProgress = serde_json::from_slice(&stored).expect("parses");
+        assert_eq!(read, progress);
+        // Stopped already: released to its record's target, not held again.
+        assert!(target_pins(&spec, Some(&read)).is_empty());
+    }
+
+    #[test]
+    fn an_update_holds_no_target_state() {
+        let spec = spec(2, strategy(2));
+        let progress = step(&spec, None, &placements(2), &HashMap::new(), 0);
+        assert!(target_pins(&spec, Some(&progress)).is_empty());
     }
 }

@@ -6,6 +6,10 @@
 //! at the end of a successful rollout, and the rollout's content references
 //! when it ends.
 //!
+//! A restart (a rollout to the content the unit has) also holds the target
+//! state of the placements it is stopping at `loaded`, and gives them back
+//! their unit record's target once their agents report them stopped.
+//!
 //! Every step is idempotent and starts from what etcd holds, so a new engine
 //! continues a rollout a killed engine left half-done.
 
@@ -16,11 +20,11 @@ use tracing::{info, warn};
 
 use fleet_api::rollout::{Phase, RolloutProgress, RolloutSpec, TargetPhase};
 use fleet_registry::store::ScheduleChange;
-use fleet_registry::{Leadership, Placement, Registry, RegistryError};
+use fleet_registry::{Leadership, Placement, Registry, RegistryError, TargetState};
 use fleet_systemd::unit::{UnitHash, UnitName};
 
 use crate::engine::model::Model;
-use crate::engine::rollout_driver::{Observed, PlacementKey, pins, step};
+use crate::engine::rollout_driver::{Observed, PlacementKey, pins, step, target_pins};
 
 /// One rollout as the engine knows it.
 #[derive(Clone, Debug)]
@@ -101,6 +105,24 @@ impl Rollouts {
         all
     }
 
+    /// The placements every restart holds at a target state, over all rollouts.
+    fn pinned_targets(&self) -> HashMap<PlacementKey, TargetState> {
+        self.entries
+            .values()
+            .flat_map(|entry| target_pins(&entry.spec, entry.progress.as_ref()))
+            .collect()
+    }
+
+    /// The units of restarts: their placements' target states are the
+    /// restart's while it holds them, and their unit records' otherwise.
+    fn restarting_units(&self) -> BTreeSet<&str> {
+        self.entries
+            .values()
+            .filter(|entry| entry.spec.restart)
+            .flat_map(|entry| entry.spec.units.iter().map(|unit| unit.unit.as_str()))
+            .collect()
+    }
+
     /// One step of every active rollout, applied.
     pub async fn tick(
         &mut self,
@@ -123,7 +145,7 @@ impl Rollouts {
             if let Some(slot) = self.entries.get_mut(&name) {
                 slot.progress = Some(next.clone());
             }
-            if next.phase == Phase::Succeeded && changed {
+            if next.phase == Phase::Succeeded && changed && !entry.spec.restart {
                 switch_records(registry, &entry.spec, model).await?;
             }
             self.follow_pins(registry, leadership, model).await?;
@@ -167,6 +189,8 @@ impl Rollouts {
     /// units carry the content they should.
     fn corrections(&self, model: &Model) -> Vec<ScheduleChange> {
         let pinned = self.pinned();
+        let held = self.pinned_targets();
+        let restarting = self.restarting_units();
         let units: BTreeSet<&str> = self
             .entries
             .values()
@@ -181,13 +205,25 @@ impl Rollouts {
                     placement.unit.as_str().to_owned(),
                     placement.machine.as_str().to_owned(),
                 );
+                let record = model.units.get(&placement.unit);
                 let wanted = match pinned.get(&key) {
                     Some(hash) => *hash,
-                    None => model.units.get(&placement.unit)?.hash,
+                    None => record?.hash,
                 };
-                (wanted != placement.hash).then(|| {
+                let target_state = match (held.get(&key), record) {
+                    (Some(held), _) => *held,
+                    (None, Some(record))
+                        if restarting.contains(placement.unit.as_str())
+                            && record.desired_state != TargetState::Inactive =>
+                    {
+                        record.desired_state
+                    }
+                    _ => placement.target_state,
+                };
+                (wanted != placement.hash || target_state != placement.target_state).then(|| {
                     ScheduleChange::Place(Placement {
                         hash: wanted,
+                        target_state,
                         ..placement.clone()
                     })
                 })
@@ -199,7 +235,8 @@ impl Rollouts {
     /// rollouts pin, dropping those that then change nothing.
     pub fn apply_pins(&self, changes: Vec<ScheduleChange>, model: &Model) -> Vec<ScheduleChange> {
         let pinned = self.pinned();
-        if pinned.is_empty() {
+        let held = self.pinned_targets();
+        if pinned.is_empty() && held.is_empty() {
             return changes;
         }
         changes
@@ -212,6 +249,9 @@ impl Rollouts {
                     );
                     if let Some(hash) = pinned.get(&key) {
                         placement.hash = *hash;
+                    }
+                    if let Some(target_state) = held.get(&key) {
+                        placement.target_state = *target_state;
                     }
                     let existing = model
                         .placements

@@ -9,7 +9,8 @@ use std::time::Duration;
 use anyhow::Context;
 use functional_tests::{Cluster, wait_until};
 
-use crate::foundation::{Fleet, install_everywhere};
+use crate::foundation::{Fleet, host_of, install_everywhere};
+use crate::rollout::engine_leader;
 
 /// How long units may take to start or move on 2 busy cores.
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -158,12 +159,26 @@ fn drain_moves_what_can_move_and_leaves_a_pinned_unit() -> anyhow::Result<()> {
         plan_out.contains("cannot be placed: MachineOf peer missing.service is not scheduled"),
         "{plan_out}"
     );
-    // plan wrote nothing.
+    // start --dry-run says the same and starts nothing.
+    let dry = fleet.ctl(&["start", "--dry-run", &orphan])?;
+    let dry_out = String::from_utf8_lossy(&dry.stdout);
+    assert_eq!(dry.status.code(), Some(1), "{dry_out}");
+    assert!(
+        dry_out.contains("MachineOf peer missing.service"),
+        "{dry_out}"
+    );
+    // plan and the dry run wrote nothing.
     assert!(
         fleet
             .units()?
             .iter()
             .all(|row| row.unit != "orphan.service")
+    );
+    assert!(
+        !fleet
+            .ctl_ok(&["list-unit-files", "--no-legend"])?
+            .contains("orphan.service"),
+        "a dry run submitted the unit"
     );
 
     // Uncordon: h1 is back in rotation for new units (nothing moves back by itself).
@@ -171,6 +186,100 @@ fn drain_moves_what_can_move_and_leaves_a_pinned_unit() -> anyhow::Result<()> {
     wait_until(Duration::from_secs(10), "h1 uncordoned", || {
         Ok(cordon_states(&fleet)?[&h1] == "-")
     })?;
+    Ok(())
+}
+
+/// How many units the failover drain moves: two batches of the drain's ten at a time.
+const N_FAILOVER: usize = 20;
+
+/// The engine's fleetd is killed while a drain runs (some units moved, some not yet): the
+/// next engine continues the drain from the cordon record in etcd, and every unit ends up
+/// running elsewhere. The units take 3 s to start, so the second batch waits for the first.
+#[test]
+fn a_drain_finishes_after_the_engine_is_killed() -> anyhow::Result<()> {
+    let cluster = Cluster::start(3)?;
+    install_everywhere(&cluster)?;
+    let leader = engine_leader(&cluster)?;
+    let leader_host = host_of(&cluster, &leader)?;
+    // Drain a machine that is not the engine's, and talk to the third one.
+    let others: Vec<String> = cluster
+        .hosts()
+        .iter()
+        .filter(|host| **host != leader_host)
+        .cloned()
+        .collect();
+    let [drained_host, kept_host] = &others[..] else {
+        anyhow::bail!("expected two hosts beside the engine's: {others:?}");
+    };
+    let (drained, kept) = (
+        cluster.machine_id(drained_host)?,
+        cluster.machine_id(kept_host)?,
+    );
+    let fleet = Fleet::new(&cluster, kept_host)?;
+    let dir = tempfile::tempdir()?;
+    write(
+        dir.path(),
+        "slow@.service",
+        "[Service]\nExecStartPre=/bin/sleep 3\nExecStart=/bin/sleep infinity\n",
+    )?;
+    let names: Vec<String> = (1..=N_FAILOVER)
+        .map(|i| format!("slow@{i}.service"))
+        .collect();
+    let paths: Vec<String> = names
+        .iter()
+        .map(|name| dir.path().join(name).to_string_lossy().into_owned())
+        .collect();
+    // Everything on the drained machine; the engine's machine stays cordoned so that the
+    // moved units all go to the kept one and the kill does not move them again.
+    fleet.ctl_ok(&["cordon", &leader])?;
+    fleet.ctl_ok(&["cordon", &kept])?;
+    let mut start = vec!["start", "--no-block"];
+    start.extend(paths.iter().map(String::as_str));
+    fleet.ctl_ok(&start)?;
+    let name_refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let placed = fleet.wait_active(&name_refs, DEADLINE)?;
+    assert!(placed.values().all(|m| *m == drained), "{placed:?}");
+    fleet.ctl_ok(&["uncordon", &kept])?;
+
+    fleet.ctl_ok(&["drain", "--no-block", &drained])?;
+    let on_drained = || -> anyhow::Result<usize> {
+        Ok(fleet
+            .unit_files()?
+            .iter()
+            .filter(|row| row.unit.starts_with("slow@") && row.target == drained)
+            .count())
+    };
+    wait_until(DEADLINE, "the first batch moved", || {
+        Ok(on_drained()? < N_FAILOVER)
+    })?;
+    assert!(on_drained()? > 0, "the drain ended before the kill");
+    cluster.exec_ok(
+        &leader_host,
+        &["systemctl", "kill", "-s", "KILL", "fleet.service"],
+    )?;
+
+    // Watch the drain (the next engine drives it) until nothing is left to move.
+    let drain = fleet.ctl(&["drain", "--timeout", "2m", &drained])?;
+    assert_eq!(
+        drain.status.code(),
+        Some(0),
+        "drain: {} {}",
+        String::from_utf8_lossy(&drain.stdout),
+        String::from_utf8_lossy(&drain.stderr)
+    );
+    let placed = fleet.wait_active(&name_refs, DEADLINE)?;
+    assert!(placed.values().all(|m| *m == kept), "{placed:?}");
+    let running_on_drained = cluster.exec_ok(
+        drained_host,
+        &[
+            "sh",
+            "-c",
+            "systemctl list-units --state=active --no-legend 'slow@*' | wc -l",
+        ],
+    )?;
+    assert_eq!(running_on_drained.trim(), "0");
+    assert_eq!(cordon_states(&fleet)?[&drained], "draining");
+    assert_ne!(engine_leader(&cluster)?, leader, "the engine did not move");
     Ok(())
 }
 

@@ -299,6 +299,79 @@ fn a_rollout_finishes_after_the_engine_is_killed() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A global unit that notes each start and stop in `/run/stamp.log` (`start <ns>` or
+/// `stop <ns>`, nanoseconds of the host clock, which every test host shares); `%%` and `$$`
+/// are systemd's escapes for a literal `%` and `$`.
+const STAMPED: &str = "[Service]\n\
+    ExecStartPre=/bin/sh -c 'echo start $$(date +%%s%%N) >> /run/stamp.log'\n\
+    ExecStart=/bin/sleep infinity\n\
+    ExecStopPost=/bin/sh -c 'echo stop $$(date +%%s%%N) >> /run/stamp.log'\n\
+    [X-Fleet]\nGlobal=true\n";
+
+/// The (stop, start again) times of one host's restart, from its stamp log.
+fn restart_window(cluster: &Cluster, host: &str) -> anyhow::Result<(u128, u128)> {
+    let log = cluster.exec_ok(host, &["cat", "/run/stamp.log"])?;
+    let stamps: Vec<(&str, u128)> = log
+        .lines()
+        .map(|line| {
+            let (what, at) = line.split_once(' ').context("bad stamp line")?;
+            Ok((what, at.trim().parse()?))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    match stamps[..] {
+        [("start", _), ("stop", stop), ("start", again)] => Ok((stop, again)),
+        _ => bail!("{host} was not restarted exactly once: {log}"),
+    }
+}
+
+/// `fleetctl restart` of a global unit goes through the agents, one machine at a time:
+/// systemd on every host stopped and started it exactly once, and no host stopped it
+/// before the previous one had started it again.
+#[test]
+fn a_global_unit_restarts_machine_by_machine_through_the_agents() -> anyhow::Result<()> {
+    let cluster = Cluster::start(3)?;
+    install_everywhere(&cluster)?;
+    let fleet = Fleet::new(&cluster, "h1")?;
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("stamp.service");
+    std::fs::write(&path, STAMPED)?;
+    fleet.ctl_ok(&["start", &path.to_string_lossy()])?;
+    fleet.wait_units(START_DEADLINE, "the global unit on every host", |rows| {
+        rows.iter()
+            .filter(|row| row.unit == "stamp.service" && row.active == "active")
+            .count()
+            == 3
+    })?;
+    let started = std::time::Instant::now();
+    let out = fleet.ctl_ok(&["restart", "stamp.service"])?;
+    eprintln!(
+        "restart: a global unit restarted on 3 machines one at a time in {:?}",
+        started.elapsed()
+    );
+    assert!(
+        out.contains("Restarting global unit stamp.service machine by machine"),
+        "{out}"
+    );
+    assert!(
+        out.contains("Triggered global unit stamp.service restart"),
+        "{out}"
+    );
+    let mut windows = Vec::new();
+    for host in cluster.hosts() {
+        windows.push(restart_window(&cluster, host)?);
+    }
+    windows.sort();
+    for pair in windows.windows(2) {
+        assert!(
+            pair[0].1 <= pair[1].0,
+            "two machines were down at once: {windows:?}"
+        );
+    }
+    let status = fleet.ctl_ok(&["update", "--status", "stamp.service"])?;
+    assert!(status.contains("Succeeded"), "{status}");
+    Ok(())
+}
+
 /// The hash `list-unit-files` shows for the template.
 fn template_hash(fleet: &Fleet) -> anyhow::Result<String> {
     fleet
@@ -310,7 +383,7 @@ fn template_hash(fleet: &Fleet) -> anyhow::Result<String> {
 }
 
 /// The machine id in `P/engine/leader`.
-fn engine_leader(cluster: &Cluster) -> anyhow::Result<String> {
+pub(crate) fn engine_leader(cluster: &Cluster) -> anyhow::Result<String> {
     let endpoint = cluster
         .etcd_url()
         .split(',')
