@@ -82,23 +82,33 @@ impl Host {
     }
 
     /// Checks from the host that etcd answers at `urls` (at least one):
-    /// `GET /health` with curl, else a TCP connect. Returns the reachable
-    /// ones.
+    /// `GET /health` with curl, else a TCP connect. An https member that
+    /// refuses curl (an etcd that requires client certificates answers no
+    /// anonymous request) counts when its port accepts a connection: the
+    /// host reaches it, and fleetd proves the credentials when it starts.
+    /// Returns the reachable ones.
     pub async fn reachable_etcd(&self, urls: &[String], curl: bool) -> Result<Vec<String>> {
         let mut script = String::new();
         for url in urls {
+            let (host, port) = host_port(url);
+            let tcp = sh_quote(&format!("exec 3<>/dev/tcp/{host}/{port}"));
             let line = if curl {
                 // -k: a reachability probe that sends no secret; fleetd
                 // itself verifies etcd's certificate with etcd_cafile.
+                let tls_fallback = if url.starts_with("https://") {
+                    format!(
+                        "if [ \"$code\" != 200 ] && timeout 3 bash -c {tcp} 2>/dev/null; then code=200; fi; "
+                    )
+                } else {
+                    String::new()
+                };
                 format!(
-                    "code=$(curl -s -k -m 3 -o /dev/null -w '%{{http_code}}' {}/health); echo \"$code\"\n",
+                    "code=$(curl -s -k -m 3 -o /dev/null -w '%{{http_code}}' {}/health); {tls_fallback}echo \"$code\"\n",
                     sh_quote(url.trim_end_matches('/'))
                 )
             } else {
-                let (host, port) = host_port(url);
                 format!(
-                    "if timeout 3 bash -c {} 2>/dev/null; then echo 200; else echo 000; fi\n",
-                    sh_quote(&format!("exec 3<>/dev/tcp/{host}/{port}"))
+                    "if timeout 3 bash -c {tcp} 2>/dev/null; then echo 200; else echo 000; fi\n"
                 )
             };
             script.push_str(&line);
