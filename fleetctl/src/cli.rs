@@ -673,15 +673,11 @@ fn with_default_ssh_port(tunnel: String) -> String {
 
 /// Go's `strconv.ParseBool`, which pflag uses for boolean flags.
 fn parse_go_bool(source_name: &str, value: &str) -> Result<bool, ConfigError> {
-    match value {
-        "1" | "t" | "T" | "TRUE" | "true" | "True" => Ok(true),
-        "0" | "f" | "F" | "FALSE" | "false" | "False" => Ok(false),
-        _ => Err(ConfigError {
-            source_name: source_name.to_owned(),
-            value: value.to_owned(),
-            expected: "expected true or false".to_owned(),
-        }),
-    }
+    fleet_model::parse_go_bool(value).ok_or_else(|| ConfigError {
+        source_name: source_name.to_owned(),
+        value: value.to_owned(),
+        expected: "expected true or false".to_owned(),
+    })
 }
 
 fn parse_seconds(source_name: &str, value: &str) -> Result<Duration, ConfigError> {

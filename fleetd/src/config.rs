@@ -914,14 +914,8 @@ fn parse_ini_assignment(line: &str) -> Option<(&str, String)> {
     Some((key, unquoted.trim().to_owned()))
 }
 
-/// Go's `strconv.ParseBool`.
-pub fn parse_go_bool(value: &str) -> Option<bool> {
-    match value {
-        "1" | "t" | "T" | "TRUE" | "true" | "True" => Some(true),
-        "0" | "f" | "F" | "FALSE" | "false" | "False" => Some(false),
-        _ => None,
-    }
-}
+/// Go's `strconv.ParseBool` (shared with fleetctl's flags).
+pub use fleet_model::parse_go_bool;
 
 /// The longest duration any option takes. Durations are multiplied (the
 /// engine's lease is 5 reconcile intervals, the breaker looks back 12 grace

@@ -178,6 +178,17 @@ pub async fn run(invocation: Invocation, env: &HashMap<String, String>) -> anyho
             } else {
                 println!("{} had no etcd user or role.", machine_user(&machine));
             }
+            // Root may delete what the API stored for the machine.
+            let registry = fleet_registry::Registry::connect(
+                &crate::discovered::registry_config(&config).await?,
+            )
+            .await
+            .context("connecting to etcd")?;
+            let deleted = registry
+                .forget_machine_metadata(&machine)
+                .await
+                .with_context(|| format!("deleting the metadata of machine {machine}"))?;
+            println!("Deleted {deleted} metadata keys of machine {machine}.");
         }
     }
     Ok(())
@@ -202,6 +213,14 @@ async fn forget_machine(config: &Config, machine: &MachineId) -> anyhow::Result<
         "Deleted the keys of a machine that left the cluster."
     );
     println!("Deleted {deleted} keys of machine {machine}.");
+    // The API's metadata for the machine: its own credentials may not
+    // delete it when etcd auth is on (remove-machine, as root, does).
+    match registry.forget_machine_metadata(machine).await {
+        Ok(deleted) => println!("Deleted {deleted} metadata keys of machine {machine}."),
+        Err(error) => println!(
+            "Kept the metadata of machine {machine} ({error}); `fleetd etcd-auth remove-machine` deletes it with root's credentials."
+        ),
+    }
     Ok(())
 }
 

@@ -142,3 +142,14 @@ pub struct UnitState {
     /// `Launched`): the API's `currentState` for a placed unit.
     pub reached: TargetState,
 }
+
+/// Go's `strconv.ParseBool`: the words the original's flags and its config
+/// file accept for a boolean (`1 t T TRUE true True` and `0 f F FALSE false
+/// False`). fleetd's config and fleetctl's flags both read booleans this way.
+pub fn parse_go_bool(value: &str) -> Option<bool> {
+    match value {
+        "1" | "t" | "T" | "TRUE" | "true" | "True" => Some(true),
+        "0" | "f" | "F" | "FALSE" | "false" | "False" => Some(false),
+        _ => None,
+    }
+}

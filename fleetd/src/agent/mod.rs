@@ -273,141 +273,179 @@ impl Agent {
         }
     }
 
-    /// The loop on one systemd connection.
+    /// The loop on one systemd connection: waits for whatever comes first (a
+    /// systemd signal, a schedule change, a presence change, a due clock),
+    /// notes it, then does the work that is due.
     async fn serve(
         &mut self,
         manager: &Manager,
         mut events: Events,
         shutdown: &CancellationToken,
     ) -> Exit {
-        match self.units.scan().await {
-            Ok(found) => self.on_disk = found,
-            Err(error) => warn!(%error, "Cannot read the units directory; using what we knew."),
-        }
-        let mut schedule: Option<ChangeStream> = None;
-        let mut registry_backoff = Backoff::new(RETRY_INITIAL, RETRY_MAX);
-        let mut task_backoff = Backoff::new(RETRY_INITIAL, RETRY_MAX);
-        let mut state_backoff = Backoff::new(RETRY_INITIAL, RETRY_MAX);
-        let mut list_at = Some(Instant::now());
-        let mut reconcile_at: Option<Instant> = None;
-        let mut states_at: Option<Instant> = None;
-        let mut resync_at = Instant::now() + RESYNC_INTERVAL;
-        let mut dirty: BTreeSet<UnitName> = BTreeSet::new();
-        let mut presence_open = true;
-        let mut reconcile_pacer = Pacer::new(RECONCILE_GAP);
-        let mut state_pacer = Pacer::new(STATE_GAP);
+        self.rescan_units_dir().await;
+        let mut loop_state = Serving::new(Instant::now());
         loop {
-            let wake = [list_at, reconcile_at, states_at]
-                .into_iter()
-                .flatten()
-                .fold(resync_at, Instant::min);
+            let wake = loop_state.clocks.wake();
             tokio::select! {
                 () = shutdown.cancelled() => return Exit::Shutdown,
                 event = events.next() => match event {
                     Ok(event) => {
-                        if self.on_systemd_event(event, &mut dirty) {
-                            states_at = Some(earliest(states_at, state_pacer.due(Instant::now())));
+                        if self.on_systemd_event(event, &mut loop_state.dirty) {
+                            loop_state.clocks.states_soon();
                         }
                     }
                     Err(error) => return Exit::SystemdLost(error),
                 },
-                batch = next_batch(&mut schedule) => match batch {
-                    Ok(Some(batch)) => {
-                        if self.apply_schedule_events(batch) {
-                            reconcile_at = Some(earliest(reconcile_at, reconcile_pacer.due(Instant::now())));
-                        }
-                    }
-                    Ok(None) => {
-                        warn!("etcd ended the schedule watch; watching again.");
-                        schedule = None;
-                        list_at = Some(Instant::now() + registry_backoff.next_delay());
-                    }
-                    Err(error) => {
-                        if matches!(error, RegistryError::Compacted { .. }) {
-                            self.need_relist = true;
-                        }
-                        warn!(%error, "The schedule watch failed; watching again.");
-                        schedule = None;
-                        list_at = Some(Instant::now() + registry_backoff.next_delay());
-                    }
-                },
-                changed = self.presence.changed(), if presence_open => {
+                batch = next_batch(&mut loop_state.schedule) => self.on_schedule_batch(batch, &mut loop_state),
+                changed = self.presence.changed(), if loop_state.presence_open => {
                     if changed.is_err() {
-                        presence_open = false; // the heart is gone: nothing more will change
+                        // The heart is gone: nothing more will change.
+                        loop_state.presence_open = false;
                     }
-                    states_at = Some(Instant::now());
+                    loop_state.clocks.states_at = Some(Instant::now());
                 },
                 () = tokio::time::sleep_until(wake) => {}
             }
-
-            let now = Instant::now();
-            if list_at.is_some_and(|at| at <= now) {
-                list_at = None;
-                match self.watch_schedule().await {
-                    Ok(stream) => {
-                        schedule = Some(stream);
-                        registry_backoff.reset();
-                        reconcile_at = Some(now);
-                    }
-                    Err(error) => {
-                        if matches!(error, RegistryError::Compacted { .. }) {
-                            self.need_relist = true;
-                        }
-                        warn!(%error, retry_within = ?registry_backoff.ceiling(), "Cannot read this machine's schedule; retrying.");
-                        list_at = Some(now + registry_backoff.next_delay());
-                    }
-                }
-            }
-            let resync = resync_at <= now;
-            if reconcile_at.is_some_and(|at| at <= now) || resync {
-                reconcile_at = None;
-                resync_at = now + RESYNC_INTERVAL;
-                if resync {
-                    debug!("Periodic resync.");
-                    match self.units.scan().await {
-                        Ok(found) => self.on_disk = found,
-                        Err(error) => {
-                            warn!(%error, "Cannot read the units directory; using what we knew.")
-                        }
-                    }
-                }
-                // Never act on an unknown schedule: with etcd unreachable the
-                // units keep running as they are, as in the original.
-                if self.schedule_known {
-                    let outcome = self.reconcile(manager).await;
-                    reconcile_pacer.ran(Instant::now());
-                    match outcome {
-                        Err(error) => return Exit::SystemdLost(error),
-                        Ok(true) => task_backoff.reset(),
-                        Ok(false) => reconcile_at = Some(now + task_backoff.next_delay()),
-                    }
-                    dirty.clear();
-                    states_at = Some(now);
-                }
-            }
-            if states_at.is_some_and(|at| at <= now) {
-                states_at = None;
-                if !dirty.is_empty() {
-                    let names: Vec<UnitName> = std::mem::take(&mut dirty).into_iter().collect();
-                    if let Err(error) = self.refresh_statuses(manager, &names).await {
-                        if error.is_connection_lost() {
-                            return Exit::SystemdLost(error);
-                        }
-                        warn!(%error, "Cannot read unit states from systemd; retrying.");
-                        dirty.extend(names);
-                        states_at = Some(now + state_backoff.next_delay());
-                        continue;
-                    }
-                }
-                let published = self.publish_states().await;
-                state_pacer.ran(Instant::now());
-                if published {
-                    state_backoff.reset();
-                } else {
-                    states_at = Some(now + state_backoff.next_delay());
-                }
+            if let Err(exit) = self.run_due(manager, &mut loop_state).await {
+                return exit;
             }
         }
+    }
+
+    /// Reads the units directory again (what fleet wrote before, across
+    /// restarts); on error keeps what it knew.
+    async fn rescan_units_dir(&mut self) {
+        match self.units.scan().await {
+            Ok(found) => self.on_disk = found,
+            Err(error) => warn!(%error, "Cannot read the units directory; using what we knew."),
+        }
+    }
+
+    /// A batch of the schedule watch, or its end: the watch is opened again
+    /// after a backoff (listing again if etcd compacted past it).
+    fn on_schedule_batch(
+        &mut self,
+        batch: Result<Option<Vec<Changed>>, RegistryError>,
+        loop_state: &mut Serving,
+    ) {
+        match batch {
+            Ok(Some(batch)) => {
+                if self.apply_schedule_events(batch) {
+                    loop_state.clocks.reconcile_soon();
+                }
+                return;
+            }
+            Ok(None) => warn!("etcd ended the schedule watch; watching again."),
+            Err(error) => {
+                if matches!(error, RegistryError::Compacted { .. }) {
+                    self.need_relist = true;
+                }
+                warn!(%error, "The schedule watch failed; watching again.");
+            }
+        }
+        loop_state.schedule = None;
+        loop_state.clocks.list_later();
+    }
+
+    /// Does the work whose clock is due, in order: watch the schedule,
+    /// reconcile (or resync), publish unit states.
+    async fn run_due(&mut self, manager: &Manager, loop_state: &mut Serving) -> Result<(), Exit> {
+        let now = Instant::now();
+        if Clocks::take_due(&mut loop_state.clocks.list_at, now) {
+            self.open_schedule_watch(loop_state, now).await;
+        }
+        let resync = loop_state.clocks.resync_at <= now;
+        if Clocks::take_due(&mut loop_state.clocks.reconcile_at, now) || resync {
+            self.reconcile_due(manager, loop_state, now, resync).await?;
+        }
+        if Clocks::take_due(&mut loop_state.clocks.states_at, now) {
+            self.publish_due(manager, loop_state, now).await?;
+        }
+        Ok(())
+    }
+
+    /// Lists the schedule if needed and watches it; a failure is retried
+    /// after a backoff.
+    async fn open_schedule_watch(&mut self, loop_state: &mut Serving, now: Instant) {
+        match self.watch_schedule().await {
+            Ok(stream) => {
+                loop_state.schedule = Some(stream);
+                loop_state.clocks.registry_backoff.reset();
+                loop_state.clocks.reconcile_at = Some(now);
+            }
+            Err(error) => {
+                if matches!(error, RegistryError::Compacted { .. }) {
+                    self.need_relist = true;
+                }
+                let retry_within = loop_state.clocks.registry_backoff.ceiling();
+                warn!(%error, ?retry_within, "Cannot read this machine's schedule; retrying.");
+                loop_state.clocks.list_later();
+            }
+        }
+    }
+
+    /// One reconcile pass (with a rescan of the units directory on the
+    /// periodic resync). Never acts on an unknown schedule: with etcd
+    /// unreachable the units keep running as they are, as in the original.
+    async fn reconcile_due(
+        &mut self,
+        manager: &Manager,
+        loop_state: &mut Serving,
+        now: Instant,
+        resync: bool,
+    ) -> Result<(), Exit> {
+        let clocks = &mut loop_state.clocks;
+        // A resync is a reconcile: one pass serves both.
+        clocks.reconcile_at = None;
+        clocks.resync_at = now + RESYNC_INTERVAL;
+        if resync {
+            debug!("Periodic resync.");
+            self.rescan_units_dir().await;
+        }
+        if !self.schedule_known {
+            return Ok(());
+        }
+        let outcome = self.reconcile(manager).await;
+        clocks.reconcile_pacer.ran(Instant::now());
+        match outcome {
+            Err(error) => return Err(Exit::SystemdLost(error)),
+            Ok(true) => clocks.task_backoff.reset(),
+            Ok(false) => clocks.reconcile_at = Some(now + clocks.task_backoff.next_delay()),
+        }
+        loop_state.dirty.clear();
+        clocks.states_at = Some(now);
+        Ok(())
+    }
+
+    /// Reads the states of the units systemd signalled about, then publishes
+    /// what changed; a failure is retried after a backoff.
+    async fn publish_due(
+        &mut self,
+        manager: &Manager,
+        loop_state: &mut Serving,
+        now: Instant,
+    ) -> Result<(), Exit> {
+        let clocks = &mut loop_state.clocks;
+        if !loop_state.dirty.is_empty() {
+            let names: Vec<UnitName> = std::mem::take(&mut loop_state.dirty).into_iter().collect();
+            if let Err(error) = self.refresh_statuses(manager, &names).await {
+                if error.is_connection_lost() {
+                    return Err(Exit::SystemdLost(error));
+                }
+                warn!(%error, "Cannot read unit states from systemd; retrying.");
+                loop_state.dirty.extend(names);
+                clocks.states_at = Some(now + clocks.state_backoff.next_delay());
+                return Ok(());
+            }
+        }
+        let published = self.publish_states().await;
+        clocks.state_pacer.ran(Instant::now());
+        if published {
+            clocks.state_backoff.reset();
+        } else {
+            clocks.states_at = Some(now + clocks.state_backoff.next_delay());
+        }
+        Ok(())
     }
 
     // --- the schedule ---
@@ -1219,6 +1257,100 @@ async fn next_batch(
 
 fn earliest(current: Option<Instant>, candidate: Instant) -> Instant {
     current.map_or(candidate, |at| at.min(candidate))
+}
+
+/// What the loop on one systemd connection keeps between wake-ups.
+struct Serving {
+    /// The watch of this machine's schedule (`None` until it is opened, and
+    /// after it broke).
+    schedule: Option<ChangeStream>,
+    /// Units systemd signalled about whose state is not read yet.
+    dirty: BTreeSet<UnitName>,
+    /// Whether the heart still sends presence changes.
+    presence_open: bool,
+    clocks: Clocks,
+}
+
+impl Serving {
+    fn new(now: Instant) -> Serving {
+        Serving {
+            schedule: None,
+            dirty: BTreeSet::new(),
+            presence_open: true,
+            clocks: Clocks::new(now),
+        }
+    }
+}
+
+/// When each kind of the agent's work is next due, and the backoffs and
+/// pacers that decide it. `None`: not due until something happens.
+struct Clocks {
+    /// Open (and if needed list) the schedule watch.
+    list_at: Option<Instant>,
+    /// Reconcile systemd with the schedule.
+    reconcile_at: Option<Instant>,
+    /// Read and publish unit states.
+    states_at: Option<Instant>,
+    /// The periodic resync: reconcile even if nothing was signalled.
+    resync_at: Instant,
+    registry_backoff: Backoff,
+    task_backoff: Backoff,
+    state_backoff: Backoff,
+    /// At once when idle, a short gap after the previous pass when busy.
+    reconcile_pacer: Pacer,
+    state_pacer: Pacer,
+}
+
+impl Clocks {
+    fn new(now: Instant) -> Clocks {
+        Clocks {
+            list_at: Some(now),
+            reconcile_at: None,
+            states_at: None,
+            resync_at: now + RESYNC_INTERVAL,
+            registry_backoff: Backoff::new(RETRY_INITIAL, RETRY_MAX),
+            task_backoff: Backoff::new(RETRY_INITIAL, RETRY_MAX),
+            state_backoff: Backoff::new(RETRY_INITIAL, RETRY_MAX),
+            reconcile_pacer: Pacer::new(RECONCILE_GAP),
+            state_pacer: Pacer::new(STATE_GAP),
+        }
+    }
+
+    /// When the loop must wake at the latest.
+    fn wake(&self) -> Instant {
+        [self.list_at, self.reconcile_at, self.states_at]
+            .into_iter()
+            .flatten()
+            .fold(self.resync_at, Instant::min)
+    }
+
+    /// The schedule changed: reconcile as soon as the pacer allows.
+    fn reconcile_soon(&mut self) {
+        let due = self.reconcile_pacer.due(Instant::now());
+        self.reconcile_at = Some(earliest(self.reconcile_at, due));
+    }
+
+    /// A unit changed in systemd: publish states as soon as the pacer allows.
+    fn states_soon(&mut self) {
+        let due = self.state_pacer.due(Instant::now());
+        self.states_at = Some(earliest(self.states_at, due));
+    }
+
+    /// Open the schedule watch again after a backoff.
+    fn list_later(&mut self) {
+        self.list_at = Some(Instant::now() + self.registry_backoff.next_delay());
+    }
+
+    /// Whether `slot` is due at `now`; if so it is cleared (the caller sets
+    /// it again if the work must be retried).
+    fn take_due(slot: &mut Option<Instant>, now: Instant) -> bool {
+        if slot.is_some_and(|at| at <= now) {
+            *slot = None;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 /// Records one reconcile pass in the metrics when dropped, whichever way the

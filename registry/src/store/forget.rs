@@ -55,4 +55,30 @@ impl Registry {
             })
             .sum())
     }
+
+    /// Deletes the dynamic metadata the API stored for `machine` (`PATCH
+    /// /machines`), which outlives the machine on purpose (it may be set
+    /// before a machine joins). Returns how many keys were deleted. With etcd
+    /// auth this needs the API writers' or root's credentials, not the
+    /// machine's own.
+    ///
+    /// # Errors
+    /// Transport errors, timeouts, and etcd's refusal without permission.
+    pub async fn forget_machine_metadata(&self, machine: &MachineId) -> Result<i64, RegistryError> {
+        let prefix = self.keys.machine_metadata(machine);
+        let txn = Txn::new().and_then([TxnOp::delete(
+            prefix,
+            Some(DeleteOptions::new().with_prefix()),
+        )]);
+        // Retry-safe: a delete; a repeat finds nothing left.
+        let response = self.txn("forget machine metadata", txn).await?;
+        Ok(response
+            .op_responses()
+            .iter()
+            .map(|op| match op {
+                TxnOpResponse::Delete(deleted) => deleted.deleted(),
+                _ => 0,
+            })
+            .sum())
+    }
 }

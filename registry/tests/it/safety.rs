@@ -4,6 +4,7 @@
 use std::collections::BTreeSet;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use fleet_registry::store::MetadataOp;
 use fleet_registry::testing::{list_keys, put_raw};
 use fleet_registry::{Placement, RegistryError, ScheduleChange, TargetState};
 
@@ -158,4 +159,34 @@ async fn a_machine_gone_for_good_is_forgotten_but_never_while_registered() {
         "m2 is untouched: {left:?}"
     );
     assert_eq!(registry.forget_machine(&m1).await.expect("again"), 0);
+}
+
+#[tokio::test]
+async fn a_forgotten_machines_api_metadata_goes_and_nobody_elses() {
+    let (_etcd, registry) = registry("forget-metadata").await;
+    let set = |machine: &str, key: &str| MetadataOp::Set {
+        machine: machine_id(machine),
+        key: key.to_owned(),
+        value: "v".to_owned(),
+    };
+    registry
+        .apply_metadata(&[set("m1", "rack"), set("m1", "region"), set("m10", "rack")])
+        .await
+        .expect("metadata");
+    assert_eq!(
+        registry
+            .forget_machine_metadata(&machine_id("m1"))
+            .await
+            .expect("forget"),
+        2
+    );
+    let left = list_keys(&registry).await.expect("list");
+    assert!(
+        left.contains(&registry.keys().metadata(&machine_id("m10"), "rack")),
+        "m10, whose id m1 prefixes, keeps its metadata: {left:?}"
+    );
+    assert!(
+        !left.iter().any(|key| key.contains("/metadata/m1/")),
+        "m1's metadata is gone: {left:?}"
+    );
 }
