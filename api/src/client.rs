@@ -44,6 +44,7 @@ use crate::entities::{
     ErrorEntity, Machine, MachinePage, Unit, UnitPage, UnitState, UnitStatePage,
 };
 
+mod pool;
 mod tls;
 
 /// The default endpoint of fleetctl and fleetd, as in the original.
@@ -324,6 +325,8 @@ impl ClientError {
 pub struct Client {
     endpoint: Endpoint,
     dialer: Arc<dyn Dialer>,
+    /// Idle connections, shared by clones.
+    pool: Arc<pool::Pool>,
     timeout: Option<Duration>,
     /// A bearer token for the API's access policy.
     token: Option<String>,
@@ -351,6 +354,7 @@ impl Client {
         Client {
             endpoint,
             dialer,
+            pool: Arc::default(),
             timeout: None,
             token: None,
         }
@@ -373,6 +377,7 @@ impl Client {
         Ok(Client {
             endpoint,
             dialer,
+            pool: Arc::default(),
             timeout: None,
             token: None,
         })
@@ -390,6 +395,7 @@ impl Client {
         Client {
             endpoint,
             dialer,
+            pool: Arc::default(),
             timeout: None,
             token: None,
         }
@@ -650,37 +656,36 @@ impl Client {
             uri.push('=');
             uri.push_str(&escape_query_value(value));
         }
-        let mut builder = Request::builder()
-            .method(method.clone())
-            .uri(&uri)
-            .header(http::header::HOST, self.endpoint.host_header())
-            .header(http::header::USER_AGENT, "fleetctl")
-            .header(http::header::ACCEPT, "application/json");
-        if body.is_some() {
-            builder = builder.header(http::header::CONTENT_TYPE, "application/json");
-        }
-        if let Some(token) = &self.token {
-            builder = builder.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
-        }
-        let request = builder
-            .body(Full::new(Bytes::from(body.unwrap_or_default())))
-            .map_err(|error| transport(format!("building {method} {uri}: {error}")))?;
-
-        let connection = self
-            .dialer
-            .dial()
-            .await
-            .map_err(|error| transport(error.to_string()))?;
-        let (mut sender, connection) =
-            match hyper::client::conn::http1::handshake(TokioIo::new(connection)).await {
-                Ok(handshake) => handshake,
+        let has_body = body.is_some();
+        let body = Bytes::from(body.unwrap_or_default());
+        let request = |body: Bytes| {
+            let mut builder = Request::builder()
+                .method(method.clone())
+                .uri(&uri)
+                .header(http::header::HOST, self.endpoint.host_header())
+                .header(http::header::USER_AGENT, "fleetctl")
+                .header(http::header::ACCEPT, "application/json");
+            if has_body {
+                builder = builder.header(http::header::CONTENT_TYPE, "application/json");
+            }
+            if let Some(token) = &self.token {
+                builder = builder.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
+            }
+            builder
+                .body(Full::new(body))
+                .map_err(|error| transport(format!("building {method} {uri}: {error}")))
+        };
+        // A reused connection the server closed in the meantime fails before
+        // it answers: send an idempotent request again on a new connection.
+        let (sender, response) = match self.pool.take().await {
+            Some(mut sender) => match sender.send_request(request(body.clone())?).await {
+                Ok(response) => (sender, response),
+                Err(_) if method != Method::POST => {
+                    self.send_new(&method, &uri, request(body)?).await?
+                }
                 Err(error) => return Err(self.broken(&method, &uri, &error).await),
-            };
-        // The connection task ends when the response is read and `sender` drops.
-        let driver = tokio::spawn(connection);
-        let response = match sender.send_request(request).await {
-            Ok(response) => response,
-            Err(error) => return Err(self.broken(&method, &uri, &error).await),
+            },
+            None => self.send_new(&method, &uri, request(body)?).await?,
         };
         let status = response.status();
         let body = response
@@ -689,8 +694,7 @@ impl Client {
             .await
             .map_err(|error| transport(format!("{method} {uri}: reading body: {error}")))?
             .to_bytes();
-        drop(sender);
-        driver.abort();
+        self.pool.put(sender);
 
         if status.is_success() {
             return Ok(body);
@@ -700,6 +704,34 @@ impl Client {
 }
 
 impl Client {
+    /// Sends `request` on a new connection (its connection task ends when the
+    /// returned sender is dropped).
+    async fn send_new(
+        &self,
+        method: &Method,
+        uri: &str,
+        request: Request<Full<Bytes>>,
+    ) -> Result<(pool::Sender, hyper::Response<hyper::body::Incoming>), ClientError> {
+        let connection = self
+            .dialer
+            .dial()
+            .await
+            .map_err(|error| ClientError::Transport {
+                endpoint: self.endpoint.url().to_owned(),
+                detail: error.to_string(),
+            })?;
+        let (mut sender, connection) =
+            match hyper::client::conn::http1::handshake(TokioIo::new(connection)).await {
+                Ok(handshake) => handshake,
+                Err(error) => return Err(self.broken(method, uri, &error).await),
+            };
+        tokio::spawn(connection);
+        match sender.send_request(request).await {
+            Ok(response) => Ok((sender, response)),
+            Err(error) => Err(self.broken(method, uri, &error).await),
+        }
+    }
+
     /// The transport error of a connection that broke before an answer,
     /// with the dialer's explanation when it has one.
     async fn broken(&self, method: &Method, uri: &str, error: &hyper::Error) -> ClientError {

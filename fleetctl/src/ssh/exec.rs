@@ -27,24 +27,9 @@ impl Master {
         command_line: &str,
         on_line: &(dyn Fn(Stream, &str) + Sync),
     ) -> Result<u8, SshError> {
-        let mut child = tokio::process::Command::new("ssh")
-            .arg("-F")
-            .arg("/dev/null")
-            .arg("-S")
-            .arg(self.control_socket())
-            // As in `Master::run`: never open a new, unverified connection.
-            .args([
-                "-o",
-                "BatchMode=yes",
-                "-o",
-                "ControlMaster=no",
-                "-q",
-                "-p",
-                "9",
-                "-T",
-                "--",
-                "none",
-            ])
+        let mut child = self
+            .through_master()
+            .args(["-T", "--", "none"])
             .arg(command_line)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -205,21 +205,17 @@ impl Master {
         &self.session
     }
 
-    /// Runs `command_line` (an interactive shell when `None`) on the machine
-    /// with this process's stdin, stdout and stderr, and returns its exit
-    /// status: the remote command's, or 255 when SSH fails.
-    ///
-    /// # Errors
-    /// [`SshError::Io`] when `ssh` cannot be started.
-    pub async fn run(&self, command_line: Option<&str>) -> Result<u8, SshError> {
+    /// An `ssh` command that only talks through this master's control
+    /// socket. The "discard" port and a dummy host: if the master is gone,
+    /// it fails instead of opening a new, unverified connection. Callers add
+    /// their own options and the remote command.
+    pub(super) fn through_master(&self) -> tokio::process::Command {
         let mut command = tokio::process::Command::new("ssh");
         command
             .arg("-F")
             .arg("/dev/null")
             .arg("-S")
             .arg(self.control_socket())
-            // The "discard" port and a dummy host: if the master is gone,
-            // fail instead of opening a new, unverified connection.
             .args([
                 "-o",
                 "BatchMode=yes",
@@ -228,12 +224,23 @@ impl Master {
                 "-q",
                 "-p",
                 "9",
-            ])
-            .arg(if std::io::stdin().is_terminal() {
-                "-t"
-            } else {
-                "-T"
-            });
+            ]);
+        command
+    }
+
+    /// Runs `command_line` (an interactive shell when `None`) on the machine
+    /// with this process's stdin, stdout and stderr, and returns its exit
+    /// status: the remote command's, or 255 when SSH fails.
+    ///
+    /// # Errors
+    /// [`SshError::Io`] when `ssh` cannot be started.
+    pub async fn run(&self, command_line: Option<&str>) -> Result<u8, SshError> {
+        let mut command = self.through_master();
+        command.arg(if std::io::stdin().is_terminal() {
+            "-t"
+        } else {
+            "-T"
+        });
         if self.agent == AgentForwarding::On {
             command.arg("-A");
         }

@@ -76,24 +76,9 @@ impl Master {
         command_line: &str,
         input: Input<'_>,
     ) -> Result<Captured, SshError> {
-        let mut child = tokio::process::Command::new("ssh")
-            .arg("-F")
-            .arg("/dev/null")
-            .arg("-S")
-            .arg(self.control_socket())
-            // As in `Master::run`: never open a new, unverified connection.
-            .args([
-                "-o",
-                "BatchMode=yes",
-                "-o",
-                "ControlMaster=no",
-                "-q",
-                "-p",
-                "9",
-                "-T",
-                "--",
-                "none",
-            ])
+        let mut child = self
+            .through_master()
+            .args(["-T", "--", "none"])
             .arg(command_line)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

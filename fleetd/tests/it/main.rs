@@ -7,10 +7,13 @@
 //!   TCP sockets, config errors, SIGTERM.
 //! - `discovery`: the binary finding etcd through DNS SRV records (dnsmasq).
 //! - `observe`: `/metrics` scraped from the binary and checked by `promtool`.
+//! - `client_pool`: the API client reuses its connections and survives an
+//!   idle close.
 //! - `api_security`: TLS, client certificates, roles, tokens, the audit
 //!   log and the plaintext rules of the API, with certificates from the shared test CA.
 
 mod api_security;
+mod client_pool;
 mod daemon;
 mod discovery;
 mod heart;

@@ -12,7 +12,7 @@
 //! under its feet. With etcd auth the machine's own credential suffices: the
 //! ranges are exactly what its role is granted.
 
-use etcd_client::{Compare, CompareOp, DeleteOptions, Txn, TxnOp, TxnOpResponse};
+use etcd_client::{Compare, CompareOp, DeleteOptions, Txn, TxnOp, TxnOpResponse, TxnResponse};
 
 use super::{Registry, RegistryError};
 use crate::keys::KeyRange;
@@ -46,14 +46,7 @@ impl Registry {
         if !response.succeeded() {
             return Err(RegistryError::MachineExists(machine.clone()));
         }
-        Ok(response
-            .op_responses()
-            .iter()
-            .map(|op| match op {
-                TxnOpResponse::Delete(deleted) => deleted.deleted(),
-                _ => 0,
-            })
-            .sum())
+        Ok(deleted_keys(&response))
     }
 
     /// Deletes the dynamic metadata the API stored for `machine` (`PATCH
@@ -72,13 +65,18 @@ impl Registry {
         )]);
         // Retry-safe: a delete; a repeat finds nothing left.
         let response = self.txn("forget machine metadata", txn).await?;
-        Ok(response
-            .op_responses()
-            .iter()
-            .map(|op| match op {
-                TxnOpResponse::Delete(deleted) => deleted.deleted(),
-                _ => 0,
-            })
-            .sum())
+        Ok(deleted_keys(&response))
     }
+}
+
+/// How many keys the deletes of a transaction removed.
+fn deleted_keys(response: &TxnResponse) -> i64 {
+    response
+        .op_responses()
+        .iter()
+        .map(|op| match op {
+            TxnOpResponse::Delete(deleted) => deleted.deleted(),
+            _ => 0,
+        })
+        .sum()
 }
