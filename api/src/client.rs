@@ -1,10 +1,11 @@
 //! The typed API client fleetctl uses (feature `client`).
 //!
 //! [`Client`] speaks HTTP/1.1 to fleetd over a unix socket (`unix:///path`,
-//! `file:///path`) or TCP (`http://host:port[/prefix]`), one connection per
-//! request: fleetctl is short-lived and a unix-socket connect costs about as
-//! much as a pooled request, while a fresh connection keeps the pluggable
-//! [`Dialer`] (the SSH tunnel plugs in there) trivial.
+//! `file:///path`) or TCP (`http://host:port[/prefix]`, `https://` with client
+//! certificates). Connections come from the pluggable [`Dialer`] (the SSH
+//! tunnel plugs in there) and are kept for the next request while fresh
+//! (`pool`): over TLS a new connection is a full handshake, and bulk work
+//! (a listing of 200 pages, a start of 1,000 units) would pay it per request.
 //!
 //! Behaviour copied from the original Go client (Documentation/compatibility.md,
 //! "fleetctl transports"): every request

@@ -21,6 +21,8 @@
 //! - `watch`: raw watches ([`Registry::watch_prefix`]; the engine and the agent
 //!   use the typed [`crate::changes::ChangeStream`] over them);
 //! - `safety`: unload orders and clean-stop marks.
+//! - `forget`: deleting the keys and API metadata of a machine that left for
+//!   good (`fleetctl disenrol`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;

@@ -259,12 +259,6 @@ impl Etcd {
     }
 
     fn spawn_process(&mut self) {
-        let log = File::options()
-            .create(true)
-            .append(true)
-            .open(self.log_path())
-            .expect("creating etcd's log file in its temporary dir");
-        let log_err = log.try_clone().expect("duplicating etcd's log file handle");
         let client_url = self.endpoint();
         let peer_url = format!("http://127.0.0.1:{}", self.peer_port);
         let mut command = Command::new("etcd");
@@ -275,7 +269,7 @@ impl Etcd {
                 .arg(format!("--trusted-ca-file={}", tls.ca_file.display()))
                 .arg("--client-cert-auth=true");
         }
-        let spawned = command
+        command
             .arg("--name=fleet-test")
             .arg(format!("--data-dir={}", self.data_path().display()))
             .arg(format!("--listen-client-urls={client_url}"))
@@ -283,25 +277,8 @@ impl Etcd {
             .arg(format!("--listen-peer-urls={peer_url}"))
             .arg(format!("--initial-advertise-peer-urls={peer_url}"))
             .arg(format!("--initial-cluster=fleet-test={peer_url}"))
-            .arg("--initial-cluster-state=new")
-            .arg(format!(
-                "--listen-metrics-urls=http://127.0.0.1:{}",
-                self.metrics_port
-            ))
-            .arg("--logger=zap")
-            .arg("--log-outputs=stderr")
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log_err)
-            .spawn();
-        let process = match spawned {
-            Ok(process) => process,
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-                panic!("etcd not found: run scripts/setup.sh (Debian package etcd-server)")
-            }
-            Err(error) => panic!("cannot start etcd: {error}"),
-        };
-        self.process = Some(process);
+            .arg("--initial-cluster-state=new");
+        self.process = Some(spawn_etcd(command, self.metrics_port, &self.log_path()));
     }
 
     /// Waits until etcd is healthy; `Err` with what happened and its log.
@@ -333,6 +310,37 @@ impl Etcd {
 }
 
 /// Whether etcd's `/health` answers `"health":"true"`.
+/// Starts `command` (an `etcd` with its member flags) with the flags every
+/// test etcd shares: metrics on `metrics_port`, logs appended to `log_path`.
+///
+/// # Panics
+/// When etcd is not installed (naming the package) or cannot be started.
+fn spawn_etcd(mut command: Command, metrics_port: u16, log_path: &Path) -> Child {
+    let log = File::options()
+        .create(true)
+        .append(true)
+        .open(log_path)
+        .expect("creating etcd's log file in its temporary dir");
+    let log_err = log.try_clone().expect("duplicating etcd's log file handle");
+    let spawned = command
+        .arg(format!(
+            "--listen-metrics-urls=http://127.0.0.1:{metrics_port}"
+        ))
+        .arg("--logger=zap")
+        .arg("--log-outputs=stderr")
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(log_err)
+        .spawn();
+    match spawned {
+        Ok(process) => process,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            panic!("etcd not found: run scripts/setup.sh (Debian package etcd-server)")
+        }
+        Err(error) => panic!("cannot start etcd: {error}"),
+    }
+}
+
 async fn healthy(address: SocketAddr) -> bool {
     let check = async {
         let mut stream = tokio::net::TcpStream::connect(address).await.ok()?;
@@ -665,14 +673,9 @@ impl EtcdCluster {
 
     fn spawn(&mut self, index: usize) {
         let member = &self.members[index];
-        let log = File::options()
-            .create(true)
-            .append(true)
-            .open(self.log_path(member))
-            .expect("creating an etcd member's log file in the cluster's temporary dir");
-        let log_err = log.try_clone().expect("duplicating etcd's log file handle");
         let data_dir = self.dir.path().join(&member.name);
-        let spawned = Command::new("etcd")
+        let mut command = Command::new("etcd");
+        command
             .arg(format!("--name={}", member.name))
             .arg(format!("--data-dir={}", data_dir.display()))
             .arg(format!("--listen-client-urls={}", member.client_url()))
@@ -684,24 +687,8 @@ impl EtcdCluster {
             ))
             .arg(format!("--initial-cluster={}", self.initial_cluster))
             .arg("--initial-cluster-state=new")
-            .arg("--initial-cluster-token=fleet-test-cluster")
-            .arg(format!(
-                "--listen-metrics-urls=http://127.0.0.1:{}",
-                member.metrics_port
-            ))
-            .arg("--logger=zap")
-            .arg("--log-outputs=stderr")
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log_err)
-            .spawn();
-        let process = match spawned {
-            Ok(process) => process,
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-                panic!("etcd not found: run scripts/setup.sh (Debian package etcd-server)")
-            }
-            Err(error) => panic!("cannot start etcd: {error}"),
-        };
+            .arg("--initial-cluster-token=fleet-test-cluster");
+        let process = spawn_etcd(command, member.metrics_port, &self.log_path(member));
         self.members[index].process = Some(process);
     }
 
