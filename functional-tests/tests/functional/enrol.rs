@@ -412,8 +412,13 @@ fn hosts_that_cannot_be_enrolled_are_named_at_the_step_and_left_as_they_were() -
     Ok(())
 }
 
-/// `fleetd etcd-auth COMMAND` from the outer machine with etcd's root credentials.
-fn etcd_auth(cluster: &Cluster, password: &str, command: &[&str]) -> anyhow::Result<String> {
+/// `fleetd etcd-auth COMMAND` from the outer machine with etcd's root credentials
+/// (`password`); the security tests use it too.
+pub(crate) fn etcd_auth(
+    cluster: &Cluster,
+    password: &str,
+    command: &[&str],
+) -> anyhow::Result<String> {
     let output = Command::new(bin_dir().join("fleetd"))
         .arg("etcd-auth")
         .args(command)

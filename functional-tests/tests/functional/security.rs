@@ -21,6 +21,7 @@ use anyhow::{Context, bail};
 use fleet_registry::testing::pki::Pki;
 use functional_tests::{Cluster, bin_dir, wait_until};
 
+use crate::enrol::etcd_auth;
 use crate::foundation::{FAST_CONF, PREFIX};
 use crate::ssh::Agent;
 
@@ -35,26 +36,6 @@ const ACCESS: &str = "[roles]\nops-reader = \"read\"\nops-operator = \"operate\"
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
-}
-
-/// `fleetd etcd-auth COMMAND` from the outer machine with etcd's root credentials.
-fn etcd_auth(cluster: &Cluster, command: &[&str]) -> anyhow::Result<String> {
-    let output = Command::new(bin_dir().join("fleetd"))
-        .arg("etcd-auth")
-        .args(command)
-        .env("FLEET_ETCD_SERVERS", cluster.etcd_url())
-        .env("FLEET_ETCD_USERNAME", "root")
-        .env("FLEET_ETCD_PASSWORD", ROOT_PASSWORD)
-        .stdin(Stdio::null())
-        .output()
-        .context("running fleetd etcd-auth")?;
-    if !output.status.success() {
-        bail!(
-            "fleetd etcd-auth {command:?} failed: {}",
-            text(&output.stderr)
-        );
-    }
-    Ok(text(&output.stdout))
 }
 
 /// Our fleetctl with the original's TLS flags, as one client certificate (or none).
@@ -193,18 +174,19 @@ fn install_api_tls(cluster: &Cluster, pki: &Pki, dir: &Path) -> anyhow::Result<V
 /// Boots `h1` (control plane, mTLS API) and `h2` (worker) on an etcd with auth on.
 fn locked_down_cluster(pki: &Pki, dir: &Path) -> anyhow::Result<Cluster> {
     let cluster = Cluster::start(2)?;
-    etcd_auth(&cluster, &["init"])?;
+    etcd_auth(&cluster, ROOT_PASSWORD, &["init"])?;
     let h1 = cluster.machine_id("h1")?;
     let h2 = cluster.machine_id("h2")?;
-    let mut h1_conf: Vec<String> = etcd_auth(&cluster, &["add-machine", &h1, "--engine"])?
-        .lines()
-        .map(str::to_owned)
-        .collect();
+    let mut h1_conf: Vec<String> =
+        etcd_auth(&cluster, ROOT_PASSWORD, &["add-machine", &h1, "--engine"])?
+            .lines()
+            .map(str::to_owned)
+            .collect();
     h1_conf.extend(install_api_tls(&cluster, pki, dir)?);
     h1_conf.extend(FAST_CONF.iter().map(|line| (*line).to_owned()));
     let h1_conf: Vec<&str> = h1_conf.iter().map(String::as_str).collect();
     cluster.install_fleet("h1", &h1_conf)?;
-    let mut h2_conf: Vec<String> = etcd_auth(&cluster, &["add-machine", &h2])?
+    let mut h2_conf: Vec<String> = etcd_auth(&cluster, ROOT_PASSWORD, &["add-machine", &h2])?
         .lines()
         .map(str::to_owned)
         .collect();
