@@ -575,3 +575,125 @@ async fn a_wiped_registry_does_not_unload_the_machine() {
         .await
         .expect("cleanup thread");
 }
+
+/// How many calls of `method` this process has made to systemd (the agent's
+/// own metric).
+fn dbus_calls(method: &str) -> u64 {
+    let prefix = format!("fleet_agent_dbus_calls_total{{method=\"{method}\"}} ");
+    fleet_metrics::render()
+        .lines()
+        .find_map(|line| line.strip_prefix(prefix.as_str())?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// A burst of new units reaches the agent's first pass at once: they are
+/// linked with one `LinkUnitFiles` and the host-unit check asks systemd once
+/// for all of them (no `GetUnitFileState` per new unit), while the unit the
+/// host already has (`ssh.service`, in the same pass) is still refused and
+/// the others run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_new_units_is_loaded_together() {
+    let cluster = tokio::task::spawn_blocking(|| Cluster::start(1))
+        .await
+        .expect("the harness thread")
+        .expect("booting a test host (run scripts/setup.sh as root first)");
+    let etcd = Etcd::start().await;
+    let fx = fixture_on(&cluster, &etcd, "/agent-burst/", "agent-burst-machine").await;
+    let ssh_before = cluster
+        .exec_ok(
+            "h1",
+            &[
+                "systemctl",
+                "show",
+                "-p",
+                "FragmentPath,MainPID",
+                "ssh.service",
+            ],
+        )
+        .expect("the host's ssh.service");
+    let mut changes = Vec::new();
+    let mut burst = Vec::new();
+    for i in 0..4 {
+        let name = format!("burst-{i}.service");
+        let text = format!("[Service]\nExecStart=/usr/bin/sleep {}\n", 4200 + i);
+        burst.push(UnitName::from_str(&name).expect("unit name"));
+        changes.push((name, text));
+    }
+    changes.push((
+        "ssh.service".to_owned(),
+        "[Service]\nExecStart=/usr/bin/sleep 4300\n".to_owned(),
+    ));
+    let mut placements = Vec::new();
+    for (name, text) in &changes {
+        let unit = UnitName::from_str(name).expect("unit name");
+        let file = UnitFile::parse(text).expect("unit text");
+        fx.registry
+            .create_unit(&unit, &file, TargetState::Launched)
+            .await
+            .expect("create unit");
+        placements.push(ScheduleChange::Place(Placement {
+            unit,
+            machine: fx.machine.clone(),
+            hash: file.hash(),
+            target_state: TargetState::Launched,
+        }));
+    }
+    // One schedule write: the agent's first pass sees all five.
+    fx.registry
+        .commit_schedule(&fx.leadership, &placements)
+        .await
+        .expect("placing the burst");
+    let (links, file_states) = (dbus_calls("LinkUnitFiles"), dbus_calls("GetUnitFileState"));
+    let (_lease, token, agent) = fx.start_agent(false).await;
+    for unit in &burst {
+        fx.wait_state(unit, "a unit of the burst running", running)
+            .await;
+    }
+    let ssh = UnitName::from_str("ssh.service").expect("unit name");
+    let refused = fx
+        .wait_state(&ssh, "ssh.service refused", |state| {
+            state.sub_state == fleetd::agent::REFUSED_HOST_UNIT
+        })
+        .await;
+    assert_eq!(refused.active_state, "inactive", "{refused:?}");
+    assert_eq!(
+        dbus_calls("LinkUnitFiles") - links,
+        1,
+        "the four new units were not linked together"
+    );
+    // Only ssh.service, which systemd already knows, takes the one-by-one
+    // path (and its own look-up); the four new ones were checked together.
+    assert_eq!(
+        dbus_calls("GetUnitFileState") - file_states,
+        1,
+        "the host-unit check asked unit by unit"
+    );
+    let ssh_after = cluster
+        .exec_ok(
+            "h1",
+            &[
+                "systemctl",
+                "show",
+                "-p",
+                "FragmentPath,MainPID",
+                "ssh.service",
+            ],
+        )
+        .expect("the host's ssh.service");
+    assert_eq!(ssh_after, ssh_before, "the host's ssh.service changed");
+    assert!(
+        !fx.units_dir.join("ssh.service").exists(),
+        "the refused unit was written to the units directory"
+    );
+
+    token.cancel();
+    agent
+        .await
+        .expect("agent task")
+        .expect("the agent stops cleanly");
+    drop(fx);
+    drop(etcd);
+    tokio::task::spawn_blocking(move || drop(cluster))
+        .await
+        .expect("cleanup thread");
+}

@@ -21,6 +21,7 @@
 //! `stop_units_on_shutdown`, which stops and unloads them once, within a
 //! deadline (the original could spin forever).
 
+mod batch;
 mod breaker;
 pub mod health;
 mod plan;
@@ -59,8 +60,8 @@ const RECONCILE_GAP: Duration = Duration::from_millis(50);
 const STATE_GAP: Duration = Duration::from_millis(20);
 /// How long a pass waits for the stop jobs of the units it unloaded, and
 /// how often it looks.
-const STOP_WAIT: Duration = Duration::from_secs(5);
-const STOP_POLL: Duration = Duration::from_millis(25);
+const STOP_WAIT: Duration = Duration::from_secs(30);
+const STOP_POLL: Duration = Duration::from_millis(100);
 /// The safety-net pass, in case an event was missed.
 const RESYNC_INTERVAL: Duration = Duration::from_secs(300);
 /// Retry delays (systemd, etcd, failed tasks): 1 s doubling to 1 min.
@@ -644,6 +645,9 @@ impl Agent {
                     self.failures.insert(unit.clone(), Failure::Load);
                 }
             }
+            // New units of a burst are linked together (see `batch`); their
+            // `Load` tasks take the batch's outcome.
+            let mut batched = self.load_fresh_batch(manager, &tasks).await?;
             // Counts per task kind for the pass summary (INFO is per pass,
             // not per unit: a pass may touch thousands).
             let mut done: BTreeMap<&'static str, usize> = BTreeMap::new();
@@ -666,7 +670,14 @@ impl Agent {
                     self.failures.insert(name.clone(), Failure::Start);
                     continue;
                 }
-                match self.execute(manager, task).await {
+                let outcome = match task {
+                    Task::Load { unit, .. } => match batched.remove(unit) {
+                        Some(outcome) => outcome,
+                        None => self.execute(manager, task).await,
+                    },
+                    _ => self.execute(manager, task).await,
+                };
+                match outcome {
                     Ok(()) => {
                         if let Some(unit) = task.unit() {
                             self.failures.remove(unit);
@@ -1173,16 +1184,17 @@ impl Agent {
             .collect();
         let states_units: BTreeSet<UnitName> =
             states.iter().map(|state| state.unit.clone()).collect();
-        let (mut puts, mut deletes) = (0usize, 0usize);
-        for state in states {
-            if self.published.get(&state.unit) == Some(&state) {
-                continue;
-            }
-            if let Err(error) = self.registry.put_unit_state(&state, lease).await {
-                warn!(unit = %state.unit, %error, "Publishing the unit's state failed; retrying.");
-                return false;
-            }
-            puts += 1;
+        let changed: Vec<UnitState> = states
+            .into_iter()
+            .filter(|state| self.published.get(&state.unit) != Some(state))
+            .collect();
+        let (puts, mut deletes) = (changed.len(), 0usize);
+        // Together: a burst of starts changes many states at once.
+        if let Err(error) = self.registry.put_unit_states(&changed, lease).await {
+            warn!(units = changed.len(), %error, "Publishing unit states failed; retrying.");
+            return false;
+        }
+        for state in changed {
             fleet_metrics::get().agent.state_write("put");
             self.published.insert(state.unit.clone(), state);
         }

@@ -8,6 +8,10 @@ use super::*;
 /// (etcd's default `--max-txn-ops` is 128).
 pub(super) const STATE_GETS_BATCH: usize = 100;
 
+/// The most puts [`Registry::put_unit_states`] puts in one txn (below
+/// etcd's default `--max-txn-ops` of 128).
+pub const STATE_PUTS_BATCH: usize = 100;
+
 impl Registry {
     pub(super) fn decode_unit_states(&self, kvs: &[KeyValue]) -> Vec<UnitState> {
         let mut states: Vec<UnitState> = kvs
@@ -74,6 +78,30 @@ impl Registry {
         let key = self.keys.state(name, machine);
         let response = self.get("get unit state", key, None).await?;
         Ok(self.decode_unit_states(response.kvs()).into_iter().next())
+    }
+
+    /// Publishes many unit states under the machine's lease, in txns of
+    /// [`STATE_PUTS_BATCH`] puts: one etcd proposal for a burst of states
+    /// where one put each was one proposal (and one round trip) per unit.
+    pub async fn put_unit_states(
+        &self,
+        states: &[UnitState],
+        lease: LeaseId,
+    ) -> Result<(), RegistryError> {
+        for batch in states.chunks(STATE_PUTS_BATCH) {
+            let puts: Vec<TxnOp> = batch
+                .iter()
+                .map(|state| {
+                    let key = self.keys.state(&state.unit, &state.machine);
+                    let options = PutOptions::new().with_lease(lease.get());
+                    TxnOp::put(key, wire::encode_unit_state(state), Some(options))
+                })
+                .collect();
+            // Retry-safe: puts of fixed values.
+            self.txn("put unit states", Txn::new().and_then(puts))
+                .await?;
+        }
+        Ok(())
     }
 
     /// Publishes a unit state under the machine's lease.

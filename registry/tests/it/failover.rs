@@ -96,6 +96,12 @@ async fn lease_and_watch_survive(cluster: &mut EtcdCluster, registry: &Registry,
         .expect("watching the machines");
 
     cluster.kill(victim);
+    // While the two members left elect a leader (a dead leader's case),
+    // every member answers a keep-alive with "no leader"; the lease cannot
+    // expire meanwhile (a new leader renews every lease), and a fleetd's
+    // heart retries within the TTL. On a loaded machine the election can
+    // outlast one request deadline, so the keep-alives start after it.
+    cluster.wait_leader().await;
 
     for round in 0..3 {
         match keeper.keep_alive().await {

@@ -306,6 +306,23 @@ impl Manager {
             .collect())
     }
 
+    /// `ListUnitFilesByPatterns([], patterns)`: the unit files systemd finds
+    /// on its search path whose name matches one of `patterns` (fnmatch
+    /// globs), as `(path, state)`. One call answers for many names, where
+    /// [`Manager::unit_file_state`] answers for one.
+    pub async fn unit_files_matching(
+        &self,
+        patterns: &[String],
+    ) -> Result<Vec<(String, String)>, DbusError> {
+        self.call(
+            "ListUnitFilesByPatterns",
+            &patterns.join(" "),
+            self.proxy
+                .list_unit_files_by_patterns(Vec::new(), patterns.to_vec()),
+        )
+        .await
+    }
+
     /// `GetUnitFileState(name)`: `enabled`, `linked-runtime`, `static`, ...
     pub async fn unit_file_state(&self, name: &str) -> Result<String, DbusError> {
         self.call(
