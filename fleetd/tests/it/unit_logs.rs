@@ -19,7 +19,7 @@ use fleet_registry::{MachineId, Placement, TargetState};
 use fleet_systemd::unit::UnitHash;
 
 use crate::daemon::Fleetd;
-use crate::util::{free_port, machine_id_file, prefix, wait_until};
+use crate::util::{free_port, machine_id_file, prefix};
 
 const DEADLINE: Duration = Duration::from_secs(20);
 const TEST: &str = "unit-logs";
@@ -41,7 +41,8 @@ struct Forwarding {
 fn start_machine(etcd: &Etcd, pki: &Pki, name: &str, forwarding: &Forwarding) -> Machine {
     let dir = tempfile::tempdir().expect("tempdir");
     let port = free_port();
-    let (cert, key) = pki.sign_server("fleetd-api", &["localhost", "127.0.0.1"]);
+    // One file name per machine: the fleetds read them while the next is signed.
+    let (cert, key) = pki.sign_server(&format!("fleetd-api-{name}"), &["localhost", "127.0.0.1"]);
     let access = dir.path().join("access.toml");
     std::fs::write(
         &access,
@@ -126,11 +127,21 @@ async fn place(registry: &Registry, unit: &str, machine: &MachineId) {
 
 async fn wait_registered(registry: &Registry, machines: &mut [&mut Machine]) {
     let ids: Vec<MachineId> = machines.iter().map(|m| m.id.clone()).collect();
-    wait_until(DEADLINE, "the three fleetds are registered", || async {
+    let end = tokio::time::Instant::now() + DEADLINE;
+    loop {
         let live = registry.machines().await.unwrap_or_default();
-        ids.iter().all(|id| live.iter().any(|m| &m.id == id))
-    })
-    .await;
+        if ids.iter().all(|id| live.iter().any(|m| &m.id == id)) {
+            break;
+        }
+        if tokio::time::Instant::now() > end {
+            let logs: Vec<String> = machines.iter().map(|m| m.fleetd.log()).collect();
+            panic!(
+                "the fleetds did not register: {live:?}\n{}",
+                logs.join("\n---\n")
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     for machine in machines {
         assert!(
             machine.fleetd.is_running(),
