@@ -217,7 +217,13 @@ fn dashboard_shows_the_cluster_and_starts_a_unit() -> anyhow::Result<()> {
         "target state of a submitted unit: {tables}"
     );
 
-    browser.click("tr[data-unit='hello.service'] button[data-action='start']")?;
+    // The table is redrawn on every event, so a button found may be gone before the click
+    // lands (a stale element): click again until one lands (start is idempotent).
+    wait_until(DEADLINE, "the start button clicked", || {
+        Ok(browser
+            .click("tr[data-unit='hello.service'] button[data-action='start']")
+            .is_ok())
+    })?;
     let placed = fleet.wait_active(&["hello.service"], DEADLINE)?;
     wait_until(
         DEADLINE,
@@ -278,7 +284,7 @@ fn show_logs_on_the_unit_machine(
             }
             shown = browser.eval(
                 "return { lines: document.getElementById('logs').textContent, \
-             error: document.getElementById('logs-error').textContent };",
+             problem: document.getElementById('logs-error').textContent };",
             )?;
             Ok(shown["lines"]
                 .as_str()
