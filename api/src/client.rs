@@ -19,9 +19,11 @@
 //! This module must not know about the CLI: no printing, no exit codes.
 
 mod events;
+mod logs;
 mod rollouts;
 
 pub use events::{EventReader, SseMessage};
+pub use logs::{Caller, LogMessage, LogReader, LogsRequest, ON_BEHALF_OF_HEADER};
 
 use std::fmt;
 use std::future::Future;
@@ -624,7 +626,7 @@ impl Client {
         query: Query<'_>,
         body: Option<Vec<u8>>,
     ) -> Result<Bytes, ClientError> {
-        let exchange = self.exchange(base_path, method, path, query, body);
+        let exchange = self.exchange(base_path, method, path, query, body, &[]);
         match self.timeout {
             Some(timeout) => tokio::time::timeout(timeout, exchange)
                 .await
@@ -638,6 +640,20 @@ impl Client {
         }
     }
 
+    /// One attempt of a bodiless request with extra `headers`, without the
+    /// client's timeout (the caller sets its own).
+    async fn request_with_headers(
+        &self,
+        base_path: &str,
+        method: Method,
+        path: &str,
+        query: Query<'_>,
+        headers: &[(&'static str, String)],
+    ) -> Result<Bytes, ClientError> {
+        self.exchange(base_path, method, path, query, None, headers)
+            .await
+    }
+
     async fn exchange(
         &self,
         base_path: &str,
@@ -645,6 +661,7 @@ impl Client {
         path: &str,
         query: Query<'_>,
         body: Option<Vec<u8>>,
+        headers: &[(&'static str, String)],
     ) -> Result<Bytes, ClientError> {
         let transport = |detail: String| ClientError::Transport {
             endpoint: self.endpoint.url().to_owned(),
@@ -671,6 +688,9 @@ impl Client {
             }
             if let Some(token) = &self.token {
                 builder = builder.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
+            }
+            for (name, value) in headers {
+                builder = builder.header(*name, value);
             }
             builder
                 .body(Full::new(body))

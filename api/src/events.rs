@@ -49,6 +49,11 @@ pub struct EventEntity {
     /// `machine.cordoned`: whether the machine is being drained too.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub draining: Option<bool>,
+    /// `unit.placed`, `unit.unplaced`: why the engine placed or unplaced the
+    /// unit (the scheduler's words, such as "machine m1 was lost" or
+    /// "machine m2 is draining"); absent when the engine stored none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 /// The data of the final `event: error` message of a stream.

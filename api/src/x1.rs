@@ -11,6 +11,14 @@
 //! - `POST /fleet/x1/plan` with a [`PlanRequest`]: where the scheduler would
 //!   place these units now, and why ([`PlanResponse`]); writes nothing.
 //! - `GET /fleet/x1/why/<unit>`: the same for a unit already submitted.
+//! - `GET /fleet/x1/units/<unit>/logs?lines=N&follow=true&machine=ID`: the
+//!   unit's journal on the machine that runs it, as server-sent events
+//!   ([`LOG_LINE_EVENT`] per line, [`LOG_PING_EVENT`] while a followed
+//!   journal is quiet, [`LOG_ERROR_EVENT`] if it breaks).
+//! - `GET /fleet/x1/units/<unit>/status?machine=ID`: `systemctl status` of
+//!   the unit there ([`UnitStatus`]).
+//! - `GET /fleet/x1/peer/units/<unit>/{logs,status}`: the same, answered only
+//!   by the machine that runs the unit; what one fleetd asks another.
 
 use serde::{Deserialize, Serialize};
 
@@ -121,4 +129,28 @@ pub struct Explanation {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PlanResponse {
     pub units: Vec<Explanation>,
+}
+
+/// Journal lines sent when `lines` is not given (as `journalctl -n`).
+pub const DEFAULT_LOG_LINES: u32 = 10;
+/// The most journal lines one request may ask for.
+pub const MAX_LOG_LINES: u32 = 10_000;
+/// The SSE event name of one journal line (its `data:` is the line).
+pub const LOG_LINE_EVENT: &str = "line";
+/// The SSE event sent every few seconds while a followed journal is quiet,
+/// so a forwarding fleetd can tell a quiet unit from a dead peer.
+pub const LOG_PING_EVENT: &str = "ping";
+/// The SSE event that ends a stream that broke (`data:` is the message).
+pub const LOG_ERROR_EVENT: &str = "error";
+
+/// The answer of `GET units/<unit>/status`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct UnitStatus {
+    /// The machine that ran `systemctl status`.
+    pub machine: String,
+    /// What `systemctl status` printed (stdout, cut at a size limit).
+    pub output: String,
+    /// Its exit status (3 for an inactive unit, as systemctl says).
+    pub exit_status: i32,
 }

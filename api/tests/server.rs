@@ -252,6 +252,7 @@ impl Api {
             version: "0.1.0".to_owned(),
             disable_engine: false,
             disable_agent: false,
+            api_url: String::new(),
         };
         self.registry
             .register_machine(&machine, lease)

@@ -24,6 +24,7 @@ fn machine(id: &str, ip: &str, disable_engine: bool) -> MachineState {
         version: "0".to_owned(),
         disable_engine,
         disable_agent: false,
+        api_url: String::new(),
     }
 }
 

@@ -210,6 +210,11 @@ pub enum Command {
     /// Enumerate the current hosts in the cluster
     #[command(name = "list-machines")]
     ListMachines(ListMachinesArgs),
+    /// Print a unit's journal through the fleet API (no SSH)
+    #[command(
+        after_help = "DESCRIPTION:\n\tAsks the fleetd at --endpoint, which reads the journal on the machine that\n\truns the unit (forwarding to that machine's fleetd over mutual TLS when it is\n\tanother one). Needs role operate on a TLS API. -f keeps printing new lines."
+    )]
+    Logs(LogsArgs),
     /// List the units that exist in the cluster.
     #[command(name = "list-unit-files")]
     ListUnitFiles(ListUnitFilesArgs),
@@ -412,8 +417,26 @@ pub struct StatusArgs {
     /// Accepted and ignored, for symmetry with --no-block
     #[arg(long = "block-attempts", hide = true, value_name = "N")]
     pub block_attempts: Option<u32>,
+    /// Ask the fleet API instead of SSH (the unit's fleetd runs systemctl status)
+    #[arg(long)]
+    pub api: bool,
     #[arg(value_name = "UNIT")]
     pub units: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    /// Number of recent journal lines to print (at most 10000)
+    #[arg(short = 'n', long, value_name = "N", default_value_t = fleet_api::x1::DEFAULT_LOG_LINES)]
+    pub lines: u32,
+    /// Keep printing new lines as they are appended to the journal
+    #[arg(short = 'f', long)]
+    pub follow: bool,
+    /// The machine to read, for a unit that runs on several (global units)
+    #[arg(long, value_name = "ID")]
+    pub machine: Option<String>,
+    #[arg(value_name = "UNIT")]
+    pub unit: String,
 }
 
 #[derive(Debug, Args)]

@@ -746,6 +746,7 @@ async fn register(
         version: "0.1.0".to_owned(),
         disable_engine: true,
         disable_agent: false,
+        api_url: String::new(),
     };
     // Watch first (from the revision of our empty schedule), then announce
     // ourselves: no placement can slip in between.

@@ -18,10 +18,12 @@
 //!   No credentials is a 401; a known identity without the needed role, or a
 //!   certificate name without a role, is a 403.
 //!
-//! Roles are ordered: `read` (every GET) < `operate` (also PUT and DELETE of
-//! units, i.e. units and their desired state) < `admin` (everything, such as
-//! machine metadata). The access file format is documented in
-//! `Documentation/security.md`.
+//! Roles are ordered: `read` (every GET but a unit's logs) < `operate` (also
+//! a unit's logs, and PUT and DELETE of units, i.e. units and their desired
+//! state) < `admin` (everything, such as machine metadata). `peer` is apart:
+//! the identity of another fleetd, allowed only on the peer paths
+//! (`/fleet/x1/peer/`), which the users' roles other than `admin` are not.
+//! The access file format is documented in `Documentation/security.md`.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -37,7 +39,10 @@ use subtle::ConstantTimeEq;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
-    /// Every GET.
+    /// Another fleetd forwarding a logs or status request: the peer paths
+    /// only. Lowest, so it passes no check meant for the users' roles.
+    Peer,
+    /// Every GET but a unit's logs.
     Read,
     /// Units and their desired state: PUT and DELETE on units.
     Operate,
@@ -48,6 +53,7 @@ pub enum Role {
 impl Role {
     pub fn as_str(self) -> &'static str {
         match self {
+            Role::Peer => "peer",
             Role::Read => "read",
             Role::Operate => "operate",
             Role::Admin => "admin",
@@ -222,10 +228,30 @@ fn parse_token_hash(key: &str) -> Option<[u8; 32]> {
     bytes.try_into().ok()
 }
 
-/// The role a request needs: GET (and HEAD) read; PUT and DELETE of a unit
-/// operate; anything else (machine metadata, unknown methods) admin.
+/// The path prefix another fleetd calls to read a unit's logs and status
+/// on the machine that runs it.
+pub const PEER_PATH_PREFIX: &str = "/fleet/x1/peer/";
+
+/// Whether `path` is a unit's journal (`/fleet/x1/units/<unit>/logs`).
+fn is_unit_logs(path: &str) -> bool {
+    path.strip_prefix("/fleet/x1/units/")
+        .and_then(|rest| rest.strip_suffix("/logs"))
+        .is_some_and(|unit| !unit.is_empty() && !unit.contains('/'))
+}
+
+/// The role a request needs: a unit's logs operate (journals carry what
+/// services print, secrets included, which `read` should not see); other
+/// GETs (and HEAD) read; PUT and DELETE of a unit operate; anything else
+/// (machine metadata, unknown methods) admin. The peer paths need `peer`,
+/// which [`decide`] matches exactly (or `admin`).
 pub fn required_role(method: &Method, path: &str) -> Role {
+    if path.starts_with(PEER_PATH_PREFIX) {
+        return Role::Peer;
+    }
     if *method == Method::GET || *method == Method::HEAD {
+        if is_unit_logs(path) {
+            return Role::Operate;
+        }
         return Role::Read;
     }
     let is_unit = ["/fleet/v1/units/", "/v1-alpha/units/"]
@@ -286,7 +312,12 @@ pub fn decide(
         }
     };
     let needed = required_role(request.method, request.path);
-    if role < needed {
+    // A peer may call the peer paths only; of the users, only admin may.
+    let allowed = match needed {
+        Role::Peer => matches!(role, Role::Peer | Role::Admin),
+        _ => role >= needed,
+    };
+    if !allowed {
         let message = format!(
             "{identity} has role {role}; {} {} needs role {needed}",
             request.method, request.path
@@ -476,11 +507,64 @@ ops-reader = "read"
             (Method::PUT, "/fleet/v1/machines", Role::Admin),
             (Method::POST, "/fleet/v1/units/a.service", Role::Admin),
             (Method::DELETE, "/fleet/v1/unitsX", Role::Admin),
+            (Method::GET, "/fleet/x1/units/a.service/status", Role::Read),
+            (Method::GET, "/fleet/x1/units/a.service/logs", Role::Operate),
+            (Method::GET, "/fleet/x1/units/a/b/logs", Role::Read),
+            (
+                Method::GET,
+                "/fleet/x1/peer/units/a.service/logs",
+                Role::Peer,
+            ),
+            (
+                Method::GET,
+                "/fleet/x1/peer/units/a.service/status",
+                Role::Peer,
+            ),
         ];
         for (method, path, role) in cases {
             assert_eq!(required_role(&method, path), role, "{method} {path}");
         }
         assert!(is_mutating(&Method::PATCH) && !is_mutating(&Method::GET));
+    }
+
+    /// A peer certificate reads logs and status on the peer paths and
+    /// nothing else; of the users' roles only admin reaches the peer paths.
+    #[test]
+    fn peers_reach_the_peer_paths_only() {
+        let policy = AccessPolicy::parse(
+            "[roles]\nfleet-peer = \"peer\"\nops = \"operate\"\nroot = \"admin\"\n",
+        )
+        .expect("peer is a role of the access file");
+        let get = Method::GET;
+        let peer_logs = "/fleet/x1/peer/units/a.service/logs";
+        let decide_as = |name: &str, method: &Method, path: &str| {
+            status(&decide(
+                Some(&policy),
+                &tls(Some(name)),
+                facts(method, path),
+            ))
+        };
+        assert_eq!(decide_as("fleet-peer", &get, peer_logs), None);
+        assert_eq!(decide_as("root", &get, peer_logs), None);
+        assert_eq!(
+            decide_as("ops", &get, peer_logs),
+            Some(StatusCode::FORBIDDEN)
+        );
+        for (method, path) in [
+            (&get, "/fleet/v1/units"),
+            (&get, "/fleet/x1/units/a.service/logs"),
+            (&Method::PUT, "/fleet/v1/units/a.service"),
+        ] {
+            assert_eq!(
+                decide_as("fleet-peer", method, path),
+                Some(StatusCode::FORBIDDEN),
+                "{method} {path}"
+            );
+        }
+        assert_eq!(
+            decide_as("ops", &get, "/fleet/x1/units/a.service/logs"),
+            None
+        );
     }
 
     #[test]

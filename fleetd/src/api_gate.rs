@@ -36,6 +36,12 @@ use crate::listeners::{Listener, MAX_IN_FLIGHT};
 /// The log target of the audit lines (`journalctl -u fleet` shows them).
 pub const AUDIT_TARGET: &str = "fleet::audit";
 
+/// Who the gate let in (as the audit log names them: `cert:<CN>`, ...),
+/// put in the request's extensions for handlers that pass it on (a forwarded
+/// logs request names it to the machine that reads the journal).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CallerIdentity(pub String);
+
 /// What every listener shares: the swappable policy and TLS acceptor, and the
 /// cap on requests in flight across all listeners.
 pub struct Gate {
@@ -82,7 +88,7 @@ impl Gate {
     pub async fn handle(
         &self,
         transport: &Transport,
-        request: Request<Body>,
+        mut request: Request<Body>,
         app: Router,
     ) -> Response {
         // The semaphore is never closed, so acquiring only waits.
@@ -113,6 +119,9 @@ impl Gate {
         };
         match decision {
             Decision::Allow { identity, role } => {
+                request
+                    .extensions_mut()
+                    .insert(CallerIdentity(identity.to_string()));
                 let response = match app.oneshot(request).await {
                     Ok(response) => response,
                     Err(infallible) => match infallible {},

@@ -76,6 +76,11 @@ pub const OPTION_NAMES: &[&str] = &[
     "etcd_discovery_srv_name",
     "etcd_discovery_srv_resolver",
     "api_idle_timeout",
+    // Logs and status through the API (Documentation/observability.md).
+    "api_advertise_url",
+    "api_peer_cert_file",
+    "api_peer_key_file",
+    "api_peer_ca_file",
 ];
 
 /// The engine's slice of the config (see `fleetd::engine`). No `Default`:
@@ -249,6 +254,20 @@ pub struct Config {
     /// included); an idle keep-alive connection is closed after this long.
     /// Read at start-up only. New.
     pub api_idle_timeout: Duration,
+    /// `api_advertise_url` (`https://HOST:PORT`, default empty = not
+    /// published): the address of this machine's TLS API listener that other
+    /// fleetds reach to read the logs and status of the units running here.
+    /// Published in the machine's presence record. New.
+    pub api_advertise_url: String,
+    /// `api_peer_cert_file` (PEM, default empty = no forwarding): the client
+    /// certificate this fleetd presents to another machine's API when it
+    /// forwards a logs or status request there. New.
+    pub api_peer_cert_file: String,
+    /// `api_peer_key_file` (PEM, default empty): its private key. New.
+    pub api_peer_key_file: String,
+    /// `api_peer_ca_file` (PEM, default empty): the CA that signs the other
+    /// machines' API server certificates. New.
+    pub api_peer_ca_file: String,
 }
 
 impl Default for Config {
@@ -298,6 +317,10 @@ impl Default for Config {
             etcd_discovery_srv: String::new(),
             etcd_discovery_srv_name: String::new(),
             etcd_discovery_srv_resolver: None,
+            api_advertise_url: String::new(),
+            api_peer_cert_file: String::new(),
+            api_peer_key_file: String::new(),
+            api_peer_ca_file: String::new(),
             api_idle_timeout: crate::listeners::DEFAULT_IDLE_TIMEOUT,
         }
     }
@@ -522,7 +545,49 @@ fn check_api_tls(config: &Config) -> Result<(), ConfigError> {
             "a server certificate (api_tls_cert_file, api_tls_key_file) when api_tls_client_ca_file is set",
         ));
     }
+    let peer = [
+        ("api_peer_cert_file", &config.api_peer_cert_file),
+        ("api_peer_key_file", &config.api_peer_key_file),
+        ("api_peer_ca_file", &config.api_peer_ca_file),
+    ];
+    let n_set = peer.iter().filter(|(_, value)| !value.is_empty()).count();
+    if n_set != 0 && n_set != peer.len() {
+        let (option, _) = peer
+            .iter()
+            .find(|(_, value)| value.is_empty())
+            .copied()
+            .unwrap_or(peer[0]);
+        return Err(invalid(
+            option,
+            "api_peer_cert_file, api_peer_key_file and api_peer_ca_file to be set together",
+        ));
+    }
     Ok(())
+}
+
+/// `api_advertise_url`: empty, or `https://HOST:PORT` with nothing after the
+/// port but an optional `/` (other fleetds append the API's paths). Only
+/// `https`: the calls it receives are authenticated by client certificates.
+fn parse_advertise_url(value: &str) -> Result<String, String> {
+    const EXPECTED: &str =
+        "an https URL of this machine's TLS API listener, such as https://10.0.0.11:49153";
+    let value = value.trim();
+    if value.is_empty() {
+        return Ok(String::new());
+    }
+    let Some(rest) = value.strip_prefix("https://") else {
+        return Err(EXPECTED.to_owned());
+    };
+    let authority = rest.strip_suffix('/').unwrap_or(rest);
+    let valid = !authority.is_empty()
+        && !authority.contains(['/', '?', '#', '@'])
+        && !authority
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control());
+    if !valid {
+        return Err(EXPECTED.to_owned());
+    }
+    Ok(format!("https://{authority}"))
 }
 
 impl Config {
@@ -801,6 +866,14 @@ impl RawValues {
                 d.etcd_discovery_srv_resolver,
             )?,
             api_idle_timeout: seconds("api_idle_timeout", d.api_idle_timeout, false)?,
+            api_advertise_url: self.checked(
+                "api_advertise_url",
+                parse_advertise_url,
+                d.api_advertise_url,
+            )?,
+            api_peer_cert_file: self.text("api_peer_cert_file", d.api_peer_cert_file),
+            api_peer_key_file: self.text("api_peer_key_file", d.api_peer_key_file),
+            api_peer_ca_file: self.text("api_peer_ca_file", d.api_peer_ca_file),
         };
         check_api_tls(&config)?;
         check_discovery(self, &config)?;
@@ -1616,6 +1689,28 @@ stop_units_on_shutdown = TRUE
             let error = from_file(&format!("api_idle_timeout={bad}\n")).unwrap_err();
             assert!(error.to_string().contains("api_idle_timeout"), "{error}");
         }
+    }
+
+    #[test]
+    fn peer_options_are_off_by_default_and_set_together() {
+        let config = from_env(&[]).unwrap();
+        assert!(config.api_advertise_url.is_empty() && config.api_peer_cert_file.is_empty());
+        let (config, _) = from_file("api_advertise_url=https://10.0.0.11:49153/\n").unwrap();
+        assert_eq!(config.api_advertise_url, "https://10.0.0.11:49153");
+        for bad in [
+            "http://10.0.0.11:49153",
+            "https://",
+            "https://h:1/fleet",
+            "10.0.0.11:49153",
+        ] {
+            let (option, _) = invalid_option(from_env(&[("FLEET_API_ADVERTISE_URL", bad)]));
+            assert_eq!(option, "api_advertise_url", "{bad}");
+        }
+        let (option, _) = invalid_option(from_env(&[
+            ("FLEET_API_PEER_CERT_FILE", "/etc/fleet/peer.pem"),
+            ("FLEET_API_PEER_KEY_FILE", "/etc/fleet/peer-key.pem"),
+        ]));
+        assert_eq!(option, "api_peer_ca_file");
     }
 }
 

@@ -20,6 +20,8 @@
 //! - [`etcd_auth`]: `fleetd etcd-auth`, one etcd identity per machine.
 //! - [`supervise`]: a component that dies takes fleetd down (never half-alive).
 //! - [`x1`]: the operations API beside v1 (cordon, drain, plan, why).
+//! - [`unit_logs`]: a unit's logs and status through the API, forwarded to
+//!   the machine that runs it over mutual TLS.
 //!
 //! `main.rs` only parses the command line, installs logging and calls
 //! [`server::run`].
@@ -44,4 +46,5 @@ pub mod memory;
 pub mod pacing;
 pub mod server;
 pub mod supervise;
+pub mod unit_logs;
 pub mod x1;

@@ -72,6 +72,9 @@ pub struct LocalMachine {
     pub disable_engine: bool,
     /// `disable_agent`, published so the engine places no units here.
     pub disable_agent: bool,
+    /// `api_advertise_url`, published so other fleetds can forward a unit's
+    /// logs and status requests here; empty publishes nothing.
+    pub api_url: String,
 }
 
 impl LocalMachine {
@@ -82,6 +85,7 @@ impl LocalMachine {
             metadata: config.metadata.clone(),
             disable_engine: config.disable_engine,
             disable_agent: config.disable_agent,
+            api_url: config.api_advertise_url.clone(),
         }
     }
 
@@ -106,6 +110,7 @@ impl LocalMachine {
             version: VERSION.to_owned(),
             disable_engine: self.disable_engine,
             disable_agent: self.disable_agent,
+            api_url: self.api_url.clone(),
         })
     }
 }
@@ -230,6 +235,7 @@ eth1\t00000000\t0101A8C0\t0003\t0\t0\t200\t00000000\t0\t0\t0
             metadata: BTreeMap::from([("role".to_owned(), "db".to_owned())]),
             disable_engine: true,
             disable_agent: false,
+            api_url: String::new(),
         };
         let state = local.state().expect("state");
         assert_eq!(state.id.as_str(), "m1");

@@ -319,13 +319,27 @@ impl Generation {
         tasks.close();
 
         let x1_router = crate::x1::router(registry.clone(), availability.clone());
+        let logs_router = crate::unit_logs::router(
+            registry.clone(),
+            availability.clone(),
+            crate::unit_logs::LogsConfig {
+                machine: machine.clone(),
+                peer_tls: crate::unit_logs::peer::client_tls(
+                    &config.api_peer_cert_file,
+                    &config.api_peer_key_file,
+                    &config.api_peer_ca_file,
+                ),
+                user_units: config.systemd_user,
+            },
+        );
         let router = fleet_api::server::router(ApiState {
             registry: registry.clone(),
             token_limit: config.token_limit,
             version: VERSION.to_owned(),
             available: availability.clone(),
         })
-        .merge(x1_router);
+        .merge(x1_router)
+        .merge(logs_router);
         let router = match role {
             EtcdRole::ControlPlane => router,
             EtcdRole::Worker => {

@@ -65,6 +65,7 @@ impl SimMachine {
             version: "0.1.0".to_owned(),
             disable_engine: false,
             disable_agent: false,
+            api_url: String::new(),
         };
         registry
             .register_machine(&state, lease)

@@ -62,6 +62,9 @@ pub struct MachineState {
     /// `disable_agent`: this machine runs no agent, so the engine never places
     /// units on it (an engine- or API-only fleetd).
     pub disable_agent: bool,
+    /// `api_advertise_url`: where other fleetds reach this machine's API to
+    /// read its units' logs and status; empty when not published.
+    pub api_url: String,
 }
 
 /// The states a unit can be asked to reach, in chain order

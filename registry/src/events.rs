@@ -46,9 +46,17 @@ pub enum RegistryEvent {
         unit: UnitName,
         machine: MachineId,
         target: TargetState,
+        /// Why, as the engine stored it (`None` from engines that store none).
+        reason: Option<String>,
     },
     /// The engine took a unit off a machine.
-    UnitUnplaced { unit: UnitName, machine: MachineId },
+    UnitUnplaced {
+        unit: UnitName,
+        machine: MachineId,
+        /// Why, from the unload order the engine wrote in the same
+        /// transaction (`None` when it stored none).
+        reason: Option<String>,
+    },
     /// An agent reported a unit's systemd state on its machine.
     UnitStateChanged {
         unit: UnitName,
@@ -290,6 +298,9 @@ impl EventWatch {
         for event in response.events() {
             let Some(kv) = event.kv() else { continue };
             let revision = Revision::new(kv.mod_revision());
+            if event.event_type() == EventType::Put && self.explain_unplacement(kv, revision) {
+                continue;
+            }
             let decoded = match event.event_type() {
                 EventType::Put => self.registry.decode_put(kv, event.prev_kv()),
                 EventType::Delete => self.registry.decode_delete(kv),
@@ -303,6 +314,40 @@ impl EventWatch {
                 }),
             }
         }
+    }
+}
+
+impl EventWatch {
+    /// An unload order names why the engine unplaced its unit: it is
+    /// written after the schedule key's delete in the same transaction, so
+    /// the reason goes onto that revision's `UnitUnplaced` event. Returns
+    /// whether `kv` was an unload order (which is no event of its own).
+    fn explain_unplacement(&mut self, kv: &KeyValue, revision: Revision) -> bool {
+        let Some((machine, unit)) = kv
+            .key_str()
+            .ok()
+            .and_then(|key| self.registry.keys().parse_unload_order(key))
+        else {
+            return false;
+        };
+        let reason = String::from_utf8_lossy(kv.value()).into_owned();
+        let Some(batch) = self.pending.back_mut().filter(|b| b.revision == revision) else {
+            return true;
+        };
+        for event in batch.events.iter_mut().rev() {
+            if let RegistryEvent::UnitUnplaced {
+                unit: u,
+                machine: m,
+                reason: slot,
+            } = event
+                && *u == unit
+                && *m == machine
+            {
+                *slot = (!reason.is_empty()).then_some(reason);
+                break;
+            }
+        }
+        true
     }
 }
 
@@ -340,6 +385,7 @@ impl Registry {
                     unit: placement.unit,
                     machine: placement.machine,
                     target: placement.target_state,
+                    reason: crate::wire::placement_reason(value),
                 })
             }
             RegistryKey::State { .. } => {
@@ -395,9 +441,11 @@ impl Registry {
     fn decode_delete(&self, kv: &KeyValue) -> Option<RegistryEvent> {
         match self.parse_key(kv.key_str().ok()?)? {
             RegistryKey::Unit(unit) => Some(RegistryEvent::UnitDestroyed { unit }),
-            RegistryKey::Scheduled { machine, unit } => {
-                Some(RegistryEvent::UnitUnplaced { unit, machine })
-            }
+            RegistryKey::Scheduled { machine, unit } => Some(RegistryEvent::UnitUnplaced {
+                unit,
+                machine,
+                reason: None,
+            }),
             RegistryKey::State { unit, machine } => {
                 Some(RegistryEvent::UnitStateRemoved { unit, machine })
             }

@@ -20,13 +20,13 @@
 //!
 //! | key | value | lease | writer |
 //! |---|---|---|---|
-//! | `P/machine/presence/<machine>` | `{"id","publicIP","metadata","version","disableEngine"}` (configured metadata) | machine lease | the machine's heart |
+//! | `P/machine/presence/<machine>` | `{"id","publicIP","metadata","version","disableEngine","apiURL"}` (configured metadata; `apiURL` optional) | machine lease | the machine's heart |
 //! | `P/machine/states/<machine>/<unit>` | `{"hash","loadState","activeState","subState","reached"}` | machine lease | the machine's agent |
 //! | `P/api/units/<unit>` | `{"hash","desiredState"}` | none | API |
 //! | `P/api/content/<hash>` | the canonical unit text | none | API; deleted with its last reference |
 //! | `P/api/content-refs/<hash>/<unit>` | empty | none | API, with the unit record in one txn |
 //! | `P/api/metadata/<machine>/<key>` | bare string; `""` removes a configured key | none (survives restarts) | API `PATCH /machines` |
-//! | `P/engine/schedule/<machine>/<unit>` | `{"hash","targetState"}` | none | engine (leader-guarded txn) |
+//! | `P/engine/schedule/<machine>/<unit>` | `{"hash","targetState","reason"}` (`reason` optional: why, for events) | none | engine (leader-guarded txn) |
 //! | `P/engine/placement/<unit>/<machine>` | empty | none | engine, with the schedule key in one txn |
 //! | `P/engine/leader` | the leader's machine id | engine lease | engines (create-if-absent) |
 //! | `P/api/rollouts/<name>` | a rolling update's spec and controls | none | API |
@@ -338,7 +338,7 @@ impl Keys {
 
 // --- Fail-safe markers (Documentation/reliability.md, "Fail-safe behaviour") ---
 //
-// | `P/engine/unload-order/<machine>/<unit>` | empty; its mod revision is what counts | none | engine, in the txn that unplaces the unit; the machine's agent deletes it after the unload (the one engine range a machine is granted, and only its own orders: forging one can only unload its own unit) |
+// | `P/engine/unload-order/<machine>/<unit>` | the unplacement's reason (for events) or empty; its mod revision is what counts | none | engine, in the txn that unplaces the unit; the machine's agent deletes it after the unload (the one engine range a machine is granted, and only its own orders: forging one can only unload its own unit) |
 // | `P/machine/stopped/<machine>` | `{"at":<unix seconds>}` | none (survives the stop) | the machine's heart at a clean stop; deleted when it registers again |
 impl Keys {
     /// `P/engine/unload-order/<machine>/`: the engine's unload orders for `machine`.
@@ -350,6 +350,13 @@ impl Keys {
     /// tell an ordered unload from a wiped or foreign registry.
     pub fn unload_order(&self, machine: &MachineId, unit: &UnitName) -> String {
         format!("{}engine/unload-order/{machine}/{unit}", self.prefix)
+    }
+    /// The machine and unit of an unload order key (its value is the reason
+    /// of the unplacement, which the event stream reads).
+    pub fn parse_unload_order(&self, key: &str) -> Option<(MachineId, UnitName)> {
+        let dir = format!("{}engine/unload-order/", self.prefix);
+        let (machine, unit) = self.children(&dir, key)?;
+        Some((machine.parse().ok()?, unit.parse().ok()?))
     }
     /// `P/machine/stopped/`: machines whose fleetd stopped cleanly, units left running.
     pub fn stopped_machines(&self) -> String {

@@ -53,5 +53,5 @@ pub use model::{
 };
 pub use store::{
     InvalidRevision, Leadership, LeaseId, MetadataOp, Registry, RegistryConfig, RegistryError,
-    Revision, ScheduleChange, Snapshot, WatchEvent, WatchEventKind, WatchStream,
+    Revision, ScheduleChange, ScheduleReasons, Snapshot, WatchEvent, WatchEventKind, WatchStream,
 };

@@ -56,7 +56,7 @@ mod units;
 mod watch;
 
 pub use machines::{MetadataOp, merge_metadata};
-pub use schedule::{Leadership, SCHEDULE_BATCH, ScheduleChange, Snapshot};
+pub use schedule::{Leadership, SCHEDULE_BATCH, ScheduleChange, ScheduleReasons, Snapshot};
 pub use watch::{WatchEvent, WatchEventKind, WatchStream};
 
 /// HTTP/2 pings on the etcd connection, so a dead etcd is noticed by watches

@@ -30,6 +30,9 @@ struct MachineRecord {
     disable_engine: bool,
     #[serde(default)]
     disable_agent: bool,
+    /// Optional: absent in records of older fleetds and when not configured.
+    #[serde(rename = "apiURL", default, skip_serializing_if = "String::is_empty")]
+    api_url: String,
 }
 
 /// `P/api/units/<unit>`.
@@ -46,6 +49,23 @@ pub(crate) struct UnitRecord {
 struct ScheduleRecord {
     hash: String,
     target_state: String,
+    /// Why the engine wrote it (for the event stream); optional, so older
+    /// records and fleetds read it alike.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    reason: String,
+}
+
+/// The longest placement reason stored: the scheduler's sentences are
+/// short; this keeps a schedule write small whatever they say.
+pub(crate) const MAX_REASON_BYTES: usize = 160;
+
+/// `reason` cut to [`MAX_REASON_BYTES`] on a character boundary.
+pub(crate) fn short_reason(reason: &str) -> &str {
+    let mut end = reason.len().min(MAX_REASON_BYTES);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    &reason[..end]
 }
 
 /// `P/machine/states/<machine>/<unit>`.
@@ -90,6 +110,7 @@ pub(crate) fn encode_machine(machine: &MachineState) -> Vec<u8> {
         version: machine.version.clone(),
         disable_engine: machine.disable_engine,
         disable_agent: machine.disable_agent,
+        api_url: machine.api_url.clone(),
     })
 }
 
@@ -107,6 +128,7 @@ pub(crate) fn decode_machine(machine: &MachineId, value: &[u8]) -> DecodeResult<
         version: record.version,
         disable_engine: record.disable_engine,
         disable_agent: record.disable_agent,
+        api_url: record.api_url,
     })
 }
 
@@ -125,8 +147,10 @@ pub(crate) fn decode_unit(value: &[u8]) -> DecodeResult<(UnitHash, TargetState)>
     ))
 }
 
-pub(crate) fn encode_placement(placement: &Placement) -> Vec<u8> {
+/// A placement with why the engine made it (empty: none).
+pub(crate) fn encode_explained_placement(placement: &Placement, reason: &str) -> Vec<u8> {
     to_json(&ScheduleRecord {
+        reason: short_reason(reason).to_owned(),
         hash: placement.hash.to_string(),
         target_state: placement.target_state.as_str().to_owned(),
     })
@@ -144,6 +168,13 @@ pub(crate) fn decode_placement(
         hash: parse_hash(&record.hash)?,
         target_state: parse_state(&record.target_state)?,
     })
+}
+
+/// The reason stored with a placement, if any (for events only; a value
+/// that does not decode has none).
+pub(crate) fn placement_reason(value: &[u8]) -> Option<String> {
+    let record: ScheduleRecord = from_json(value).ok()?;
+    (!record.reason.is_empty()).then_some(record.reason)
 }
 
 pub(crate) fn encode_unit_state(state: &UnitState) -> Vec<u8> {
@@ -194,6 +225,7 @@ mod tests {
             version: "0.1.0".to_owned(),
             disable_engine: true,
             disable_agent: false,
+            api_url: String::new(),
         };
         let bytes = encode_machine(&machine);
         let json: serde_json::Value = serde_json::from_slice(&bytes).expect("valid json");
@@ -249,7 +281,7 @@ mod tests {
             hash: hash(1),
             target_state: TargetState::Loaded,
         };
-        let bytes = encode_placement(&placement);
+        let bytes = encode_explained_placement(&placement, "");
         let json: serde_json::Value = serde_json::from_slice(&bytes).expect("valid json");
         assert_eq!(
             json,

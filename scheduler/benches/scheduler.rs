@@ -40,6 +40,7 @@ fn machines() -> Vec<MachineState> {
                 version: "0.1.0".to_owned(),
                 disable_engine: false,
                 disable_agent: false,
+                api_url: String::new(),
             }
         })
         .collect()

@@ -1275,6 +1275,7 @@ pub(crate) mod tests {
             version: "0.1.0".to_owned(),
             disable_engine: false,
             disable_agent: false,
+            api_url: String::new(),
         }
     }
 

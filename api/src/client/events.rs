@@ -38,21 +38,38 @@ impl Client {
     /// Transport failures, or the API's error answer (e.g. 410 for a
     /// compacted `since`).
     pub async fn events(&self, query: &[(&str, &str)]) -> Result<EventReader, ClientError> {
+        let mut uri = format!("{}events?alt=json", self.endpoint.base_path());
+        for (key, value) in query {
+            uri.push_str(&format!("&{key}={}", escape_query_value(value)));
+        }
+        self.open_sse(&uri, &[]).await
+    }
+
+    /// Opens one long GET of `uri` (path and query) read as server-sent
+    /// events, on a connection of its own, with `headers` added.
+    pub(super) async fn open_sse(
+        &self,
+        uri: &str,
+        headers: &[(&'static str, String)],
+    ) -> Result<EventReader, ClientError> {
         let endpoint = self.endpoint.url().to_owned();
         let transport = |detail: String| ClientError::Transport {
             endpoint: endpoint.clone(),
             detail,
         };
-        let mut uri = format!("{}events?alt=json", self.endpoint.base_path());
-        for (key, value) in query {
-            uri.push_str(&format!("&{key}={}", escape_query_value(value)));
-        }
-        let request = Request::builder()
+        let mut builder = Request::builder()
             .method(Method::GET)
-            .uri(&uri)
+            .uri(uri)
             .header(http::header::HOST, self.endpoint.host_header())
             .header(http::header::USER_AGENT, "fleetctl")
-            .header(http::header::ACCEPT, "text/event-stream")
+            .header(http::header::ACCEPT, "text/event-stream");
+        if let Some(token) = &self.token {
+            builder = builder.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        for (name, value) in headers {
+            builder = builder.header(*name, value);
+        }
+        let request = builder
             .body(Empty::<Bytes>::new())
             .map_err(|error| transport(format!("building GET {uri}: {error}")))?;
         let connection = self

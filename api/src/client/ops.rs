@@ -12,7 +12,7 @@ use crate::x1::{
 
 impl Client {
     /// The x1 base path beside the endpoint's v1 one (`/fleet/v1/` → `/fleet/x1/`).
-    fn x1_base(&self) -> String {
+    pub(super) fn x1_base(&self) -> String {
         let base = self.endpoint.base_path();
         match base.strip_suffix("v1/") {
             Some(prefix) => format!("{prefix}x1/"),

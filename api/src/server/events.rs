@@ -215,10 +215,14 @@ pub(crate) fn entity(revision: Revision, event: &RegistryEvent) -> EventEntity {
     };
     match event {
         RegistryEvent::UnitSubmitted { target, .. }
-        | RegistryEvent::UnitReplaced { target, .. }
-        | RegistryEvent::UnitPlaced { target, .. } => {
+        | RegistryEvent::UnitReplaced { target, .. } => {
             entity.target_state = Some(target.as_str().to_owned());
         }
+        RegistryEvent::UnitPlaced { target, reason, .. } => {
+            entity.target_state = Some(target.as_str().to_owned());
+            entity.reason.clone_from(reason);
+        }
+        RegistryEvent::UnitUnplaced { reason, .. } => entity.reason.clone_from(reason),
         RegistryEvent::UnitTargetChanged { from, to, .. } => {
             entity.target_state = Some(to.as_str().to_owned());
             entity.previous_target_state = Some(from.as_str().to_owned());
@@ -240,7 +244,6 @@ pub(crate) fn entity(revision: Revision, event: &RegistryEvent) -> EventEntity {
         RegistryEvent::MachineCordoned { draining, .. } => entity.draining = Some(*draining),
         RegistryEvent::UnitDestroyed { .. }
         | RegistryEvent::MachineUncordoned { .. }
-        | RegistryEvent::UnitUnplaced { .. }
         | RegistryEvent::UnitStateRemoved { .. }
         | RegistryEvent::MachineLeft { .. }
         | RegistryEvent::LeaderChanged { .. } => {}

@@ -84,6 +84,7 @@ mod tests {
             version: "0".to_owned(),
             disable_engine,
             disable_agent: false,
+            api_url: String::new(),
         }
     }
 

@@ -12,7 +12,7 @@ use tower::ServiceExt;
 use fleet_api::client::SseMessage;
 use fleet_api::events::EventEntity;
 use fleet_registry::testing::{Etcd, compact};
-use fleet_registry::{Placement, ScheduleChange, TargetState, UnitState};
+use fleet_registry::{Placement, ScheduleChange, ScheduleReasons, TargetState, UnitState};
 use fleet_systemd::unit::UnitFile;
 
 use super::{Api, machine_id, unit_name};
@@ -230,4 +230,96 @@ async fn bad_or_compacted_resume_points_are_clear_errors() {
         stream.next().await.is_none(),
         "the stream ends after the error"
     );
+}
+
+/// The engine stores why it placed or unplaced a unit with the schedule
+/// change (in the same transaction), and the stream carries it: the reason
+/// of a placement from its schedule record, that of an unplacement from the
+/// unload order written beside the delete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn placements_and_unplacements_say_why() {
+    let api = Api::start("events-reasons", 100).await;
+    let registry = &api.registry;
+    let lease = api.register_machine("m1", &[]).await;
+    let m1 = machine_id("m1");
+    let file = UnitFile::parse("[Service]\nExecStart=/bin/true\n").unwrap();
+    let hello = unit_name("hello.service");
+    let quiet = unit_name("quiet.service");
+    let leadership = registry.campaign(&m1, lease).await.unwrap().unwrap();
+    let mut stream = Stream::open(&api, "/fleet/v1/events?machine=m1", None).await;
+
+    let placement = |unit: &fleet_systemd::unit::UnitName| Placement {
+        unit: unit.clone(),
+        machine: m1.clone(),
+        hash: file.hash(),
+        target_state: TargetState::Launched,
+    };
+    let mut reasons = ScheduleReasons::new();
+    reasons.insert((hello.clone(), m1.clone()), "new unit scheduled".to_owned());
+    let long = "x".repeat(1000);
+    reasons.insert((quiet.clone(), m1.clone()), long);
+    registry
+        .commit_explained_schedule(
+            &leadership,
+            &[
+                ScheduleChange::Place(placement(&hello)),
+                ScheduleChange::Place(placement(&quiet)),
+            ],
+            &reasons,
+        )
+        .await
+        .unwrap();
+    let mut reasons = ScheduleReasons::new();
+    reasons.insert(
+        (hello.clone(), m1.clone()),
+        "machine m1 is draining".to_owned(),
+    );
+    registry
+        .commit_explained_schedule(
+            &leadership,
+            &[
+                ScheduleChange::Unplace {
+                    unit: hello.clone(),
+                    machine: m1.clone(),
+                },
+                ScheduleChange::Unplace {
+                    unit: quiet.clone(),
+                    machine: m1.clone(),
+                },
+            ],
+            &reasons,
+        )
+        .await
+        .unwrap();
+
+    let events = stream.take(4).await;
+    let seen: Vec<(&str, Option<&str>, Option<usize>)> = events
+        .iter()
+        .map(|(e, _)| {
+            (
+                e.kind.as_str(),
+                e.unit.as_deref(),
+                e.reason.as_ref().map(String::len),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("unit.placed", Some("hello.service"), Some(18)),
+            // Kept small: a long reason is cut.
+            ("unit.placed", Some("quiet.service"), Some(160)),
+            ("unit.unplaced", Some("hello.service"), Some(22)),
+            // No reason given: none shown.
+            ("unit.unplaced", Some("quiet.service"), None),
+        ]
+    );
+    assert_eq!(events[0].0.reason.as_deref(), Some("new unit scheduled"));
+    assert_eq!(
+        events[2].0.reason.as_deref(),
+        Some("machine m1 is draining")
+    );
+    // The unload orders (which carry the reason) are no events of their own.
+    let unload_orders = registry.unload_orders(&m1).await.unwrap();
+    assert_eq!(unload_orders.len(), 2);
 }

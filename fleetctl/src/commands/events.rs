@@ -114,6 +114,12 @@ fn text_line(event: &EventEntity) -> String {
         },
         (None, None) => event.public_ip.clone().unwrap_or_else(|| "-".to_owned()),
     };
+    // Placements say why: `launched: machine m1 was lost`.
+    let detail = match &event.reason {
+        Some(reason) if detail == "-" => reason.clone(),
+        Some(reason) => format!("{detail}: {reason}"),
+        None => detail,
+    };
     [
         event.revision.to_string(),
         event.kind.clone(),
@@ -155,6 +161,31 @@ mod tests {
         assert_eq!(
             text_line(&target),
             "10\tunit.target-changed\ta.service\t-\tloaded -> launched"
+        );
+        let placed = EventEntity {
+            revision: 11,
+            kind: "unit.placed".to_owned(),
+            unit: Some("a.service".to_owned()),
+            machine: Some("m2".to_owned()),
+            target_state: Some("launched".to_owned()),
+            reason: Some("machine m1 was lost".to_owned()),
+            ..EventEntity::default()
+        };
+        assert_eq!(
+            text_line(&placed),
+            "11\tunit.placed\ta.service\tm2\tlaunched: machine m1 was lost"
+        );
+        let unplaced = EventEntity {
+            revision: 11,
+            kind: "unit.unplaced".to_owned(),
+            unit: Some("a.service".to_owned()),
+            machine: Some("m1".to_owned()),
+            reason: Some("machine m1 was lost".to_owned()),
+            ..EventEntity::default()
+        };
+        assert_eq!(
+            text_line(&unplaced),
+            "11\tunit.unplaced\ta.service\tm1\tmachine m1 was lost"
         );
     }
 }

@@ -19,6 +19,7 @@ mod journal;
 mod list_machines;
 mod list_unit_files;
 mod list_units;
+mod logs;
 mod plan;
 mod restart;
 mod ssh;
@@ -72,6 +73,7 @@ pub async fn run(config: Config, command: Command, console: Console) -> Exit {
         Command::Destroy(args) => destroy::run(&ctx, args).await,
         Command::Events(args) => events::run(&ctx, args).await,
         Command::Journal(args) => journal::run(&ctx, args).await,
+        Command::Logs(args) => logs::run(&ctx, args).await,
         Command::ListMachines(args) => list_machines::run(&ctx, args).await,
         Command::ListUnitFiles(args) => list_unit_files::run(&ctx, args).await,
         Command::ListUnits(args) => list_units::run(&ctx, args).await,

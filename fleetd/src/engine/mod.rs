@@ -39,7 +39,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use fleet_registry::changes::{Change, ChangeStream, Changed, Watched};
-use fleet_registry::store::{Leadership, LeaseId, Revision, ScheduleChange};
+use fleet_registry::store::{Leadership, LeaseId, Revision, ScheduleChange, ScheduleReasons};
 use fleet_registry::{MachineId, Registry, RegistryError};
 use fleet_systemd::unit::UnitName;
 
@@ -666,9 +666,19 @@ impl<'a> Leader<'a> {
         for decision in &outcome.decisions {
             debug!(unit = %decision.unit(), machine = %decision.machine(), reason = decision.reason(), "{}", if matches!(decision, Decision::Place { .. }) { "Placing unit." } else { "Unplacing unit." });
         }
+        // The scheduler's reason of each decision is stored with it, for
+        // the event stream; a change the rollouts added is theirs.
+        let reasons: ScheduleReasons = outcome
+            .decisions
+            .iter()
+            .map(|decision| {
+                let key = (decision.unit().clone(), decision.machine().clone());
+                (key, decision.reason().to_owned())
+            })
+            .collect();
         self.engine
             .registry
-            .commit_schedule(&self.leadership, &changes)
+            .commit_explained_schedule(&self.leadership, &changes, &reasons)
             .await?;
         self.model.apply(&changes);
         let n_placed = changes

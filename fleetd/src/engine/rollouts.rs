@@ -19,7 +19,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use tracing::{info, warn};
 
 use fleet_api::rollout::{Phase, RolloutProgress, RolloutSpec, TargetPhase};
-use fleet_registry::store::ScheduleChange;
+use fleet_registry::store::{ScheduleChange, ScheduleReasons};
 use fleet_registry::{Leadership, Placement, Registry, RegistryError, TargetState};
 use fleet_systemd::unit::{UnitHash, UnitName};
 
@@ -180,7 +180,20 @@ impl Rollouts {
         if changes.is_empty() {
             return Ok(());
         }
-        registry.commit_schedule(leadership, &changes).await?;
+        // Every change here is a rolling update's step.
+        let reasons: ScheduleReasons = changes
+            .iter()
+            .filter_map(|change| match change {
+                ScheduleChange::Place(placement) => Some((
+                    (placement.unit.clone(), placement.machine.clone()),
+                    "rolling update".to_owned(),
+                )),
+                ScheduleChange::Unplace { .. } => None,
+            })
+            .collect();
+        registry
+            .commit_explained_schedule(leadership, &changes, &reasons)
+            .await?;
         model.apply(&changes);
         Ok(())
     }

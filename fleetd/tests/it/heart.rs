@@ -32,6 +32,7 @@ fn local(machine_id_file: &Path) -> LocalMachine {
         metadata: BTreeMap::from([("role".to_owned(), "test".to_owned())]),
         disable_engine: false,
         disable_agent: false,
+        api_url: String::new(),
     }
 }
 

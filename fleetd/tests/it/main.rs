@@ -11,6 +11,7 @@
 //!   idle close.
 //! - `api_security`: TLS, client certificates, roles, tokens, the audit
 //!   log and the plaintext rules of the API, with certificates from the shared test CA.
+//! - `unit_logs`: logs and status forwarded between fleetds over mutual TLS.
 
 mod api_security;
 mod client_pool;
@@ -18,4 +19,5 @@ mod daemon;
 mod discovery;
 mod heart;
 mod observe;
+mod unit_logs;
 mod util;

@@ -1,6 +1,7 @@
 //! The dashboard (`/ui/`) in a real headless Chromium against a real cluster: it shows the
 //! machines and units the API returns, its start button makes a unit active, and it is
-//! photographed (laptop and phone widths) under `target/ui-screenshots/`.
+//! photographed (laptop and phone widths) under `target/ui-screenshots/`. Its logs button
+//! shows the unit's recent journal lines, read on the unit's machine through the API.
 //!
 //! Chromium is driven through `chromedriver`'s W3C WebDriver protocol (plain HTTP and JSON,
 //! spoken with curl like the rest of these tests), so no browser-automation crate is needed.
@@ -216,7 +217,13 @@ fn dashboard_shows_the_cluster_and_starts_a_unit() -> anyhow::Result<()> {
         "target state of a submitted unit: {tables}"
     );
 
-    browser.click("tr[data-unit='hello.service'] button[data-action='start']")?;
+    // The table is redrawn on every event, so a button found may be gone before the click
+    // lands (a stale element): click again until one lands (start is idempotent).
+    wait_until(DEADLINE, "the start button clicked", || {
+        Ok(browser
+            .click("tr[data-unit='hello.service'] button[data-action='start']")
+            .is_ok())
+    })?;
     let placed = fleet.wait_active(&["hello.service"], DEADLINE)?;
     wait_until(
         DEADLINE,
@@ -237,9 +244,52 @@ fn dashboard_shows_the_cluster_and_starts_a_unit() -> anyhow::Result<()> {
         "{tables}"
     );
 
+    show_logs_on_the_unit_machine(&cluster, &browser, &placed)?;
+
     let dir = screenshots_dir()?;
     browser.screenshot(&dir.join("dashboard-laptop.png"))?;
     browser.resize(390, 844)?;
     browser.screenshot(&dir.join("dashboard-phone.png"))?;
     Ok(())
+}
+
+/// Opens the page on the machine that runs hello.service and clicks its logs button until the
+/// journal lines the unit prints (`Hello, world`) are shown.
+fn show_logs_on_the_unit_machine(
+    cluster: &Cluster,
+    browser: &Browser,
+    placed: &std::collections::BTreeMap<String, String>,
+) -> anyhow::Result<()> {
+    let machine = placed
+        .get("hello.service")
+        .context("hello.service has no machine")?;
+    let mut host = None;
+    for name in cluster.hosts() {
+        if cluster.machine_id(name)? == *machine {
+            host = Some(name.clone());
+        }
+    }
+    let host = host.with_context(|| format!("no host has machine id {machine}"))?;
+    browser.open(&format!("{}/ui/", cluster.endpoint(&host)?))?;
+    let mut shown = Value::Null;
+    wait_until(
+        DEADLINE,
+        "the page shows hello.service's journal lines",
+        || {
+            if browser
+                .click("tr[data-unit='hello.service'] button[data-action='logs']")
+                .is_err()
+            {
+                return Ok(false); // The table is not drawn yet.
+            }
+            shown = browser.eval(
+                "return { lines: document.getElementById('logs').textContent, \
+             problem: document.getElementById('logs-error').textContent };",
+            )?;
+            Ok(shown["lines"]
+                .as_str()
+                .is_some_and(|text| text.contains("Hello, world")))
+        },
+    )
+    .with_context(|| format!("logs section: {shown}"))
 }

@@ -23,6 +23,13 @@ pub enum ScheduleChange {
     Unplace { unit: UnitName, machine: MachineId },
 }
 
+/// Why the engine made some schedule changes, by (unit, machine): stored
+/// with the change in the same transaction (in the schedule record for a
+/// placement, in the unload order for an unplacement), so that the event
+/// stream, which decodes etcd's watch, can say why. A change without an
+/// entry is stored without a reason.
+pub type ScheduleReasons = std::collections::HashMap<(UnitName, MachineId), String>;
+
 /// Machines, units and placements, all read at one revision.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Snapshot {
@@ -255,10 +262,26 @@ impl Registry {
         leadership: &Leadership,
         changes: &[ScheduleChange],
     ) -> Result<(), RegistryError> {
+        self.commit_explained_schedule(leadership, changes, &ScheduleReasons::new())
+            .await
+    }
+
+    /// [`Registry::commit_schedule`], storing with each change its reason
+    /// from `reasons` (no extra operation: the reason rides in values the
+    /// transaction writes anyway, cut to a short length).
+    ///
+    /// # Errors
+    /// [`RegistryError::NotLeader`] when the leader key is not ours any more.
+    pub async fn commit_explained_schedule(
+        &self,
+        leadership: &Leadership,
+        changes: &[ScheduleChange],
+        reasons: &ScheduleReasons,
+    ) -> Result<(), RegistryError> {
         let leader = self.keys.engine_leader();
         let mut rest = changes;
         while !rest.is_empty() {
-            let (ops, taken) = self.schedule_ops(rest);
+            let (ops, taken) = self.schedule_ops(rest, reasons);
             rest = &rest[taken..];
             let txn = Txn::new()
                 .when([Compare::create_revision(
@@ -280,7 +303,16 @@ impl Registry {
     /// unload order (`P/unload-order/<machine>/<unit>`: the agent's proof that
     /// the engine ordered the unload). Returns the ops and how many changes
     /// they cover (at least one).
-    pub(super) fn schedule_ops(&self, changes: &[ScheduleChange]) -> (Vec<TxnOp>, usize) {
+    pub(super) fn schedule_ops(
+        &self,
+        changes: &[ScheduleChange],
+        reasons: &ScheduleReasons,
+    ) -> (Vec<TxnOp>, usize) {
+        let reason = |unit: &UnitName, machine: &MachineId| {
+            reasons
+                .get(&(unit.clone(), machine.clone()))
+                .map_or("", String::as_str)
+        };
         let max_ops = SCHEDULE_BATCH * 2;
         let mut ops = Vec::with_capacity(max_ops);
         let mut taken = 0;
@@ -297,7 +329,7 @@ impl Registry {
                     let (unit, machine) = (&placement.unit, &placement.machine);
                     ops.push(TxnOp::put(
                         self.keys.scheduled(machine, unit),
-                        wire::encode_placement(placement),
+                        wire::encode_explained_placement(placement, reason(unit, machine)),
                         None,
                     ));
                     ops.push(TxnOp::put(self.keys.placement(unit, machine), "", None));
@@ -305,7 +337,10 @@ impl Registry {
                 ScheduleChange::Unplace { unit, machine } => {
                     ops.push(TxnOp::delete(self.keys.scheduled(machine, unit), None));
                     ops.push(TxnOp::delete(self.keys.placement(unit, machine), None));
-                    ops.push(TxnOp::put(self.keys.unload_order(machine, unit), "", None));
+                    // The order's value is its reason (the agent reads only
+                    // its revision).
+                    let why = wire::short_reason(reason(unit, machine)).to_owned();
+                    ops.push(TxnOp::put(self.keys.unload_order(machine, unit), why, None));
                 }
             }
             taken += 1;

@@ -42,6 +42,7 @@ pub fn machine(id: &str) -> MachineState {
         version: "0.1.0".to_owned(),
         disable_engine: false,
         disable_agent: false,
+        api_url: String::new(),
     }
 }
 

@@ -5,6 +5,7 @@
 const API = new URL("../fleet/v1/", location.href);
 const state = { machines: [], units: [], states: [], lastChange: {}, events: [] };
 const MAX_EVENTS = 200;
+const LOG_LINES = 20;
 
 function $(id) { return document.getElementById(id); }
 
@@ -116,6 +117,7 @@ function render() {
       el("td", { class: "actions" },
         el("button", { "data-action": "start", onclick: () => act(name, "launched") }, "start"),
         el("button", { "data-action": "stop", onclick: () => act(name, "loaded") }, "stop"),
+        el("button", { "data-action": "logs", onclick: () => showLogs(name) }, "logs"),
         el("button", { "data-action": "destroy", class: "danger", onclick: () => destroy(name) }, "destroy")));
   }));
 }
@@ -152,8 +154,48 @@ async function destroy(name) {
 
 function describe(event) {
   const parts = [event.unit, event.machine && `on ${event.machine}`, event.targetState && `target ${event.targetState}`,
-    event.activeState && `${event.activeState}/${event.subState}`, event.publicIP].filter(Boolean);
+    event.activeState && `${event.activeState}/${event.subState}`, event.publicIP,
+    event.reason && `(${event.reason})`].filter(Boolean);
   return parts.join(" ");
+}
+
+// The lines of a server-sent event stream's "line" events, and its error if it ended with one.
+function logLines(text) {
+  const lines = [];
+  let error = "";
+  for (const block of text.split("\n\n")) {
+    let kind = "message";
+    const data = [];
+    for (const line of block.split("\n")) {
+      if (line.startsWith("event:")) kind = line.slice(6).trim();
+      else if (line.startsWith("data:")) data.push(line.slice(5).replace(/^ /, ""));
+    }
+    if (kind === "line") lines.push(data.join("\n"));
+    else if (kind === "error") error = data.join("\n");
+  }
+  return { lines, error };
+}
+
+// The unit's last journal lines, read on its machine through the API (GET /fleet/x1/units/NAME/logs).
+async function showLogs(name) {
+  $("logs-section").hidden = false;
+  $("logs-unit").textContent = name;
+  const pre = $("logs");
+  const problem = $("logs-error");
+  pre.textContent = "loading…";
+  problem.hidden = true;
+  const reply = await fetch(new URL(`../x1/units/${encodeURIComponent(name)}/logs?lines=${LOG_LINES}`, API));
+  if (!reply.ok) {
+    let message = `HTTP ${reply.status}`;
+    try { message = (await reply.json()).error.message || message; } catch (_) { /* not JSON */ }
+    pre.textContent = "";
+    problem.textContent = message;
+    problem.hidden = false;
+    return;
+  }
+  const { lines, error } = logLines(await reply.text());
+  pre.textContent = lines.length ? lines.join("\n") : "(no journal lines)";
+  if (error) { problem.textContent = error; problem.hidden = false; }
 }
 
 function onEvent(message) {
@@ -188,5 +230,6 @@ function follow() {
 }
 
 for (const id of ["filter-unit", "filter-machine", "filter-state"]) $(id).addEventListener("input", render);
+$("logs-close").addEventListener("click", () => { $("logs-section").hidden = true; });
 refresh();
 follow();
