@@ -110,8 +110,9 @@ async fn unit_states_vanish_with_the_lease_and_are_deleted_per_machine() {
 #[tokio::test]
 async fn a_listing_larger_than_a_page_is_read_whole() {
     let (_etcd, registry) = registry("states-paged").await;
+    // Long enough for 10,050 puts on a loaded machine without keep-alives.
     let lease = registry
-        .grant_lease(Duration::from_secs(60))
+        .grant_lease(Duration::from_secs(600))
         .await
         .expect("grant");
     registry
