@@ -6,7 +6,9 @@
 # Usage: scripts/scale-bench.sh [--machines M] [--units N] [--json out.json] [more bench options]
 #   e.g. scripts/scale-bench.sh --machines 1000 --units 20000 --json /tmp/scale.json
 #   Other options pass through to the bench (--help lists them): --concurrency,
-#   --kill-fraction, --loss-grace, --idle-seconds, --agent-ttl, --keep, --tls (the API over mTLS).
+#   --kill-fraction, --loss-grace, --idle-seconds, --agent-ttl, --keep, --tls (the API over mTLS),
+#   --etcd-members K (a K-member etcd cluster), --check-perf LOAD (etcdctl check perf
+#   s|m|l|xl against the same cluster at the end: the write ceiling of this run).
 #
 # Needs: etcd (Debian etcd-server) on PATH, a Rust toolchain. Builds with
 # cargo's release profile; on 2 cores the first build takes several minutes.
@@ -19,7 +21,7 @@ args=()
 while (($#)); do
     case "$1" in
         -h|--help)
-            sed -n '2,12p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+            sed -n '2,14p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
             exit 0
             ;;
         --json)

@@ -2,7 +2,10 @@
 //! API against a real etcd, with M simulated machines and N units.
 //!
 //! What runs for real: etcd (spawned here on free loopback ports, data dir on
-//! tmpfs, `--metrics=extensive`), and the `fleetd` binary in engine+API-only
+//! tmpfs, `--metrics=extensive`; one member, or a cluster of
+//! `--etcd-members K` on loopback, whose metrics are merged: what members
+//! served their clients is summed, what every member does for the cluster,
+//! such as Raft proposals, is counted once), and the `fleetd` binary in engine+API-only
 //! mode (`disable_agent=true`, `api_listen=tcp://…`), i.e. the production
 //! engine, scheduler, leader-guarded schedule writes and API server.
 //!
@@ -34,6 +37,10 @@
 //! - peak RSS (`VmHWM`) of the engine fleetd;
 //! - latency of `GET /fleet/v1/units` (all pages), `GET /fleet/v1/state`
 //!   (all pages) and of `fleetctl list-units`.
+//!
+//! With `--check-perf LOAD` the run ends with `etcdctl check perf` against
+//! the same cluster: its write ceiling, to set beside the proposal rate of
+//! the submission.
 //!
 //! Run: `scripts/scale-bench.sh --machines 1000 --units 20000 --json out.json`,
 //! or `cargo bench -p fleetd --bench scale -- --help`.
@@ -79,6 +86,10 @@ Options (cargo bench -p fleetd --bench scale -- OPTIONS):
   --keep-alive-per-request
                         simulated machines open a new keep-alive stream per
                         keep-alive (the old way) instead of one per lease
+  --etcd-members K      etcd members in the cluster (default 1; e.g. 3)
+  --check-perf LOAD     at the end, run `etcdctl check perf --load=LOAD` (s, m, l,
+                        xl) against the same cluster: the write ceiling to
+                        compare the run's proposal rate with
   --keep                keep the work dir (etcd and fleetd logs) even on success
   --tls                 the API over mTLS (certificates from the test CA, an admin
                         client certificate for the bench's client and fleetctl),
@@ -113,6 +124,10 @@ struct Args {
     keep: bool,
     /// Serve the API over TLS with client certificates.
     tls: bool,
+    /// etcd members (1 or more).
+    etcd_members: usize,
+    /// `etcdctl check perf` workload to run at the end, if any.
+    check_perf: Option<String>,
 }
 
 fn workspace_binary(name: &str, env: &str) -> PathBuf {
@@ -140,6 +155,8 @@ fn parse_args(raw: &[String]) -> anyhow::Result<Option<Args>> {
         keep_alive_streams: true,
         keep: false,
         tls: false,
+        etcd_members: 1,
+        check_perf: None,
     };
     let mut iter = raw.iter();
     while let Some(flag) = iter.next() {
@@ -168,12 +185,24 @@ fn parse_args(raw: &[String]) -> anyhow::Result<Option<Args>> {
             "--agent-ttl" => args.agent_ttl = value(flag)?.parse().context("--agent-ttl")?,
             "--keep" => args.keep = true,
             "--tls" => args.tls = true,
+            "--etcd-members" => {
+                args.etcd_members = value(flag)?.parse().context("--etcd-members")?;
+            }
+            "--check-perf" => args.check_perf = Some(value(flag)?),
             "--keep-alive-per-request" => args.keep_alive_streams = false,
             other => bail!("unknown option {other:?}\n{USAGE}"),
         }
     }
     if args.machines < 2 || args.units == 0 || args.concurrency == 0 {
         bail!("need --machines >= 2, --units >= 1 and --concurrency >= 1");
+    }
+    if !(1..=5).contains(&args.etcd_members) {
+        bail!("--etcd-members must be 1 to 5");
+    }
+    if let Some(load) = &args.check_perf
+        && !["s", "m", "l", "xl"].contains(&load.as_str())
+    {
+        bail!("--check-perf takes s, m, l or xl, not {load:?}");
     }
     if !(args.kill_fraction > 0.0 && args.kill_fraction < 0.5) {
         bail!("--kill-fraction must be in (0, 0.5): more trips the engine's breaker");
@@ -254,62 +283,120 @@ fn work_dir() -> anyhow::Result<tempfile::TempDir> {
     builder.tempdir().context("creating a work dir")
 }
 
-struct EtcdProcess {
+/// One etcd member the bench started.
+struct EtcdMember {
     child: Child,
     pid: u32,
     client_url: String,
     metrics_port: u16,
 }
 
-async fn start_etcd(dir: &Path) -> anyhow::Result<EtcdProcess> {
-    let [client_port, peer_port, metrics_port] = free_ports()?;
-    let client_url = format!("http://127.0.0.1:{client_port}");
-    let peer_url = format!("http://127.0.0.1:{peer_port}");
-    let log = std::fs::File::create(dir.join("etcd.log"))?;
-    let child = Command::new("etcd")
-        .arg("--name=fleet-scale")
-        .arg(format!("--data-dir={}", dir.join("etcd-data").display()))
-        .arg(format!("--listen-client-urls={client_url}"))
-        .arg(format!("--advertise-client-urls={client_url}"))
-        .arg(format!("--listen-peer-urls={peer_url}"))
-        .arg(format!("--initial-advertise-peer-urls={peer_url}"))
-        .arg(format!("--initial-cluster=fleet-scale={peer_url}"))
-        .arg("--initial-cluster-state=new")
-        .arg(format!(
-            "--listen-metrics-urls=http://127.0.0.1:{metrics_port}"
-        ))
-        .arg("--metrics=extensive")
-        .arg("--logger=zap")
-        .arg("--log-outputs=stderr")
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .kill_on_drop(true)
-        .spawn()
-        .context("starting etcd (Debian package etcd-server)")?;
-    let pid = child.id().ok_or_else(|| anyhow!("etcd exited at once"))?;
-    let etcd = EtcdProcess {
-        child,
-        pid,
-        client_url,
-        metrics_port,
-    };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(body) = http_get(metrics_port, "/health").await
-            && body.contains("\"health\":\"true\"")
-        {
-            return Ok(etcd);
-        }
-        if Instant::now() > deadline {
-            bail!(
-                "etcd not healthy within 30 s; see {}",
-                dir.join("etcd.log").display()
-            );
-        }
-        // Polling a local port: there is no event to wait on.
-        tokio::time::sleep(Duration::from_millis(50)).await;
+/// The etcd cluster of a run: one member, or several (`--etcd-members`) on
+/// loopback, each with its own data dir in the work dir.
+struct EtcdProcess {
+    members: Vec<EtcdMember>,
+}
+
+impl EtcdProcess {
+    /// Every member's client URL.
+    fn client_urls(&self) -> Vec<String> {
+        self.members
+            .iter()
+            .map(|member| member.client_url.clone())
+            .collect()
     }
+
+    fn pids(&self) -> Vec<u32> {
+        self.members.iter().map(|member| member.pid).collect()
+    }
+
+    fn metrics_ports(&self) -> Vec<u16> {
+        self.members
+            .iter()
+            .map(|member| member.metrics_port)
+            .collect()
+    }
+
+    async fn kill(&mut self) {
+        for member in &mut self.members {
+            let _ = member.child.kill().await;
+        }
+    }
+}
+
+/// Starts `n` etcd members as one cluster (all spawned before any is
+/// waited on: members wait for each other) and waits until each is healthy.
+async fn start_etcd(dir: &Path, n: usize) -> anyhow::Result<EtcdProcess> {
+    let ports: Vec<[u16; 3]> = {
+        // All ports picked while all are held: no port twice.
+        let flat: [u16; 15] = free_ports()?;
+        flat.chunks(3).take(n).map(|c| [c[0], c[1], c[2]]).collect()
+    };
+    let name = |index: usize| format!("fleet-scale-{index}");
+    let initial_cluster = ports
+        .iter()
+        .enumerate()
+        .map(|(index, [_, peer, _])| format!("{}=http://127.0.0.1:{peer}", name(index)))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut members = Vec::with_capacity(n);
+    for (index, &[client_port, peer_port, metrics_port]) in ports.iter().enumerate() {
+        let client_url = format!("http://127.0.0.1:{client_port}");
+        let peer_url = format!("http://127.0.0.1:{peer_port}");
+        let log = std::fs::File::create(dir.join(format!("etcd-{index}.log")))?;
+        let child = Command::new("etcd")
+            .arg(format!("--name={}", name(index)))
+            .arg(format!(
+                "--data-dir={}",
+                dir.join(format!("etcd-data-{index}")).display()
+            ))
+            .arg(format!("--listen-client-urls={client_url}"))
+            .arg(format!("--advertise-client-urls={client_url}"))
+            .arg(format!("--listen-peer-urls={peer_url}"))
+            .arg(format!("--initial-advertise-peer-urls={peer_url}"))
+            .arg(format!("--initial-cluster={initial_cluster}"))
+            .arg("--initial-cluster-state=new")
+            .arg("--initial-cluster-token=fleet-scale")
+            .arg(format!(
+                "--listen-metrics-urls=http://127.0.0.1:{metrics_port}"
+            ))
+            .arg("--metrics=extensive")
+            .arg("--logger=zap")
+            .arg("--log-outputs=stderr")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting etcd (Debian package etcd-server)")?;
+        let pid = child.id().ok_or_else(|| anyhow!("etcd exited at once"))?;
+        members.push(EtcdMember {
+            child,
+            pid,
+            client_url,
+            metrics_port,
+        });
+    }
+    let etcd = EtcdProcess { members };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for (index, member) in etcd.members.iter().enumerate() {
+        loop {
+            if let Ok(body) = http_get(member.metrics_port, "/health").await
+                && body.contains("\"health\":\"true\"")
+            {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "etcd member {index} not healthy within 30 s; see {}",
+                    dir.join(format!("etcd-{index}.log")).display()
+                );
+            }
+            // Polling a local port: there is no event to wait on.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    Ok(etcd)
 }
 
 /// A plain HTTP/1.0 GET on 127.0.0.1 (etcd's metrics port), the body.
@@ -519,9 +606,10 @@ struct Cpu {
 }
 
 impl Cpu {
-    fn sample(etcd: u32, fleetd: u32) -> Cpu {
+    /// `etcd`: every member's pid (their CPU is summed).
+    fn sample(etcd: &[u32], fleetd: u32) -> Cpu {
         Cpu {
-            etcd: cpu_seconds(etcd),
+            etcd: etcd.iter().map(|&pid| cpu_seconds(pid)).sum(),
             fleetd: cpu_seconds(fleetd),
             bench: cpu_seconds(std::process::id()),
         }
@@ -557,7 +645,34 @@ struct Metrics {
 }
 
 impl Metrics {
-    async fn scrape(port: u16) -> anyhow::Result<Metrics> {
+    /// Scrapes every member and merges them into one view of the cluster.
+    /// Counters of what a member served its clients (`grpc_*`,
+    /// `etcd_network_client_*`) are summed over the members; everything
+    /// else (proposals, key writes, WAL bytes) every member does for the
+    /// whole cluster, so the largest member's figure is the cluster's.
+    async fn scrape(ports: &[u16]) -> anyhow::Result<Metrics> {
+        let mut merged = Metrics::default();
+        for &port in ports {
+            let member = Metrics::scrape_member(port).await?;
+            for (series, value) in member.series {
+                let served =
+                    series.starts_with("grpc_") || series.starts_with("etcd_network_client_");
+                let entry = merged.series.entry(series).or_insert(0.0);
+                *entry = if served {
+                    *entry + value
+                } else {
+                    entry.max(value)
+                };
+            }
+        }
+        for (series, value) in &merged.series {
+            let name = series.split('{').next().unwrap_or(series);
+            *merged.sums.entry(name.to_owned()).or_default() += value;
+        }
+        Ok(merged)
+    }
+
+    async fn scrape_member(port: u16) -> anyhow::Result<Metrics> {
         let body = http_get(port, "/metrics").await?;
         let mut metrics = Metrics::default();
         for line in body.lines() {
@@ -570,12 +685,10 @@ impl Metrics {
             let Ok(value) = value.parse::<f64>() else {
                 continue;
             };
-            let name = series.split('{').next().unwrap_or(series);
-            *metrics.sums.entry(name.to_owned()).or_default() += value;
             metrics.series.insert(series.to_owned(), value);
         }
-        if metrics.sums.is_empty() {
-            bail!("etcd's /metrics was empty");
+        if metrics.series.is_empty() {
+            bail!("etcd's /metrics (port {port}) was empty");
         }
         Ok(metrics)
     }
@@ -660,12 +773,17 @@ struct Sim {
     progress: watch::Sender<u64>,
     state_writes: AtomicU64,
     errors: AtomicU64,
+    /// Errors per kind ("keep-alive", "watch", ...).
+    errors_by_kind: Mutex<BTreeMap<String, u64>>,
     keep_alive_every: Duration,
     keep_alive_streams: bool,
 }
 
 impl Sim {
     fn error(&self, what: &str, error: &dyn std::fmt::Display) {
+        if let Ok(mut by_kind) = self.errors_by_kind.lock() {
+            *by_kind.entry(what.to_owned()).or_default() += 1;
+        }
         let n = self.errors.fetch_add(1, Ordering::Relaxed);
         if n < 20 {
             eprintln!("scale: simulated agent: {what}: {error}");
@@ -790,7 +908,12 @@ async fn run_machine(
             } {
                 Ok(Some(_)) => {}
                 Ok(None) => sim.error("keep-alive", &format!("lease of {id} expired")),
-                Err(error) => sim.error("keep-alive", &error),
+                Err(error) => {
+                    sim.error("keep-alive", &error);
+                    // As fleetd's agent does: try again after TTL/12, not
+                    // TTL/3, while the lease runs out.
+                    keep_alive.reset_after(sim.keep_alive_every / 4);
+                }
             },
             batch = stream.next() => match batch {
                 Ok(Some(events)) => {
@@ -949,12 +1072,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
 }
 
 async fn run_in(args: &Args, dir: &Path) -> anyhow::Result<()> {
-    let mut etcd = start_etcd(dir).await?;
-    let metrics_port = etcd.metrics_port;
-    let mut fleetd = start_fleetd(args, dir, &etcd.client_url).await?;
-    let outcome = measure(args, &etcd, &fleetd, metrics_port).await;
+    let mut etcd = start_etcd(dir, args.etcd_members).await?;
+    let mut fleetd = start_fleetd(args, dir, &etcd.client_urls().join(",")).await?;
+    let outcome = measure(args, &etcd, &fleetd).await;
     fleetd.stop().await;
-    let _ = etcd.child.kill().await;
+    etcd.kill().await;
     let report = outcome?;
     print_table(args, &report);
     if let Some(path) = &args.json {
@@ -975,7 +1097,8 @@ struct Bench<'a> {
     args: &'a Args,
     etcd: &'a EtcdProcess,
     fleetd: &'a Fleetd,
-    metrics_port: u16,
+    /// Every etcd member's metrics port.
+    metrics_ports: Vec<u16>,
     registry: Registry,
     client: Client,
     sim: Arc<Sim>,
@@ -1021,14 +1144,9 @@ struct IdleFigures {
 }
 
 /// Runs the phases in order and gathers their figures into a report.
-async fn measure(
-    args: &Args,
-    etcd: &EtcdProcess,
-    fleetd: &Fleetd,
-    metrics_port: u16,
-) -> anyhow::Result<Report> {
+async fn measure(args: &Args, etcd: &EtcdProcess, fleetd: &Fleetd) -> anyhow::Result<Report> {
     let config = RegistryConfig {
-        endpoints: vec![etcd.client_url.clone()],
+        endpoints: etcd.client_urls(),
         key_prefix: PREFIX.to_owned(),
         request_timeout: SIM_REQUEST_TIMEOUT,
         username: None,
@@ -1046,6 +1164,7 @@ async fn measure(
         progress: watch::Sender::new(0),
         state_writes: AtomicU64::new(0),
         errors: AtomicU64::new(0),
+        errors_by_kind: Mutex::new(BTreeMap::new()),
         keep_alive_every: ttl / 3,
         keep_alive_streams: args.keep_alive_streams,
     });
@@ -1053,7 +1172,7 @@ async fn measure(
         args,
         etcd,
         fleetd,
-        metrics_port,
+        metrics_ports: etcd.metrics_ports(),
         registry,
         client,
         sim,
@@ -1065,6 +1184,10 @@ async fn measure(
     let reschedule = bench.lose_machines(&machines).await?;
     let idle = bench.idle_window().await?;
     let (hwm, rss) = fleetd.memory()?;
+    let check_perf = match &args.check_perf {
+        Some(load) => Some(bench.check_perf(load).await?),
+        None => None,
+    };
     for machine in &machines {
         machine.cancel.cancel();
     }
@@ -1077,6 +1200,13 @@ async fn measure(
         hwm,
         rss,
         sim_errors: bench.sim.errors.load(Ordering::Relaxed),
+        sim_errors_by_kind: bench
+            .sim
+            .errors_by_kind
+            .lock()
+            .map(|by_kind| by_kind.clone())
+            .unwrap_or_default(),
+        check_perf,
     };
     Ok(figures.report(args))
 }
@@ -1151,8 +1281,8 @@ impl Bench<'_> {
     /// Phase 3: submits N units through the API and waits until all are active.
     async fn submit_units(&self) -> anyhow::Result<SubmitFigures> {
         let n = self.args.units;
-        let before = Metrics::scrape(self.metrics_port).await?;
-        let cpu_before = Cpu::sample(self.etcd.pid, self.fleetd.pid);
+        let before = Metrics::scrape(&self.metrics_ports).await?;
+        let cpu_before = Cpu::sample(&self.etcd.pids(), self.fleetd.pid);
         let writes_before = self.sim.state_writes.load(Ordering::Relaxed);
         let started = Instant::now();
         let next = Arc::new(AtomicUsize::new(0));
@@ -1179,8 +1309,8 @@ impl Bench<'_> {
         )
         .await
         .ok_or_else(|| anyhow!("not all units became active within {deadline:?}"))?;
-        let after = Metrics::scrape(self.metrics_port).await?;
-        let cpu = Cpu::sample(self.etcd.pid, self.fleetd.pid).since(cpu_before);
+        let after = Metrics::scrape(&self.metrics_ports).await?;
+        let cpu = Cpu::sample(&self.etcd.pids(), self.fleetd.pid).since(cpu_before);
         let state_writes = self.sim.state_writes.load(Ordering::Relaxed) - writes_before;
         let (hwm_after_active, _) = self.fleetd.memory()?;
         eprintln!(
@@ -1272,7 +1402,7 @@ impl Bench<'_> {
         let stride = m / n_kill;
         let killed: HashSet<usize> = (0..n_kill).map(|k| k * stride).collect();
         let affected = self.units_on(&killed)?;
-        let before = Metrics::scrape(self.metrics_port).await?;
+        let before = Metrics::scrape(&self.metrics_ports).await?;
         let started = Instant::now();
         for &index in &killed {
             machines[index].cancel.cancel();
@@ -1315,7 +1445,7 @@ impl Bench<'_> {
         .ok_or_else(|| {
             anyhow!("the units of the lost machines did not move within {deadline:?}")
         })?;
-        let after = Metrics::scrape(self.metrics_port).await?;
+        let after = Metrics::scrape(&self.metrics_ports).await?;
         eprintln!(
             "scale: {} units active elsewhere {:.2} s after the revoke (grace {} s)",
             affected.len(),
@@ -1329,6 +1459,44 @@ impl Bench<'_> {
             after_grace: (from_revoke.as_secs_f64() - self.args.loss_grace).max(0.0),
             requests: after.requests(&before),
             writes: after.writes(&before),
+        })
+    }
+
+    /// The write ceiling of this cluster on this machine, taken in the same
+    /// run: `etcdctl check perf` (60 s of single-key puts from many
+    /// clients) against every member, with fleet idle beside it.
+    async fn check_perf(&self, load: &str) -> anyhow::Result<CheckPerf> {
+        eprintln!("scale: etcdctl check perf --load={load} (about 60 s)");
+        let run = Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={}", self.etcd.client_urls().join(",")))
+            .arg("check")
+            .arg("perf")
+            .arg(format!("--load={load}"))
+            .arg("--prefix=/etcdctl-check-perf/")
+            .stdin(Stdio::null())
+            .output();
+        let output = tokio::time::timeout(Duration::from_secs(300), run)
+            .await
+            .context("etcdctl check perf did not finish within 300 s")?
+            .context("running etcdctl (Debian package etcd-client)")?;
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let writes_per_s = check_perf_writes(&text)
+            .ok_or_else(|| anyhow!("no throughput in etcdctl check perf's output:\n{text}"))?;
+        let verdict = text
+            .lines()
+            .filter(|line| line.starts_with("PASS") || line.starts_with("FAIL"))
+            .collect::<Vec<_>>()
+            .join("; ");
+        eprintln!("scale: check perf: {verdict}");
+        Ok(CheckPerf {
+            load: load.to_owned(),
+            writes_per_s,
+            verdict,
         })
     }
 
@@ -1351,24 +1519,24 @@ impl Bench<'_> {
     /// counts what an idle cluster costs over the idle window.
     async fn idle_window(&self) -> anyhow::Result<IdleFigures> {
         let settle_start = Instant::now();
-        let mut last = Metrics::scrape(self.metrics_port).await?;
+        let mut last = Metrics::scrape(&self.metrics_ports).await?;
         let mut quiet_since = Instant::now();
         while quiet_since.elapsed() < Duration::from_secs(3)
             && settle_start.elapsed() < Duration::from_secs(60)
         {
             tokio::time::sleep(Duration::from_millis(500)).await;
-            let now = Metrics::scrape(self.metrics_port).await?;
+            let now = Metrics::scrape(&self.metrics_ports).await?;
             if now.writes(&last) > 0.0 || now.proposals(&last) > 0.0 {
                 quiet_since = Instant::now();
             }
             last = now;
         }
-        let start = Metrics::scrape(self.metrics_port).await?;
-        let cpu_before = Cpu::sample(self.etcd.pid, self.fleetd.pid);
+        let start = Metrics::scrape(&self.metrics_ports).await?;
+        let cpu_before = Cpu::sample(&self.etcd.pids(), self.fleetd.pid);
         let started = Instant::now();
         tokio::time::sleep(Duration::from_secs_f64(self.args.idle_seconds)).await;
-        let end = Metrics::scrape(self.metrics_port).await?;
-        let cpu = Cpu::sample(self.etcd.pid, self.fleetd.pid).since(cpu_before);
+        let end = Metrics::scrape(&self.metrics_ports).await?;
+        let cpu = Cpu::sample(&self.etcd.pids(), self.fleetd.pid).since(cpu_before);
         let secs = started.elapsed().as_secs_f64();
         let (messages, streams) = end.keep_alives(&start);
         Ok(IdleFigures {
@@ -1381,6 +1549,15 @@ impl Bench<'_> {
             cpu,
         })
     }
+}
+
+/// The write throughput in `etcdctl check perf`'s output: the number
+/// before " writes/s" ("PASS: Throughput is 151 writes/s", "FAIL: Throughput
+/// too low: 6954 writes/s").
+fn check_perf_writes(output: &str) -> Option<f64> {
+    let line = output.lines().find(|line| line.contains(" writes/s"))?;
+    let before = line.split(" writes/s").next()?;
+    before.rsplit([' ', ':']).next()?.trim().parse().ok()
 }
 
 /// One registration worker: takes machine indexes until M are registered.
@@ -1420,12 +1597,30 @@ async fn submit_some(client: Client, next: Arc<AtomicUsize>, n: usize) -> anyhow
         if index >= n {
             return Ok(());
         }
-        client
-            .create_unit(&unit_entity(index))
-            .await
-            .with_context(|| format!("PUT {}", unit_name(index)))?;
+        let mut unavailable = 0;
+        loop {
+            match client.create_unit(&unit_entity(index)).await {
+                Ok(_) => break,
+                // The client already retried a 503 with backoff; a bulk
+                // submitter keeps going (it is idempotent), a bounded
+                // number of times, and the run counts it.
+                Err(error) if error.status() == Some(503) && unavailable < 20 => {
+                    unavailable += 1;
+                    if SUBMIT_UNAVAILABLE.fetch_add(1, Ordering::Relaxed) < 5 {
+                        eprintln!("scale: PUT {}: {error}; sending again", unit_name(index));
+                    }
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                Err(error) => {
+                    return Err(error).with_context(|| format!("PUT {}", unit_name(index)));
+                }
+            }
+        }
     }
 }
+
+/// PUTs answered 503 even after the client's own retries (each sent again).
+static SUBMIT_UNAVAILABLE: AtomicU64 = AtomicU64::new(0);
 
 /// Every figure of a run.
 struct Figures {
@@ -1437,6 +1632,17 @@ struct Figures {
     hwm: u64,
     rss: u64,
     sim_errors: u64,
+    sim_errors_by_kind: BTreeMap<String, u64>,
+    /// `etcdctl check perf`: its load and the writes per second it got.
+    check_perf: Option<CheckPerf>,
+}
+
+/// What `etcdctl check perf` measured against the run's cluster.
+struct CheckPerf {
+    load: String,
+    writes_per_s: f64,
+    /// etcdctl's verdict lines (PASS / FAIL ...).
+    verdict: String,
 }
 
 /// One row of the printed table: what, the figure, the target and whether it was met.
@@ -1460,6 +1666,12 @@ impl Figures {
             rows,
             json: self.json(args),
         }
+    }
+
+    /// Raft proposals per second from the first PUT until all were active.
+    fn submit_proposal_rate(&self) -> f64 {
+        self.submit.after.proposals(&self.submit.before)
+            / self.submit.all_active.as_secs_f64().max(1e-3)
     }
 
     /// Per-unit share of a count over the submission.
@@ -1544,6 +1756,21 @@ impl Figures {
                 String::new(),
             ),
             row(
+                "etcd Raft proposals per second (submit → active)",
+                format!("{:.0}", self.submit_proposal_rate()),
+                self.check_perf
+                    .as_ref()
+                    .map(|perf| {
+                        format!(
+                            "{:.0}% of the ceiling (check perf {}: {:.0} writes/s)",
+                            100.0 * self.submit_proposal_rate() / perf.writes_per_s.max(1.0),
+                            perf.load,
+                            perf.writes_per_s
+                        )
+                    })
+                    .unwrap_or_default(),
+            ),
+            row(
                 "etcd bytes received per unit (client gRPC)",
                 format!(
                     "{:.0} B",
@@ -1589,11 +1816,23 @@ impl Figures {
             ),
             row("CPU used, idle window", idle.cpu.describe(), String::new()),
         ];
+        let unavailable = SUBMIT_UNAVAILABLE.load(Ordering::Relaxed);
+        if unavailable > 0 {
+            rows.push(row(
+                "PUTs still 503 after the client's retries (sent again; see stderr)",
+                unavailable.to_string(),
+                String::new(),
+            ));
+        }
         if self.sim_errors > 0 {
             rows.push(row(
                 "simulated agent errors (see stderr)",
                 self.sim_errors.to_string(),
-                String::new(),
+                self.sim_errors_by_kind
+                    .iter()
+                    .map(|(kind, n)| format!("{kind} {n}"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
             ));
         }
         rows
@@ -1651,6 +1890,15 @@ impl Figures {
                 "fleetctl_list_units": secs(lists.fleetctl),
             },
             "simulated_agent_errors": self.sim_errors,
+            "submit_503_after_client_retries": SUBMIT_UNAVAILABLE.load(Ordering::Relaxed),
+            "simulated_agent_errors_by_kind": self.sim_errors_by_kind,
+            "etcd_members": args.etcd_members,
+            "submit_proposals_per_s": self.submit_proposal_rate(),
+            "check_perf": self.check_perf.as_ref().map(|perf| serde_json::json!({
+                "load": perf.load,
+                "writes_per_s": perf.writes_per_s,
+                "verdict": perf.verdict,
+            })),
             "cpu": { "submit_to_active": submit.cpu.json(), "idle": idle.cpu.json() },
         })
     }
@@ -1670,8 +1918,11 @@ fn print_table(args: &Args, report: &Report) {
         .max()
         .unwrap_or(0);
     println!(
-        "\nfleet scale benchmark: {} machines, {} units",
-        args.machines, args.units
+        "\nfleet scale benchmark: {} machines, {} units, {} etcd member{}",
+        args.machines,
+        args.units,
+        args.etcd_members,
+        if args.etcd_members == 1 { "" } else { "s" }
     );
     for (figure, value, target) in &report.rows {
         println!("  {figure:<width$}  {value:>value_width$}  {target}");

@@ -47,7 +47,7 @@ impl Registry {
         let specs = self
             .get_prefix("list rollouts", self.keys().rollouts(), None)
             .await?;
-        let at = Some(header_revision(&specs));
+        let at = Some(specs.revision());
         let progress = self
             .get_prefix(
                 "list rollout progress",

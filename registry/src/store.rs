@@ -179,6 +179,27 @@ pub(crate) fn header_revision(response: &GetResponse) -> Revision {
     Revision::new(response.header().map_or(0, |header| header.revision()))
 }
 
+/// The keys of a large read take at most this many keys per request
+/// ([`Registry::get_prefix`]).
+const LIST_PAGE: i64 = 10_000;
+
+/// Every key under a prefix, read at one revision (possibly in pages).
+pub(crate) struct PrefixListing {
+    kvs: Vec<KeyValue>,
+    revision: Revision,
+}
+
+impl PrefixListing {
+    pub(crate) fn kvs(&self) -> &[KeyValue] {
+        &self.kvs
+    }
+
+    /// The revision every page was read at.
+    pub(crate) fn revision(&self) -> Revision {
+        self.revision
+    }
+}
+
 /// Whether etcd is reached over TLS (any of the TLS files is configured).
 pub(crate) fn uses_tls(config: &RegistryConfig) -> bool {
     config.ca_file.is_some() || config.cert_file.is_some() || config.key_file.is_some()
@@ -366,18 +387,58 @@ impl Registry {
         .await
     }
 
-    /// Every key under `prefix`, at `revision` (latest when `None`).
+    /// Every key under `prefix`, at `revision` (latest when `None`), read in
+    /// pages of [`LIST_PAGE`] keys, every page at the revision of the first,
+    /// each its own request with its own deadline. One range of 100,000
+    /// keys can take an etcd busy with writes longer than the request
+    /// timeout; pages make a large listing slower under load rather than
+    /// failed, and keep each of etcd's answers small.
     pub(crate) async fn get_prefix(
         &self,
         op: &'static str,
         prefix: String,
         revision: Option<Revision>,
+    ) -> Result<PrefixListing, RegistryError> {
+        let end = prefix_end(&prefix);
+        let mut revision = revision;
+        let mut from = prefix.into_bytes();
+        let mut kvs = Vec::new();
+        loop {
+            let mut options = GetOptions::new()
+                .with_range(end.clone())
+                .with_limit(LIST_PAGE);
+            if let Some(revision) = revision {
+                options = options.with_revision(revision.get());
+            }
+            let mut page = self.get_bytes(op, from.clone(), options).await?;
+            let at = *revision.get_or_insert_with(|| header_revision(&page));
+            let more = page.more();
+            let page_kvs = page.take_kvs();
+            let Some(last) = page_kvs.last() else {
+                return Ok(PrefixListing { kvs, revision: at });
+            };
+            // The next page starts just after the last key of this one.
+            from = last.key().to_vec();
+            from.push(0);
+            kvs.extend(page_kvs);
+            if !more {
+                return Ok(PrefixListing { kvs, revision: at });
+            }
+        }
+    }
+
+    async fn get_bytes(
+        &self,
+        op: &'static str,
+        key: Vec<u8>,
+        options: GetOptions,
     ) -> Result<GetResponse, RegistryError> {
-        let options = match revision {
-            Some(revision) => prefix_options().with_revision(revision.get()),
-            None => prefix_options(),
-        };
-        self.get(op, prefix, Some(options)).await
+        // Retry-safe: a read.
+        self.run(op, |mut clients| {
+            let (key, options) = (key.clone(), options.clone());
+            async move { clients.kv.get(key, Some(options)).await }
+        })
+        .await
     }
 
     /// Runs a txn. Retry-safe only because every txn of this module is a

@@ -103,10 +103,7 @@ impl Registry {
                 None,
             )
             .await?;
-        Ok((
-            self.decode_placements(response.kvs()),
-            header_revision(&response),
-        ))
+        Ok((self.decode_placements(response.kvs()), response.revision()))
     }
 
     /// A placement (a key under `P/engine/schedule/`).
@@ -130,7 +127,7 @@ impl Registry {
         let machines = self
             .get_prefix("snapshot machines", self.keys.machines(), None)
             .await?;
-        let revision = header_revision(&machines);
+        let revision = machines.revision();
         let at = Some(revision);
         let metadata = self
             .get_prefix("snapshot metadata", self.keys.all_metadata(), at)

@@ -103,3 +103,50 @@ async fn unit_states_vanish_with_the_lease_and_are_deleted_per_machine() {
     registry.revoke_lease(lease1).await.expect("revoke");
     assert_eq!(registry.unit_states().await.expect("states"), vec![]);
 }
+
+/// Listings are read in pages of 10,000 keys (each its own request, all at
+/// the revision of the first): a listing of more keys than one page is
+/// whole, without a key twice.
+#[tokio::test]
+async fn a_listing_larger_than_a_page_is_read_whole() {
+    let (_etcd, registry) = registry("states-paged").await;
+    // Long enough for 10,050 puts on a loaded machine without keep-alives.
+    let lease = registry
+        .grant_lease(Duration::from_secs(600))
+        .await
+        .expect("grant");
+    registry
+        .register_machine(&machine("m1"), lease)
+        .await
+        .expect("register m1");
+    let n = 10_050;
+    let names: Vec<String> = (0..n).map(|i| format!("u{i:05}.service")).collect();
+    for chunk in names.chunks(32) {
+        let mut puts = tokio::task::JoinSet::new();
+        for name in chunk {
+            let (registry, state) = (registry.clone(), state(name, "m1"));
+            // A loaded test machine may miss the 2 s deadline now and then;
+            // the put is idempotent, so send it again.
+            puts.spawn(async move {
+                let mut attempts = 0;
+                loop {
+                    match registry.put_unit_state(&state, lease).await {
+                        Err(error) if error.is_retriable() && attempts < 5 => attempts += 1,
+                        done => return done,
+                    }
+                }
+            });
+        }
+        while let Some(put) = puts.join_next().await {
+            put.expect("the put task").expect("put");
+        }
+    }
+    let listed: Vec<String> = registry
+        .unit_states()
+        .await
+        .expect("states")
+        .into_iter()
+        .map(|state| state.unit.as_str().to_owned())
+        .collect();
+    assert_eq!(listed, names, "every state once, in key order");
+}
