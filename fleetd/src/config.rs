@@ -24,6 +24,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use fleet_registry::{RegistryConfig, SrvDiscovery};
+use fleet_systemd::unit::OnPartition;
+
+use crate::agent::FenceConfig;
 
 /// Where fleetd looks for its config file when no `-config` is given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/fleet/fleet.conf";
@@ -65,6 +68,7 @@ pub const OPTION_NAMES: &[&str] = &[
     // Fail-safe behaviour (Documentation/reliability.md).
     "unload_breaker_fraction",
     "machine_restart_grace",
+    "on_partition",
     // API security (Documentation/security.md).
     "api_tls_cert_file",
     "api_tls_key_file",
@@ -218,6 +222,10 @@ pub struct Config {
     /// machine whose fleetd stopped cleanly may stay away before its units
     /// move (they were left running). New.
     pub machine_restart_grace: Duration,
+    /// `on_partition` (`stop` or `keep-running`, default `stop`): whether
+    /// this machine, cut off from etcd, stops its movable units before the
+    /// engine may start them elsewhere (self-fencing). New.
+    pub on_partition: OnPartition,
     /// `api_tls_cert_file` (PEM, default empty = plaintext TCP): the API's
     /// server certificate (chain); with it every TCP listener speaks only TLS. New.
     pub api_tls_cert_file: String,
@@ -290,6 +298,7 @@ impl Default for Config {
             allow_host_unit_override: false,
             unload_breaker_fraction: 0.5,
             machine_restart_grace: Duration::from_secs(900),
+            on_partition: OnPartition::Stop,
             api_tls_cert_file: String::new(),
             api_tls_key_file: String::new(),
             api_tls_client_ca_file: String::new(),
@@ -474,6 +483,14 @@ impl Config {
             allow_host_unit_override: self.allow_host_unit_override,
             unload_breaker_fraction: self.unload_breaker_fraction,
         }
+    }
+
+    /// The self-fencing clocks; `None` when this machine keeps its units
+    /// running through a partition (`on_partition=keep-running`) or runs
+    /// no agent.
+    pub fn fence(&self) -> Option<FenceConfig> {
+        (!self.disable_agent && self.on_partition == OnPartition::Stop)
+            .then(|| FenceConfig::new(self.agent_ttl, self.machine_loss_grace))
     }
 
     /// How to reach etcd. With `etcd_discovery_srv` the endpoints are
@@ -774,6 +791,12 @@ impl RawValues {
                 d.unload_breaker_fraction,
             )?,
             machine_restart_grace: seconds("machine_restart_grace", d.machine_restart_grace, true)?,
+            on_partition: self.typed(
+                "on_partition",
+                "stop or keep-running",
+                OnPartition::parse,
+                d.on_partition,
+            )?,
             api_tls_cert_file: self.text("api_tls_cert_file", d.api_tls_cert_file),
             api_tls_key_file: self.text("api_tls_key_file", d.api_tls_key_file),
             api_tls_client_ca_file: self.text("api_tls_client_ca_file", d.api_tls_client_ca_file),
