@@ -1292,6 +1292,24 @@ stop_units_on_shutdown = TRUE
     }
 
     #[test]
+    fn on_partition_turns_self_fencing_on_or_off_and_refuses_other_values() {
+        let (config, _) = from_file("agent_ttl = 5s\nmachine_loss_grace = 12\n").expect("loads");
+        let fence = config.fence().expect("fencing is on by default");
+        assert_eq!(fence.margin, Duration::from_secs(5));
+        let (config, _) = from_file("on_partition = keep-running\n").expect("loads");
+        assert_eq!(config.on_partition, OnPartition::KeepRunning);
+        assert_eq!(config.fence(), None);
+        let (config, _) = from_file("disable_agent = true\n").expect("loads");
+        assert_eq!(config.fence(), None, "no agent, no fence");
+        let error = from_file("on_partition = maybe\n").expect_err("invalid");
+        let message = error.to_string();
+        assert!(
+            message.contains("on_partition") && message.contains("stop or keep-running"),
+            "{message}"
+        );
+    }
+
+    #[test]
     fn bad_values_name_the_option_the_value_and_the_form() {
         let (option, message) = invalid_option(from_env(&[("FLEET_TOKEN_LIMIT", "lots")]));
         assert_eq!(option, "token_limit");

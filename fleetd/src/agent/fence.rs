@@ -351,7 +351,19 @@ impl Fence {
             }
             if self.survey_due(Moment::now()) {
                 let sent = Moment::now();
-                let survey = registry.survey().await;
+                let survey = registry.survey();
+                tokio::pin!(survey);
+                // A survey takes up to a request deadline; the clock is
+                // watched meanwhile, so it never delays the fence.
+                let survey = loop {
+                    tokio::select! {
+                        () = shutdown.cancelled() => return Ok(()),
+                        survey = &mut survey => break survey,
+                        () = tokio::time::sleep(TICK) => {
+                            self.verdict();
+                        }
+                    }
+                };
                 self.surveyed(&survey, sent, Moment::now());
             }
             // Latches (and logs, and wakes the agent) when due.
