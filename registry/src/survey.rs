@@ -5,7 +5,9 @@
 //! renews every lease for a full TTL when it takes office. So when every
 //! member either answers "no leader" or is not running at all, no lease can
 //! expire until etcd has a leader again, and nothing of this machine can be
-//! moved: that is a quorum loss, not a partition of this machine.
+//! moved: that is a quorum loss, not a partition of this machine. Members
+//! that do not answer are taken as down (see [`Survey::cluster_is_leaderless`]
+//! for the risk that accepts).
 //!
 //! The judgement ([`Survey::cluster_is_leaderless`]) is pure; the asking is
 //! `Registry::survey` (each member's `Status`, which a member serves from
@@ -33,22 +35,21 @@ pub struct Survey {
 }
 
 impl Survey {
-    /// Whether this survey proves that etcd as a whole has no leader: at
-    /// least one member answered "no leader" and every other one did too or
-    /// is not running. A member that does not answer may be leading a
-    /// majority behind a partition, and a survey in which every member
-    /// refused proves nothing about a leader elsewhere either (a firewall
-    /// that rejects looks the same): neither counts.
+    /// Whether this survey shows etcd without a leader: at least one member
+    /// answered "no leader" and none answered that it has one. Members that
+    /// did not answer are taken as down (a quorum loss: killed or stopped
+    /// members). The risk accepted: a machine cut off together with a
+    /// minority of members, while the majority it cannot reach elects a
+    /// leader, counts as leaderless too. A survey in which no member
+    /// answers (this machine is cut off) never counts.
     pub fn cluster_is_leaderless(&self) -> bool {
-        let any_leaderless = self
-            .members
+        self.members
             .iter()
-            .any(|(_, seen)| *seen == MemberSeen::Leaderless);
-        any_leaderless
-            && self
+            .any(|(_, seen)| *seen == MemberSeen::Leaderless)
+            && !self
                 .members
                 .iter()
-                .all(|(_, seen)| matches!(seen, MemberSeen::Leaderless | MemberSeen::Refused))
+                .any(|(_, seen)| *seen == MemberSeen::Led)
     }
 
     /// Whether some member answered at all (with or without a leader).
@@ -100,8 +101,8 @@ mod tests {
         check(&[Leaderless, Leaderless, Leaderless], true);
         // A partition of this machine: nobody answers.
         check(&[lost(), lost(), lost()], false);
-        // This machine and one member cut off from a majority that may lead.
-        check(&[Leaderless, lost(), lost()], false);
+        // Quorum loss where the dead members time out instead of refusing.
+        check(&[Leaderless, lost(), lost()], true);
         // Every member refused: a stopped etcd or a rejecting firewall.
         check(&[Refused, Refused, Refused], false);
         // Someone leads: leases expire.

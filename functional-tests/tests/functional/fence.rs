@@ -43,7 +43,10 @@ fn a_cut_off_host_stops_its_movable_units_before_they_move() -> anyhow::Result<(
     // ttl 2 s, grace 4 s: the fence falls 4 s after the last answered keep-alive (the margin is
     // half the grace), the engine may move units from 6 s on.
     for host in cluster.hosts() {
-        cluster.install_fleet(host, &["agent_ttl=2s", "machine_loss_grace=4"])?;
+        cluster.install_fleet(
+            host,
+            &["agent_ttl=2s", "machine_loss_grace=4", "on_partition=stop"],
+        )?;
     }
     let fleet = Fleet::new(&cluster, "h1")?;
     wait_until(Duration::from_secs(20), "2 machines", || {
