@@ -41,6 +41,11 @@ pub struct Unit {
         skip_serializing_if = "String::is_empty"
     )]
     pub machine_id: String,
+    /// Not in the original (an optional field it ignores): why the unit's
+    /// stored record or content cannot be used. Such a unit is listed with
+    /// its name and this error only, never hidden.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub error: String,
 }
 
 impl Unit {

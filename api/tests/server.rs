@@ -822,6 +822,57 @@ async fn get_returns_canonical_options_and_delete_removes() {
         .assert_error(404, "unit does not exist");
 }
 
+/// A unit record in etcd that is not JSON (written by someone else, or
+/// damaged) is listed with its name and an error, never hidden; the single
+/// GET says the record is corrupt; the usable units are listed as before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_undecodable_unit_record_is_reported_not_hidden() {
+    let api = Api::start("corrupt-record", 100).await;
+    api.put_unit(
+        "keep.service",
+        json!({"desiredState": "loaded", "options": [
+            {"section": "Service", "name": "ExecStart", "value": "/bin/true"},
+        ]}),
+    )
+    .await
+    .assert_status(201);
+    let junk: UnitName = "junk.service".parse().unwrap();
+    fleet_registry::testing::put_raw(&api.registry, &api.registry.keys().unit(&junk), b"not json")
+        .await
+        .expect("planting a corrupt record");
+
+    let reply = api.get("/fleet/v1/units").await;
+    reply.assert_status(200);
+    let page: UnitPage = reply.entity();
+    let names: Vec<&str> = page.units.iter().map(|unit| unit.name.as_str()).collect();
+    assert_eq!(names, ["junk.service", "keep.service"]);
+    let listed_junk = &page.units[0];
+    assert!(
+        listed_junk.error.contains("corrupt"),
+        "the listing says what is wrong: {listed_junk:?}"
+    );
+    assert!(listed_junk.options.is_empty() && listed_junk.desired_state.is_empty());
+    assert!(page.units[1].error.is_empty(), "{:?}", page.units[1]);
+    assert_eq!(page.units[1].desired_state, "loaded");
+    // The original fleetctl's entity has no `error`: the rest is what it read before.
+    let raw = reply.json();
+    assert_eq!(raw["units"][1].get("error"), None);
+
+    let reply = api.get("/fleet/v1/units/junk.service").await;
+    reply.assert_status(500);
+    let message = reply.json()["error"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        message.contains("the record of junk.service is corrupt"),
+        "the error says the record is corrupt: {message:?}"
+    );
+    api.get("/fleet/v1/units/keep.service")
+        .await
+        .assert_status(200);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn current_state_and_machine_come_from_placement_and_reported_state() {
     let api = Api::start("current-state", 100).await;

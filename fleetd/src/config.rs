@@ -24,6 +24,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use fleet_registry::{RegistryConfig, SrvDiscovery};
+use fleet_systemd::unit::OnPartition;
+
+use crate::agent::FenceConfig;
 
 /// Where fleetd looks for its config file when no `-config` is given.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/fleet/fleet.conf";
@@ -65,6 +68,7 @@ pub const OPTION_NAMES: &[&str] = &[
     // Fail-safe behaviour (Documentation/reliability.md).
     "unload_breaker_fraction",
     "machine_restart_grace",
+    "on_partition",
     // API security (Documentation/security.md).
     "api_tls_cert_file",
     "api_tls_key_file",
@@ -223,6 +227,10 @@ pub struct Config {
     /// machine whose fleetd stopped cleanly may stay away before its units
     /// move (they were left running). New.
     pub machine_restart_grace: Duration,
+    /// `on_partition` (`stop` or `keep-running`, default `keep-running`): whether
+    /// this machine, cut off from etcd, stops its movable units before the
+    /// engine may start them elsewhere (self-fencing). New.
+    pub on_partition: OnPartition,
     /// `api_tls_cert_file` (PEM, default empty = plaintext TCP): the API's
     /// server certificate (chain); with it every TCP listener speaks only TLS. New.
     pub api_tls_cert_file: String,
@@ -309,6 +317,9 @@ impl Default for Config {
             allow_host_unit_override: false,
             unload_breaker_fraction: 0.5,
             machine_restart_grace: Duration::from_secs(900),
+            // Off until a quorum loss is told from a partition reliably
+            // (Documentation/reliability.md, "Partitions: self-fencing").
+            on_partition: OnPartition::KeepRunning,
             api_tls_cert_file: String::new(),
             api_tls_key_file: String::new(),
             api_tls_client_ca_file: String::new(),
@@ -497,6 +508,14 @@ impl Config {
             allow_host_unit_override: self.allow_host_unit_override,
             unload_breaker_fraction: self.unload_breaker_fraction,
         }
+    }
+
+    /// The self-fencing clocks; `None` when this machine keeps its units
+    /// running through a partition (`on_partition=keep-running`) or runs
+    /// no agent.
+    pub fn fence(&self) -> Option<FenceConfig> {
+        (!self.disable_agent && self.on_partition == OnPartition::Stop)
+            .then(|| FenceConfig::new(self.agent_ttl, self.machine_loss_grace))
     }
 
     /// How to reach etcd. With `etcd_discovery_srv` the endpoints are
@@ -839,6 +858,12 @@ impl RawValues {
                 d.unload_breaker_fraction,
             )?,
             machine_restart_grace: seconds("machine_restart_grace", d.machine_restart_grace, true)?,
+            on_partition: self.typed(
+                "on_partition",
+                "stop or keep-running",
+                OnPartition::parse,
+                d.on_partition,
+            )?,
             api_tls_cert_file: self.text("api_tls_cert_file", d.api_tls_cert_file),
             api_tls_key_file: self.text("api_tls_key_file", d.api_tls_key_file),
             api_tls_client_ca_file: self.text("api_tls_client_ca_file", d.api_tls_client_ca_file),
@@ -1339,6 +1364,28 @@ stop_units_on_shutdown = TRUE
             Config::from_sources(file, &env(&[("FLEET_VERBOSITY", "")])).expect("loads");
         assert_eq!(config.verbosity, 0);
         assert_eq!(env_variable("etcd_servers"), "FLEET_ETCD_SERVERS");
+    }
+
+    #[test]
+    fn on_partition_turns_self_fencing_on_or_off_and_refuses_other_values() {
+        let (config, _) = from_file("agent_ttl = 5s\nmachine_loss_grace = 12\n").expect("loads");
+        assert_eq!(config.fence(), None, "off by default");
+        let (config, _) =
+            from_file("agent_ttl = 5s\nmachine_loss_grace = 12\non_partition = stop\n")
+                .expect("loads");
+        let fence = config.fence().expect("fencing is on");
+        assert_eq!(fence.margin, Duration::from_secs(5));
+        let (config, _) = from_file("on_partition = keep-running\n").expect("loads");
+        assert_eq!(config.on_partition, OnPartition::KeepRunning);
+        assert_eq!(config.fence(), None);
+        let (config, _) = from_file("disable_agent = true\n").expect("loads");
+        assert_eq!(config.fence(), None, "no agent, no fence");
+        let error = from_file("on_partition = maybe\n").expect_err("invalid");
+        let message = error.to_string();
+        assert!(
+            message.contains("on_partition") && message.contains("stop or keep-running"),
+            "{message}"
+        );
     }
 
     #[test]

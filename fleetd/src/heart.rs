@@ -5,8 +5,16 @@
 //! instead of taking over), and keeps the lease alive with keep-alives every
 //! TTL/3, which are not Raft writes: an idle machine writes nothing. Every
 //! minute it reads the machine id and public IP again and rewrites the
-//! record only if the IP changed. When the lease expires, or etcd cannot be
-//! reached for a whole TTL, it registers again from scratch.
+//! record only if the IP changed. When the lease expires it registers again
+//! from scratch. When etcd cannot be reached for a whole TTL, the machine
+//! counts as unregistered (presence `None`) but the heart keeps sending
+//! keep-alives for the same lease: after a quorum loss or an etcd restart
+//! the new leader has renewed it, and taking it up again is quicker (and
+//! moves nothing) than waiting for it to expire before registering anew.
+//!
+//! With self-fencing ([`Heart::with_fence`]) it tells the [`Fence`] the send
+//! time of every keep-alive etcd answered and of every new lease: the fence's
+//! clock starts there.
 //!
 //! The current lease is published as [`Presence`]: the agent writes unit
 //! states under it, and the server turns it into the API's availability
@@ -29,6 +37,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
+use crate::agent::fence::{Fence, Moment};
 use crate::backoff::Backoff;
 use crate::machine::LocalMachine;
 
@@ -70,13 +79,15 @@ pub struct Heart {
     presence: watch::Sender<Option<LeaseId>>,
     /// Leave a clean-stop mark at shutdown (the units keep running).
     clean_stop_mark: bool,
+    /// Told of every answered keep-alive and new lease (self-fencing).
+    fence: Option<Fence>,
 }
 
 /// Why a registration ended.
 enum Ended {
     /// Shutdown was asked for; the lease is still ours.
     Shutdown,
-    /// The lease expired or could not be kept alive; register again.
+    /// The lease expired; register again.
     Lost,
 }
 
@@ -91,6 +102,7 @@ impl Heart {
                 local,
                 presence,
                 clean_stop_mark: false,
+                fence: None,
             },
             receiver,
         )
@@ -101,6 +113,12 @@ impl Heart {
     /// leaves units running at shutdown should say so).
     pub fn with_clean_stop_mark(mut self, mark: bool) -> Heart {
         self.clean_stop_mark = mark;
+        self
+    }
+
+    /// Tells `fence` when the lease was last proven alive.
+    pub fn with_fence(mut self, fence: Option<Fence>) -> Heart {
+        self.fence = fence;
         self
     }
 
@@ -174,9 +192,15 @@ impl Heart {
 
     async fn register_once(&self) -> Result<(MachineState, LeaseId), RegisterError> {
         let state = self.local.state()?;
+        let sent = Moment::now();
         let lease = self.registry.grant_lease(self.config.ttl).await?;
         match self.registry.register_machine(&state, lease).await {
-            Ok(()) => Ok((state, lease)),
+            Ok(()) => {
+                if let Some(fence) = &self.fence {
+                    fence.registered(sent);
+                }
+                Ok((state, lease))
+            }
             Err(error) => {
                 // Do not leave a useless lease behind; if this fails too, it
                 // expires by itself within a TTL.
@@ -205,13 +229,24 @@ impl Heart {
         // One stream for every keep-alive of this lease, re-opened on
         // another etcd member when it breaks.
         let mut keeper = LeaseKeepAlive::new(&self.registry, lease);
+        // Whether etcd has not answered for a whole TTL (presence withdrawn).
+        let mut unreachable = false;
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => return Ended::Shutdown,
                 () = tokio::time::sleep_until(next_keep_alive) => {
+                    let sent = Moment::now();
                     match keeper.keep_alive().await {
                         Ok(Some(remaining)) => {
                             debug!(%lease, ?remaining, "Kept the machine lease alive.");
+                            if let Some(fence) = &self.fence {
+                                fence.renewed(sent);
+                            }
+                            if unreachable {
+                                unreachable = false;
+                                info!(%lease, "etcd answers again and this machine's lease is still alive; registered again with it.");
+                                self.presence.send_replace(Some(lease));
+                            }
                             last_success = Instant::now();
                             next_keep_alive = last_success + period;
                         }
@@ -220,12 +255,16 @@ impl Heart {
                             return Ended::Lost;
                         }
                         Err(error) => {
-                            if last_success.elapsed() >= ttl {
+                            if !unreachable && last_success.elapsed() >= ttl {
                                 // The original's wording; tests grep for it.
                                 error!(%error, "Server monitor triggered: Monitor timed out before successful heartbeat");
-                                return Ended::Lost;
+                                // Nothing can be written under the lease now,
+                                // but it may outlive the outage: keep asking.
+                                unreachable = true;
+                                self.presence.send_replace(None);
+                            } else {
+                                warn!(%error, %lease, "Keeping the machine lease alive failed; retrying.");
                             }
-                            warn!(%error, %lease, "Keeping the machine lease alive failed; retrying.");
                             next_keep_alive = Instant::now() + retry_period;
                         }
                     }

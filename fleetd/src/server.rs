@@ -40,7 +40,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, error, info, info_span, warn};
 
-use crate::agent::Agent;
+use crate::agent::{Agent, Fence};
 use crate::config::{Config, DEFAULT_CONFIG_PATH, Loaded};
 use crate::engine::Engine;
 use crate::etcd_role::EtcdRole;
@@ -270,8 +270,10 @@ impl Generation {
             LocalMachine::from_config(config),
         );
         // Units keep running through a clean stop unless the agent stops them.
-        let heart =
-            heart.with_clean_stop_mark(!config.disable_agent && !config.stop_units_on_shutdown);
+        let fence = config.fence().map(Fence::new);
+        let heart = heart
+            .with_clean_stop_mark(!config.disable_agent && !config.stop_units_on_shutdown)
+            .with_fence(fence.clone());
         let spawn =
             |name: &'static str,
              task: std::pin::Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>| {
@@ -303,8 +305,19 @@ impl Generation {
                 registry.clone(),
                 machine.clone(),
                 presence.clone(),
-            );
+            )
+            .with_fence(fence.clone());
             spawn("agent", Box::pin(agent.run(shutdown.child_token())));
+            match fence {
+                Some(fence) => {
+                    info!(config = ?fence.config(), "Self-fencing is on: cut off from etcd, this machine stops its movable units before the engine may move them.");
+                    spawn(
+                        "fence",
+                        Box::pin(fence.run(registry.clone(), shutdown.child_token())),
+                    );
+                }
+                None => info!("Self-fencing is off on this machine (on_partition=keep-running)."),
+            }
             let health = crate::agent::health::HealthChecks::new(
                 registry.clone(),
                 machine.clone(),

@@ -45,12 +45,15 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock, Weak};
 use std::time::Duration;
 
-use etcd_client::{Client, ConnectOptions, GetOptions, KvClient, LeaseClient, WatchClient};
+use etcd_client::{
+    Client, ConnectOptions, GetOptions, KvClient, LeaseClient, MaintenanceClient, WatchClient,
+};
 use tokio::sync::{Notify, OnceCell};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::store::RegistryError;
+use crate::survey::MemberSeen;
 
 /// How often a down member is probed.
 pub const PROBE_INTERVAL: Duration = Duration::from_millis(500);
@@ -71,6 +74,8 @@ pub(crate) struct Clients {
     pub(crate) kv: KvClient,
     pub(crate) watch: WatchClient,
     pub(crate) lease: LeaseClient,
+    /// For `Status`, which a member answers without a leader (the survey).
+    pub(crate) maintenance: MaintenanceClient,
 }
 
 /// One etcd member: its URL, its connection and whether it answers.
@@ -143,6 +148,22 @@ pub(crate) fn is_member_failure(error: &etcd_client::Error) -> bool {
         ),
         _ => false,
     }
+}
+
+/// Whether `error` is a refused TCP connection (the member's machine is
+/// reachable and nothing listens), found in the error's source chain or,
+/// as tonic sometimes flattens it, in its text.
+fn is_refused(error: &etcd_client::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(current) = source {
+        if let Some(io) = current.downcast_ref::<std::io::Error>()
+            && io.kind() == std::io::ErrorKind::ConnectionRefused
+        {
+            return true;
+        }
+        source = current.source();
+    }
+    error.to_string().contains("Connection refused")
 }
 
 /// How one attempt ended.
@@ -369,10 +390,46 @@ impl Endpoints {
                         .watch_client()
                         .max_decoding_message_size(MAX_RESPONSE_BYTES),
                     lease: client.lease_client(),
+                    maintenance: client.maintenance_client(),
                 })
             })
             .await?;
         Ok(clients.clone())
+    }
+
+    /// Asks every member, at once, for its status (served by the member
+    /// itself, with or without a leader), each within the request deadline.
+    /// Health marks are left alone: this is an observation, not routing.
+    pub(crate) async fn survey(self: &Arc<Self>) -> Vec<(String, MemberSeen)> {
+        let mut asked = tokio::task::JoinSet::new();
+        for member in self.members().iter() {
+            let (endpoints, member) = (Arc::clone(self), Arc::clone(member));
+            asked.spawn(async move {
+                let status = async {
+                    let mut maintenance = endpoints.clients(&member).await?.maintenance;
+                    maintenance.status().await
+                };
+                let seen = match tokio::time::timeout(endpoints.request_timeout, status).await {
+                    Ok(Ok(status)) if status.leader() == 0 => MemberSeen::Leaderless,
+                    Ok(Ok(_)) => MemberSeen::Led,
+                    Ok(Err(error)) if is_refused(&error) => MemberSeen::Refused,
+                    Ok(Err(error)) => MemberSeen::Unreachable(error.to_string()),
+                    Err(_) => {
+                        MemberSeen::Unreachable("no answer within the request timeout".to_owned())
+                    }
+                };
+                (member.url.clone(), seen)
+            });
+        }
+        let mut seen = Vec::new();
+        while let Some(answer) = asked.join_next().await {
+            // A survey task only awaits; it panics only if a dependency does.
+            if let Ok(answer) = answer {
+                seen.push(answer);
+            }
+        }
+        seen.sort_by(|a, b| a.0.cmp(&b.0));
+        seen
     }
 
     /// Marks a member down and starts its probe (unless one runs); wakes

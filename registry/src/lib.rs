@@ -16,6 +16,9 @@
 //!   (`etcd_discovery_srv`), looked up again while fleetd runs.
 //! - `keepalive`: [`LeaseKeepAlive`], one long-lived keep-alive stream per lease.
 //! - `wire` (private): the JSON values stored in etcd, converted by hand.
+//! - [`survey`]: what each etcd member says about its leader, asked when
+//!   this machine's lease cannot be renewed (self-fencing tells a partition
+//!   from a leaderless etcd by it).
 //! - [`cordon`]: cordoned and draining machines (stored, read by the engine).
 //! - [`testing`] (feature `testing`): a real etcd on free loopback ports for tests.
 //!
@@ -40,6 +43,7 @@ pub mod keys;
 pub use fleet_model as model;
 pub mod rollouts;
 pub mod store;
+pub mod survey;
 #[cfg(feature = "testing")]
 #[allow(clippy::unwrap_used)] // test support: a broken fixture should stop the test
 pub mod testing;

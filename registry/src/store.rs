@@ -57,6 +57,7 @@ mod watch;
 
 pub use machines::{MetadataOp, merge_metadata};
 pub use schedule::{Leadership, SCHEDULE_BATCH, ScheduleChange, ScheduleReasons, Snapshot};
+pub use units::{UnitListing, UnusableUnit};
 pub use watch::{WatchEvent, WatchEventKind, WatchStream};
 
 /// HTTP/2 pings on the etcd connection, so a dead etcd is noticed by watches
@@ -349,6 +350,15 @@ impl Registry {
     /// ones that are not; see `Documentation/architecture.md`).
     pub fn endpoint_health(&self) -> Vec<(String, bool)> {
         self.inner.endpoints.health()
+    }
+
+    /// Asks every etcd member at once what it knows of its leader (see
+    /// [`crate::survey`]); takes at most one request deadline. Never an
+    /// error: a member that cannot be asked is reported as such.
+    pub async fn survey(&self) -> crate::survey::Survey {
+        crate::survey::Survey {
+            members: self.inner.endpoints.survey().await,
+        }
     }
 
     /// Runs one request on a live etcd member, with the request deadline,

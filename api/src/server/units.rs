@@ -38,12 +38,32 @@ pub(super) async fn list(shared: &Shared, query: &Query) -> Result<Response, Api
 }
 
 /// Every unit's entity with its current state and machine, sorted by name.
+/// A unit whose record or content is unusable is listed by name with its
+/// `error`, never hidden.
 async fn read_unit_entities(shared: &Shared) -> Result<Vec<entities::Unit>, ApiError> {
     let registry = &shared.api.registry;
-    let all_units = registry
-        .units()
+    let listing = registry
+        .unit_listing()
         .await
         .map_err(|error| ApiError::registry("list units", error))?;
+    let mut units = read_usable_entities(shared, &listing.units).await?;
+    if !listing.unusable.is_empty() {
+        units.extend(listing.unusable.iter().map(|unusable| entities::Unit {
+            name: unusable.name.to_string(),
+            error: unusable.problem.clone(),
+            ..entities::Unit::default()
+        }));
+        units.sort_by(|a, b| a.name.cmp(&b.name));
+    }
+    Ok(units)
+}
+
+/// The entities of `all_units` with their current state and machine.
+async fn read_usable_entities(
+    shared: &Shared,
+    all_units: &[Unit],
+) -> Result<Vec<entities::Unit>, ApiError> {
+    let registry = &shared.api.registry;
     let mut units = Vec::with_capacity(all_units.len());
     if all_units.is_empty() {
         return Ok(units);
@@ -67,7 +87,7 @@ async fn read_unit_entities(shared: &Shared) -> Result<Vec<entities::Unit>, ApiE
         .iter()
         .map(|state| ((&state.unit, &state.machine), state.reached))
         .collect();
-    for unit in &all_units {
+    for unit in all_units {
         let mut entity = unit_entity(unit);
         if is_global(unit) {
             // Quirk of the original, kept: the list reports global
@@ -368,6 +388,7 @@ fn unit_entity(unit: &Unit) -> entities::Unit {
         desired_state: unit.desired_state.as_str().to_owned(),
         current_state: String::new(),
         machine_id: String::new(),
+        error: String::new(),
     }
 }
 

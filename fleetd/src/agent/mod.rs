@@ -16,6 +16,11 @@
 //! others: its failure is logged with systemd's message, shows in its
 //! reported state, and the pass is retried with backoff.
 //!
+//! Self-fencing ([`fence`]): when the machine's lease may have expired long
+//! enough for the engine to move its units, a pass stops the movable ones
+//! (their target is taken as `loaded`) before anything else; when etcd is
+//! back the schedule is read afresh before any unit starts again.
+//!
 //! Restart adoption: units a previous fleetd left running with the right
 //! content are adopted, never restarted. Shutdown leaves units running unless
 //! `stop_units_on_shutdown`, which stops and unloads them once, within a
@@ -23,6 +28,7 @@
 
 mod batch;
 mod breaker;
+pub mod fence;
 pub mod health;
 mod plan;
 mod units_dir;
@@ -36,7 +42,8 @@ use fleet_registry::changes::{Change, ChangeStream, Changed, Watched};
 use fleet_registry::store::{LeaseId, Revision};
 use fleet_registry::{MachineId, Registry, RegistryError, TargetState, UnitState};
 use fleet_systemd::dbus::{DbusError, Event, Events, Manager, UnitStatus};
-use fleet_systemd::unit::{UnitFile, UnitHash, UnitName};
+use fleet_systemd::unit::{Requirements, UnitFile, UnitHash, UnitName};
+use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::pacing::Pacer;
@@ -48,6 +55,7 @@ use crate::config::AgentConfig;
 use crate::heart::Presence;
 
 pub use breaker::{BreakerEvent, UnloadBreaker};
+pub use fence::{Fence, FenceConfig, Verdict};
 pub use plan::{Current, Desired, Task, plan, with_pending_reload};
 pub use units_dir::{UnitsDir, UnitsDirError};
 
@@ -180,6 +188,12 @@ pub struct Agent {
     fresh_loads: BTreeSet<UnitName>,
     /// Units unloaded this pass whose stop job systemd may not have run yet.
     stopping: Vec<UnitName>,
+    /// Self-fencing; `None` when the machine opted out.
+    fence: Option<Fence>,
+    /// While fenced: the units kept stopped (computed at each fenced pass).
+    fenced: Option<BTreeSet<UnitName>>,
+    /// Whether the units of the current fence were logged.
+    fence_announced: bool,
 }
 
 impl Agent {
@@ -215,7 +229,16 @@ impl Agent {
             unreloaded: BTreeSet::new(),
             fresh_loads: BTreeSet::new(),
             stopping: Vec::new(),
+            fence: None,
+            fenced: None,
+            fence_announced: false,
         }
+    }
+
+    /// Fences this machine's movable units with `fence` (see [`fence`]).
+    pub fn with_fence(mut self, fence: Option<Fence>) -> Agent {
+        self.fence = fence;
+        self
     }
 
     /// Runs until `shutdown`. systemd or etcd being unreachable is retried
@@ -285,6 +308,7 @@ impl Agent {
     ) -> Exit {
         self.rescan_units_dir().await;
         let mut loop_state = Serving::new(Instant::now());
+        let mut fence_changes = self.fence.as_ref().map(Fence::subscribe);
         loop {
             let wake = loop_state.clocks.wake();
             tokio::select! {
@@ -298,6 +322,7 @@ impl Agent {
                     Err(error) => return Exit::SystemdLost(error),
                 },
                 batch = next_batch(&mut loop_state.schedule) => self.on_schedule_batch(batch, &mut loop_state),
+                () = fence_changed(&mut fence_changes) => {}
                 changed = self.presence.changed(), if loop_state.presence_open => {
                     if changed.is_err() {
                         // The heart is gone: nothing more will change.
@@ -352,6 +377,9 @@ impl Agent {
     /// reconcile (or resync), publish unit states.
     async fn run_due(&mut self, manager: &Manager, loop_state: &mut Serving) -> Result<(), Exit> {
         let now = Instant::now();
+        // First: a thawed machine whose fence instant passed acts on nothing
+        // before it stopped its movable units.
+        self.follow_fence(loop_state, now);
         if Clocks::take_due(&mut loop_state.clocks.list_at, now) {
             self.open_schedule_watch(loop_state, now).await;
         }
@@ -363,6 +391,67 @@ impl Agent {
             self.publish_due(manager, loop_state, now).await?;
         }
         Ok(())
+    }
+
+    /// Takes up the fence's verdict: a new fence makes a pass due at once;
+    /// a lifted one forgets the schedule, which is read afresh before any
+    /// pass (units moved away meanwhile must not start again).
+    fn follow_fence(&mut self, loop_state: &mut Serving, now: Instant) {
+        let Some(fence) = &self.fence else {
+            return;
+        };
+        match (fence.verdict(), self.fenced.is_some()) {
+            (Verdict::Fenced, false) => {
+                self.fenced = Some(BTreeSet::new());
+                self.fence_announced = false;
+                loop_state.clocks.reconcile_at = Some(now);
+            }
+            (Verdict::Open, true) => {
+                self.fenced = None;
+                self.schedule_known = false;
+                self.need_relist = true;
+                loop_state.schedule = None;
+                loop_state.clocks.list_at = Some(now);
+            }
+            _ => {}
+        }
+    }
+
+    /// While fenced: the schedule as the fence lets it run (the movable
+    /// units' `launched` taken as `loaded`), and those units noted.
+    async fn fenced_schedule(&mut self) -> Option<BTreeMap<UnitName, Desired>> {
+        self.fenced.as_ref()?;
+        let mut requirements = BTreeMap::new();
+        for (unit, desired) in &self.desired {
+            if desired.target != TargetState::Launched {
+                continue;
+            }
+            let file = match self.contents.get(&desired.hash) {
+                Some(file) => Some(Arc::clone(file)),
+                None => self.units.read(unit).await.map(Arc::new),
+            };
+            requirements.insert(unit.clone(), file.map(|file| Requirements::of(&file, unit)));
+        }
+        let movable = fence::movable_units(&requirements);
+        let mut desired = self.desired.clone();
+        for unit in &movable {
+            if let Some(desired) = desired.get_mut(unit) {
+                desired.target = TargetState::Loaded;
+            }
+        }
+        if !self.fence_announced {
+            self.fence_announced = true;
+            error!(
+                target: "fleet::audit",
+                who = "fleetd self-fencing",
+                stopped = movable.len(),
+                kept = requirements.len() - movable.len(),
+                units = ?movable,
+                "Self-fencing: stopping this machine's movable units until it reaches etcd again."
+            );
+        }
+        self.fenced = Some(movable);
+        Some(desired)
     }
 
     /// Lists the schedule if needed and watches it; a failure is retried
@@ -622,7 +711,9 @@ impl Agent {
                 (unit.clone(), current)
             })
             .collect();
-        let tasks = with_pending_reload(plan(&self.desired, &current), self.reload_pending);
+        let fenced = self.fenced_schedule().await;
+        let desired = fenced.as_ref().unwrap_or(&self.desired);
+        let tasks = with_pending_reload(plan(desired, &current), self.reload_pending);
         let tasks = self.hold_unordered_unloads(tasks).await;
         let mut all_ok = !self.breaker.is_tripped();
         if !tasks.is_empty() {
@@ -728,6 +819,13 @@ impl Agent {
         self.failures.retain(|unit, _| managed.contains(unit));
         self.left_at.retain(|unit, _| managed.contains(unit));
         self.unreloaded.retain(|unit| managed.contains(unit));
+        if fenced.is_some()
+            && all_ok
+            && let Some(fence) = &self.fence
+        {
+            // The units are stopped: a renewal from now on may lift it.
+            fence.applied();
+        }
         Ok(all_ok)
     }
 
@@ -1254,6 +1352,19 @@ impl Agent {
         if tokio::time::timeout(SHUTDOWN_DEADLINE, work).await.is_err() {
             warn!(after = ?SHUTDOWN_DEADLINE, "Unloading the units at shutdown did not finish in time; leaving the rest.");
         }
+    }
+}
+
+/// Ready when the fence's verdict may have changed; never without a fence
+/// (or once the fence is gone).
+async fn fence_changed(changes: &mut Option<watch::Receiver<u64>>) {
+    match changes {
+        Some(receiver) => {
+            if receiver.changed().await.is_err() {
+                *changes = None;
+            }
+        }
+        None => std::future::pending().await,
     }
 }
 

@@ -91,6 +91,13 @@ impl UnitsDir {
         }
     }
 
+    /// The file of `unit` as written, if it is there and parses (`None`
+    /// otherwise: the caller falls back to its safe default).
+    pub async fn read(&self, unit: &UnitName) -> Option<UnitFile> {
+        let text = tokio::fs::read_to_string(self.path(unit)).await.ok()?;
+        UnitFile::parse(&text).ok()
+    }
+
     /// Every unit file in the directory with the hash of its canonical text
     /// (`None` when it does not parse). Files whose name is not a unit name
     /// are skipped with a warning (never ours).

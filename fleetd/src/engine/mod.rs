@@ -27,6 +27,8 @@ pub mod loss;
 pub mod model;
 pub mod rollout_driver;
 pub mod rollouts;
+#[cfg(test)]
+mod slow_pass_tests;
 /// The pure scheduler, its own crate so nothing impure can creep in.
 pub use fleet_scheduler as scheduler;
 
@@ -95,6 +97,10 @@ pub struct Engine {
     machine: MachineId,
     breaker_window: Duration,
     status: watch::Sender<EngineStatus>,
+    /// Tests only: every pass waits at this gate first (a pass that takes
+    /// as long as the test wants).
+    #[cfg(test)]
+    pass_gate: Option<std::sync::Arc<slow_pass_tests::PassGate>>,
 }
 
 /// Why leading stopped.
@@ -112,6 +118,8 @@ impl Engine {
             machine,
             breaker_window,
             status: watch::Sender::new(EngineStatus::default()),
+            #[cfg(test)]
+            pass_gate: None,
         }
     }
 
@@ -595,6 +603,10 @@ impl<'a> Leader<'a> {
 
     /// One scheduling pass over the model; writes its decisions.
     async fn pass(&mut self) -> Result<(), RegistryError> {
+        #[cfg(test)]
+        if let Some(gate) = &self.engine.pass_gate {
+            gate.enter().await;
+        }
         // Units whose content has not come through the content watch yet
         // (it is a separate stream): read them directly.
         for name in self.model.units_without_content() {

@@ -28,10 +28,11 @@ pub enum Scenario {
     EtcdLeaderKill,
     EtcdQuorumLoss,
     EtcdRestartAll,
+    CleanStop,
 }
 
 /// Every scenario, in the order a full run takes them.
-pub const ALL: [Scenario; 9] = [
+pub const ALL: [Scenario; 10] = [
     Scenario::KillFleetd,
     Scenario::RestartAll,
     Scenario::KillEngine,
@@ -41,6 +42,7 @@ pub const ALL: [Scenario; 9] = [
     Scenario::EtcdLeaderKill,
     Scenario::EtcdQuorumLoss,
     Scenario::EtcdRestartAll,
+    Scenario::CleanStop,
 ];
 
 /// What a scenario broke, so it can be healed.
@@ -67,6 +69,7 @@ impl Scenario {
             Scenario::EtcdLeaderKill => "etcd-leader-kill",
             Scenario::EtcdQuorumLoss => "etcd-quorum-loss",
             Scenario::EtcdRestartAll => "etcd-restart-all",
+            Scenario::CleanStop => "clean-stop",
         }
     }
 
@@ -79,7 +82,10 @@ impl Scenario {
     pub fn touched(self, target: &Target) -> Vec<String> {
         match (self, target) {
             (
-                Scenario::KillHost | Scenario::FreezeHost | Scenario::PartitionHost,
+                Scenario::KillHost
+                | Scenario::FreezeHost
+                | Scenario::PartitionHost
+                | Scenario::CleanStop,
                 Target::Host(Some(host)),
             ) => vec![host.clone()],
             _ => Vec::new(),
@@ -96,6 +102,7 @@ impl Scenario {
             Scenario::EtcdLeaderKill => Duration::from_secs(20),
             Scenario::EtcdQuorumLoss => Duration::from_secs(60),
             Scenario::EtcdRestartAll => Duration::from_secs(2),
+            Scenario::CleanStop => loss_window + Duration::from_secs(10),
             Scenario::KillFleetd | Scenario::RestartAll | Scenario::KillEngine => Duration::ZERO,
         }
     }
@@ -141,6 +148,11 @@ impl Scenario {
             Scenario::KillHost => self.break_one(cluster, pick(3), "kill"),
             Scenario::FreezeHost => self.break_one(cluster, pick(4), "freeze"),
             Scenario::PartitionHost => self.break_one(cluster, pick(1), "cut"),
+            Scenario::CleanStop => {
+                let host = pick(3);
+                cluster.exec_ok(&host, &["systemctl", "stop", "fleet"])?;
+                Ok(Target::Host(Some(host)))
+            }
             Scenario::EtcdLeaderKill => {
                 let leader = retry("the etcd leader", || etcd_leader(cluster))?;
                 cluster.etcd_kill_member(leader)?;
@@ -179,6 +191,9 @@ impl Scenario {
             (Scenario::PartitionHost, Target::Host(Some(host))) => {
                 cluster.break_host(host, "uncut")
             }
+            (Scenario::CleanStop, Target::Host(Some(host))) => cluster
+                .exec_ok(host, &["systemctl", "start", "fleet"])
+                .map(drop),
             (_, Target::Members(members)) => {
                 for member in members {
                     cluster.etcd_start_member(*member)?;
@@ -298,6 +313,7 @@ mod tests {
             Scenario::KillHost,
             Scenario::FreezeHost,
             Scenario::PartitionHost,
+            Scenario::CleanStop,
         ] {
             assert!(scenario.hold(window) > window, "{}", scenario.name());
         }

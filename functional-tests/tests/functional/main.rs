@@ -11,6 +11,7 @@ mod dashboard;
 mod discovery;
 mod drain;
 mod enrol;
+mod fence;
 mod foundation;
 mod harness;
 mod host_units;

@@ -16,6 +16,25 @@ pub(super) fn parse_content(value: &[u8]) -> Result<UnitFile, String> {
 /// API calls for the same name at the same moment), so a few tries suffice.
 pub(super) const MAX_CAS_ATTEMPTS: usize = 8;
 
+/// Units as listed: the usable ones, and those whose record or content is
+/// not (see [`Registry::unit_listing`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct UnitListing {
+    /// Sorted by name.
+    pub units: Vec<Unit>,
+    /// Sorted by name.
+    pub unusable: Vec<UnusableUnit>,
+}
+
+/// A unit whose stored record or content cannot be used: written by
+/// someone else, or damaged. It is reported, never taken as destroyed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnusableUnit {
+    pub name: UnitName,
+    /// What is wrong, for an operator.
+    pub problem: String,
+}
+
 impl Registry {
     /// Parses every content blob once, keyed by hash.
     pub(super) fn decode_contents(
@@ -32,26 +51,69 @@ impl Registry {
     }
 
     pub(super) fn decode_units(&self, records: &[KeyValue], contents: &[KeyValue]) -> Vec<Unit> {
+        self.decode_unit_listing(records, contents).units
+    }
+
+    /// The units of `records` with their `contents`, and the units whose
+    /// record does not decode or whose content is missing or does not
+    /// parse (by name, with what is wrong; logged at WARN).
+    fn decode_unit_listing(&self, records: &[KeyValue], contents: &[KeyValue]) -> UnitListing {
         let contents = self.decode_contents(contents);
-        let mut units: Vec<Unit> = records
-            .iter()
-            .filter_map(|kv| {
-                let key = kv.key_str().ok()?;
-                let (name, hash, desired_state) = self.decode_unit_record(key, kv.value())?;
-                let Some(file) = contents.get(&hash) else {
-                    warn!(unit = %name, %hash, "The unit's content is missing; skipping the unit.");
-                    return None;
-                };
-                Some(Unit {
+        let mut listing = UnitListing::default();
+        for kv in records {
+            let Ok(key) = kv.key_str() else { continue };
+            let Some(RegistryKey::Unit(name)) = self.keys.parse(key) else {
+                continue;
+            };
+            let (hash, desired_state) = match wire::decode_unit(kv.value()) {
+                Ok(decoded) => decoded,
+                Err(message) => {
+                    warn!(unit = %name, key, %message, "The unit's record in etcd is corrupt (not a unit record); listing the unit with the error.");
+                    listing.unusable.push(UnusableUnit {
+                        name,
+                        problem: format!("the unit's record in etcd is corrupt: {message}"),
+                    });
+                    continue;
+                }
+            };
+            let Some(file) = contents.get(&hash) else {
+                warn!(unit = %name, %hash, "The unit's content is missing or does not parse; listing the unit with the error.");
+                listing.unusable.push(UnusableUnit {
                     name,
-                    file: Arc::clone(file),
-                    hash,
-                    desired_state,
-                })
-            })
-            .collect();
-        units.sort_by(|a, b| a.name.cmp(&b.name));
-        units
+                    problem: format!(
+                        "the unit's content {hash} is missing from etcd or does not parse"
+                    ),
+                });
+                continue;
+            };
+            listing.units.push(Unit {
+                name,
+                file: Arc::clone(file),
+                hash,
+                desired_state,
+            });
+        }
+        listing.units.sort_by(|a, b| a.name.cmp(&b.name));
+        listing.unusable.sort_by(|a, b| a.name.cmp(&b.name));
+        listing
+    }
+
+    /// Every unit, and every unit whose record or content is unusable (the
+    /// API lists those with an error instead of hiding them). One read per
+    /// prefix, both at one revision.
+    pub async fn unit_listing(&self) -> Result<UnitListing, RegistryError> {
+        let records = self
+            .get_prefix("list units", self.keys.units(), None)
+            .await?;
+        let revision = header_revision(&records);
+        let contents = self
+            .get_prefix(
+                "list unit contents",
+                self.keys.all_content(),
+                Some(revision),
+            )
+            .await?;
+        Ok(self.decode_unit_listing(records.kvs(), contents.kvs()))
     }
 
     /// All units sorted by name, each with its content (one read per prefix,
@@ -84,7 +146,7 @@ impl Registry {
         let (hash, desired_state) =
             wire::decode_unit(kv.value()).map_err(|message| RegistryError::Decode {
                 key: key.clone(),
-                message,
+                message: format!("the record of {name} is corrupt (not a unit record): {message}"),
             })?;
         // The content as of the record's revision: a replace right after our
         // read may already have released it.

@@ -25,6 +25,9 @@ const CONFLICTS: &str = "Conflicts";
 const X_CONFLICTS: &str = "X-Conflicts";
 const GLOBAL: &str = "Global";
 const REPLACES: &str = "Replaces";
+/// What the unit's copy on a machine cut off from etcd does (fleet's own
+/// option; the original had none).
+pub const ON_PARTITION: &str = "OnPartition";
 
 /// Every `[X-Fleet]` key the original accepts (`validRequirements`).
 const KNOWN_KEYS: &[&str] = &[
@@ -39,6 +42,7 @@ const KNOWN_KEYS: &[&str] = &[
     MACHINE_METADATA,
     GLOBAL,
     REPLACES,
+    ON_PARTITION,
     // Declared health checks, run by the agent (rolling updates wait for them).
     "HealthCheckExec",
     "HealthCheckHTTP",
@@ -65,6 +69,33 @@ pub struct Requirements {
     pub global: bool,
     /// `Replaces`: globs of units this one displaces.
     pub replaces: Vec<String>,
+    /// `OnPartition` (last value): whether a machine that lost etcd stops
+    /// this unit before the engine may start it elsewhere.
+    pub on_partition: OnPartition,
+}
+
+/// `[X-Fleet] OnPartition=`: what a copy of the unit does on a machine that
+/// cannot reach etcd for so long that the engine may move the unit away.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum OnPartition {
+    /// `stop` (the default): the machine stops the unit in time, so it never
+    /// runs twice (uniqueness over availability).
+    #[default]
+    Stop,
+    /// `keep-running`: the unit keeps running; it may run twice for as long
+    /// as the partition lasts (availability over uniqueness).
+    KeepRunning,
+}
+
+impl OnPartition {
+    /// Parses a value of the option; `None` for anything else.
+    pub fn parse(value: &str) -> Option<OnPartition> {
+        match value {
+            "stop" => Some(OnPartition::Stop),
+            "keep-running" => Some(OnPartition::KeepRunning),
+            _ => None,
+        }
+    }
 }
 
 /// The original's `parseMultivalueLine`: a value that starts and
@@ -184,6 +215,13 @@ impl RawRequirements {
                 .last()
                 .is_some_and(|value| is_truthy(value)),
             replaces: self.get(REPLACES).to_vec(),
+            // An invalid value (refused by validation; stored by someone
+            // else) keeps the safe default.
+            on_partition: self
+                .get(ON_PARTITION)
+                .last()
+                .and_then(|value| OnPartition::parse(value))
+                .unwrap_or_default(),
         }
     }
 }
@@ -274,7 +312,17 @@ pub fn validate_options(unit: &UnitFile) -> Result<(), String> {
     let stored = UnitFile::parse(&unit.serialize()).map_err(|error| error.to_string())?;
     check_reads_back(unit, &stored)?;
 
-    let requirements = Requirements::of_unnamed(unit);
+    let raw = RawRequirements::of(unit, None);
+    if let Some(value) = raw
+        .get(ON_PARTITION)
+        .iter()
+        .find(|value| OnPartition::parse(value).is_none())
+    {
+        return Err(format!(
+            "invalid value {value:?} of {ON_PARTITION}: expected \"stop\" or \"keep-running\""
+        ));
+    }
+    let requirements = raw.requirements();
     let peers = distinct(&requirements.machine_of);
     let conflicts = distinct(&requirements.conflicts);
     let replaces = distinct(&requirements.replaces);
@@ -445,6 +493,36 @@ mod tests {
         ] {
             assert_eq!(parse_multivalue_line(line), expected, "splitting {line:?}");
         }
+    }
+
+    #[test]
+    fn on_partition_is_stop_unless_keep_running_and_validated() {
+        assert_eq!(
+            requirements("a.service", &[]).on_partition,
+            OnPartition::Stop
+        );
+        let keep = [("OnPartition", "keep-running")];
+        assert_eq!(
+            requirements("a.service", &keep).on_partition,
+            OnPartition::KeepRunning
+        );
+        let last_wins = [("OnPartition", "keep-running"), ("OnPartition", "stop")];
+        assert_eq!(
+            requirements("a.service", &last_wins).on_partition,
+            OnPartition::Stop
+        );
+        check_validation(&keep, Ok(()));
+        check_validation(&[("OnPartition", "stop")], Ok(()));
+        check_validation(
+            &[("OnPartition", "yes")],
+            Err("invalid value \"yes\" of OnPartition: expected \"stop\" or \"keep-running\""),
+        );
+        // A stored invalid value (validation refuses it) keeps the default.
+        assert_eq!(
+            requirements("a.service", &[("OnPartition", "Keep-Running")]).on_partition,
+            OnPartition::Stop
+        );
+        assert!(unrecognized_requirements(&x_fleet(&keep)).is_empty());
     }
 
     #[test]
