@@ -102,6 +102,7 @@ mod tests {
             desired_state: "launched".to_owned(),
             current_state: "launched".to_owned(),
             machine_id: "113f16a7e4bd4a9a8d6c3a1d3bb6a4c2".to_owned(),
+            ..Unit::default()
         };
         let global = Unit {
             name: "global.service".to_owned(),

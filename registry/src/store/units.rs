@@ -105,7 +105,7 @@ impl Registry {
         let records = self
             .get_prefix("list units", self.keys.units(), None)
             .await?;
-        let revision = header_revision(&records);
+        let revision = records.revision();
         let contents = self
             .get_prefix(
                 "list unit contents",
