@@ -387,7 +387,9 @@ impl Registry {
             RegistryKey::Metadata { .. }
             | RegistryKey::Content(_)
             | RegistryKey::ContentRef { .. }
-            | RegistryKey::Placement { .. } => None,
+            | RegistryKey::Placement { .. }
+            | RegistryKey::Run { .. }
+            | RegistryKey::RunAttempts(_) => None,
         }
     }
 
@@ -407,7 +409,9 @@ impl Registry {
             RegistryKey::Metadata { .. }
             | RegistryKey::Content(_)
             | RegistryKey::ContentRef { .. }
-            | RegistryKey::Placement { .. } => None,
+            | RegistryKey::Placement { .. }
+            | RegistryKey::Run { .. }
+            | RegistryKey::RunAttempts(_) => None,
         }
     }
 }

@@ -33,7 +33,9 @@ use std::time::Duration;
 use anyhow::Context;
 use fleet_registry::changes::{Change, ChangeStream, Changed, Watched};
 use fleet_registry::store::{LeaseId, Revision};
-use fleet_registry::{MachineId, Registry, RegistryError, TargetState, UnitState};
+use fleet_registry::{
+    MachineId, Registry, RegistryError, RunOutcome, RunReport, TargetState, UnitState,
+};
 use fleet_systemd::dbus::{DbusError, Event, Events, Manager, UnitStatus};
 use fleet_systemd::unit::{UnitFile, UnitHash, UnitName};
 use tokio::time::Instant;
@@ -87,6 +89,12 @@ enum TaskError {
     File(#[from] UnitsDirError),
     #[error("the content of {unit} (hash {hash}) is not in the registry")]
     MissingContent { unit: UnitName, hash: UnitHash },
+    #[error("cannot delete the outcome of the previous run of {unit}: {source}")]
+    ForgetRun {
+        unit: UnitName,
+        #[source]
+        source: RegistryError,
+    },
     #[error("cannot fetch the content of {unit}: {source}")]
     Registry {
         unit: UnitName,
@@ -179,6 +187,14 @@ pub struct Agent {
     fresh_loads: BTreeSet<UnitName>,
     /// Units unloaded this pass whose stop job systemd may not have run yet.
     stopping: Vec<UnitName>,
+    /// How the runs of run-to-completion units ended here, as written to
+    /// `P/machine/runs/<me>/` (read at every schedule listing, so a
+    /// restarted agent knows which units must not run again).
+    runs: BTreeMap<UnitName, RunOutcome>,
+    /// Run-to-completion units this agent started or adopted while they
+    /// ran, with the time (µs since the epoch) from which an exit counts as
+    /// the end of that run (0 for an adopted run).
+    running: BTreeMap<UnitName, u64>,
 }
 
 impl Agent {
@@ -214,6 +230,8 @@ impl Agent {
             unreloaded: BTreeSet::new(),
             fresh_loads: BTreeSet::new(),
             stopping: Vec::new(),
+            runs: BTreeMap::new(),
+            running: BTreeMap::new(),
         }
     }
 
@@ -438,6 +456,13 @@ impl Agent {
                 return Ok(());
             }
         }
+        if let Err(error) = self.note_finished_runs(manager).await {
+            if error.is_connection_lost() {
+                return Err(Exit::SystemdLost(error));
+            }
+            warn!(%error, "Cannot read how a run ended from systemd; retrying.");
+            clocks.states_at = Some(now + clocks.state_backoff.next_delay());
+        }
         let published = self.publish_states().await;
         clocks.state_pacer.ran(Instant::now());
         if published {
@@ -454,6 +479,13 @@ impl Agent {
     async fn watch_schedule(&mut self) -> Result<ChangeStream, RegistryError> {
         if self.need_relist {
             let (placements, revision) = self.registry.machine_schedule(&self.machine).await?;
+            self.runs = self
+                .registry
+                .machine_run_outcomes(&self.machine)
+                .await?
+                .into_iter()
+                .map(|outcome| (outcome.unit.clone(), outcome))
+                .collect();
             let known_until = self.schedule_revision;
             let previous = std::mem::take(&mut self.desired);
             self.desired = placements
@@ -617,6 +649,10 @@ impl Agent {
                             "active" | "activating" | "reloading"
                         )
                     }),
+                    completed: self
+                        .runs
+                        .get(unit)
+                        .is_some_and(|outcome| Some(outcome.hash) == *hash),
                 };
                 (unit.clone(), current)
             })
@@ -717,6 +753,7 @@ impl Agent {
         self.failures.retain(|unit, _| managed.contains(unit));
         self.left_at.retain(|unit, _| managed.contains(unit));
         self.unreloaded.retain(|unit| managed.contains(unit));
+        self.running.retain(|unit, _| managed.contains(unit));
         Ok(all_ok)
     }
 
@@ -725,6 +762,7 @@ impl Agent {
             Task::Load { unit, hash, .. } => self.load(manager, unit, *hash).await,
             Task::Unload { unit, .. } => {
                 self.unload(manager, unit).await?;
+                self.forget_run(unit).await?;
                 if self.ordered.remove(unit)
                     && let Err(error) = self.registry.delete_unload_order(&self.machine, unit).await
                 {
@@ -736,18 +774,27 @@ impl Agent {
             Task::ReloadUnitFiles => self.reload_unit_files(manager).await,
             Task::Adopt { unit, reached } => {
                 self.reached.insert(unit.clone(), *reached);
+                if *reached == TargetState::Launched && !self.runs.contains_key(unit) {
+                    // Maybe a run that was going on when this agent started.
+                    self.running.insert(unit.clone(), 0);
+                }
                 Ok(())
             }
             Task::Stop { unit, .. } => {
                 let job = manager.stop_unit(unit.as_str()).await?;
                 debug!(unit = %unit, job = %job.path, "Stop job queued.");
                 self.reached.insert(unit.clone(), TargetState::Loaded);
-                Ok(())
+                self.forget_run(unit).await
             }
             Task::Start { unit, .. } => {
+                // A new run: the previous one's outcome goes first, so that
+                // a failure here cannot leave it claiming the new run ended.
+                self.forget_run(unit).await?;
+                let started_at = unix_micros();
                 let job = manager.start_unit(unit.as_str()).await?;
                 debug!(unit = %unit, job = %job.path, "Start job queued.");
                 self.reached.insert(unit.clone(), TargetState::Launched);
+                self.running.insert(unit.clone(), started_at);
                 Ok(())
             }
         }
@@ -1102,6 +1149,100 @@ impl Agent {
         Ok(())
     }
 
+    // --- runs of run-to-completion units ---
+
+    /// Deletes the outcome of `unit`'s previous run here, if there is one
+    /// (the unit runs again, was stopped, or leaves the machine).
+    async fn forget_run(&mut self, unit: &UnitName) -> Result<(), TaskError> {
+        self.running.remove(unit);
+        if !self.runs.contains_key(unit) {
+            return Ok(());
+        }
+        self.registry
+            .delete_run_outcome(unit, &self.machine)
+            .await
+            .map_err(|source| TaskError::ForgetRun {
+                unit: unit.clone(),
+                source,
+            })?;
+        self.runs.remove(unit);
+        Ok(())
+    }
+
+    /// Records the runs that ended since we last looked: a run-to-completion
+    /// unit this agent started (or adopted while it ran) that systemd now
+    /// reports `inactive` or `failed`, with its main process exited after
+    /// the start. The outcome goes to the registry without a lease (see
+    /// [`RunOutcome`]) before the unit's state shows it. A registry failure
+    /// is logged and tried again at the next publication.
+    async fn note_finished_runs(&mut self, manager: &Manager) -> Result<(), DbusError> {
+        // Every unit started here is in `running`; most are not
+        // run-to-completion, and their content is read only once they stop.
+        let ended: Vec<(UnitName, UnitHash, u64)> = self
+            .running
+            .iter()
+            .filter_map(|(unit, started_at)| {
+                let desired = self.desired.get(unit)?;
+                let status = self.statuses.get(unit)?;
+                matches!(status.active_state.as_str(), "inactive" | "failed")
+                    .then(|| (unit.clone(), desired.hash, *started_at))
+            })
+            .collect();
+        for (unit, hash, started_at) in ended {
+            match self.content(&unit, hash).await {
+                Ok(file) if fleet_systemd::unit::runs_to_completion(&file) => {}
+                Ok(_) => {
+                    self.running.remove(&unit);
+                    continue;
+                }
+                Err(error) => {
+                    debug!(unit = %unit, %error, "Cannot read the unit's content to see whether it runs to completion.");
+                    continue;
+                }
+            }
+            let properties = match manager.unit_properties(unit.as_str()).await {
+                Ok(properties) => properties,
+                Err(error) if error.is_connection_lost() => return Err(error),
+                Err(error) => {
+                    warn!(unit = %unit, %error, "Cannot read how the unit's run ended.");
+                    continue;
+                }
+            };
+            let exited_at = properties.exec_main_exit_timestamp.unwrap_or(0);
+            if exited_at == 0 || exited_at < started_at {
+                continue; // Not this run's end (yet).
+            }
+            let attempt = match self.registry.run_attempts(&unit).await {
+                Ok(attempts) => attempts
+                    .filter(|attempts| attempts.hash == hash)
+                    .map_or(1, |attempts| attempts.attempts),
+                Err(error) => {
+                    warn!(unit = %unit, %error, "Cannot read the unit's run count; retrying.");
+                    continue;
+                }
+            };
+            let outcome = RunOutcome {
+                unit: unit.clone(),
+                machine: self.machine.clone(),
+                hash,
+                report: RunReport {
+                    result: properties.result,
+                    exit_status: properties.exec_main_status.unwrap_or(0),
+                    exited_at_usecs: exited_at,
+                    attempt,
+                },
+            };
+            if let Err(error) = self.registry.put_run_outcome(&outcome).await {
+                warn!(unit = %unit, %error, "Cannot record how the unit's run ended; retrying.");
+                continue;
+            }
+            info!(unit = %unit, result = %outcome.report.result, exit_status = outcome.report.exit_status, attempt, "The unit's run ended.");
+            self.running.remove(&unit);
+            self.runs.insert(unit, outcome);
+        }
+        Ok(())
+    }
+
     // --- states ---
 
     /// What we report for a scheduled unit.
@@ -1131,15 +1272,16 @@ impl Agent {
             Some(Failure::Start) if active_state != "active" => (load_state, "failed".to_owned()),
             _ => (load_state, active_state),
         };
+        let hash = self
+            .on_disk
+            .get(unit)
+            .copied()
+            .flatten()
+            .unwrap_or(desired.hash);
         UnitState {
             unit: unit.clone(),
             machine: self.machine.clone(),
-            hash: self
-                .on_disk
-                .get(unit)
-                .copied()
-                .flatten()
-                .unwrap_or(desired.hash),
+            hash,
             load_state,
             active_state,
             sub_state,
@@ -1148,6 +1290,11 @@ impl Agent {
                 .get(unit)
                 .copied()
                 .unwrap_or(TargetState::Inactive),
+            run: self
+                .runs
+                .get(unit)
+                .filter(|outcome| outcome.hash == hash)
+                .map(|outcome| outcome.report.clone()),
         }
     }
 
@@ -1243,6 +1390,15 @@ impl Agent {
             warn!(after = ?SHUTDOWN_DEADLINE, "Unloading the units at shutdown did not finish in time; leaving the rest.");
         }
     }
+}
+
+/// Now, in µs since the Unix epoch (systemd's timestamps are in these).
+fn unix_micros() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| {
+            u64::try_from(since.as_micros()).unwrap_or(u64::MAX)
+        })
 }
 
 /// The next batch of the schedule watch; never ready without a watch.

@@ -14,6 +14,7 @@ mod enrol;
 mod foundation;
 mod harness;
 mod host_units;
+mod oneshot;
 mod package;
 mod rollout;
 mod safety;
