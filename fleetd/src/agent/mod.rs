@@ -195,6 +195,14 @@ pub struct Agent {
     /// ran, with the time (µs since the epoch) from which an exit counts as
     /// the end of that run (0 for an adopted run).
     running: BTreeMap<UnitName, u64>,
+    /// The start job this agent queued for each unit of `running`, and the
+    /// units whose start job systemd reported `done`: a oneshot's start
+    /// job is done when its run succeeded. systemd may unload a unit whose
+    /// run succeeded right away (nothing refers to it), and with it the
+    /// run's exit time and status; the job's end is then the only word of
+    /// the success.
+    start_jobs: BTreeMap<UnitName, String>,
+    started_ok: BTreeSet<UnitName>,
 }
 
 impl Agent {
@@ -232,6 +240,8 @@ impl Agent {
             stopping: Vec::new(),
             runs: BTreeMap::new(),
             running: BTreeMap::new(),
+            start_jobs: BTreeMap::new(),
+            started_ok: BTreeSet::new(),
         }
     }
 
@@ -565,11 +575,15 @@ impl Agent {
             Event::JobRemoved {
                 ref unit,
                 ref result,
+                ref job,
                 ..
             } => {
                 let Some(unit) = self.managed_unit(unit) else {
                     return false;
                 };
+                if result == "done" && self.start_jobs.get(&unit) == Some(job) {
+                    self.started_ok.insert(unit.clone());
+                }
                 if result != "done" {
                     // systemd's word for why (failed, dependency, timeout, canceled).
                     warn!(unit = %unit, result = %result, "A systemd job of the unit did not succeed.");
@@ -754,6 +768,8 @@ impl Agent {
         self.left_at.retain(|unit, _| managed.contains(unit));
         self.unreloaded.retain(|unit| managed.contains(unit));
         self.running.retain(|unit, _| managed.contains(unit));
+        self.start_jobs.retain(|unit, _| managed.contains(unit));
+        self.started_ok.retain(|unit| managed.contains(unit));
         Ok(all_ok)
     }
 
@@ -795,6 +811,7 @@ impl Agent {
                 debug!(unit = %unit, job = %job.path, "Start job queued.");
                 self.reached.insert(unit.clone(), TargetState::Launched);
                 self.running.insert(unit.clone(), started_at);
+                self.start_jobs.insert(unit.clone(), job.path);
                 Ok(())
             }
         }
@@ -1155,6 +1172,8 @@ impl Agent {
     /// (the unit runs again, was stopped, or leaves the machine).
     async fn forget_run(&mut self, unit: &UnitName) -> Result<(), TaskError> {
         self.running.remove(unit);
+        self.start_jobs.remove(unit);
+        self.started_ok.remove(unit);
         if !self.runs.contains_key(unit) {
             return Ok(());
         }
@@ -1208,7 +1227,15 @@ impl Agent {
                     continue;
                 }
             };
-            let exited_at = properties.exec_main_exit_timestamp.unwrap_or(0);
+            let mut exited_at = properties.exec_main_exit_timestamp.unwrap_or(0);
+            let mut properties = properties;
+            if exited_at == 0 && self.started_ok.contains(&unit) {
+                // Unloaded by systemd after a successful run (see
+                // `started_ok`): the job's end is when we heard of it.
+                exited_at = unix_micros();
+                properties.result = "success".to_owned();
+                properties.exec_main_status = Some(0);
+            }
             if exited_at == 0 || exited_at < started_at {
                 continue; // Not this run's end (yet).
             }
@@ -1238,6 +1265,8 @@ impl Agent {
             }
             info!(unit = %unit, result = %outcome.report.result, exit_status = outcome.report.exit_status, attempt, "The unit's run ended.");
             self.running.remove(&unit);
+            self.start_jobs.remove(&unit);
+            self.started_ok.remove(&unit);
             self.runs.insert(unit, outcome);
         }
         Ok(())
