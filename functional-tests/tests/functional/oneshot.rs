@@ -176,7 +176,20 @@ fn a_oneshot_runs_once_even_when_its_machine_is_killed_afterwards() -> anyhow::R
     );
 
     // Its machine is killed: mover.service moves, once.service does not run elsewhere.
+    // Talk through a host that stays.
+    let kept = cluster
+        .hosts()
+        .iter()
+        .find(|h| **h != host)
+        .context("no second host")?;
+    let fleet = Fleet::new(&cluster, kept)?;
     cluster.break_host(&host, "kill")?;
+    // The killed machine's states stay listed until its lease expires.
+    fleet.wait_units(DEADLINE, "mover.service active elsewhere", |rows| {
+        rows.iter().any(|row| {
+            row.unit == "mover.service" && row.active == "active" && row.machine != machine
+        }) && rows.iter().all(|row| row.machine != machine)
+    })?;
     let moved = fleet.wait_active(&["mover.service", "after.service"], DEADLINE)?;
     assert_ne!(moved["mover.service"], machine);
     let live: Vec<String> = cluster
