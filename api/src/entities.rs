@@ -94,6 +94,25 @@ pub struct UnitState {
         skip_serializing_if = "String::is_empty"
     )]
     pub systemd_sub_state: String,
+    /// Added fields, present only for a run-to-completion unit whose run on
+    /// this machine is over (absent for every other unit, whose JSON is the
+    /// original's): systemd's `Result` of the run (`success`, `exit-code`,
+    /// `signal`, ...).
+    #[serde(default, rename = "runResult", skip_serializing_if = "Option::is_none")]
+    pub run_result: Option<String>,
+    /// The run's exit status (the signal's number when it was killed).
+    #[serde(
+        default,
+        rename = "exitStatus",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub exit_status: Option<i32>,
+    /// When the run ended, RFC 3339 UTC (`2026-12-07T02:12:18Z`).
+    #[serde(default, rename = "exitedAt", skip_serializing_if = "Option::is_none")]
+    pub exited_at: Option<String>,
+    /// Which run this was: 1 for the first, 2 after one retry (`[X-Fleet] Retries=`).
+    #[serde(default, rename = "attempts", skip_serializing_if = "Option::is_none")]
+    pub attempts: Option<u32>,
 }
 
 /// A machine: id, primary IP and merged metadata.
@@ -232,5 +251,32 @@ mod tests {
             r#"{"id":"m1","primaryIP":"10.0.0.1","metadata":{"region":"east"},"cordon":"draining"}"#
         );
         assert_eq!(serde_json::from_str::<Machine>(&text).unwrap(), machine);
+    }
+
+    #[test]
+    fn an_ordinary_units_state_has_only_the_originals_fields() {
+        let mut state = UnitState {
+            name: "a.service".into(),
+            hash: "ab".into(),
+            machine_id: "m1".into(),
+            systemd_load_state: "loaded".into(),
+            systemd_active_state: "active".into(),
+            systemd_sub_state: "running".into(),
+            ..UnitState::default()
+        };
+        assert_eq!(
+            serde_json::to_string(&state).unwrap(),
+            r#"{"name":"a.service","hash":"ab","machineID":"m1","systemdLoadState":"loaded","systemdActiveState":"active","systemdSubState":"running"}"#
+        );
+        state.run_result = Some("exit-code".into());
+        state.exit_status = Some(3);
+        state.exited_at = Some("2026-12-07T02:12:18Z".into());
+        state.attempts = Some(2);
+        let text = serde_json::to_string(&state).unwrap();
+        assert_eq!(
+            text,
+            r#"{"name":"a.service","hash":"ab","machineID":"m1","systemdLoadState":"loaded","systemdActiveState":"active","systemdSubState":"running","runResult":"exit-code","exitStatus":3,"exitedAt":"2026-12-07T02:12:18Z","attempts":2}"#
+        );
+        assert_eq!(serde_json::from_str::<UnitState>(&text).unwrap(), state);
     }
 }

@@ -928,6 +928,7 @@ async fn current_state_and_machine_come_from_placement_and_reported_state() {
         active_state: "active".to_owned(),
         sub_state: "running".to_owned(),
         reached,
+        run: None,
     };
     api.registry
         .put_unit_state(&report("a.service", TargetState::Launched), lease)
@@ -1104,6 +1105,7 @@ async fn states_are_filtered_and_paginated() {
         active_state: "active".to_owned(),
         sub_state: format!("sub-{machine}"),
         reached: TargetState::Launched,
+        run: None,
     };
     for (unit, machine, lease) in [
         ("b.service", "m2", lease_m2),
@@ -1197,6 +1199,7 @@ async fn states_are_filtered_and_paginated() {
             systemd_load_state: "loaded".into(),
             systemd_active_state: "active".into(),
             systemd_sub_state: "sub-m1".into(),
+            ..UnitStateEntity::default()
         }
     );
     api.get("/fleet/v1/state/d.service")

@@ -356,6 +356,12 @@ pub struct RestartArgs {
     /// Wait until the units reach their target state, trying N times (2 s each); 0 waits forever
     #[arg(long = "block-attempts", value_name = "N", default_value_t = 0)]
     pub block_attempts: u32,
+    /// A global unit: how long it must stay active on a machine before the next machine restarts
+    #[arg(long = "min-healthy-time", value_name = "D", default_value = "2s", value_parser = parse_duration)]
+    pub min_healthy_time: std::time::Duration,
+    /// A global unit: how long one machine's stop, start and healthy time may take before the restart fails
+    #[arg(long = "healthy-deadline", value_name = "D", default_value = "5m", value_parser = parse_duration)]
+    pub healthy_deadline: std::time::Duration,
     #[arg(value_name = "UNIT")]
     pub units: Vec<String>,
 }
@@ -392,7 +398,7 @@ pub struct ListMachinesArgs {
 pub struct ListUnitsArgs {
     #[command(flatten)]
     pub list: ListArgs,
-    /// Columns to print for each Unit. Valid fields are "active,hash,load,machine,sub,unit"
+    /// Columns to print for each Unit. Valid fields are "active,hash,load,machine,sub,unit,result,status,exited,attempts"
     #[arg(long, default_value = "unit,machine,active,sub")]
     pub fields: String,
 }

@@ -949,6 +949,7 @@ async fn handle_change(sim: &Sim, index: usize, id: &MachineId, lease: LeaseId, 
                 active_state: "inactive".to_owned(),
                 sub_state: "dead".to_owned(),
                 reached: TargetState::Loaded,
+                run: None,
             };
             if let Err(error) = retry(|| registry.put_unit_state(&state, lease)).await {
                 sim.error("put unit state", &error);

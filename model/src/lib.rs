@@ -144,6 +144,95 @@ pub struct UnitState {
     /// The target state the agent has brought the unit to (`Loaded` or
     /// `Launched`): the API's `currentState` for a placed unit.
     pub reached: TargetState,
+    /// How the unit's run ended, for a run-to-completion unit whose run on
+    /// this machine is over; `None` otherwise (every other unit).
+    pub run: Option<RunReport>,
+}
+
+/// How one run of a run-to-completion unit (`Type=oneshot` without
+/// `RemainAfterExit=yes`) ended, as systemd tells it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunReport {
+    /// systemd's `Result` of the service: `success`, `exit-code`, `signal`,
+    /// `timeout`, `core-dump`, ...
+    pub result: String,
+    /// The main process's exit status (the signal's number when killed).
+    pub exit_status: i32,
+    /// When the main process exited, µs since the Unix epoch (the machine's
+    /// clock).
+    pub exited_at_usecs: u64,
+    /// Which run this was: 1 for the first, 2 for the first retry, ...
+    pub attempt: u32,
+}
+
+impl RunReport {
+    /// Whether the run succeeded (systemd's `Result` is `success`).
+    pub fn succeeded(&self) -> bool {
+        self.result == "success"
+    }
+}
+
+/// A finished run of a unit on a machine, kept by that machine in etcd
+/// without a lease: unlike its unit states, it outlives the machine's
+/// presence, so the engine still knows the unit finished when the machine
+/// is lost.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunOutcome {
+    pub unit: UnitName,
+    pub machine: MachineId,
+    /// The content that ran (an outcome of other content is stale).
+    pub hash: UnitHash,
+    pub report: RunReport,
+}
+
+/// The engine's account of a run-to-completion unit's runs, kept while the
+/// unit is launched with this content: how many runs were started and which
+/// failed runs it has already acted on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunAttempts {
+    pub unit: UnitName,
+    pub hash: UnitHash,
+    /// Runs started so far (1 before any retry).
+    pub attempts: u32,
+    /// The failed runs acted on, oldest first.
+    pub failures: Vec<RunFailure>,
+}
+
+/// One failed run the engine acted on: where, and when it ended (the pair
+/// names the run, so a failure is never counted twice).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunFailure {
+    pub machine: MachineId,
+    pub exited_at_usecs: u64,
+}
+
+/// `usecs` (µs since the Unix epoch) as RFC 3339 UTC with whole seconds,
+/// e.g. `2026-12-07T02:12:18Z`.
+pub fn format_utc(usecs: u64) -> String {
+    let secs = usecs / 1_000_000;
+    let (days, rest) = (secs / 86_400, secs % 86_400);
+    let (year, month, day) = civil_from_days(days);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rest / 3600,
+        rest / 60 % 60,
+        rest % 60
+    )
+}
+
+/// The (year, month, day) of `days` after 1970-01-01 (Howard Hinnant's
+/// `civil_from_days`, for non-negative days).
+fn civil_from_days(days: u64) -> (u64, u64, u64) {
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z % 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + u64::from(month <= 2);
+    (year, month, day)
 }
 
 /// Go's `strconv.ParseBool`: the words the original's flags and its config
@@ -154,5 +243,17 @@ pub fn parse_go_bool(value: &str) -> Option<bool> {
         "1" | "t" | "T" | "TRUE" | "true" | "True" => Some(true),
         "0" | "f" | "F" | "FALSE" | "false" | "False" => Some(false),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_are_rfc3339_utc() {
+        assert_eq!(format_utc(0), "1970-01-01T00:00:00Z");
+        assert_eq!(format_utc(951_782_400_000_000), "2000-02-29T00:00:00Z");
+        assert_eq!(format_utc(1_796_609_538_999_999), "2026-12-07T02:12:18Z");
     }
 }

@@ -35,7 +35,7 @@ use fleet_systemd::unit::{UnitFile, UnitHash, UnitName};
 
 use crate::cordon::Cordon;
 use crate::keys::RegistryKey;
-use crate::model::{MachineId, Placement, TargetState};
+use crate::model::{MachineId, Placement, RunOutcome, TargetState};
 use crate::store::{Registry, RegistryError, Revision, WatchEvent, WatchEventKind, WatchStream};
 
 /// What a [`ChangeStream`] follows: one part of the key layout.
@@ -53,6 +53,8 @@ pub enum Watched {
     Rollouts,
     /// Cordons and drains.
     Cordons,
+    /// How the runs of run-to-completion units ended, on every machine.
+    Runs,
     /// One machine's schedule (what its agent must run).
     ScheduleOf(MachineId),
     /// The engine leader key.
@@ -83,6 +85,11 @@ pub enum Change {
     Cordoned(Cordon),
     /// A machine's cordon was lifted.
     CordonLifted(MachineId),
+    /// A run-to-completion unit's run on a machine ended this way.
+    RunEnded(RunOutcome),
+    /// The outcome of a unit's run on a machine was deleted (it runs again,
+    /// or left the machine).
+    RunForgotten { unit: UnitName, machine: MachineId },
     /// The engine placed a unit (or changed its target there).
     Placed(Placement),
     /// The engine took a unit off a machine.
@@ -162,6 +169,7 @@ impl Registry {
             Watched::Content => keys.all_content(),
             Watched::Rollouts => keys.rollouts(),
             Watched::Cordons => keys.cordons(),
+            Watched::Runs => keys.all_runs(),
             Watched::ScheduleOf(machine) => keys.machine_schedule(machine),
             Watched::EngineLeader => keys.engine_leader(),
         };
@@ -208,6 +216,12 @@ impl Registry {
                 Change::Cordoned(self.decode_cordon(key, value)?)
             }
             (RegistryKey::Cordon(machine), WatchEventKind::Delete) => Change::CordonLifted(machine),
+            (RegistryKey::Run { .. }, WatchEventKind::Put) => {
+                Change::RunEnded(self.decode_run_outcome(key, value)?)
+            }
+            (RegistryKey::Run { unit, machine }, WatchEventKind::Delete) => {
+                Change::RunForgotten { unit, machine }
+            }
             (RegistryKey::Scheduled { .. }, WatchEventKind::Put) => {
                 Change::Placed(self.decode_placement(key, value)?)
             }

@@ -433,7 +433,9 @@ impl Registry {
             RegistryKey::Metadata { .. }
             | RegistryKey::Content(_)
             | RegistryKey::ContentRef { .. }
-            | RegistryKey::Placement { .. } => None,
+            | RegistryKey::Placement { .. }
+            | RegistryKey::Run { .. }
+            | RegistryKey::RunAttempts(_) => None,
         }
     }
 
@@ -455,7 +457,9 @@ impl Registry {
             RegistryKey::Metadata { .. }
             | RegistryKey::Content(_)
             | RegistryKey::ContentRef { .. }
-            | RegistryKey::Placement { .. } => None,
+            | RegistryKey::Placement { .. }
+            | RegistryKey::Run { .. }
+            | RegistryKey::RunAttempts(_) => None,
         }
     }
 }

@@ -34,6 +34,8 @@
 //! | `P/api/content-refs/<hash>/rollout:<name>` | empty | none | API at the rollout's start; the engine (on a control-plane machine, which holds the API-writer role too) at its end |
 //! | `P/machine/health/<machine>/<unit>` | `healthy` or `unhealthy` (declared health check) | machine lease | the machine's agent |
 //! | `P/api/cordon/<machine>` | `{"draining","by","reason","since"}` | none (survives restarts) | API writers (`/fleet/x1/machines/<id>/cordon`); read by the engine |
+//! | `P/machine/runs/<machine>/<unit>` | `{"hash","result","exitStatus","exitedAt","attempt"}`: how a run-to-completion unit's run ended | none (outlives the machine's lease) | the machine's agent; read by the engine |
+//! | `P/engine/runs/<unit>` | `{"hash","attempts","failures"}`: a run-to-completion unit's runs and the failures acted on | none | engine (leader-guarded) |
 //!
 //! `P/engine/probe` and `P/api/probe` are never written: a fleetd learns
 //! whether its credential may write a writer's range with a transaction that
@@ -83,6 +85,10 @@ pub enum RegistryKey {
     EngineLeader,
     /// `P/api/cordon/<machine>`.
     Cordon(MachineId),
+    /// `P/machine/runs/<machine>/<unit>`.
+    Run { unit: UnitName, machine: MachineId },
+    /// `P/engine/runs/<unit>`.
+    RunAttempts(UnitName),
 }
 
 /// A range of keys an etcd role is granted: one key, or every key under a
@@ -141,6 +147,7 @@ impl Keys {
             KeyRange::Key(self.stopped(machine)),
             // To delete the unload orders it carried out (its own only).
             KeyRange::Prefix(self.unload_orders(machine)),
+            KeyRange::Prefix(self.machine_runs(machine)),
         ]
     }
 
@@ -160,6 +167,21 @@ impl Keys {
     }
     pub fn state(&self, unit: &UnitName, machine: &MachineId) -> String {
         format!("{}machine/states/{machine}/{unit}", self.prefix)
+    }
+
+    /// `P/machine/runs/<machine>/<unit>`: how the run of a run-to-completion
+    /// unit ended on that machine, written by its agent **without a lease**,
+    /// so that the engine still knows the unit finished (and does not run it
+    /// again) when the machine is lost; the agent deletes it when the unit
+    /// is started again, stopped or unloaded.
+    pub fn all_runs(&self) -> String {
+        format!("{}machine/runs/", self.prefix)
+    }
+    pub fn machine_runs(&self, machine: &MachineId) -> String {
+        format!("{}machine/runs/{machine}/", self.prefix)
+    }
+    pub fn run(&self, unit: &UnitName, machine: &MachineId) -> String {
+        format!("{}machine/runs/{machine}/{unit}", self.prefix)
     }
 
     // --- written by the API ---
@@ -214,6 +236,14 @@ impl Keys {
     }
     pub fn engine_leader(&self) -> String {
         format!("{}engine/leader", self.prefix)
+    }
+    /// `P/engine/runs/<unit>`: the engine's count of a run-to-completion
+    /// unit's runs and the failed runs it acted on (leader-guarded).
+    pub fn all_run_attempts(&self) -> String {
+        format!("{}engine/runs/", self.prefix)
+    }
+    pub fn run_attempts(&self, unit: &UnitName) -> String {
+        format!("{}engine/runs/{unit}", self.prefix)
     }
 
     // --- Rolling updates. Writers: `P/api/rollouts/<name>` (the spec and the
@@ -317,6 +347,14 @@ impl Keys {
             }
             ("engine", "leader") => rest.is_empty().then_some(RegistryKey::EngineLeader),
             ("api", "cordon") => Some(RegistryKey::Cordon(one()?.parse().ok()?)),
+            ("machine", "runs") => {
+                let (machine, unit) = two()?;
+                Some(RegistryKey::Run {
+                    unit: unit.parse().ok()?,
+                    machine: machine.parse().ok()?,
+                })
+            }
+            ("engine", "runs") => Some(RegistryKey::RunAttempts(one()?.parse().ok()?)),
             _ => None,
         }
     }
@@ -431,6 +469,17 @@ mod tests {
                 machine: "m1".parse().expect("valid id"),
             })
         );
+        assert_eq!(
+            keys.parse(&keys.run(&u("a.service"), &m("m1"))),
+            Some(RegistryKey::Run {
+                unit: u("a.service"),
+                machine: m("m1"),
+            })
+        );
+        assert_eq!(
+            keys.parse(&keys.run_attempts(&u("a.service"))),
+            Some(RegistryKey::RunAttempts(u("a.service")))
+        );
         assert_eq!(keys.parse(&keys.engine_probe()), None);
         assert_eq!(keys.parse(&keys.api_probe()), None);
         assert_eq!(keys.parse("/p/engine/leader/x"), None);
@@ -456,7 +505,10 @@ mod tests {
         assert!(within(&keys.machine(&m("m1")), "m1"));
         assert!(within(&keys.state(&u("a.service"), &m("m1")), "m1"));
         assert!(within(&keys.health(&u("a.service"), &m("m1")), "m1"));
+        assert!(within(&keys.run(&u("a.service"), &m("m1")), "m1"));
         for foreign in [
+            keys.run(&u("a.service"), &m("m10")),
+            keys.run_attempts(&u("a.service")),
             keys.machine(&m("m10")),
             keys.machine(&m("m2")),
             keys.state(&u("a.service"), &m("m10")),

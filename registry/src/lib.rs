@@ -52,8 +52,8 @@ mod wire;
 pub use discovery::{DiscoveryError, SrvDiscovery};
 pub use keepalive::LeaseKeepAlive;
 pub use model::{
-    InvalidMachineId, InvalidTargetState, MachineId, MachineState, Placement, TargetState, Unit,
-    UnitState,
+    InvalidMachineId, InvalidTargetState, MachineId, MachineState, Placement, RunAttempts,
+    RunFailure, RunOutcome, RunReport, TargetState, Unit, UnitState,
 };
 pub use store::{
     InvalidRevision, Leadership, LeaseId, MetadataOp, Registry, RegistryConfig, RegistryError,

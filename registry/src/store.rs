@@ -49,6 +49,7 @@ pub use crate::ids::{InvalidRevision, LeaseId, Revision};
 
 mod forget;
 mod machines;
+mod runs;
 mod safety;
 mod schedule;
 mod states;

@@ -12,7 +12,10 @@ use serde::{Deserialize, Serialize};
 
 use fleet_systemd::unit::{UnitHash, UnitName};
 
-use crate::model::{MachineId, MachineState, Placement, TargetState, UnitState};
+use crate::model::{
+    MachineId, MachineState, Placement, RunAttempts, RunFailure, RunOutcome, RunReport,
+    TargetState, UnitState,
+};
 
 /// `P/machine/presence/<machine>`.
 #[derive(Debug, Serialize, Deserialize)]
@@ -77,6 +80,47 @@ struct StateRecord {
     active_state: String,
     sub_state: String,
     reached: String,
+    /// Only for a run-to-completion unit whose run is over: absent for every
+    /// other unit, so their values are what they always were.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    run: Option<RunRecord>,
+}
+
+/// How a run ended: inside a state, and in `P/machine/runs/<machine>/<unit>`.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RunRecord {
+    result: String,
+    exit_status: i32,
+    /// µs since the Unix epoch.
+    exited_at: u64,
+    attempt: u32,
+}
+
+/// `P/machine/runs/<machine>/<unit>`.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RunOutcomeRecord {
+    hash: String,
+    #[serde(flatten)]
+    run: RunRecord,
+}
+
+/// `P/engine/runs/<unit>`.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RunAttemptsRecord {
+    hash: String,
+    attempts: u32,
+    #[serde(default)]
+    failures: Vec<RunFailureRecord>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RunFailureRecord {
+    machine: String,
+    exited_at: u64,
 }
 
 /// Why a stored value could not be decoded (the caller adds the key).
@@ -184,6 +228,84 @@ pub(crate) fn encode_unit_state(state: &UnitState) -> Vec<u8> {
         active_state: state.active_state.clone(),
         sub_state: state.sub_state.clone(),
         reached: state.reached.as_str().to_owned(),
+        run: state.run.as_ref().map(run_record),
+    })
+}
+
+fn run_record(report: &RunReport) -> RunRecord {
+    RunRecord {
+        result: report.result.clone(),
+        exit_status: report.exit_status,
+        exited_at: report.exited_at_usecs,
+        attempt: report.attempt,
+    }
+}
+
+fn run_report(record: RunRecord) -> RunReport {
+    RunReport {
+        result: record.result,
+        exit_status: record.exit_status,
+        exited_at_usecs: record.exited_at,
+        attempt: record.attempt,
+    }
+}
+
+pub(crate) fn encode_run_outcome(outcome: &RunOutcome) -> Vec<u8> {
+    to_json(&RunOutcomeRecord {
+        hash: outcome.hash.to_string(),
+        run: run_record(&outcome.report),
+    })
+}
+
+pub(crate) fn decode_run_outcome(
+    unit: UnitName,
+    machine: MachineId,
+    value: &[u8],
+) -> DecodeResult<RunOutcome> {
+    let record: RunOutcomeRecord = from_json(value)?;
+    Ok(RunOutcome {
+        unit,
+        machine,
+        hash: parse_hash(&record.hash)?,
+        report: run_report(record.run),
+    })
+}
+
+pub(crate) fn encode_run_attempts(attempts: &RunAttempts) -> Vec<u8> {
+    to_json(&RunAttemptsRecord {
+        hash: attempts.hash.to_string(),
+        attempts: attempts.attempts,
+        failures: attempts
+            .failures
+            .iter()
+            .map(|failure| RunFailureRecord {
+                machine: failure.machine.to_string(),
+                exited_at: failure.exited_at_usecs,
+            })
+            .collect(),
+    })
+}
+
+pub(crate) fn decode_run_attempts(unit: UnitName, value: &[u8]) -> DecodeResult<RunAttempts> {
+    let record: RunAttemptsRecord = from_json(value)?;
+    let failures = record
+        .failures
+        .into_iter()
+        .map(|failure| {
+            Ok(RunFailure {
+                machine: failure
+                    .machine
+                    .parse()
+                    .map_err(|error: crate::model::InvalidMachineId| error.to_string())?,
+                exited_at_usecs: failure.exited_at,
+            })
+        })
+        .collect::<DecodeResult<Vec<RunFailure>>>()?;
+    Ok(RunAttempts {
+        unit,
+        hash: parse_hash(&record.hash)?,
+        attempts: record.attempts,
+        failures,
     })
 }
 
@@ -201,6 +323,7 @@ pub(crate) fn decode_unit_state(
         active_state: record.active_state,
         sub_state: record.sub_state,
         reached: parse_state(&record.reached)?,
+        run: record.run.map(run_report),
     })
 }
 
@@ -303,6 +426,7 @@ mod tests {
             active_state: "active".to_owned(),
             sub_state: "running".to_owned(),
             reached: TargetState::Launched,
+            run: None,
         };
         let bytes = encode_unit_state(&state);
         let json: serde_json::Value = serde_json::from_slice(&bytes).expect("valid json");
@@ -314,6 +438,71 @@ mod tests {
         assert_eq!(
             decode_unit_state(state.unit.clone(), state.machine.clone(), &bytes),
             Ok(state)
+        );
+    }
+
+    #[test]
+    fn runs_round_trip_and_ordinary_states_keep_their_bytes() {
+        // An ordinary unit's state is byte for byte what it always was.
+        let mut state = UnitState {
+            unit: "job.service".parse::<UnitName>().expect("a valid name"),
+            machine: machine_id("m1"),
+            hash: hash(3),
+            load_state: "loaded".to_owned(),
+            active_state: "inactive".to_owned(),
+            sub_state: "dead".to_owned(),
+            reached: TargetState::Launched,
+            run: None,
+        };
+        assert_eq!(
+            String::from_utf8(encode_unit_state(&state)).expect("utf-8"),
+            format!(
+                r#"{{"hash":"{}","loadState":"loaded","activeState":"inactive","subState":"dead","reached":"launched"}}"#,
+                "03".repeat(20)
+            )
+        );
+        let report = RunReport {
+            result: "exit-code".to_owned(),
+            exit_status: 3,
+            exited_at_usecs: 1_700_000_000_000_000,
+            attempt: 2,
+        };
+        state.run = Some(report.clone());
+        let bytes = encode_unit_state(&state);
+        assert_eq!(
+            decode_unit_state(state.unit.clone(), state.machine.clone(), &bytes),
+            Ok(state.clone())
+        );
+        let outcome = RunOutcome {
+            unit: state.unit.clone(),
+            machine: machine_id("m1"),
+            hash: hash(3),
+            report,
+        };
+        let bytes = encode_run_outcome(&outcome);
+        let json: serde_json::Value = serde_json::from_slice(&bytes).expect("valid json");
+        assert_eq!(
+            json,
+            serde_json::json!({"hash": "03".repeat(20), "result": "exit-code", "exitStatus": 3,
+                "exitedAt": 1_700_000_000_000_000_u64, "attempt": 2})
+        );
+        assert_eq!(
+            decode_run_outcome(outcome.unit.clone(), machine_id("m1"), &bytes),
+            Ok(outcome)
+        );
+        let attempts = RunAttempts {
+            unit: state.unit.clone(),
+            hash: hash(3),
+            attempts: 2,
+            failures: vec![RunFailure {
+                machine: machine_id("m1"),
+                exited_at_usecs: 5,
+            }],
+        };
+        let bytes = encode_run_attempts(&attempts);
+        assert_eq!(
+            decode_run_attempts(attempts.unit.clone(), &bytes),
+            Ok(attempts)
         );
     }
 }

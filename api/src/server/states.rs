@@ -105,5 +105,12 @@ fn state_entity(state: &UnitState) -> entities::UnitState {
         systemd_load_state: state.load_state.clone(),
         systemd_active_state: state.active_state.clone(),
         systemd_sub_state: state.sub_state.clone(),
+        run_result: state.run.as_ref().map(|run| run.result.clone()),
+        exit_status: state.run.as_ref().map(|run| run.exit_status),
+        exited_at: state
+            .run
+            .as_ref()
+            .map(|run| fleet_registry::model::format_utc(run.exited_at_usecs)),
+        attempts: state.run.as_ref().map(|run| run.attempt),
     }
 }

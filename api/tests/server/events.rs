@@ -159,6 +159,7 @@ async fn events_arrive_typed_and_resume_without_loss() {
         active_state: "active".to_owned(),
         sub_state: "running".to_owned(),
         reached: TargetState::Launched,
+        run: None,
     };
     registry.put_unit_state(&state, lease).await.unwrap();
     registry.destroy_unit(&hello).await.unwrap();

@@ -8,7 +8,12 @@ use crate::context::Ctx;
 use crate::exit::Exit;
 use crate::output::{Format, legend_for, list_layout, or_dash, render_fields_table, render_json};
 
-const VALID_FIELDS: &[&str] = &["unit", "load", "active", "sub", "machine", "hash"];
+/// The original's fields, then ours (never in the default columns):
+/// `result`, `status`, `exited` and `attempts` describe how a
+/// run-to-completion unit's run ended (`-` for every other unit).
+const VALID_FIELDS: &[&str] = &[
+    "unit", "load", "active", "sub", "machine", "hash", "result", "status", "exited", "attempts",
+];
 
 /// The cells of one unit state for `fields`.
 pub fn state_row(
@@ -26,6 +31,14 @@ pub fn state_row(
             "sub" => or_dash(&state.systemd_sub_state),
             "machine" if state.machine_id.is_empty() => "-".to_owned(),
             "machine" => legend_for(&state.machine_id, machines, full),
+            "result" => state.run_result.clone().unwrap_or_else(|| "-".to_owned()),
+            "status" => state
+                .exit_status
+                .map_or_else(|| "-".to_owned(), |status| status.to_string()),
+            "exited" => state.exited_at.clone().unwrap_or_else(|| "-".to_owned()),
+            "attempts" => state
+                .attempts
+                .map_or_else(|| "-".to_owned(), |attempts| attempts.to_string()),
             _ if state.hash.is_empty() => "-".to_owned(),
             _ if full => state.hash.clone(),
             _ => state.hash.chars().take(7).collect(),
@@ -88,6 +101,7 @@ mod tests {
             systemd_load_state: "loaded".to_owned(),
             systemd_active_state: "active".to_owned(),
             systemd_sub_state: "running".to_owned(),
+            ..UnitState::default()
         };
         let fields: Vec<String> = ["unit", "machine", "active", "sub"]
             .map(String::from)
@@ -115,5 +129,32 @@ mod tests {
             ..UnitState::default()
         };
         assert_eq!(state_row(&empty, &all, &[], false), ["-", "-", "-"]);
+        let runs: Vec<String> = ["unit", "active", "result", "status", "exited", "attempts"]
+            .map(String::from)
+            .to_vec();
+        assert_eq!(
+            state_row(&state, &runs, &[], false),
+            ["hello.service", "active", "-", "-", "-", "-"]
+        );
+        let finished = UnitState {
+            name: "job.service".to_owned(),
+            systemd_active_state: "failed".to_owned(),
+            run_result: Some("exit-code".to_owned()),
+            exit_status: Some(3),
+            exited_at: Some("2026-12-07T02:12:18Z".to_owned()),
+            attempts: Some(2),
+            ..UnitState::default()
+        };
+        assert_eq!(
+            state_row(&finished, &runs, &[], false),
+            [
+                "job.service",
+                "failed",
+                "exit-code",
+                "3",
+                "2026-12-07T02:12:18Z",
+                "2"
+            ]
+        );
     }
 }

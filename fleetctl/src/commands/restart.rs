@@ -63,23 +63,20 @@ async fn set_and_wait(
     Err(Exit::Failure)
 }
 
-/// How long a restarted global unit must stay active on one machine before
-/// the next machine's restart begins.
-const GLOBAL_MIN_HEALTHY: Duration = Duration::from_secs(2);
-
-/// How long one machine's stop and start may take before the restart fails.
-const GLOBAL_DEADLINE: Duration = Duration::from_secs(300);
-
 /// Restarts a global unit machine by machine through the agents (a restart
 /// rollout); `None` when fleetd has no rollouts, so the caller falls back.
-async fn restart_global_by_agents(ctx: &Ctx, unit: &Unit) -> Option<Exit> {
+/// `args` gives the rollout's limits: how long the unit must stay active on
+/// one machine before the next machine's restart begins
+/// (`--min-healthy-time`), and how long one machine may take
+/// (`--healthy-deadline`).
+async fn restart_global_by_agents(ctx: &Ctx, unit: &Unit, args: &RestartArgs) -> Option<Exit> {
     let request = RolloutRequest {
         name: unit.name.clone(),
         unit_file: String::new(),
         strategy: Strategy {
             max_parallel: 1,
-            min_healthy_time_ms: millis(GLOBAL_MIN_HEALTHY),
-            healthy_deadline_ms: millis(GLOBAL_DEADLINE),
+            min_healthy_time_ms: millis(args.min_healthy_time),
+            healthy_deadline_ms: millis(args.healthy_deadline),
             canary: 0,
             auto_revert: true,
         },
@@ -121,8 +118,8 @@ fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
-async fn restart_global(ctx: &Ctx, unit: &Unit) -> Exit {
-    if let Some(exit) = restart_global_by_agents(ctx, unit).await {
+async fn restart_global(ctx: &Ctx, unit: &Unit, args: &RestartArgs) -> Exit {
+    if let Some(exit) = restart_global_by_agents(ctx, unit, args).await {
         return exit;
     }
     ctx.console.err(&format!(
@@ -186,7 +183,7 @@ pub async fn run(ctx: &Arc<Ctx>, args: RestartArgs) -> anyhow::Result<Exit> {
     let mut exit = Exit::Success;
     for unit in &units {
         if is_global(unit) {
-            if restart_global(ctx, unit).await != Exit::Success {
+            if restart_global(ctx, unit, &args).await != Exit::Success {
                 exit = Exit::Failure;
             }
             continue;

@@ -40,7 +40,9 @@ use std::time::Duration;
 use anyhow::Context;
 use fleet_registry::changes::{Change, ChangeStream, Changed, Watched};
 use fleet_registry::store::{LeaseId, Revision};
-use fleet_registry::{MachineId, Registry, RegistryError, TargetState, UnitState};
+use fleet_registry::{
+    MachineId, Registry, RegistryError, RunOutcome, RunReport, TargetState, UnitState,
+};
 use fleet_systemd::dbus::{DbusError, Event, Events, Manager, UnitStatus};
 use fleet_systemd::unit::{Requirements, UnitFile, UnitHash, UnitName};
 use tokio::sync::watch;
@@ -96,6 +98,12 @@ enum TaskError {
     File(#[from] UnitsDirError),
     #[error("the content of {unit} (hash {hash}) is not in the registry")]
     MissingContent { unit: UnitName, hash: UnitHash },
+    #[error("cannot delete the outcome of the previous run of {unit}: {source}")]
+    ForgetRun {
+        unit: UnitName,
+        #[source]
+        source: RegistryError,
+    },
     #[error("cannot fetch the content of {unit}: {source}")]
     Registry {
         unit: UnitName,
@@ -194,6 +202,22 @@ pub struct Agent {
     fenced: Option<BTreeSet<UnitName>>,
     /// Whether the units of the current fence were logged.
     fence_announced: bool,
+    /// How the runs of run-to-completion units ended here, as written to
+    /// `P/machine/runs/<me>/` (read at every schedule listing, so a
+    /// restarted agent knows which units must not run again).
+    runs: BTreeMap<UnitName, RunOutcome>,
+    /// Run-to-completion units this agent started or adopted while they
+    /// ran, with the time (µs since the epoch) from which an exit counts as
+    /// the end of that run (0 for an adopted run).
+    running: BTreeMap<UnitName, u64>,
+    /// The start job this agent queued for each unit of `running`, and the
+    /// units whose start job systemd reported `done`: a oneshot's start
+    /// job is done when its run succeeded. systemd may unload a unit whose
+    /// run succeeded right away (nothing refers to it), and with it the
+    /// run's exit time and status; the job's end is then the only word of
+    /// the success.
+    start_jobs: BTreeMap<UnitName, String>,
+    started_ok: BTreeSet<UnitName>,
 }
 
 impl Agent {
@@ -232,6 +256,10 @@ impl Agent {
             fence: None,
             fenced: None,
             fence_announced: false,
+            runs: BTreeMap::new(),
+            running: BTreeMap::new(),
+            start_jobs: BTreeMap::new(),
+            started_ok: BTreeSet::new(),
         }
     }
 
@@ -528,6 +556,13 @@ impl Agent {
                 return Ok(());
             }
         }
+        if let Err(error) = self.note_finished_runs(manager).await {
+            if error.is_connection_lost() {
+                return Err(Exit::SystemdLost(error));
+            }
+            warn!(%error, "Cannot read how a run ended from systemd; retrying.");
+            clocks.states_at = Some(now + clocks.state_backoff.next_delay());
+        }
         let published = self.publish_states().await;
         clocks.state_pacer.ran(Instant::now());
         if published {
@@ -544,6 +579,13 @@ impl Agent {
     async fn watch_schedule(&mut self) -> Result<ChangeStream, RegistryError> {
         if self.need_relist {
             let (placements, revision) = self.registry.machine_schedule(&self.machine).await?;
+            self.runs = self
+                .registry
+                .machine_run_outcomes(&self.machine)
+                .await?
+                .into_iter()
+                .map(|outcome| (outcome.unit.clone(), outcome))
+                .collect();
             let known_until = self.schedule_revision;
             let previous = std::mem::take(&mut self.desired);
             self.desired = placements
@@ -623,11 +665,15 @@ impl Agent {
             Event::JobRemoved {
                 ref unit,
                 ref result,
+                ref job,
                 ..
             } => {
                 let Some(unit) = self.managed_unit(unit) else {
                     return false;
                 };
+                if result == "done" && self.start_jobs.get(&unit) == Some(job) {
+                    self.started_ok.insert(unit.clone());
+                }
                 if result != "done" {
                     // systemd's word for why (failed, dependency, timeout, canceled).
                     warn!(unit = %unit, result = %result, "A systemd job of the unit did not succeed.");
@@ -707,6 +753,10 @@ impl Agent {
                             "active" | "activating" | "reloading"
                         )
                     }),
+                    completed: self
+                        .runs
+                        .get(unit)
+                        .is_some_and(|outcome| Some(outcome.hash) == *hash),
                 };
                 (unit.clone(), current)
             })
@@ -826,6 +876,9 @@ impl Agent {
             // The units are stopped: a renewal from now on may lift it.
             fence.applied();
         }
+        self.running.retain(|unit, _| managed.contains(unit));
+        self.start_jobs.retain(|unit, _| managed.contains(unit));
+        self.started_ok.retain(|unit| managed.contains(unit));
         Ok(all_ok)
     }
 
@@ -834,6 +887,7 @@ impl Agent {
             Task::Load { unit, hash, .. } => self.load(manager, unit, *hash).await,
             Task::Unload { unit, .. } => {
                 self.unload(manager, unit).await?;
+                self.forget_run(unit).await?;
                 if self.ordered.remove(unit)
                     && let Err(error) = self.registry.delete_unload_order(&self.machine, unit).await
                 {
@@ -845,18 +899,28 @@ impl Agent {
             Task::ReloadUnitFiles => self.reload_unit_files(manager).await,
             Task::Adopt { unit, reached } => {
                 self.reached.insert(unit.clone(), *reached);
+                if *reached == TargetState::Launched && !self.runs.contains_key(unit) {
+                    // Maybe a run that was going on when this agent started.
+                    self.running.insert(unit.clone(), 0);
+                }
                 Ok(())
             }
             Task::Stop { unit, .. } => {
                 let job = manager.stop_unit(unit.as_str()).await?;
                 debug!(unit = %unit, job = %job.path, "Stop job queued.");
                 self.reached.insert(unit.clone(), TargetState::Loaded);
-                Ok(())
+                self.forget_run(unit).await
             }
             Task::Start { unit, .. } => {
+                // A new run: the previous one's outcome goes first, so that
+                // a failure here cannot leave it claiming the new run ended.
+                self.forget_run(unit).await?;
+                let started_at = unix_micros();
                 let job = manager.start_unit(unit.as_str()).await?;
                 debug!(unit = %unit, job = %job.path, "Start job queued.");
                 self.reached.insert(unit.clone(), TargetState::Launched);
+                self.running.insert(unit.clone(), started_at);
+                self.start_jobs.insert(unit.clone(), job.path);
                 Ok(())
             }
         }
@@ -1211,6 +1275,112 @@ impl Agent {
         Ok(())
     }
 
+    // --- runs of run-to-completion units ---
+
+    /// Deletes the outcome of `unit`'s previous run here, if there is one
+    /// (the unit runs again, was stopped, or leaves the machine).
+    async fn forget_run(&mut self, unit: &UnitName) -> Result<(), TaskError> {
+        self.running.remove(unit);
+        self.start_jobs.remove(unit);
+        self.started_ok.remove(unit);
+        if !self.runs.contains_key(unit) {
+            return Ok(());
+        }
+        self.registry
+            .delete_run_outcome(unit, &self.machine)
+            .await
+            .map_err(|source| TaskError::ForgetRun {
+                unit: unit.clone(),
+                source,
+            })?;
+        self.runs.remove(unit);
+        Ok(())
+    }
+
+    /// Records the runs that ended since we last looked: a run-to-completion
+    /// unit this agent started (or adopted while it ran) that systemd now
+    /// reports `inactive` or `failed`, with its main process exited after
+    /// the start. The outcome goes to the registry without a lease (see
+    /// [`RunOutcome`]) before the unit's state shows it. A registry failure
+    /// is logged and tried again at the next publication.
+    async fn note_finished_runs(&mut self, manager: &Manager) -> Result<(), DbusError> {
+        // Every unit started here is in `running`; most are not
+        // run-to-completion, and their content is read only once they stop.
+        let ended: Vec<(UnitName, UnitHash, u64)> = self
+            .running
+            .iter()
+            .filter_map(|(unit, started_at)| {
+                let desired = self.desired.get(unit)?;
+                let status = self.statuses.get(unit)?;
+                matches!(status.active_state.as_str(), "inactive" | "failed")
+                    .then(|| (unit.clone(), desired.hash, *started_at))
+            })
+            .collect();
+        for (unit, hash, started_at) in ended {
+            match self.content(&unit, hash).await {
+                Ok(file) if fleet_systemd::unit::runs_to_completion(&file) => {}
+                Ok(_) => {
+                    self.running.remove(&unit);
+                    continue;
+                }
+                Err(error) => {
+                    debug!(unit = %unit, %error, "Cannot read the unit's content to see whether it runs to completion.");
+                    continue;
+                }
+            }
+            let properties = match manager.unit_properties(unit.as_str()).await {
+                Ok(properties) => properties,
+                Err(error) if error.is_connection_lost() => return Err(error),
+                Err(error) => {
+                    warn!(unit = %unit, %error, "Cannot read how the unit's run ended.");
+                    continue;
+                }
+            };
+            let mut exited_at = properties.exec_main_exit_timestamp.unwrap_or(0);
+            let mut properties = properties;
+            if exited_at == 0 && self.started_ok.contains(&unit) {
+                // Unloaded by systemd after a successful run (see
+                // `started_ok`): the job's end is when we heard of it.
+                exited_at = unix_micros();
+                properties.result = "success".to_owned();
+                properties.exec_main_status = Some(0);
+            }
+            if exited_at == 0 || exited_at < started_at {
+                continue; // Not this run's end (yet).
+            }
+            let attempt = match self.registry.run_attempts(&unit).await {
+                Ok(attempts) => attempts
+                    .filter(|attempts| attempts.hash == hash)
+                    .map_or(1, |attempts| attempts.attempts),
+                Err(error) => {
+                    warn!(unit = %unit, %error, "Cannot read the unit's run count; retrying.");
+                    continue;
+                }
+            };
+            let outcome = RunOutcome {
+                unit: unit.clone(),
+                machine: self.machine.clone(),
+                hash,
+                report: RunReport {
+                    result: properties.result,
+                    exit_status: properties.exec_main_status.unwrap_or(0),
+                    exited_at_usecs: exited_at,
+                    attempt,
+                },
+            };
+            if let Err(error) = self.registry.put_run_outcome(&outcome).await {
+                warn!(unit = %unit, %error, "Cannot record how the unit's run ended; retrying.");
+                continue;
+            }
+            info!(unit = %unit, result = %outcome.report.result, exit_status = outcome.report.exit_status, attempt, "The unit's run ended.");
+            self.running.remove(&unit);
+            self.start_jobs.remove(&unit);
+            self.started_ok.remove(&unit);
+            self.runs.insert(unit, outcome);
+        }
+        Ok(())
+    }
+
     // --- states ---
 
     /// What we report for a scheduled unit.
@@ -1240,15 +1410,16 @@ impl Agent {
             Some(Failure::Start) if active_state != "active" => (load_state, "failed".to_owned()),
             _ => (load_state, active_state),
         };
+        let hash = self
+            .on_disk
+            .get(unit)
+            .copied()
+            .flatten()
+            .unwrap_or(desired.hash);
         UnitState {
             unit: unit.clone(),
             machine: self.machine.clone(),
-            hash: self
-                .on_disk
-                .get(unit)
-                .copied()
-                .flatten()
-                .unwrap_or(desired.hash),
+            hash,
             load_state,
             active_state,
             sub_state,
@@ -1257,6 +1428,11 @@ impl Agent {
                 .get(unit)
                 .copied()
                 .unwrap_or(TargetState::Inactive),
+            run: self
+                .runs
+                .get(unit)
+                .filter(|outcome| outcome.hash == hash)
+                .map(|outcome| outcome.report.clone()),
         }
     }
 
@@ -1366,6 +1542,15 @@ async fn fence_changed(changes: &mut Option<watch::Receiver<u64>>) {
         }
         None => std::future::pending().await,
     }
+}
+
+/// Now, in µs since the Unix epoch (systemd's timestamps are in these).
+fn unix_micros() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| {
+            u64::try_from(since.as_micros()).unwrap_or(u64::MAX)
+        })
 }
 
 /// The next batch of the schedule watch; never ready without a watch.

@@ -34,6 +34,10 @@ pub struct Current {
     pub loaded: bool,
     /// systemd says it is active (or activating/reloading).
     pub active: bool,
+    /// A run-to-completion unit whose run with this content is over (its
+    /// outcome is in the registry): it is never started again by a
+    /// restarted agent, only by a new start after a stop.
+    pub completed: bool,
 }
 
 /// One step of a reconcile pass.
@@ -230,7 +234,12 @@ fn plan_unit(
                 hash: desired.hash,
                 reason: "unit on disk but not loaded in systemd",
             });
-            if launch {
+            if launch && current.completed {
+                tasks.push(Task::Adopt {
+                    unit: unit(),
+                    reached: TargetState::Launched,
+                });
+            } else if launch {
                 tasks.push(Task::Start {
                     unit: unit(),
                     reason: "unit's target is launched",
@@ -239,6 +248,11 @@ fn plan_unit(
         }
         None => match (launch, current.active) {
             (true, true) => tasks.push(Task::Adopt {
+                unit: unit(),
+                reached: TargetState::Launched,
+            }),
+            // Its run is over: starting it would run it a second time.
+            (true, false) if current.completed => tasks.push(Task::Adopt {
                 unit: unit(),
                 reached: TargetState::Launched,
             }),
@@ -295,6 +309,7 @@ mod tests {
                 reached,
                 loaded,
                 active,
+                completed: false,
             },
         )
     }
@@ -498,6 +513,49 @@ mod tests {
                 "ReloadUnitFiles",
                 "StartUnit a.service"
             ]
+        );
+    }
+
+    #[test]
+    fn a_restarted_agent_never_runs_a_completed_unit_again() {
+        let mut finished = have("job.service", Some(1), None, true, false);
+        finished.1.completed = true;
+        check(
+            &[want("job.service", 1, Launched)],
+            std::slice::from_ref(&finished),
+            &["AdoptUnit job.service"],
+        );
+        // Not known to systemd any more (collected after its run): loaded
+        // again, still not started.
+        let mut collected = finished.clone();
+        collected.1.loaded = false;
+        check(
+            &[want("job.service", 1, Launched)],
+            &[collected],
+            &[
+                "LoadUnit job.service",
+                "ReloadUnitFiles",
+                "AdoptUnit job.service",
+            ],
+        );
+        // Stopped, then started again: it runs again.
+        let mut stopped = finished.clone();
+        stopped.1.reached = Some(Loaded);
+        check(
+            &[want("job.service", 1, Launched)],
+            &[stopped],
+            &["StartUnit job.service"],
+        );
+        // New content runs again.
+        check(
+            &[want("job.service", 2, Launched)],
+            &[finished],
+            &[
+                "UnloadUnit job.service",
+                "LoadUnit job.service",
+                "ReloadUnitFiles",
+                "StartUnit job.service",
+            ],
         );
     }
 }

@@ -17,9 +17,13 @@
 //! [`rollout_driver`] about once a second while a rollout is active and pins
 //! the placements it has updated to the new content.
 //!
+//! Run-to-completion units go through [`runs::plan`]: a finished run stays
+//! where it ran (also on a lost machine), a failed one is retried while
+//! `Retries=` allows.
+//!
 //! The engine never talks to systemd and never writes anything but the
-//! schedule, its leader key, rollout progress and, at the end of a successful
-//! rollout, the rolled-out unit records.
+//! schedule, its leader key, rollout progress, run counts and, at the end of
+//! a successful rollout, the rolled-out unit records.
 
 pub mod drain;
 mod lease;
@@ -27,6 +31,7 @@ pub mod loss;
 pub mod model;
 pub mod rollout_driver;
 pub mod rollouts;
+pub mod runs;
 #[cfg(test)]
 mod slow_pass_tests;
 /// The pure scheduler, its own crate so nothing impure can creep in.
@@ -42,7 +47,7 @@ use tracing::{debug, error, info, warn};
 
 use fleet_registry::changes::{Change, ChangeStream, Changed, Watched};
 use fleet_registry::store::{Leadership, LeaseId, Revision, ScheduleChange, ScheduleReasons};
-use fleet_registry::{MachineId, Registry, RegistryError};
+use fleet_registry::{MachineId, MachineState, Placement, Registry, RegistryError};
 use fleet_systemd::unit::UnitName;
 
 use crate::backoff::Backoff;
@@ -52,7 +57,8 @@ use crate::engine::lease::LeaseTask;
 use crate::engine::loss::{BreakerEvent, LossTracker};
 use crate::engine::model::Model;
 use crate::engine::rollouts::Rollouts;
-use crate::engine::scheduler::{Decision, schedule_with};
+use crate::engine::runs::{RunBook, RunPlan};
+use crate::engine::scheduler::{Cordons, Decision, LossPolicy, UnitSpec, schedule_with};
 use crate::pacing::Pacer;
 
 /// The least time between the end of a pass and the start of the next: a
@@ -352,6 +358,9 @@ impl Engine {
                     events = watches.cordons.next() => {
                         if !leader.on_events(events, &mut dirty_since).await { continue 'relist; }
                     }
+                    events = watches.runs.next() => {
+                        if !leader.on_events(events, &mut dirty_since).await { continue 'relist; }
+                    }
                     () = sleep_until(wake) => {
                         if Instant::now() >= resync_at {
                             debug!("Periodic resync.");
@@ -388,6 +397,7 @@ struct Watches {
     content: ChangeStream,
     rollouts: ChangeStream,
     cordons: ChangeStream,
+    runs: ChangeStream,
 }
 
 /// The state of a leading engine.
@@ -403,6 +413,8 @@ struct Leader<'a> {
     rollouts: Rollouts,
     /// Cordoned and draining machines, and the drain's pace.
     drain: DrainTracker,
+    /// How the runs of run-to-completion units ended, and our counts.
+    runs: RunBook,
 }
 
 impl<'a> Leader<'a> {
@@ -421,6 +433,7 @@ impl<'a> Leader<'a> {
             reported: HashMap::new(),
             rollouts: Rollouts::default(),
             drain: DrainTracker::default(),
+            runs: RunBook::default(),
         }
     }
 
@@ -441,11 +454,16 @@ impl<'a> Leader<'a> {
             content: registry.watch_changes(Watched::Content, from).await?,
             rollouts: registry.watch_changes(Watched::Rollouts, from).await?,
             cordons: registry.watch_changes(Watched::Cordons, from).await?,
+            runs: registry.watch_changes(Watched::Runs, from).await?,
         };
         // Read after the snapshot: a cordon written in between shows up both
         // here and as a watch event, which is harmless.
         let cordons = self.registry().cordons().await?;
         self.drain.set_all(cordons);
+        // Read after the watch started too: an outcome seen twice is the same.
+        let outcomes = self.registry().run_outcomes().await?;
+        let counts = self.registry().all_run_attempts().await?;
+        self.runs = RunBook::new(outcomes, counts);
         self.model = Model::from_snapshot(snapshot);
         // Read after the watch started, so no spec is missed; a spec seen
         // twice is the same spec.
@@ -569,6 +587,13 @@ impl<'a> Leader<'a> {
             Change::ContentRemoved(hash) => self.model.remove_content(&hash),
             Change::Cordoned(cordon) => self.drain.put(cordon),
             Change::CordonLifted(machine) => self.drain.remove(&machine),
+            Change::RunEnded(outcome) => {
+                let key = (outcome.unit.clone(), outcome.machine.clone());
+                self.runs.outcomes.insert(key, outcome);
+            }
+            Change::RunForgotten { unit, machine } => {
+                self.runs.outcomes.remove(&(unit, machine));
+            }
             // The schedule is not watched (the engine is its only writer) and
             // rollouts come on their own watch.
             Change::Placed(_)
@@ -638,10 +663,23 @@ impl<'a> Leader<'a> {
         self.loss
             .prune(now, |machine| model.has_placements_on(machine));
 
+        let run_plan = runs::plan(&self.model.units, &self.model.placements, &self.runs);
+        self.write_run_counts(&run_plan).await?;
+
         let started = std::time::Instant::now();
         let (machines, units, placements) = self.model.scheduler_input();
+        let (units, placements) = without_held_runs(units, placements, &run_plan);
         let cordons = self.drain.cordons(&self.engine.registry).await?;
-        let outcome = schedule_with(&machines, &units, &placements, &policy, &cordons);
+        let mut outcome = schedule_with(&machines, &units, &placements, &policy, &cordons);
+        outcome.decisions.extend(run_decisions(
+            &run_plan,
+            &self.model,
+            &machines,
+            &units,
+            &placements,
+            &policy,
+            &cordons,
+        ));
         let elapsed = started.elapsed();
         metrics.pass(started);
         metrics.unschedulable(outcome.unschedulable.iter().map(|u| u.reason.as_str()));
@@ -707,6 +745,38 @@ impl<'a> Leader<'a> {
         Ok(())
     }
 
+    /// Writes the run counts `run_plan` decided, and deletes those no longer
+    /// needed, before any schedule change that depends on them.
+    async fn write_run_counts(&mut self, run_plan: &RunPlan) -> Result<(), RegistryError> {
+        for count in &run_plan.counts {
+            self.engine
+                .registry
+                .put_run_attempts(&self.leadership, count)
+                .await?;
+            let failure = count.failures.last();
+            info!(
+                unit = %count.unit,
+                machine = ?failure.map(|failure| &failure.machine),
+                attempts = count.attempts,
+                "A run of the unit failed; {}.",
+                if run_plan.retries.iter().any(|(unit, _)| unit == &count.unit) {
+                    "running it again"
+                } else {
+                    "no retry left"
+                }
+            );
+            self.runs.attempts.insert(count.unit.clone(), count.clone());
+        }
+        for unit in &run_plan.forget {
+            self.engine
+                .registry
+                .delete_run_attempts(&self.leadership, unit)
+                .await?;
+            self.runs.attempts.remove(unit);
+        }
+        Ok(())
+    }
+
     fn log_breaker(&self, event: Option<BreakerEvent>, n_present: usize) {
         match event {
             None => {}
@@ -762,4 +832,77 @@ impl<'a> Leader<'a> {
         }
         self.reported = current;
     }
+}
+
+/// The scheduler's input without the run-to-completion units `run_plan`
+/// holds (finished, being retried, or waiting for a retry placement) and
+/// without their placements: the main pass leaves them alone.
+fn without_held_runs(
+    units: Vec<UnitSpec>,
+    placements: Vec<Placement>,
+    run_plan: &RunPlan,
+) -> (Vec<UnitSpec>, Vec<Placement>) {
+    if !run_plan.finished.is_empty() || !run_plan.retries.is_empty() || !run_plan.avoid.is_empty() {
+        let units = units
+            .into_iter()
+            .filter(|unit| !run_plan.holds(&unit.name))
+            .collect();
+        let placements = placements
+            .into_iter()
+            .filter(|placement| !run_plan.holds(&placement.unit))
+            .collect();
+        return (units, placements);
+    }
+    (units, placements)
+}
+
+/// The schedule changes of retries: a failed run's unit leaves the machine
+/// it failed on, and is placed by a pass of its own in which the machines it
+/// failed on take no new placement (as if cordoned); when no other machine
+/// fits, it is placed in a later pass anywhere the scheduler allows.
+fn run_decisions(
+    run_plan: &RunPlan,
+    model: &Model,
+    machines: &[MachineState],
+    units: &[UnitSpec],
+    placements: &[Placement],
+    policy: &LossPolicy,
+    cordons: &Cordons,
+) -> Vec<Decision> {
+    let mut decisions: Vec<Decision> = run_plan
+        .retries
+        .iter()
+        .map(|(unit, machine)| Decision::Unplace {
+            unit: unit.clone(),
+            machine: machine.clone(),
+            reason: "its run failed: retrying".to_owned(),
+        })
+        .collect();
+    for (name, failed_on) in &run_plan.avoid {
+        let Some(spec) = model.units.get(name).and_then(|record| record.spec.clone()) else {
+            continue;
+        };
+        let mut with_unit = units.to_vec();
+        with_unit.push(spec);
+        let mut avoiding = cordons.clone();
+        avoiding.cordoned.extend(failed_on.iter().cloned());
+        let placed_by = |cordons: &Cordons| {
+            schedule_with(machines, &with_unit, placements, policy, cordons)
+                .decisions
+                .into_iter()
+                .find(|decision| {
+                    matches!(decision, Decision::Place { placement, .. } if &placement.unit == name)
+                })
+        };
+        // A unit leaving a machine in this pass cannot be placed there again
+        // in the same transaction: it waits for the next pass instead.
+        let leaving = run_plan.retries.iter().any(|(unit, _)| unit == name);
+        let decision = match placed_by(&avoiding) {
+            Some(decision) => Some(decision),
+            None if leaving => None,
+            None => placed_by(cordons),
+        };
+        decisions.extend(decision);
+    }
+    decisions
 }

@@ -16,6 +16,7 @@ mod foundation;
 mod harness;
 mod host_units;
 mod logs;
+mod oneshot;
 mod package;
 mod rollout;
 mod safety;

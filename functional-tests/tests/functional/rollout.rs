@@ -372,6 +372,96 @@ fn a_global_unit_restarts_machine_by_machine_through_the_agents() -> anyhow::Res
     Ok(())
 }
 
+/// The engine's fleetd is killed with SIGKILL in the middle of `fleetctl restart` of a
+/// global unit (one machine restarted, the others not yet): the next engine continues the
+/// restart from its progress in etcd, and every host still stops and starts the unit exactly
+/// once, never two hosts at a time. The restart is followed through a host whose fleetd is
+/// not the engine's.
+#[test]
+fn a_global_restart_finishes_after_the_engine_is_killed() -> anyhow::Result<()> {
+    let cluster = Cluster::start(3)?;
+    install_everywhere(&cluster)?;
+    let leader = engine_leader(&cluster)?;
+    let leader_host = host_of(&cluster, &leader)?;
+    let other = cluster
+        .hosts()
+        .iter()
+        .find(|host| **host != leader_host)
+        .context("no second host")?
+        .clone();
+    let fleet = Fleet::new(&cluster, &other)?;
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("stamp.service");
+    std::fs::write(&path, STAMPED)?;
+    fleet.ctl_ok(&["start", &path.to_string_lossy()])?;
+    fleet.wait_units(START_DEADLINE, "the global unit on every host", |rows| {
+        rows.iter()
+            .filter(|row| row.unit == "stamp.service" && row.active == "active")
+            .count()
+            == 3
+    })?;
+    let n_restarted = || -> anyhow::Result<usize> {
+        let mut restarted = 0;
+        for host in cluster.hosts() {
+            let log = cluster.exec_ok(host, &["cat", "/run/stamp.log"])?;
+            restarted += usize::from(log.lines().count() >= 3);
+        }
+        Ok(restarted)
+    };
+    let result = std::thread::scope(|scope| -> anyhow::Result<()> {
+        // A long healthy time, so that the kill lands between two machines.
+        let restart = scope.spawn(|| {
+            fleet.ctl_ok(&[
+                "restart",
+                "--min-healthy-time",
+                "5s",
+                "--healthy-deadline",
+                "60s",
+                "stamp.service",
+            ])
+        });
+        let killed = wait_until(ROLLOUT_DEADLINE, "one machine restarted", || {
+            Ok(n_restarted()? >= 1)
+        })
+        .and_then(|()| {
+            if n_restarted()? == 3 {
+                bail!("the restart ended before the kill");
+            }
+            cluster.exec_ok(
+                &leader_host,
+                &["systemctl", "kill", "-s", "KILL", "fleet.service"],
+            )?;
+            Ok(())
+        });
+        let out = restart
+            .join()
+            .map_err(|_| anyhow::anyhow!("the restart thread panicked"))?;
+        killed?;
+        let out = out?;
+        assert!(
+            out.contains("Triggered global unit stamp.service restart"),
+            "{out}"
+        );
+        Ok(())
+    });
+    result?;
+    let mut windows = Vec::new();
+    for host in cluster.hosts() {
+        windows.push(restart_window(&cluster, host)?);
+    }
+    windows.sort();
+    for pair in windows.windows(2) {
+        assert!(
+            pair[0].1 <= pair[1].0,
+            "two machines were down at once: {windows:?}"
+        );
+    }
+    assert_ne!(engine_leader(&cluster)?, leader, "the engine did not move");
+    let status = fleet.ctl_ok(&["update", "--status", "stamp.service"])?;
+    assert!(status.contains("Succeeded"), "{status}");
+    Ok(())
+}
+
 /// The hash `list-unit-files` shows for the template.
 fn template_hash(fleet: &Fleet) -> anyhow::Result<String> {
     fleet

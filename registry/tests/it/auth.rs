@@ -28,6 +28,7 @@ fn state(unit: &str, machine: &str) -> UnitState {
         active_state: "active".to_owned(),
         sub_state: "running".to_owned(),
         reached: TargetState::Launched,
+        run: None,
     }
 }
 

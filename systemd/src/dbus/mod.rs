@@ -88,6 +88,12 @@ pub struct UnitProperties {
     /// µs since the epoch when the main process of a service started; `None`
     /// for other unit types, `Some(0)` if it never ran.
     pub exec_main_start_timestamp: Option<u64>,
+    /// µs since the epoch when the main process of a service last exited;
+    /// `None` for other unit types, `Some(0)` if it never exited.
+    pub exec_main_exit_timestamp: Option<u64>,
+    /// The exit status of a service's main process (with `exec-code`), or
+    /// the signal that killed it; `None` for other unit types.
+    pub exec_main_status: Option<i32>,
 }
 
 /// A connection to one systemd manager. Cheap to clone (one shared connection).
@@ -354,7 +360,7 @@ impl Manager {
         let active_enter_timestamp = self
             .call("ActiveEnterTimestamp", name, unit.active_enter_timestamp())
             .await?;
-        let (result, exec_main_start_timestamp) =
+        let (result, exec_main_start_timestamp, exec_main_exit_timestamp, exec_main_status) =
             if name.ends_with(".service") && load_state == "loaded" {
                 let service = self
                     .call(
@@ -374,9 +380,19 @@ impl Manager {
                         service.exec_main_start_timestamp(),
                     )
                     .await?;
-                (result, Some(started))
+                let exited = self
+                    .call(
+                        "ExecMainExitTimestamp",
+                        name,
+                        service.exec_main_exit_timestamp(),
+                    )
+                    .await?;
+                let status = self
+                    .call("ExecMainStatus", name, service.exec_main_status())
+                    .await?;
+                (result, Some(started), Some(exited), Some(status))
             } else {
-                (String::new(), None)
+                (String::new(), None, None, None)
             };
         Ok(UnitProperties {
             name: name.to_owned(),
@@ -386,6 +402,8 @@ impl Manager {
             result,
             active_enter_timestamp,
             exec_main_start_timestamp,
+            exec_main_exit_timestamp,
+            exec_main_status,
         })
     }
 

@@ -28,6 +28,11 @@ const REPLACES: &str = "Replaces";
 /// What the unit's copy on a machine cut off from etcd does (fleet's own
 /// option; the original had none).
 pub const ON_PARTITION: &str = "OnPartition";
+const RETRIES: &str = "Retries";
+
+/// The most `Retries=` accepts: a bound, so that a typo cannot make a failing
+/// unit run for ever.
+pub const MAX_RETRIES: u32 = 100;
 
 /// Every `[X-Fleet]` key the original accepts (`validRequirements`).
 const KNOWN_KEYS: &[&str] = &[
@@ -43,6 +48,8 @@ const KNOWN_KEYS: &[&str] = &[
     GLOBAL,
     REPLACES,
     ON_PARTITION,
+    // How often a failed run-to-completion unit is run again.
+    RETRIES,
     // Declared health checks, run by the agent (rolling updates wait for them).
     "HealthCheckExec",
     "HealthCheckHTTP",
@@ -72,6 +79,12 @@ pub struct Requirements {
     /// `OnPartition` (last value): whether a machine that lost etcd stops
     /// this unit before the engine may start it elsewhere.
     pub on_partition: OnPartition,
+    /// `Retries` (last value, default 0): how many times a run-to-completion
+    /// unit whose run failed is run again, on another machine when one fits.
+    pub retries: u32,
+    /// The unit runs once and exits (`Type=oneshot` without
+    /// `RemainAfterExit=yes`): see [`runs_to_completion`].
+    pub runs_to_completion: bool,
 }
 
 /// `[X-Fleet] OnPartition=`: what a copy of the unit does on a machine that
@@ -222,20 +235,59 @@ impl RawRequirements {
                 .last()
                 .and_then(|value| OnPartition::parse(value))
                 .unwrap_or_default(),
+            retries: self
+                .get(RETRIES)
+                .last()
+                .and_then(|value| parse_retries(value).ok())
+                .unwrap_or(0),
+            runs_to_completion: false,
         }
     }
+}
+
+/// A `Retries=` value: a whole number from 0 to [`MAX_RETRIES`].
+fn parse_retries(value: &str) -> Result<u32, String> {
+    match value.trim().parse::<u32>() {
+        Ok(retries) if retries <= MAX_RETRIES => Ok(retries),
+        _ => Err(format!(
+            "invalid Retries value {value:?}: expected a whole number from 0 to {MAX_RETRIES}"
+        )),
+    }
+}
+
+/// Whether `unit` runs to completion: a service with `Type=oneshot` and
+/// without `RemainAfterExit=yes` (the last value of each wins, as in
+/// systemd). Such a unit is started once; when its run ends, it stays
+/// ended: it is not started again by fleet, and it is not moved when its
+/// machine is lost afterwards. With `RemainAfterExit=yes` systemd keeps it
+/// `active` after the run, so fleet treats it as any other unit.
+pub fn runs_to_completion(unit: &UnitFile) -> bool {
+    let last = |name| unit.values("Service", name).last().map(str::trim);
+    last("Type") == Some("oneshot") && !last("RemainAfterExit").is_some_and(is_systemd_true)
+}
+
+/// systemd's boolean words for true (`parse_boolean`): `1 yes y true t on`.
+fn is_systemd_true(value: &str) -> bool {
+    matches!(
+        value.to_ascii_lowercase().as_str(),
+        "1" | "yes" | "y" | "true" | "t" | "on"
+    )
 }
 
 impl Requirements {
     /// The `[X-Fleet]` requirements of `unit` named `name`.
     pub fn of(unit: &UnitFile, name: &UnitName) -> Requirements {
-        RawRequirements::of(unit, Some(name)).requirements()
+        let mut requirements = RawRequirements::of(unit, Some(name)).requirements();
+        requirements.runs_to_completion = runs_to_completion(unit);
+        requirements
     }
 
     /// The requirements without specifier substitution, as the original
     /// sees a unit that has no (valid) name, e.g. during validation.
     pub fn of_unnamed(unit: &UnitFile) -> Requirements {
-        RawRequirements::of(unit, None).requirements()
+        let mut requirements = RawRequirements::of(unit, None).requirements();
+        requirements.runs_to_completion = runs_to_completion(unit);
+        requirements
     }
 
     /// Whether a machine with this full id satisfies `MachineID` (full or
@@ -322,7 +374,10 @@ pub fn validate_options(unit: &UnitFile) -> Result<(), String> {
             "invalid value {value:?} of {ON_PARTITION}: expected \"stop\" or \"keep-running\""
         ));
     }
-    let requirements = raw.requirements();
+    if let Some(retries) = raw.get(RETRIES).last() {
+        parse_retries(retries)?;
+    }
+    let requirements = Requirements::of_unnamed(unit);
     let peers = distinct(&requirements.machine_of);
     let conflicts = distinct(&requirements.conflicts);
     let replaces = distinct(&requirements.replaces);
@@ -826,5 +881,36 @@ mod tests {
         let name: UnitName = "hello@.service".parse().unwrap();
         assert!(name.is_template());
         assert_eq!(Requirements::of(&template, &name), Requirements::default());
+    }
+
+    #[test]
+    fn run_to_completion_and_retries() {
+        let unit = |text: &str| UnitFile::parse(text).unwrap();
+        let name: UnitName = "job.service".parse().unwrap();
+        let oneshot = unit("[Service]\nType=oneshot\nExecStart=/bin/true\n[X-Fleet]\nRetries=2\n");
+        let requirements = Requirements::of(&oneshot, &name);
+        assert!(requirements.runs_to_completion);
+        assert_eq!(requirements.retries, 2);
+        assert_eq!(validate_options(&oneshot), Ok(()));
+        // RemainAfterExit keeps it active after its run: an ordinary unit.
+        let remains = unit("[Service]\nType=oneshot\nRemainAfterExit=yes\n");
+        assert!(!runs_to_completion(&remains));
+        let remains_off =
+            unit("[Service]\nType=oneshot\nRemainAfterExit=yes\nRemainAfterExit=no\n");
+        assert!(runs_to_completion(&remains_off));
+        assert!(!runs_to_completion(&unit("[Service]\nType=simple\n")));
+        assert!(!runs_to_completion(&unit(
+            "[Service]\nType=oneshot\nType=simple\n"
+        )));
+        // Retries defaults to 0; a bad value is refused by validation.
+        assert_eq!(Requirements::of(&remains, &name).retries, 0);
+        for bad in ["-1", "x", "101", ""] {
+            let file = unit(&format!("[X-Fleet]\nRetries={bad}\n"));
+            assert!(
+                validate_options(&file).is_err_and(|error| error.contains("invalid Retries")),
+                "{bad:?}"
+            );
+        }
+        assert!(unrecognized_requirements(&oneshot).is_empty());
     }
 }

@@ -21,8 +21,8 @@ mod name;
 mod parse;
 
 pub use fleet::{
-    OnPartition, Requirements, X_FLEET, is_truthy, parse_multivalue_line,
-    unrecognized_requirements, validate_options,
+    MAX_RETRIES, OnPartition, Requirements, X_FLEET, is_truthy, parse_multivalue_line,
+    runs_to_completion, unrecognized_requirements, validate_options,
 };
 pub use glob::{glob_is_valid, glob_match};
 pub use hash::UnitHash;
