@@ -102,6 +102,14 @@ impl Registry {
     /// API lists those with an error instead of hiding them). One read per
     /// prefix, both at one revision.
     pub async fn unit_listing(&self) -> Result<UnitListing, RegistryError> {
+        let (records, contents) = self.unit_records_and_contents().await?;
+        Ok(self.decode_unit_listing(records.kvs(), contents.kvs()))
+    }
+
+    /// Every unit record and every content, read at one revision.
+    async fn unit_records_and_contents(
+        &self,
+    ) -> Result<(PrefixListing, PrefixListing), RegistryError> {
         let records = self
             .get_prefix("list units", self.keys.units(), None)
             .await?;
@@ -113,23 +121,13 @@ impl Registry {
                 Some(revision),
             )
             .await?;
-        Ok(self.decode_unit_listing(records.kvs(), contents.kvs()))
+        Ok((records, contents))
     }
 
     /// All units sorted by name, each with its content (one read per prefix,
     /// both at one revision; each content parsed once and shared).
     pub async fn units(&self) -> Result<Vec<Unit>, RegistryError> {
-        let records = self
-            .get_prefix("list units", self.keys.units(), None)
-            .await?;
-        let revision = records.revision();
-        let contents = self
-            .get_prefix(
-                "list unit contents",
-                self.keys.all_content(),
-                Some(revision),
-            )
-            .await?;
+        let (records, contents) = self.unit_records_and_contents().await?;
         Ok(self.decode_units(records.kvs(), contents.kvs()))
     }
 
