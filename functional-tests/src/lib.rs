@@ -310,7 +310,8 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        if thread::panicking() {
+        // FLEET_TEST_JOURNALS=1 keeps them for a test that passed or returned an error too.
+        if thread::panicking() || std::env::var_os("FLEET_TEST_JOURNALS").is_some() {
             self.save_journals();
         }
         if let Err(error) = testhosts(["cleanup"]) {

@@ -75,6 +75,10 @@ impl UnitSpec {
 pub struct LossPolicy {
     /// Absent machines that have been gone longer than the grace period.
     pub lost_beyond_grace: BTreeSet<MachineId>,
+    /// Absent machines gone so long that they are taken as retired: even
+    /// their global units' placements are released (kept until then, so a
+    /// returning machine adopts its global units instead of restarting them).
+    pub retired: BTreeSet<MachineId>,
     /// The breaker: too many machines vanished at once; move nothing.
     pub breaker_tripped: bool,
 }
@@ -83,6 +87,12 @@ impl LossPolicy {
     /// Whether the units of the absent machine `machine` may be re-placed now.
     pub fn releases(&self, machine: &MachineId) -> bool {
         !self.breaker_tripped && self.lost_beyond_grace.contains(machine)
+    }
+
+    /// Whether the global units' placements on the absent machine `machine`
+    /// may be released now.
+    pub fn releases_globals(&self, machine: &MachineId) -> bool {
+        self.releases(machine) && self.retired.contains(machine)
     }
 }
 
@@ -692,7 +702,17 @@ impl<'a> Pass<'a> {
             }
             for machine in self.on[unit].clone() {
                 if !self.is_present(machine) {
-                    if self.loss.releases(self.machines[machine].id) {
+                    // A global unit stays placed on a lost machine until it
+                    // is retired: no other machine can take it over (it runs
+                    // on all of them), and a returning fleetd then adopts it
+                    // instead of stopping it and starting it again.
+                    let id = self.machines[machine].id;
+                    let released = if self.is_global(unit) {
+                        self.loss.releases_globals(id)
+                    } else {
+                        self.loss.releases(id)
+                    };
+                    if released {
                         self.unplace(
                             unit,
                             machine,
@@ -1976,6 +1996,33 @@ pub(crate) mod tests {
         cluster.settle();
         assert_eq!(cluster.machine_of("web@4.service"), "m4");
         assert_eq!(cluster.machine_of("web@1.service"), "m1");
+    }
+
+    #[test]
+    fn a_lost_machine_keeps_its_global_units_placed_so_a_return_restarts_nothing() {
+        let units = vec![
+            unit("global.service", &["Global=true"]),
+            unit("plain.service", &[]),
+        ];
+        let mut cluster = Cluster::new(machines(&["m1", "m2"]), units);
+        cluster.settle();
+        assert_eq!(cluster.machine_of("plain.service"), "m1");
+        cluster.remove_machine("m1");
+        cluster
+            .loss
+            .lost_beyond_grace
+            .insert("m1".parse().expect("id"));
+        let decisions = cluster.pass();
+        // Only the plain unit moves; the global unit's placement on m1 stays.
+        assert!(
+            decisions
+                .iter()
+                .all(|decision| decision.unit().as_str() == "plain.service"),
+            "{decisions:#?}"
+        );
+        assert_eq!(cluster.machine_of("plain.service"), "m2");
+        assert_eq!(cluster.machines_of("global.service"), ["m1", "m2"]);
+        assert!(cluster.pass().is_empty());
     }
 
     #[test]

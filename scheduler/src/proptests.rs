@@ -17,6 +17,7 @@
 use std::collections::BTreeSet;
 
 use fleet_model::{MachineState, TargetState};
+use fleet_systemd::unit::UnitName;
 use proptest::prelude::*;
 
 use crate::UnitSpec;
@@ -185,15 +186,18 @@ proptest! {
     }
 
     #[test]
-    fn a_lost_machine_releases_its_units(mut cluster in cluster(), victim in 0usize..8) {
+    fn a_lost_machine_releases_its_units_but_global_ones(mut cluster in cluster(), victim in 0usize..8) {
         cluster.settle();
         let victim = victim % cluster.machines.len();
         let lost = cluster.machines.remove(victim).id;
         cluster.loss.lost_beyond_grace.insert(lost.clone());
         cluster.settle();
+        let global = |unit: &UnitName| {
+            cluster.units.iter().any(|spec| spec.name == *unit && spec.requirements.global)
+        };
         prop_assert!(
-            cluster.placements.iter().all(|p| p.machine != lost),
-            "placements stay on the lost machine {}", lost
+            cluster.placements.iter().all(|p| p.machine != lost || global(&p.unit)),
+            "non-global placements stay on the lost machine {}", lost
         );
         cluster.pass();
         check_complete(&cluster);

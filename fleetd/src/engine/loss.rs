@@ -128,11 +128,7 @@ impl LossTracker {
     /// than any rule looks back and without placements (`has_placements`).
     /// Keeps memory bounded when machines come and go with new ids.
     pub fn prune(&mut self, now: Instant, has_placements: impl Fn(&MachineId) -> bool) {
-        let forget_after = self
-            .window
-            .max(self.grace * (BREAKER_HOLD_GRACES + 1))
-            .max(self.restart_grace)
-            * 2;
+        let forget_after = self.retire_after();
         let in_trip = |machine: &MachineId| {
             self.trip
                 .as_ref()
@@ -152,6 +148,16 @@ impl LossTracker {
             self.vanished.remove(&machine);
             self.forgiven.remove(&machine);
         }
+    }
+
+    /// How long a machine stays away before it counts as retired (its global
+    /// units are released) and may be forgotten: longer than any rule looks
+    /// back, twice over (30 minutes with the default restart grace).
+    fn retire_after(&self) -> Duration {
+        self.window
+            .max(self.grace * (BREAKER_HOLD_GRACES + 1))
+            .max(self.restart_grace)
+            * 2
     }
 
     /// Whether the breaker holds.
@@ -219,9 +225,16 @@ impl LossTracker {
             })
             .map(|(machine, _)| machine.clone())
             .collect();
+        let retired = self
+            .vanished
+            .iter()
+            .filter(|(_, since)| now.saturating_duration_since(**since) >= self.retire_after())
+            .map(|(machine, _)| machine.clone())
+            .collect();
         (
             LossPolicy {
                 lost_beyond_grace,
+                retired,
                 breaker_tripped: self.trip.is_some(),
             },
             event,
@@ -240,6 +253,7 @@ impl LossTracker {
             for deadline in [
                 *since + self.grace_of(machine),
                 *since + self.window + Duration::from_millis(1),
+                *since + self.retire_after(),
             ] {
                 if deadline > after {
                     deadlines.push(deadline);
@@ -288,6 +302,22 @@ mod tests {
         );
         let (policy, _) = tracker.evaluate(start + GRACE, 3);
         assert!(released(&policy, "m1"));
+    }
+
+    #[test]
+    fn a_machine_away_for_twice_the_longest_rule_is_retired_and_its_globals_released() {
+        let start = Instant::now();
+        let restart_grace = Duration::from_secs(900);
+        let mut tracker = LossTracker::new(GRACE, 0.5, WINDOW).with_restart_grace(restart_grace);
+        tracker.vanished(&id("m1"), start);
+        let later = start + WINDOW * 2;
+        let (policy, _) = tracker.evaluate(later, 3);
+        assert!(released(&policy, "m1"));
+        assert!(!policy.releases_globals(&id("m1")));
+        let retire = start + restart_grace * 2;
+        assert_eq!(tracker.next_deadline(later), Some(retire));
+        let (policy, _) = tracker.evaluate(retire, 3);
+        assert!(policy.releases_globals(&id("m1")));
     }
 
     #[test]

@@ -26,6 +26,10 @@
 //!   the rollout waits (`awaiting-promotion`) until the operator promotes it.
 //! - Pause stops new targets from starting (those updating finish); abort ends
 //!   the rollout like a revert.
+//! - A pending target whose machine is not present (a global unit stays placed
+//!   on a lost machine) waits while others go: it starts if its machine comes
+//!   back, and is skipped (gone) when nothing else is left to do. A target
+//!   already updating when its machine vanished keeps its deadline.
 //! - When every target is healthy (or its placement went away) the rollout
 //!   has `succeeded`; the engine then switches the unit records.
 //! - A restart (`spec.restart`) is a rollout to the content the units have:
@@ -45,6 +49,24 @@ use fleet_api::rollout::{
 
 /// A placement: (unit, machine).
 pub type PlacementKey = (String, String);
+
+/// The placements of a rollout's units now: every one, and those on a
+/// machine that is not present (no agent there can act until it returns).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Placements {
+    pub all: BTreeSet<PlacementKey>,
+    pub absent: BTreeSet<PlacementKey>,
+}
+
+impl From<BTreeSet<PlacementKey>> for Placements {
+    /// Every placement on a present machine.
+    fn from(all: BTreeSet<PlacementKey>) -> Placements {
+        Placements {
+            all,
+            absent: BTreeSet::new(),
+        }
+    }
+}
 
 /// What an agent reports about one placement being updated.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -87,13 +109,13 @@ impl Observed {
 pub fn step(
     spec: &RolloutSpec,
     progress: Option<&RolloutProgress>,
-    placements: &BTreeSet<PlacementKey>,
+    placements: &Placements,
     observed: &HashMap<PlacementKey, Observed>,
     now_ms: u64,
 ) -> RolloutProgress {
     let mut next = match progress.filter(|progress| progress.id == spec.id) {
         Some(progress) => progress.clone(),
-        None => begin(spec, placements, now_ms),
+        None => begin(spec, &placements.all, now_ms),
     };
     if next.phase.is_terminal() {
         return next;
@@ -107,7 +129,7 @@ pub fn step(
         next.phase = Phase::Aborted;
         return next;
     }
-    let events = observe(spec, &mut next.targets, placements, observed, now_ms);
+    let events = observe(spec, &mut next.targets, &placements.all, observed, now_ms);
     for message in events {
         log(&mut next, now_ms, message);
     }
@@ -162,12 +184,19 @@ pub fn step(
         log(&mut next, now_ms, "Promoted by the operator.".to_owned());
         next.phase = Phase::Running;
     }
-    let started = start_batch(spec, &mut next.targets, now_ms);
+    let started = start_batch(spec, &mut next.targets, &placements.absent, now_ms);
     if !started.is_empty() {
         log(
             &mut next,
             now_ms,
             format!("{} {}.", verb(spec), started.join(", ")),
+        );
+    }
+    for skipped in skip_absent(&mut next.targets, &placements.absent) {
+        log(
+            &mut next,
+            now_ms,
+            format!("{skipped}: its machine is not present; skipped."),
         );
     }
     let done = next
@@ -384,9 +413,39 @@ fn n_started(targets: &[Target]) -> usize {
         .count()
 }
 
-/// Starts pending targets up to `max_parallel` updating at once (and up to
-/// the canary count before a promotion); returns what started.
-fn start_batch(spec: &RolloutSpec, targets: &mut [Target], now_ms: u64) -> Vec<String> {
+/// When no target is updating and every pending one is on an absent
+/// machine, those are skipped (gone); returns them.
+fn skip_absent(targets: &mut [Target], absent: &BTreeSet<PlacementKey>) -> Vec<String> {
+    let waiting = |target: &Target| {
+        target.phase == TargetPhase::Updating
+            || (target.phase == TargetPhase::Pending && !is_absent(target, absent))
+    };
+    if targets.iter().any(waiting) {
+        return Vec::new();
+    }
+    let mut skipped = Vec::new();
+    for target in targets.iter_mut() {
+        if target.phase == TargetPhase::Pending {
+            target.phase = TargetPhase::Gone;
+            skipped.push(format!("{} on {}", target.unit, target.machine));
+        }
+    }
+    skipped
+}
+
+fn is_absent(target: &Target, absent: &BTreeSet<PlacementKey>) -> bool {
+    absent.contains(&(target.unit.clone(), target.machine.clone()))
+}
+
+/// Starts pending targets on present machines up to `max_parallel` updating
+/// at once (and up to the canary count before a promotion); returns what
+/// started.
+fn start_batch(
+    spec: &RolloutSpec,
+    targets: &mut [Target],
+    absent: &BTreeSet<PlacementKey>,
+    now_ms: u64,
+) -> Vec<String> {
     let max_parallel = spec.strategy.max_parallel.max(1) as usize;
     let limit = canary_limit(spec).unwrap_or(usize::MAX);
     let mut in_flight = targets
@@ -399,7 +458,7 @@ fn start_batch(spec: &RolloutSpec, targets: &mut [Target], now_ms: u64) -> Vec<S
         if in_flight >= max_parallel || started >= limit {
             break;
         }
-        if target.phase != TargetPhase::Pending {
+        if target.phase != TargetPhase::Pending || is_absent(target, absent) {
             continue;
         }
         target.phase = TargetPhase::Updating;
@@ -449,10 +508,11 @@ mod tests {
         }
     }
 
-    fn placements(n: usize) -> BTreeSet<PlacementKey> {
+    fn placements(n: usize) -> Placements {
         (0..n)
             .map(|i| (format!("web@{i}.service"), format!("m{}", i % 3)))
-            .collect()
+            .collect::<BTreeSet<_>>()
+            .into()
     }
 
     fn running(hash: &str) -> Observed {
@@ -660,10 +720,62 @@ mod tests {
         let all = placements(2);
         let progress = step(&spec, None, &all, &HashMap::new(), 0);
         let mut fewer = all.clone();
-        fewer.remove(&("web@0.service".to_owned(), "m0".to_owned()));
+        fewer
+            .all
+            .remove(&("web@0.service".to_owned(), "m0".to_owned()));
         let progress = step(&spec, Some(&progress), &fewer, &HashMap::new(), 100);
         assert_eq!(progress.targets[0].phase, TargetPhase::Gone);
         assert_eq!(progress.targets[1].phase, TargetPhase::Updating);
+    }
+
+    #[test]
+    fn a_target_on_an_absent_machine_waits_for_it_and_is_skipped_when_nothing_else_is_left() {
+        let spec = spec(3, strategy(1));
+        let mut placements = placements(3);
+        let away = ("web@0.service".to_owned(), "m0".to_owned());
+        placements.absent.insert(away.clone());
+        // The first target's machine is away: the second one goes first.
+        let progress = step(&spec, None, &placements, &HashMap::new(), 0);
+        assert_eq!(progress.targets[0].phase, TargetPhase::Pending);
+        assert_eq!(progress.targets[1].phase, TargetPhase::Updating);
+        // The machine is back while the second is updating: it goes next.
+        let mut back = placements.clone();
+        back.absent.clear();
+        let observed = agents(&spec, &progress, &running(NEW));
+        let progress = step(&spec, Some(&progress), &back, &observed, 0);
+        let progress = step(&spec, Some(&progress), &back, &observed, 5_000);
+        assert_eq!(progress.targets[1].phase, TargetPhase::Healthy);
+        assert_eq!(progress.targets[0].phase, TargetPhase::Updating);
+        // Away again for good: the rest finishes, then it is skipped.
+        let observed = agents(&spec, &progress, &running(NEW));
+        let mut progress = step(&spec, Some(&progress), &placements, &observed, 5_000);
+        for now in [10_000, 15_000, 20_000] {
+            let observed = agents(&spec, &progress, &running(NEW));
+            progress = step(&spec, Some(&progress), &placements, &observed, now);
+        }
+        assert_eq!(progress.targets[2].phase, TargetPhase::Healthy);
+        assert_eq!(progress.phase, Phase::Succeeded, "{progress:#?}");
+    }
+
+    #[test]
+    fn pending_targets_all_on_absent_machines_are_skipped_at_once() {
+        let spec = restart(2, 1);
+        let mut placements = placements(2);
+        placements.absent = placements.all.clone();
+        let progress = step(&spec, None, &placements, &HashMap::new(), 0);
+        assert!(
+            progress
+                .targets
+                .iter()
+                .all(|target| target.phase == TargetPhase::Gone)
+        );
+        assert_eq!(progress.phase, Phase::Succeeded);
+        assert!(
+            progress
+                .history
+                .iter()
+                .any(|event| event.message.contains("not present; skipped"))
+        );
     }
 
     #[test]
@@ -672,7 +784,13 @@ mod tests {
         let mut stale = step(&spec, None, &placements(2), &HashMap::new(), 0);
         stale.id = 0;
         stale.phase = Phase::Reverted;
-        let progress = step(&spec, Some(&stale), &BTreeSet::new(), &HashMap::new(), 0);
+        let progress = step(
+            &spec,
+            Some(&stale),
+            &Placements::default(),
+            &HashMap::new(),
+            0,
+        );
         assert_eq!(progress.id, 1);
         assert_eq!(progress.phase, Phase::Succeeded);
     }
@@ -721,6 +839,7 @@ mod tests {
         );
         // Still running the same content: not healthy, still held stopped.
         let all_running: HashMap<PlacementKey, Observed> = placements
+            .all
             .iter()
             .map(|key| (key.clone(), running(OLD)))
             .collect();
@@ -736,6 +855,7 @@ mod tests {
             assert!(held.len() <= 1, "{progress:?}");
             n_stops += held.len();
             let observed = placements
+                .all
                 .iter()
                 .map(|key| match held.contains_key(key) {
                     true => (key.clone(), stopped()),
@@ -770,6 +890,7 @@ mod tests {
         let placements = placements(2);
         let progress = step(&spec, None, &placements, &HashMap::new(), 0);
         let observed = placements
+            .all
             .iter()
             .map(|key| (key.clone(), running(OLD)))
             .collect();

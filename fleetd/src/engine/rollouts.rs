@@ -24,7 +24,7 @@ use fleet_registry::{Leadership, Placement, Registry, RegistryError, TargetState
 use fleet_systemd::unit::{UnitHash, UnitName};
 
 use crate::engine::model::Model;
-use crate::engine::rollout_driver::{Observed, PlacementKey, pins, step, target_pins};
+use crate::engine::rollout_driver::{Observed, PlacementKey, Placements, pins, step, target_pins};
 
 /// One rollout as the engine knows it.
 #[derive(Clone, Debug)]
@@ -34,6 +34,14 @@ struct Entry {
 }
 
 impl Entry {
+    /// How many history events of its rollout are already stored (and logged).
+    fn n_logged(&self) -> usize {
+        self.progress
+            .as_ref()
+            .filter(|progress| progress.id == self.spec.id)
+            .map_or(0, |progress| progress.history.len())
+    }
+
     fn is_active(&self) -> bool {
         !self
             .progress
@@ -142,28 +150,76 @@ impl Rollouts {
             };
             let next = advance(registry, &entry, model).await?;
             let changed = entry.progress.as_ref() != Some(&next);
-            if let Some(slot) = self.entries.get_mut(&name) {
-                slot.progress = Some(next.clone());
-            }
-            if next.phase == Phase::Succeeded && changed && !entry.spec.restart {
-                switch_records(registry, &entry.spec, model).await?;
-            }
-            self.follow_pins(registry, leadership, model).await?;
-            if next.phase.is_terminal() && changed {
-                release(registry, &entry.spec).await?;
-            }
-            if changed {
-                let bytes = serde_json::to_vec(&next).map_err(|error| RegistryError::Decode {
-                    key: name.clone(),
-                    message: error.to_string(),
-                })?;
-                registry
-                    .put_rollout_progress(leadership, &name, &bytes)
+            if changed && !next.phase.is_terminal() {
+                // What the step decided is stored before it is acted on: a
+                // restart's release of a stopped placement must never reach
+                // an agent while the stored progress still says "not stopped
+                // yet", or the next engine would stop it a second time.
+                self.store_progress(registry, leadership, (&name, entry.n_logged()), &next)
                     .await?;
-                if let Some(event) = next.history.last() {
-                    info!(rollout = %name, phase = next.phase.as_str(), "Rollout: {}", event.message);
-                }
             }
+            self.set_progress(&name, Some(next.clone()));
+            let applied = self
+                .apply_step(registry, leadership, model, (&name, &entry), &next, changed)
+                .await;
+            if applied.is_err() && next.phase.is_terminal() && changed {
+                // An end is not over until stored: the next tick ends it again.
+                self.set_progress(&name, entry.progress.clone());
+            }
+            applied?;
+        }
+        Ok(())
+    }
+
+    fn set_progress(&mut self, name: &str, progress: Option<RolloutProgress>) {
+        if let Some(slot) = self.entries.get_mut(name) {
+            slot.progress = progress;
+        }
+    }
+
+    /// Acts on a step already in memory: the unit records at a successful
+    /// end, the placements' contents and targets, and at an end the
+    /// contents' release and then the stored progress (stored last: a next
+    /// engine that reads a terminal progress does nothing more for it).
+    async fn apply_step(
+        &mut self,
+        registry: &Registry,
+        leadership: &Leadership,
+        model: &mut Model,
+        (name, entry): (&str, &Entry),
+        next: &RolloutProgress,
+        changed: bool,
+    ) -> Result<(), RegistryError> {
+        if next.phase == Phase::Succeeded && changed && !entry.spec.restart {
+            switch_records(registry, &entry.spec, model).await?;
+        }
+        self.follow_pins(registry, leadership, model).await?;
+        if next.phase.is_terminal() && changed {
+            release(registry, &entry.spec).await?;
+            self.store_progress(registry, leadership, (name, entry.n_logged()), next)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Stores `progress` (leader-guarded) and logs its events after the
+    /// first `logged`.
+    async fn store_progress(
+        &self,
+        registry: &Registry,
+        leadership: &Leadership,
+        (name, logged): (&str, usize),
+        progress: &RolloutProgress,
+    ) -> Result<(), RegistryError> {
+        let bytes = serde_json::to_vec(progress).map_err(|error| RegistryError::Decode {
+            key: name.to_owned(),
+            message: error.to_string(),
+        })?;
+        registry
+            .put_rollout_progress(leadership, name, &bytes)
+            .await?;
+        for event in progress.history.iter().skip(logged) {
+            info!(rollout = %name, phase = progress.phase.as_str(), "Rollout: {}", event.message);
         }
         Ok(())
     }
@@ -303,12 +359,19 @@ async fn advance(
     model: &Model,
 ) -> Result<RolloutProgress, RegistryError> {
     let units: BTreeSet<&str> = entry.spec.units.iter().map(|u| u.unit.as_str()).collect();
-    let placements: BTreeSet<PlacementKey> = model
-        .placements
-        .keys()
-        .filter(|(unit, _)| units.contains(unit.as_str()))
-        .map(|(unit, machine)| (unit.as_str().to_owned(), machine.as_str().to_owned()))
-        .collect();
+    let mut placements = Placements::default();
+    for (unit, machine) in model.placements.keys() {
+        if !units.contains(unit.as_str()) {
+            continue;
+        }
+        let key = (unit.as_str().to_owned(), machine.as_str().to_owned());
+        // A lost machine keeps its global units' placements; its agent can
+        // take part only once it is back.
+        if !model.machines.contains_key(machine) {
+            placements.absent.insert(key.clone());
+        }
+        placements.all.insert(key);
+    }
     let mut observed = HashMap::new();
     let updating: BTreeSet<&str> = entry
         .progress

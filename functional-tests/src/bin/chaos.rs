@@ -2,9 +2,10 @@
 //! `Documentation/reliability.md`).
 //!
 //! ```text
-//! chaos [--scenario NAME]... [--json FILE] [--hosts N] [--units N] [--list]
+//! chaos [--scenario NAME]... [--json FILE] [--hosts N] [--units N] [--conf LINE]... [--list]
 //! ```
-//! Without `--scenario` it runs every scenario. Exits 0 when every scenario held its
+//! Without `--scenario` it runs every scenario. `--conf` adds a line to every host's
+//! fleet.conf (e.g. `on_partition=keep-running`), after the suite's own. Exits 0 when every scenario held its
 //! invariants, 1 when one did not, 2 on bad usage or when the cluster could not be set up.
 
 use std::path::PathBuf;
@@ -15,8 +16,7 @@ use functional_tests::chaos::report::{self, HEADER};
 use functional_tests::chaos::run::{self, Options};
 use functional_tests::chaos::scenario::{ALL, Scenario};
 
-const USAGE: &str =
-    "usage: chaos [--scenario NAME]... [--json FILE] [--hosts N] [--units N] [--list]";
+const USAGE: &str = "usage: chaos [--scenario NAME]... [--json FILE] [--hosts N] [--units N] [--conf LINE]... [--list]";
 
 struct Args {
     options: Options,
@@ -29,6 +29,7 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Option<Args>, String>
         hosts: 5,
         units: 300,
         scenarios: Vec::new(),
+        conf: Vec::new(),
     };
     let mut json = None;
     while let Some(arg) = args.next() {
@@ -41,6 +42,13 @@ fn parse(mut args: impl Iterator<Item = String>) -> Result<Option<Args>, String>
                 options.scenarios.push(scenario);
             }
             "--json" => json = Some(PathBuf::from(value("--json")?)),
+            "--conf" => {
+                let line = value("--conf")?;
+                if !line.contains('=') || line.contains('\n') {
+                    return Err(format!("--conf takes one KEY=VALUE line, not {line:?}"));
+                }
+                options.conf.push(line);
+            }
             "--hosts" => options.hosts = number("--hosts", &value("--hosts")?, 2, 20)?,
             "--units" => options.units = number("--units", &value("--units")?, 10, 2000)?,
             "--list" => {
@@ -151,6 +159,14 @@ mod tests {
     }
 
     #[test]
+    fn conf_lines_are_kept_in_order() {
+        let args = parse_words(&["--conf", "on_partition=stop", "--conf", "agent_ttl=6s"])
+            .unwrap()
+            .unwrap();
+        assert_eq!(args.options.conf, ["on_partition=stop", "agent_ttl=6s"]);
+    }
+
+    #[test]
     fn bad_usage_is_said() {
         for (words, message) in [
             (&["--scenario", "nope"][..], "unknown scenario \"nope\""),
@@ -161,6 +177,7 @@ mod tests {
             ),
             (&["--units", "x"][..], "--units must be a number"),
             (&["--fast"][..], "unknown argument \"--fast\""),
+            (&["--conf", "stop"][..], "--conf takes one KEY=VALUE line"),
         ] {
             let error = parse_words(words).err().unwrap();
             assert!(error.contains(message), "{words:?}: {error}");

@@ -37,6 +37,8 @@ pub struct Options {
     pub units: usize,
     /// Scenarios, in order.
     pub scenarios: Vec<Scenario>,
+    /// fleet.conf lines added after the suite's own (`--conf`).
+    pub conf: Vec<String>,
 }
 
 /// The outcome of one scenario.
@@ -74,8 +76,10 @@ pub fn run(options: &Options, progress: &dyn Fn(&str)) -> anyhow::Result<Vec<Row
     let cluster = Cluster::start_with(options.hosts, 3)?;
     let ttl = format!("agent_ttl={}s", AGENT_TTL.as_secs());
     let grace = format!("machine_loss_grace={}", MACHINE_LOSS_GRACE.as_secs());
+    let mut conf: Vec<&str> = vec![&ttl, &grace];
+    conf.extend(options.conf.iter().map(String::as_str));
     for host in cluster.hosts() {
-        cluster.install_fleet(host, &[&ttl, &grace])?;
+        cluster.install_fleet(host, &conf)?;
     }
     let dir = tempfile::tempdir()?;
     let workload = workload::write(dir.path(), cluster.hosts(), options.units)?;

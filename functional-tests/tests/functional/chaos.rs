@@ -16,6 +16,7 @@ fn assert_scenarios_hold(scenarios: &[Scenario]) -> anyhow::Result<()> {
         hosts: 3,
         units: 30,
         scenarios: scenarios.to_vec(),
+        conf: Vec::new(),
     };
     let rows = run::run(&options, &|line| eprintln!("chaos: {line}"))?;
     assert_eq!(rows.len(), scenarios.len());
