@@ -227,7 +227,7 @@ pub struct Config {
     /// machine whose fleetd stopped cleanly may stay away before its units
     /// move (they were left running). New.
     pub machine_restart_grace: Duration,
-    /// `on_partition` (`stop` or `keep-running`, default `keep-running`): whether
+    /// `on_partition` (`stop` or `keep-running`, default `stop`): whether
     /// this machine, cut off from etcd, stops its movable units before the
     /// engine may start them elsewhere (self-fencing). New.
     pub on_partition: OnPartition,
@@ -317,9 +317,7 @@ impl Default for Config {
             allow_host_unit_override: false,
             unload_breaker_fraction: 0.5,
             machine_restart_grace: Duration::from_secs(900),
-            // Off until a quorum loss is told from a partition reliably
-            // (Documentation/reliability.md, "Partitions: self-fencing").
-            on_partition: OnPartition::KeepRunning,
+            on_partition: OnPartition::Stop,
             api_tls_cert_file: String::new(),
             api_tls_key_file: String::new(),
             api_tls_client_ca_file: String::new(),
@@ -1369,12 +1367,12 @@ stop_units_on_shutdown = TRUE
     #[test]
     fn on_partition_turns_self_fencing_on_or_off_and_refuses_other_values() {
         let (config, _) = from_file("agent_ttl = 5s\nmachine_loss_grace = 12\n").expect("loads");
-        assert_eq!(config.fence(), None, "off by default");
+        let fence = config.fence().expect("on by default");
+        assert_eq!(fence.margin, Duration::from_secs(5));
         let (config, _) =
             from_file("agent_ttl = 5s\nmachine_loss_grace = 12\non_partition = stop\n")
                 .expect("loads");
-        let fence = config.fence().expect("fencing is on");
-        assert_eq!(fence.margin, Duration::from_secs(5));
+        assert_eq!(config.fence(), Some(fence));
         let (config, _) = from_file("on_partition = keep-running\n").expect("loads");
         assert_eq!(config.on_partition, OnPartition::KeepRunning);
         assert_eq!(config.fence(), None);

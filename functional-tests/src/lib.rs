@@ -293,6 +293,19 @@ impl Cluster {
             .name()
             .unwrap_or("unnamed")
             .replace("::", "-");
+        // The etcd members' own logs (a member that would not restart says why there).
+        for member in 1..=3 {
+            let log = Path::new(STATE_DIR)
+                .join("etcd")
+                .join(format!("s{member}.log"));
+            let path = dir.join(format!("{test_name}-etcd{member}.log"));
+            if fs::copy(&log, &path).is_ok() {
+                eprintln!(
+                    "functional-tests: etcd member {member}'s log saved to {}",
+                    path.display()
+                );
+            }
+        }
         for host in &self.hosts {
             let path = dir.join(format!("{test_name}-{host}.log"));
             if let Ok(output) =

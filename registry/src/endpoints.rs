@@ -150,6 +150,12 @@ pub(crate) fn is_member_failure(error: &etcd_client::Error) -> bool {
     }
 }
 
+/// Whether the member answered that it has no leader (`ErrGRPCNoLeader`).
+fn is_no_leader(error: &etcd_client::Error) -> bool {
+    matches!(error, etcd_client::Error::GRpcStatus(status)
+        if status.code() == tonic::Code::Unavailable && status.message() == "etcdserver: no leader")
+}
+
 /// Whether `error` is a refused TCP connection (the member's machine is
 /// reachable and nothing listens), found in the error's source chain or,
 /// as tonic sometimes flattens it, in its text.
@@ -412,6 +418,10 @@ impl Endpoints {
                 let seen = match tokio::time::timeout(endpoints.request_timeout, status).await {
                     Ok(Ok(status)) if status.leader() == 0 => MemberSeen::Leaderless,
                     Ok(Ok(_)) => MemberSeen::Led,
+                    // Every request carries "require a leader" (see
+                    // `Registry::connect`), so a leaderless member refuses
+                    // even `Status` with etcd's own "no leader" error.
+                    Ok(Err(error)) if is_no_leader(&error) => MemberSeen::Leaderless,
                     Ok(Err(error)) if is_refused(&error) => MemberSeen::Refused,
                     Ok(Err(error)) => MemberSeen::Unreachable(error.to_string()),
                     Err(_) => {

@@ -509,12 +509,13 @@ impl Drop for Undrop<'_> {
     }
 }
 
-/// TestSingleNodeConnectivityLoss: a machine cut off etcd for longer than its TTL keeps its
-/// units running, and once it is back nothing is stopped or restarted.
+/// TestSingleNodeConnectivityLoss: a machine that opted out of self-fencing
+/// (`on_partition=keep-running`, the original's behaviour) cut off etcd for longer than its TTL
+/// keeps its units running, and once it is back nothing is stopped or restarted.
 #[test]
 fn units_keep_running_while_etcd_is_unreachable() -> anyhow::Result<()> {
     let cluster = Cluster::start(1)?;
-    crate::foundation::install_everywhere(&cluster)?;
+    crate::foundation::install_everywhere_with(&cluster, &["on_partition=keep-running"])?;
     let fleet = Fleet::new(&cluster, "h1")?;
     let dir = tempfile::tempdir()?;
     let launched = unit_file(dir.path(), "keep-launched.service", &sleeper(""))?;

@@ -29,9 +29,10 @@ fn assert_scenarios_hold(scenarios: &[Scenario]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// kill -9 of fleetd on one host: no unit is restarted anywhere, none runs twice or goes
-/// missing, and the cluster converges once systemd has restarted fleetd.
+/// kill -9 of fleetd on one host, then `systemctl restart fleet` on every host at once (with
+/// self-fencing on, the default): no unit is restarted anywhere, none runs twice or goes
+/// missing, and the cluster converges after each.
 #[test]
-fn chaos_kill_fleetd_keeps_every_unit() -> anyhow::Result<()> {
-    assert_scenarios_hold(&[Scenario::KillFleetd])
+fn chaos_kill_fleetd_and_restart_all_keep_every_unit() -> anyhow::Result<()> {
+    assert_scenarios_hold(&[Scenario::KillFleetd, Scenario::RestartAll])
 }

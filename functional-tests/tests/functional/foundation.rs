@@ -288,8 +288,15 @@ fn cut_ip(legend: &str) -> String {
 
 /// Installs fleet with [`FAST_CONF`] on every host and waits until all are listed.
 pub(crate) fn install_everywhere(cluster: &Cluster) -> anyhow::Result<()> {
+    install_everywhere_with(cluster, &[])
+}
+
+/// Installs fleet with [`FAST_CONF`] and then `extra` on every host and waits until all are
+/// listed.
+pub(crate) fn install_everywhere_with(cluster: &Cluster, extra: &[&str]) -> anyhow::Result<()> {
+    let conf: Vec<&str> = FAST_CONF.iter().chain(extra).copied().collect();
     for host in cluster.hosts() {
-        cluster.install_fleet(host, FAST_CONF)?;
+        cluster.install_fleet(host, &conf)?;
     }
     let fleet = Fleet::new(cluster, &cluster.hosts()[0])?;
     let n_hosts = cluster.hosts().len();

@@ -273,3 +273,30 @@ async fn keep_alives_share_one_stream_per_lease() {
     assert_eq!(streams, KEEP_ALIVES as f64);
     assert_eq!(messages, (2 * KEEP_ALIVES) as f64);
 }
+
+/// The survey self-fencing asks when keep-alives fail: with one member down
+/// etcd still has a leader; with two of three down the survivor answers "no
+/// leader" (etcd's error, since every request requires a leader) and the
+/// survey proves etcd leaderless, so no machine fences for a quorum loss.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_survey_tells_a_quorum_loss_from_one_member_down() {
+    let (mut cluster, registry) = cluster_registry("survey").await;
+    let leader = cluster.wait_leader().await;
+    let follower = (leader + 1) % 3;
+    cluster.kill(follower);
+    let survey = registry.survey().await;
+    assert!(!survey.cluster_is_leaderless(), "{survey}");
+    assert!(survey.any_answered(), "{survey}");
+    cluster.kill(leader);
+    wait_until(
+        Duration::from_secs(15),
+        "the survey proves etcd leaderless",
+        || {
+            let registry = registry.clone();
+            async move { registry.survey().await.cluster_is_leaderless() }
+        },
+    )
+    .await;
+    let survey = registry.survey().await;
+    assert!(survey.cluster_is_leaderless(), "{survey}");
+}
