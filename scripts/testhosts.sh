@@ -213,10 +213,15 @@ ensure_bridge() {
 }
 
 # A TCP port nothing listens on (random in 20000..44999).
+# A port below the kernel's ephemeral range: a killed etcd member restarts on its old ports, and
+# a port in that range may meanwhile be the source port of an outgoing connection (the other
+# members' included), which makes the restart fail with "bind: address already in use".
 free_port() {
-    local port
+    local port floor
+    floor=$(cut -f1 /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null || echo 32768)
+    [ "$floor" -gt 12000 ] 2>/dev/null || floor=32768
     for _ in $(seq 1 100); do
-        port=$((20000 + RANDOM % 25000))
+        port=$((10000 + RANDOM % (floor - 10000)))
         if [ -z "$(ss -Htan "( sport = :$port )" 2>/dev/null)" ] && ! grep -qsx "$port" "$STATE/etcd/ports"; then
             echo "$port" >>"$STATE/etcd/ports"
             echo "$port"

@@ -62,19 +62,46 @@ pub struct TlsFiles {
     pub client_key_file: PathBuf,
 }
 
-/// `N` distinct ports nobody listens on now. The OS picks them; all `N`
-/// listeners are held until every port is known, so the OS cannot hand the
-/// same port out twice, then released for etcd.
+/// `N` distinct ports nobody listens on now, taken below the kernel's
+/// ephemeral range: a member killed by a test restarts on its old ports, and
+/// a port in that range may meanwhile have become the source port of some
+/// outgoing connection (the other members' included), which makes the
+/// restart fail with "address already in use". All `N` listeners are held
+/// until every port is known, so no port is handed out twice.
 fn free_ports<const N: usize>() -> [u16; N] {
-    let listeners: Vec<TcpListener> = (0..N)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("binding 127.0.0.1:0 for a free port"))
-        .collect();
+    use std::sync::atomic::{AtomicU32, Ordering};
+    // Where the next search starts: spread over the range by process id,
+    // then moving on, so concurrent tests rarely try the same ports.
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let (low, high) = (10_000u32, ephemeral_floor().max(10_001));
+    let span = high - low;
+    let mut listeners: Vec<TcpListener> = Vec::with_capacity(N);
+    let mut tried = 0;
+    while listeners.len() < N {
+        assert!(tried < span, "no free TCP port below {high}");
+        tried += 1;
+        let offset = std::process::id()
+            .wrapping_mul(7919)
+            .wrapping_add(NEXT.fetch_add(1, Ordering::Relaxed));
+        let port = u16::try_from(low + offset % span).expect("below 65536");
+        if let Ok(listener) = TcpListener::bind(("127.0.0.1", port)) {
+            listeners.push(listener);
+        }
+    }
     std::array::from_fn(|index| {
         listeners[index]
             .local_addr()
             .expect("a bound socket has an address")
             .port()
     })
+}
+
+/// The first port of the kernel's ephemeral range (32768 if unreadable).
+fn ephemeral_floor() -> u32 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|range| range.split_whitespace().next()?.parse().ok())
+        .unwrap_or(32_768)
 }
 
 /// A temporary dir on tmpfs when there is one: etcd fsyncs every write, and on
