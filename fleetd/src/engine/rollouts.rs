@@ -182,7 +182,7 @@ impl Rollouts {
     /// contents' release and then the stored progress (stored last: a next
     /// engine that reads a terminal progress does nothing more for it).
     async fn apply_step(
-        &mut self,
+        &self,
         registry: &Registry,
         leadership: &Leadership,
         model: &mut Model,
