@@ -1,13 +1,15 @@
 //! The client of the operations API beside v1 (`/fleet/x1/`, see
-//! [`crate::x1`]): cordon, drain, plan and why.
+//! [`crate::x1`]): cordon, drain, plan and why, and many unit PUTs at once.
 
-use http::Method;
+use http::{Method, StatusCode};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::{Client, ClientError, escape_path_segment};
+use crate::entities::{ErrorBody, ErrorEntity, Unit};
 use crate::x1::{
     self, CordonList, CordonRequest, DrainStatus, Explanation, PlanRequest, PlanResponse,
+    UnitBatch, UnitBatchResponse, UnitResult,
 };
 
 impl Client {
@@ -40,6 +42,28 @@ impl Client {
             .await?;
         let answer: &[u8] = if answer.is_empty() { b"null" } else { &answer };
         serde_json::from_slice(answer).map_err(|error| decode(error.to_string()))
+    }
+
+    /// Creates or changes `units` with one `POST units` (at most
+    /// [`x1::MAX_BATCH_UNITS`]): each answered as its v1 `PUT` would be, in
+    /// order. A 404 means the server has no batch API (the original fleetd):
+    /// nothing was written, and the units must be PUT one by one.
+    ///
+    /// # Errors
+    /// Any [`ClientError`] of the request as a whole; a [`ClientError::Decode`]
+    /// when the answer does not have one result per unit.
+    pub async fn put_units(&self, units: &[Unit]) -> Result<Vec<UnitResult>, ClientError> {
+        let batch = UnitBatch {
+            units: units.to_vec(),
+        };
+        let answer: UnitBatchResponse = self.x1(Method::POST, "units", Some(&batch)).await?;
+        if answer.results.len() != units.len() {
+            return Err(ClientError::Decode {
+                endpoint: self.endpoint.url().to_owned(),
+                detail: format!("{} results for {} units", answer.results.len(), units.len()),
+            });
+        }
+        Ok(answer.results)
     }
 
     /// Every cordoned machine.
@@ -97,5 +121,29 @@ impl Client {
     pub async fn why(&self, unit: &str) -> Result<Explanation, ClientError> {
         let path = format!("why/{}", escape_path_segment(unit));
         self.x1(Method::GET, &path, None::<&()>).await
+    }
+}
+
+impl ClientError {
+    /// The error a unit's v1 `PUT` would have returned, read from its result
+    /// in a batch; `None` when it succeeded.
+    pub fn of_unit_result(result: &UnitResult) -> Option<ClientError> {
+        if result.is_success() {
+            return None;
+        }
+        let entity = ErrorEntity {
+            error: ErrorBody {
+                code: result.code,
+                message: result.message.clone(),
+            },
+        };
+        let body = serde_json::to_vec(&entity).unwrap_or_default();
+        Some(match StatusCode::from_u16(result.code) {
+            Ok(status) => super::api_error(status, &body),
+            Err(_) => ClientError::Http {
+                code: result.code,
+                body: String::from_utf8_lossy(&body).into_owned(),
+            },
+        })
     }
 }

@@ -174,6 +174,15 @@ pub(super) async fn put(
     // Step 2: the body is a Unit.
     let request: entities::Unit = decode_first_json(body)
         .map_err(|message| ApiError::bad_request(format!("unable to decode body: {message}")))?;
+    put_unit(shared, url_name, &request).await
+}
+
+/// Steps 3 and 4 of PUT and the line-break check: what is refused before
+/// anything is read. The unit's name when it passes.
+pub(super) fn check_put_request(
+    url_name: &str,
+    request: &entities::Unit,
+) -> Result<UnitName, ApiError> {
     // Step 3: the body's name, if any, is the URL's.
     if !request.name.is_empty() && request.name != url_name {
         return Err(ApiError::bad_request(format!(
@@ -187,6 +196,16 @@ pub(super) async fn put(
     // A line break in an option would smuggle more options into the stored
     // text, past validation.
     super::line_breaks::check(&request.options).map_err(ApiError::bad_request)?;
+    Ok(name)
+}
+
+/// PUT after its body is decoded: steps 3 to 8.
+pub(super) async fn put_unit(
+    shared: &Shared,
+    url_name: &str,
+    request: &entities::Unit,
+) -> Result<Response, ApiError> {
+    let name = check_put_request(url_name, request)?;
     if request.options.is_empty()
         && let Some(answer) = put_desired_state_only(shared, &name, &request.desired_state).await
     {
@@ -279,17 +298,7 @@ async fn create(
     file: &UnitFile,
     desired_state: &str,
 ) -> Result<Response, ApiError> {
-    check_size(file)?;
-    // Fix: the original skipped this on replace.
-    validate_options(file).map_err(ApiError::bad_request)?;
-    let desired_state = if desired_state.is_empty() {
-        TargetState::Inactive
-    } else {
-        // Fix: the original let a new template be launched
-        // and answered 500 for an invalid state.
-        check_template_activation(name, desired_state)?;
-        parse_desired_state(desired_state)?
-    };
+    let desired_state = check_create(name, file, desired_state)?;
     shared
         .api
         .registry
@@ -298,6 +307,25 @@ async fn create(
         .map_err(|error| ApiError::registry("create unit", error))?;
     shared.units_listing.forget();
     Ok(empty_response(StatusCode::CREATED))
+}
+
+/// The checks of a create or replace (size, options, desired state), in
+/// PUT's order; the desired state to store when they pass.
+pub(super) fn check_create(
+    name: &UnitName,
+    file: &UnitFile,
+    desired_state: &str,
+) -> Result<TargetState, ApiError> {
+    check_size(file)?;
+    // Fix: the original skipped this on replace.
+    validate_options(file).map_err(ApiError::bad_request)?;
+    if desired_state.is_empty() {
+        return Ok(TargetState::Inactive);
+    }
+    // Fix: the original let a new template be launched
+    // and answered 500 for an invalid state.
+    check_template_activation(name, desired_state)?;
+    parse_desired_state(desired_state)
 }
 
 /// The largest unit text we store: etcd's default request limit (1.5 MiB)
