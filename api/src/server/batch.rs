@@ -6,13 +6,16 @@
 //! checks (the functions of [`super::units`]), in PUT's order; the units
 //! that are new go to etcd together ([`fleet_registry::Registry::create_new_units`],
 //! a txn per few units); the rest (an existing unit, a desired state alone)
-//! take PUT's own path one by one. Units are handled in the body's order, as
-//! a client's PUTs one after another would be: a unit named twice is created
-//! by the first entry and changed by the second.
+//! take PUT's own path, a few at a time. The outcome is that of the PUTs
+//! one after another in the body's order: entries of distinct units do not
+//! depend on each other, and a unit named twice is created by the first
+//! entry and changed by the second.
 
 use std::collections::HashSet;
 
 use axum::response::Response;
+use futures_util::future;
+use futures_util::stream::{self, StreamExt};
 use http::{HeaderValue, StatusCode};
 
 use fleet_registry::TargetState;
@@ -61,15 +64,32 @@ pub(super) async fn post(
     ))
 }
 
-/// Handles every entry in order; the new units are created together, and
-/// before any entry that must see them (a repeat of their name).
+/// How many entries that take PUT's own path run at once: they are of
+/// distinct units, so their order does not matter, and one after another
+/// a thousand desired states would wait a thousand etcd round trips.
+const SINGLE_PUTS_IN_FLIGHT: usize = 16;
+
+/// The entries of one round: of distinct units, so they can be written in
+/// any order (one unit's entries never share a round).
+#[derive(Default)]
+struct Round {
+    names: HashSet<UnitName>,
+    new_units: Vec<NewUnit>,
+    /// Entries that take PUT's own path: an existing unit, a desired state alone.
+    single_puts: Vec<usize>,
+}
+
+/// Handles every entry as a PUT of it in order would: entries are gathered
+/// into rounds of distinct units; a unit named again starts a new round,
+/// after the round before is written. In a round the new units are created
+/// together and the other entries take PUT's own path.
 async fn answer_all(
     shared: &Shared,
     units: &[entities::Unit],
 ) -> Result<Vec<Result<StatusCode, ApiError>>, ApiError> {
     let mut existing = existing_names(shared, units).await?;
     let mut answers: Answers = units.iter().map(|_| None).collect();
-    let mut new_units: Vec<NewUnit> = Vec::new();
+    let mut round = Round::default();
     for (index, unit) in units.iter().enumerate() {
         let name = match check_put_request(&unit.name, unit) {
             Ok(name) => name,
@@ -78,9 +98,12 @@ async fn answer_all(
                 continue;
             }
         };
+        if round.names.contains(&name) {
+            write_round(shared, std::mem::take(&mut round), units, &mut answers).await;
+        }
+        round.names.insert(name.clone());
         if unit.options.is_empty() || existing.contains(&name) {
-            create_new(shared, &mut new_units, &mut answers).await;
-            answers[index] = Some(single_put(shared, unit).await);
+            round.single_puts.push(index);
             continue;
         }
         // Step 6 of PUT: a create, with its checks.
@@ -88,16 +111,34 @@ async fn answer_all(
         match check_create(&name, &file, &unit.desired_state) {
             Ok(desired_state) => {
                 existing.insert(name.clone());
-                new_units.push((index, (name, file, desired_state)));
+                round.new_units.push((index, (name, file, desired_state)));
             }
             Err(error) => answers[index] = Some(Err(error)),
         }
     }
-    create_new(shared, &mut new_units, &mut answers).await;
+    write_round(shared, round, units, &mut answers).await;
     Ok(answers
         .into_iter()
         .map(|answer| answer.unwrap_or_else(|| Err(unanswered())))
         .collect())
+}
+
+/// Writes one round: its new units together, its other entries through
+/// PUT's own path, a few at a time.
+async fn write_round(
+    shared: &Shared,
+    round: Round,
+    units: &[entities::Unit],
+    answers: &mut Answers,
+) {
+    let singles = stream::iter(round.single_puts)
+        .map(|index| async move { (index, single_put(shared, &units[index]).await) })
+        .buffered(SINGLE_PUTS_IN_FLIGHT)
+        .collect::<Vec<_>>();
+    let (created, singles) = future::join(create_new(shared, round.new_units), singles).await;
+    for (index, answer) in created.into_iter().chain(singles) {
+        answers[index] = Some(answer);
+    }
 }
 
 /// The names among `units` (those that are valid, with options) that have
@@ -119,22 +160,28 @@ async fn existing_names(
         .map_err(|error| ApiError::registry("read unit names", error))
 }
 
-/// Creates the waiting new units together and answers their entries (201,
-/// or the registry's error as PUT would give it).
-async fn create_new(shared: &Shared, new_units: &mut Vec<NewUnit>, answers: &mut Answers) {
+/// Creates new units together: each entry's answer (201, or the
+/// registry's error as PUT would give it).
+async fn create_new(
+    shared: &Shared,
+    new_units: Vec<NewUnit>,
+) -> Vec<(usize, Result<StatusCode, ApiError>)> {
     if new_units.is_empty() {
-        return;
+        return Vec::new();
     }
-    let (indexes, units): (Vec<usize>, Vec<_>) = std::mem::take(new_units).into_iter().unzip();
+    let (indexes, units): (Vec<usize>, Vec<_>) = new_units.into_iter().unzip();
     let results = shared.api.registry.create_new_units(&units).await;
     shared.units_listing.forget();
-    for (index, result) in indexes.into_iter().zip(results) {
-        answers[index] = Some(
-            result
+    indexes
+        .into_iter()
+        .zip(results)
+        .map(|(index, result)| {
+            let answer = result
                 .map(|()| StatusCode::CREATED)
-                .map_err(|error| ApiError::registry("create unit", error)),
-        );
-    }
+                .map_err(|error| ApiError::registry("create unit", error));
+            (index, answer)
+        })
+        .collect()
 }
 
 /// One entry through v1 PUT's path (after its body was decoded).
