@@ -1659,6 +1659,11 @@ fn batch_entries() -> Vec<Value> {
         json!({"name": "b.service", "desiredState": "launched", "options": other}),
         json!({"name": "c.service", "desiredState": "running", "options": options}),
     ];
+    entries.extend([
+        json!({"name": "tmpl@.service", "desiredState": "launched"}),
+        json!({"name": "a.service"}),
+        json!({"name": "w@1.service", "desiredState": "launched"}),
+    ]);
     entries.extend((0..40).map(|i| {
         json!({"name": format!("w@{i}.service"), "desiredState": "launched", "options": options})
     }));

@@ -5,8 +5,10 @@
 //! thousand PUTs and cost etcd a txn each. Here every unit gets PUT's own
 //! checks (the functions of [`super::units`]), in PUT's order; the units
 //! that are new go to etcd together ([`fleet_registry::Registry::create_new_units`],
-//! a txn per few units); the rest (an existing unit, a desired state alone)
-//! take PUT's own path, a few at a time. The outcome is that of the PUTs
+//! a txn per few units), and so do desired states given alone
+//! ([`fleet_registry::Registry::set_desired_states`]); the rest (an existing
+//! unit, a request PUT would refuse or answer otherwise) take PUT's own
+//! path, a few at a time. The outcome is that of the PUTs
 //! one after another in the body's order: entries of distinct units do not
 //! depend on each other, and a unit named twice is created by the first
 //! entry and changed by the second.
@@ -22,8 +24,8 @@ use fleet_registry::TargetState;
 use fleet_systemd::unit::{UnitFile, UnitName};
 
 use super::units::{
-    check_content_type, check_create, check_put_request, decode_first_json, put_unit,
-    unit_file_from_options,
+    check_content_type, check_create, check_put_request, decode_first_json, desired_state_set,
+    put_unit, unit_file_from_options, valid_desired_state_only,
 };
 use super::{ApiError, Shared, json_response};
 use crate::entities;
@@ -75,6 +77,8 @@ const SINGLE_PUTS_IN_FLIGHT: usize = 16;
 struct Round {
     names: HashSet<UnitName>,
     new_units: Vec<NewUnit>,
+    /// Entries that only set a valid desired state, with their index.
+    desired_states: Vec<(usize, (UnitName, TargetState))>,
     /// Entries that take PUT's own path: an existing unit, a desired state alone.
     single_puts: Vec<usize>,
 }
@@ -102,6 +106,12 @@ async fn answer_all(
             write_round(shared, std::mem::take(&mut round), units, &mut answers).await;
         }
         round.names.insert(name.clone());
+        if unit.options.is_empty()
+            && let Some(desired_state) = valid_desired_state_only(&name, &unit.desired_state)
+        {
+            round.desired_states.push((index, (name, desired_state)));
+            continue;
+        }
         if unit.options.is_empty() || existing.contains(&name) {
             round.single_puts.push(index);
             continue;
@@ -135,8 +145,13 @@ async fn write_round(
         .map(|index| async move { (index, single_put(shared, &units[index]).await) })
         .buffered(SINGLE_PUTS_IN_FLIGHT)
         .collect::<Vec<_>>();
-    let (created, singles) = future::join(create_new(shared, round.new_units), singles).await;
-    for (index, answer) in created.into_iter().chain(singles) {
+    let (created, set, singles) = future::join3(
+        create_new(shared, round.new_units),
+        set_desired_states(shared, round.desired_states),
+        singles,
+    )
+    .await;
+    for (index, answer) in created.into_iter().chain(set).chain(singles) {
         answers[index] = Some(answer);
     }
 }
@@ -179,6 +194,27 @@ async fn create_new(
             let answer = result
                 .map(|()| StatusCode::CREATED)
                 .map_err(|error| ApiError::registry("create unit", error));
+            (index, answer)
+        })
+        .collect()
+}
+
+/// Sets the desired states of entries that carry only one, together:
+/// each answered as PUT answers it (204, or 409 for a unit that is gone).
+async fn set_desired_states(
+    shared: &Shared,
+    changes: Vec<(usize, (UnitName, TargetState))>,
+) -> Vec<(usize, Result<StatusCode, ApiError>)> {
+    if changes.is_empty() {
+        return Vec::new();
+    }
+    let (indexes, changes): (Vec<usize>, Vec<_>) = changes.into_iter().unzip();
+    let results = shared.api.registry.set_desired_states(&changes).await;
+    indexes
+        .into_iter()
+        .zip(results)
+        .map(|(index, result)| {
+            let answer = desired_state_set(shared, result).map(|response| response.status());
             (index, answer)
         })
         .collect()

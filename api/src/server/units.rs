@@ -268,17 +268,34 @@ async fn put_desired_state_only(
     name: &UnitName,
     desired_state: &str,
 ) -> Option<Result<Response, ApiError>> {
-    if desired_state.is_empty() || check_template_activation(name, desired_state).is_err() {
-        return None;
-    }
-    let desired_state = parse_desired_state(desired_state).ok()?;
+    let desired_state = valid_desired_state_only(name, desired_state)?;
     let updated = shared
         .api
         .registry
         .set_desired_state(name, desired_state)
-        .await
-        .map_err(|error| ApiError::registry("set desired state", error));
-    Some(match updated {
+        .await;
+    Some(desired_state_set(shared, updated))
+}
+
+/// The state of a PUT without options that [`put_desired_state_only`]
+/// answers: present and valid for `name`. `None` for any other.
+pub(super) fn valid_desired_state_only(
+    name: &UnitName,
+    desired_state: &str,
+) -> Option<TargetState> {
+    if desired_state.is_empty() || check_template_activation(name, desired_state).is_err() {
+        return None;
+    }
+    parse_desired_state(desired_state).ok()
+}
+
+/// The answer of [`put_desired_state_only`] once the registry set the
+/// state (`Ok(true)`) or found no unit (`Ok(false)`).
+pub(super) fn desired_state_set(
+    shared: &Shared,
+    updated: Result<bool, fleet_registry::RegistryError>,
+) -> Result<Response, ApiError> {
+    match updated {
         Ok(true) => {
             shared.units_listing.forget();
             Ok(empty_response(StatusCode::NO_CONTENT))
@@ -287,8 +304,8 @@ async fn put_desired_state_only(
             StatusCode::CONFLICT,
             "unit does not exist and options field empty",
         )),
-        Err(error) => Err(error),
-    })
+        Err(error) => Err(ApiError::registry("set desired state", error)),
+    }
 }
 
 /// Creates or replaces a unit after validating it; 201.

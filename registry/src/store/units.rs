@@ -24,25 +24,48 @@ pub(super) const MAX_CAS_ATTEMPTS: usize = 8;
 /// default limit of 128 operations per txn.
 pub const UNITS_PER_CREATE_TXN: usize = 16;
 
-/// `units` cut into create txns: at most [`UNITS_PER_CREATE_TXN`] each, and
-/// a new chunk where a name repeats (etcd refuses a txn putting a key twice;
-/// the repeat, found existing, is then created alone like a replace).
+/// The put of a unit record (`value`, at `key`) with `desired_state`: the
+/// same content hash, the new state.
+fn desired_state_put(
+    key: &str,
+    value: &[u8],
+    desired_state: TargetState,
+) -> Result<TxnOp, RegistryError> {
+    let (hash, _) = wire::decode_unit(value).map_err(|message| RegistryError::Decode {
+        key: key.to_owned(),
+        message,
+    })?;
+    Ok(TxnOp::put(
+        key,
+        wire::encode_unit(&hash, desired_state),
+        None,
+    ))
+}
+
+/// `units` cut into create txns (see [`distinct_chunks`]).
 fn create_chunks(
     units: &[(UnitName, UnitFile, TargetState)],
 ) -> Vec<&[(UnitName, UnitFile, TargetState)]> {
+    distinct_chunks(units, |(name, _, _)| name)
+}
+
+/// `items` cut into txns: at most [`UNITS_PER_CREATE_TXN`] each, and a new
+/// chunk where a unit's name repeats (etcd refuses a txn putting a key
+/// twice; the repeat is then written after the first, as one by one).
+fn distinct_chunks<T>(items: &[T], name_of: impl Fn(&T) -> &UnitName) -> Vec<&[T]> {
     let mut chunks = Vec::new();
     let mut start = 0;
     let mut names = HashSet::new();
-    for (index, (name, _, _)) in units.iter().enumerate() {
+    for (index, name) in items.iter().map(name_of).enumerate() {
         if index - start == UNITS_PER_CREATE_TXN || !names.insert(name) {
-            chunks.push(&units[start..index]);
+            chunks.push(&items[start..index]);
             start = index;
             names.clear();
             names.insert(name);
         }
     }
-    if start < units.len() {
-        chunks.push(&units[start..]);
+    if start < items.len() {
+        chunks.push(&items[start..]);
     }
     chunks
 }
@@ -469,21 +492,78 @@ impl Registry {
             let Some((guard, value)) = self.unit_record(OP, name).await? else {
                 return Ok(false);
             };
-            let (hash, _) = wire::decode_unit(&value).map_err(|message| RegistryError::Decode {
-                key: key.clone(),
-                message,
-            })?;
-            let txn = Txn::new().when([guard]).and_then([TxnOp::put(
-                key.as_str(),
-                wire::encode_unit(&hash, desired_state),
-                None,
-            )]);
+            let put = desired_state_put(&key, &value, desired_state)?;
+            let txn = Txn::new().when([guard]).and_then([put]);
             if self.txn(OP, txn).await?.succeeded() {
                 return Ok(true);
             }
             debug!(unit = %name, "The unit record changed while we wrote it; retrying.");
         }
         Err(Self::cas_exhausted(OP))
+    }
+
+    /// Sets the desired state of many units, as [`Self::set_desired_state`]
+    /// of each in order would (`Ok(false)` for a unit that is gone), in few
+    /// txns: per chunk of [`UNITS_PER_CREATE_TXN`] units one read of their
+    /// records, then one write guarded by every record's revision. When a
+    /// record changed in between (or a txn fails), that chunk's units are
+    /// set one by one.
+    pub async fn set_desired_states(
+        &self,
+        changes: &[(UnitName, TargetState)],
+    ) -> Vec<Result<bool, RegistryError>> {
+        let mut results = Vec::with_capacity(changes.len());
+        for chunk in distinct_chunks(changes, |(name, _)| name) {
+            match self.set_desired_states_chunk(chunk).await {
+                Ok(Some(set)) => results.extend(set.into_iter().map(Ok)),
+                Ok(None) | Err(_) => {
+                    for (name, desired_state) in chunk {
+                        results.push(self.set_desired_state(name, *desired_state).await);
+                    }
+                }
+            }
+        }
+        results
+    }
+
+    /// One chunk of [`Self::set_desired_states`]: whether each unit was set,
+    /// or `None` when a record changed under us or could not be decoded.
+    async fn set_desired_states_chunk(
+        &self,
+        chunk: &[(UnitName, TargetState)],
+    ) -> Result<Option<Vec<bool>>, RegistryError> {
+        const OP: &str = "set desired states";
+        let gets: Vec<TxnOp> = chunk
+            .iter()
+            .map(|(name, _)| TxnOp::get(self.keys.unit(name), None))
+            .collect();
+        let read = self.txn(OP, Txn::new().and_then(gets)).await?;
+        let (mut guards, mut puts, mut set) = (Vec::new(), Vec::new(), Vec::new());
+        for ((name, desired_state), range) in chunk.iter().zip(txn_ranges(&read)) {
+            let Some(kv) = range.kvs().first() else {
+                set.push(false);
+                continue;
+            };
+            let key = self.keys.unit(name);
+            let Ok(put) = desired_state_put(&key, kv.value(), *desired_state) else {
+                return Ok(None);
+            };
+            guards.push(Compare::mod_revision(
+                key.as_str(),
+                CompareOp::Equal,
+                kv.mod_revision(),
+            ));
+            puts.push(put);
+            set.push(true);
+        }
+        if set.len() != chunk.len() {
+            return Ok(None);
+        }
+        if puts.is_empty() {
+            return Ok(Some(set));
+        }
+        let written = self.txn(OP, Txn::new().when(guards).and_then(puts)).await?;
+        Ok(written.succeeded().then_some(set))
     }
 
     /// Removes a unit and, with its last reference, its content (one txn).

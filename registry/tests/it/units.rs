@@ -367,3 +367,57 @@ async fn new_units_are_created_in_one_txn_per_chunk() {
     assert_eq!(after.get() - before.get(), 2, "two txns");
     assert_eq!(registry.units().await.expect("units").len(), units.len());
 }
+
+/// Desired states set together are what `set_desired_state` of each sets:
+/// a missing unit is `false`, a repeated name ends with its last state.
+#[tokio::test]
+async fn desired_states_set_together_are_those_set_one_by_one() {
+    let (_etcd, registry) = registry("batch-desired").await;
+    let template = unit_file("/bin/worker %i");
+    let units: Vec<_> = (0..40)
+        .map(|i| {
+            (
+                unit_name(&format!("w@{i}.service")),
+                template.clone(),
+                TargetState::Inactive,
+            )
+        })
+        .collect();
+    assert!(
+        registry
+            .create_new_units(&units)
+            .await
+            .iter()
+            .all(Result::is_ok)
+    );
+    let mut changes: Vec<_> = units
+        .iter()
+        .map(|(name, _, _)| (name.clone(), TargetState::Launched))
+        .collect();
+    changes.insert(7, (unit_name("missing.service"), TargetState::Loaded));
+    changes.push((unit_name("w@3.service"), TargetState::Loaded));
+    let before = registry.head_revision().await.expect("revision");
+    let results: Vec<bool> = registry
+        .set_desired_states(&changes)
+        .await
+        .into_iter()
+        .map(|result| result.expect("set"))
+        .collect();
+    let after = registry.head_revision().await.expect("revision");
+    let mut expected = vec![true; changes.len()];
+    expected[7] = false;
+    assert_eq!(results, expected);
+    // 42 changes in chunks of 16, 16 and 10: three writes.
+    assert_eq!(after.get() - before.get(), 3);
+    for unit in registry.units().await.expect("units") {
+        let state = if unit.name == unit_name("w@3.service") {
+            TargetState::Loaded
+        } else {
+            TargetState::Launched
+        };
+        assert_eq!(
+            (&unit.name, unit.desired_state, unit.hash),
+            (&unit.name, state, template.hash())
+        );
+    }
+}
