@@ -28,6 +28,18 @@ impl Client {
         path: &str,
         body: Option<&impl Serialize>,
     ) -> Result<T, ClientError> {
+        let idempotent = matches!(method, Method::GET | Method::PUT | Method::DELETE);
+        self.x1_retrying(method, path, body, idempotent).await
+    }
+
+    /// [`Client::x1`], sent again on a 503 when `retry_unavailable`.
+    async fn x1_retrying<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&impl Serialize>,
+        retry_unavailable: bool,
+    ) -> Result<T, ClientError> {
         let decode = |detail: String| ClientError::Decode {
             endpoint: self.endpoint.url().to_owned(),
             detail,
@@ -38,7 +50,7 @@ impl Client {
             .map_err(|error| decode(error.to_string()))?;
         let base = self.x1_base();
         let answer = self
-            .request_at(&base, method, path, Vec::new(), body)
+            .request_retrying(&base, method, path, Vec::new(), body, retry_unavailable)
             .await?;
         let answer: &[u8] = if answer.is_empty() { b"null" } else { &answer };
         serde_json::from_slice(answer).map_err(|error| decode(error.to_string()))
@@ -56,7 +68,11 @@ impl Client {
         let batch = UnitBatch {
             units: units.to_vec(),
         };
-        let answer: UnitBatchResponse = self.x1(Method::POST, "units", Some(&batch)).await?;
+        // A 503 to the whole batch (fleetd not registered, etcd unreachable
+        // before anything was written) is sent again, as a PUT is.
+        let answer: UnitBatchResponse = self
+            .x1_retrying(Method::POST, "units", Some(&batch), true)
+            .await?;
         if answer.results.len() != units.len() {
             return Err(ClientError::Decode {
                 endpoint: self.endpoint.url().to_owned(),

@@ -79,14 +79,20 @@ struct Round {
     new_units: Vec<NewUnit>,
     /// Entries that only set a valid desired state, with their index.
     desired_states: Vec<(usize, (UnitName, TargetState))>,
-    /// Entries that take PUT's own path: an existing unit, a desired state alone.
+    /// Entries that take PUT's own path: an existing unit, or no options
+    /// and a desired state PUT refuses or lacks.
     single_puts: Vec<usize>,
 }
 
 /// Handles every entry as a PUT of it in order would: entries are gathered
 /// into rounds of distinct units; a unit named again starts a new round,
 /// after the round before is written. In a round the new units are created
-/// together and the other entries take PUT's own path.
+/// together, desired states given alone are set together, and the other
+/// entries take PUT's own path.
+///
+/// # Errors
+/// Only the read of which units exist, before anything is written: the
+/// request fails as a whole (a 503 when etcd is unreachable).
 async fn answer_all(
     shared: &Shared,
     units: &[entities::Unit],
