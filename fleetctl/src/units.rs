@@ -404,16 +404,6 @@ fn unit_to_create(ctx: &Ctx, name: &str, unit_file: &UnitFile) -> Result<Unit, S
     Ok(unit)
 }
 
-/// The original's `createUnit`'s request: `PUT` of `unit`; the unit as
-/// created (desired state inactive).
-async fn send_unit(ctx: &Ctx, unit: Unit) -> Result<Unit, String> {
-    ctx.client
-        .create_unit(&unit)
-        .await
-        .map_err(|error| creation_failed(&unit.name, &error))?;
-    Ok(created(unit))
-}
-
 fn creation_failed(name: &str, error: &impl std::fmt::Display) -> String {
     format!("failed creating unit {name}: {error}")
 }
@@ -491,8 +481,12 @@ async fn create_prepared(
         false => None,
     };
     if answers.is_none() {
+        // The original's `createUnit`'s request: a `PUT` of the unit.
         let sent = concurrently(ctx, to_create.clone(), |ctx, unit| async move {
-            send_unit(&ctx, unit).await.map(drop)
+            ctx.client
+                .create_unit(&unit)
+                .await
+                .map_err(|error| error.to_string())
         })
         .await;
         answers = Some(sent);

@@ -641,6 +641,31 @@ fn a_unit_refused_in_a_batch_fails_the_command_like_its_put() {
 }
 
 #[test]
+fn units_refused_one_by_one_by_the_original_fail_the_command_alike() {
+    // The 404 fallback: every PUT refused; the first in argument order is said.
+    let dir = tempfile::tempdir().unwrap();
+    let (_, _, args) = five_instances(dir.path());
+    let refusal = r#"{"error":{"code":400,"message":"boom"}}"#;
+    let mut script = vec![
+        exchange("GET /fleet/v1/units?alt=json", 200, r#"{"units":[]}"#),
+        no_template(),
+        exchange(
+            "POST /fleet/x1/units?alt=json",
+            404,
+            r#"{"error":{"code":404,"message":""}}"#,
+        ),
+    ];
+    script.extend((0..5).map(|_| exchange("PUT /fleet/v1/units/hello@*", 400, refusal)));
+    let (code, stdout, stderr, _) = start_five(dir.path(), &args, script);
+    assert_eq!(code, Some(1));
+    assert_eq!(stdout, "");
+    assert_eq!(
+        stderr,
+        "Error creating units: failed creating unit hello@1.service: googleapi: Error 400: boom\n"
+    );
+}
+
+#[test]
 fn cat_prints_the_canonical_text_without_extra_newline() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("api.sock");
