@@ -594,6 +594,22 @@ impl Client {
         body: Option<Vec<u8>>,
     ) -> Result<Bytes, ClientError> {
         let idempotent = matches!(method, Method::GET | Method::PUT | Method::DELETE);
+        self.request_retrying(base_path, method, path, query, body, idempotent)
+            .await
+    }
+
+    /// [`Client::request_at`], sent again on a 503 when `retry_unavailable`
+    /// (a request the server refuses whole when unavailable, so sending it
+    /// again cannot apply it twice).
+    async fn request_retrying(
+        &self,
+        base_path: &str,
+        method: Method,
+        path: &str,
+        query: Query<'_>,
+        body: Option<Vec<u8>>,
+        retry_unavailable: bool,
+    ) -> Result<Bytes, ClientError> {
         let mut pause = FIRST_UNAVAILABLE_PAUSE;
         let mut retries = 0;
         loop {
@@ -602,7 +618,7 @@ impl Client {
                 .await;
             match attempt {
                 Err(error)
-                    if idempotent
+                    if retry_unavailable
                         && error.status() == Some(503)
                         && retries < UNAVAILABLE_RETRIES =>
                 {
@@ -1070,6 +1086,39 @@ mod tests {
         let units = client.units().await.unwrap();
         assert_eq!(units.len(), 1);
         assert_eq!(server.join().unwrap().len(), 3, "two 503s, then the answer");
+    }
+
+    #[tokio::test]
+    async fn a_batch_refused_whole_as_unavailable_is_sent_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("api.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+        let line = "POST /fleet/x1/units?alt=json HTTP/1.1";
+        let server = serve_statuses(
+            listener,
+            vec![
+                (line, "503 Service Unavailable", UNAVAILABLE),
+                (
+                    line,
+                    "200 OK",
+                    r#"{"results":[{"name":"a.service","code":409,"message":"unit does not exist and options field empty"}]}"#,
+                ),
+            ],
+        );
+        let endpoint = Endpoint::parse(&format!("unix://{}", socket.display())).unwrap();
+        let client = Client::new(endpoint).with_timeout(Some(Duration::from_secs(10)));
+        let unit = Unit {
+            name: "a.service".to_owned(),
+            desired_state: "launched".to_owned(),
+            ..Unit::default()
+        };
+        let results = client.put_units(&[unit]).await.unwrap();
+        assert_eq!(server.join().unwrap().len(), 2, "a 503, then the answer");
+        let error = ClientError::of_unit_result(&results[0]).expect("an error");
+        assert_eq!(
+            error.to_string(),
+            "googleapi: Error 409: unit does not exist and options field empty"
+        );
     }
 
     #[tokio::test]

@@ -12,6 +12,8 @@
 //!
 //! - `units`: `GET/PUT/DELETE /units[/<name>]`, including the PUT decision
 //!   procedure (Documentation/compatibility.md, "Creating and replacing a unit (PUT)").
+//! - `batch`: `POST /fleet/x1/units`, many PUTs in one request, each
+//!   answered as PUT answers it; new units go to etcd together.
 //! - `states`: `GET /state[/<name>]`.
 //! - `machines`: `GET /machines` and the metadata `PATCH`.
 //! - `rollouts`: rolling updates, new resources beside v1 (`GET/POST
@@ -24,6 +26,7 @@
 //! request, and every first page, reads etcd, so two fleetds serving the API
 //! agree.
 
+mod batch;
 mod events;
 mod line_breaks;
 mod machines;
@@ -63,6 +66,10 @@ const DISCOVERY_JSON: &str = include_str!("discovery.json");
 /// than its JSON body, so what fits here fits etcd (see
 /// `units::MAX_UNIT_FILE_BYTES`); a larger body is a 413 that says the limit.
 pub const BODY_LIMIT_BYTES: usize = 1536 * 1024;
+
+/// Many units created or changed in one request: the operations API's
+/// batch of v1 PUTs (served here because it is v1's PUT, unit by unit).
+pub const BATCH_UNITS_PATH: &str = "/fleet/x1/units";
 
 /// The prefixes the resources are mounted under, with identical behaviour.
 const PREFIXES: [&str; 2] = ["/fleet/v1", "/v1-alpha"];
@@ -230,6 +237,9 @@ async fn route(shared: &Shared, request: Request) -> Result<Response, ApiError> 
     if path == "/ui" || path.starts_with("/ui/") {
         return ui::serve(&path);
     }
+    if path == BATCH_UNITS_PATH {
+        return route_batch(shared, request).await;
+    }
     for prefix in PREFIXES {
         let Some(rest) = path.strip_prefix(prefix) else {
             continue;
@@ -242,6 +252,29 @@ async fn route(shared: &Shared, request: Request) -> Result<Response, ApiError> 
         }
     }
     Err(ApiError::empty(StatusCode::NOT_FOUND))
+}
+
+/// `POST /fleet/x1/units` (see [`batch`]).
+async fn route_batch(shared: &Shared, request: Request) -> Result<Response, ApiError> {
+    if request.method() != Method::POST {
+        return Err(ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "only POST supported against this resource",
+        ));
+    }
+    let content_types = content_types(&request);
+    let body = read_body(request).await?;
+    batch::post(shared, &content_types, &body).await
+}
+
+/// Every `Content-Type` header of `request` (PUT refuses more than one).
+fn content_types(request: &Request) -> Vec<HeaderValue> {
+    request
+        .headers()
+        .get_all(CONTENT_TYPE)
+        .iter()
+        .cloned()
+        .collect()
 }
 
 /// Routes `resource`, the decoded path after `<prefix>/`.
@@ -293,12 +326,7 @@ async fn route_resource(
                     Method::GET => units::get(shared, item).await,
                     Method::DELETE => units::delete(shared, item).await,
                     Method::PUT => {
-                        let content_types: Vec<HeaderValue> = request
-                            .headers()
-                            .get_all(CONTENT_TYPE)
-                            .iter()
-                            .cloned()
-                            .collect();
+                        let content_types = content_types(&request);
                         let body = read_body(request).await?;
                         units::put(shared, item, &content_types, &body).await
                     }

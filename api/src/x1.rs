@@ -11,6 +11,9 @@
 //! - `POST /fleet/x1/plan` with a [`PlanRequest`]: where the scheduler would
 //!   place these units now, and why ([`PlanResponse`]); writes nothing.
 //! - `GET /fleet/x1/why/<unit>`: the same for a unit already submitted.
+//! - `POST /fleet/x1/units` with a [`UnitBatch`]: create or change many units
+//!   in one request, each answered as `PUT /fleet/v1/units/<name>` would
+//!   answer it ([`UnitBatchResponse`], one [`UnitResult`] per unit, in order).
 //! - `GET /fleet/x1/units/<unit>/logs?lines=N&follow=true&machine=ID`: the
 //!   unit's journal on the machine that runs it, as server-sent events
 //!   ([`LOG_LINE_EVENT`] per line, [`LOG_PING_EVENT`] while a followed
@@ -153,4 +156,40 @@ pub struct UnitStatus {
     pub output: String,
     /// Its exit status (3 for an inactive unit, as systemctl says).
     pub exit_status: i32,
+}
+
+/// The most units one `POST /fleet/x1/units` may carry (the body is also
+/// held to v1's 1.5 MiB body limit); a client sends more in several.
+pub const MAX_BATCH_UNITS: usize = 1000;
+
+/// The body of `POST /fleet/x1/units`: units in v1's entity shape (name,
+/// options, desiredState), each as the body of a v1 `PUT` of its name.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnitBatch {
+    pub units: Vec<Unit>,
+}
+
+/// What v1 `PUT /fleet/v1/units/<name>` would have answered for one unit:
+/// 201 (created or replaced), 204 (desired state set) or an error's status
+/// and message.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnitResult {
+    pub name: String,
+    pub code: u16,
+    /// The error entity's message; empty on success.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+}
+
+impl UnitResult {
+    /// Whether the unit's PUT succeeded (201 or 204).
+    pub fn is_success(&self) -> bool {
+        (200..300).contains(&self.code)
+    }
+}
+
+/// The answer of `POST /fleet/x1/units`: one result per unit, in order.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnitBatchResponse {
+    pub results: Vec<UnitResult>,
 }

@@ -1633,3 +1633,117 @@ async fn a_maximum_size_unit_of_requirements_is_refused_with_the_reason() {
     );
     assert_eq!(api.get("/fleet/v1/units/req.service").await.status, 404);
 }
+
+/// The entries of the batch test: every answer of PUT, and names repeated.
+fn batch_entries() -> Vec<Value> {
+    let options = service_options("/bin/sleep 100");
+    let other = service_options("/bin/sleep 200");
+    let bad_options = json!([
+        {"section": "Service", "name": "ExecStart", "value": "/bin/true"},
+        {"section": "X-Fleet", "name": "MachineID", "value": "abc"},
+        {"section": "X-Fleet", "name": "Global", "value": "true"},
+    ]);
+    let line_break = service_options("/bin/true\nExecStartPre=/bin/evil");
+    let mut entries = vec![
+        json!({"name": "a.service", "desiredState": "launched", "options": options}),
+        json!({"name": "foo.bar", "options": options}),
+        json!({"name": "bad.service", "options": bad_options}),
+        json!({"name": "tmpl@.service", "desiredState": "launched", "options": options}),
+        json!({"name": "tmpl@.service", "desiredState": "inactive", "options": options}),
+        json!({"name": "existing.service", "desiredState": "launched", "options": options}),
+        json!({"name": "existing.service", "options": options}),
+        json!({"name": "a.service", "desiredState": "loaded"}),
+        json!({"name": "nope.service", "desiredState": "loaded"}),
+        json!({"name": "broken.service", "options": line_break}),
+        json!({"name": "b.service", "options": options}),
+        json!({"name": "b.service", "desiredState": "launched", "options": other}),
+        json!({"name": "c.service", "desiredState": "running", "options": options}),
+    ];
+    entries.extend([
+        json!({"name": "tmpl@.service", "desiredState": "launched"}),
+        json!({"name": "a.service"}),
+        json!({"name": "w@1.service", "desiredState": "launched"}),
+    ]);
+    entries.extend((0..40).map(|i| {
+        json!({"name": format!("w@{i}.service"), "desiredState": "launched", "options": options})
+    }));
+    entries
+}
+
+/// `POST /fleet/x1/units` answers each unit as v1 `PUT` answers it, in
+/// order, and leaves the registry as the PUTs one after another do.
+#[tokio::test]
+async fn a_batch_answers_and_writes_what_puts_one_by_one_do() {
+    let (v1, x1) = (
+        Api::start("batch-v1", 100).await,
+        Api::start("batch-x1", 100).await,
+    );
+    for api in [&v1, &x1] {
+        let options = service_options("/bin/sleep 100");
+        api.put_unit("existing.service", json!({"options": options}))
+            .await
+            .assert_status(201);
+    }
+    let entries = batch_entries();
+    let mut expected = Vec::new();
+    for entry in &entries {
+        let name = entry["name"].as_str().unwrap();
+        let reply = v1.put_unit(name, entry.clone()).await;
+        let message = if reply.body.is_empty() {
+            String::new()
+        } else {
+            reply.json()["error"]["message"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        };
+        expected.push((name.to_owned(), reply.status.as_u16(), message));
+    }
+    let body = json!({"units": entries}).to_string();
+    let reply = x1
+        .call_with(Method::POST, "/fleet/x1/units", &[JSON], &body)
+        .await;
+    reply.assert_status(200);
+    let answer: fleet_api::x1::UnitBatchResponse = reply.entity();
+    let results: Vec<(String, u16, String)> = answer
+        .results
+        .into_iter()
+        .map(|result| (result.name, result.code, result.message))
+        .collect();
+    assert_eq!(results, expected);
+    let codes: Vec<u16> = expected.iter().map(|(_, code, _)| *code).take(13).collect();
+    assert_eq!(
+        codes,
+        [
+            201, 400, 400, 400, 201, 204, 409, 204, 409, 400, 201, 201, 400
+        ],
+        "the entries cover every answer"
+    );
+    assert_eq!(x1.unit_records().await, v1.unit_records().await);
+}
+
+/// A body that is not a batch is refused as a whole, and nothing is written.
+#[tokio::test]
+async fn an_invalid_batch_writes_nothing() {
+    let api = Api::start("batch-invalid", 100).await;
+    let uri = "/fleet/x1/units";
+    let unit = json!({"name": "a.service", "options": service_options("/bin/true")});
+    let body = json!({"units": [unit]}).to_string();
+    api.call_with(Method::POST, uri, &["text/plain"], &body)
+        .await
+        .assert_error(415, "only acceptable Content-Type is application/json");
+    api.call_with(Method::POST, uri, &[JSON], "")
+        .await
+        .assert_error(400, "unable to decode body: EOF");
+    api.call_with(Method::POST, uri, &[JSON], r#"{"units": [{"name": 5}]}"#)
+        .await
+        .assert_status(400);
+    let too_many = json!({"units": vec![unit; fleet_api::x1::MAX_BATCH_UNITS + 1]}).to_string();
+    api.call_with(Method::POST, uri, &[JSON], &too_many)
+        .await
+        .assert_error(400, "1001 units in one request; the limit is 1000");
+    api.call_with(Method::PUT, uri, &[JSON], &body)
+        .await
+        .assert_error(405, "only POST supported against this resource");
+    assert_eq!(api.unit_records().await, vec![]);
+}

@@ -108,8 +108,13 @@ async fn a_worker_serves_reads_and_refuses_writes_naming_the_control_plane() {
 
     let unit = r#"{"desiredState":"launched","options":[{"section":"Service","name":"ExecStart","value":"/bin/true"}]}"#;
     let metadata = r#"[{"op":"add","path":"/w1/metadata/role","value":"web"}]"#;
+    let batch = format!(
+        r#"{{"units":[{}]}}"#,
+        unit.replacen('{', r#"{"name":"a.service","#, 1)
+    );
     for (method, uri, body) in [
         (Method::PUT, "/fleet/v1/units/a.service", unit),
+        (Method::POST, "/fleet/x1/units", batch.as_str()),
         (Method::DELETE, "/fleet/v1/units/a.service", ""),
         (Method::PATCH, "/fleet/v1/machines", metadata),
     ] {

@@ -7,6 +7,11 @@
 //! template), validate it and `PUT` it. Then wait until every created unit
 //! reports `inactive`. Messages are the original's, byte for byte.
 //!
+//! More than [`MAX_SINGLE_LOOKUPS`] units are sent together, as one
+//! `POST /fleet/x1/units` per thousand ([`put_batched`]): the API answers each
+//! as its `PUT`, and writes new units a txn per few. A server without that
+//! API (the original fleetd) answers 404, and the units are `PUT` one by one.
+//!
 //! Arguments are handled concurrently (bounded) because batches of a
 //! thousand template instances are a normal use; messages about one argument
 //! keep their order, and the first error in argument order wins.
@@ -16,7 +21,9 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use fleet_api::client::ClientError;
 use fleet_api::entities::{Unit, UnitOption as ApiOption};
+use fleet_api::x1::MAX_BATCH_UNITS;
 use fleet_systemd::unit::{
     UnitFile, UnitName, fleetctl_unit_name, unrecognized_requirements, validate_options,
 };
@@ -367,9 +374,10 @@ async fn find_unit_file(
         .map_err(|error| format!("failed getting Unit({}) from template: {error}", arg.path))
 }
 
-/// The original's `createUnit`: validate, warn about unknown `[X-Fleet]`
-/// keys, `PUT` name and options (desired state left to the API: inactive).
-async fn create_unit(ctx: &Ctx, name: &str, unit_file: &UnitFile) -> Result<Unit, String> {
+/// The original's `createUnit` up to its request: validate, warn about
+/// unknown `[X-Fleet]` keys; the entity to `PUT` (name and options, the
+/// desired state left to the API: inactive).
+fn unit_to_create(ctx: &Ctx, name: &str, unit_file: &UnitFile) -> Result<Unit, String> {
     name.parse::<UnitName>()
         .map_err(|error| error.to_string())?;
     validate_options(unit_file)?;
@@ -393,19 +401,113 @@ async fn create_unit(ctx: &Ctx, name: &str, unit_file: &UnitFile) -> Result<Unit
             .collect(),
         ..Unit::default()
     };
-    ctx.client
-        .create_unit(&unit)
-        .await
-        .map_err(|error| format!("failed creating unit {name}: {error}"))?;
-    Ok(Unit {
-        desired_state: TargetState::Inactive.to_string(),
-        ..unit
-    })
+    Ok(unit)
 }
 
-/// Checks, finds and creates the unit of one argument; `Ok(Some(unit))` when
-/// it was created (or replaced), `Ok(None)` when the existing unit is kept.
-async fn create_one(
+fn creation_failed(name: &str, error: &impl std::fmt::Display) -> String {
+    format!("failed creating unit {name}: {error}")
+}
+
+/// A unit as the API stores it when created without a desired state.
+fn created(unit: Unit) -> Unit {
+    Unit {
+        desired_state: TargetState::Inactive.to_string(),
+        ..unit
+    }
+}
+
+/// The most bytes of units' JSON sent in one `POST /fleet/x1/units`: room
+/// below the API's 1.5 MiB body limit.
+const MAX_BATCH_BODY_BYTES: usize = 1024 * 1024;
+
+/// `units` cut into batch requests: at most [`MAX_BATCH_UNITS`] units and
+/// about [`MAX_BATCH_BODY_BYTES`] of JSON each (a larger unit goes alone).
+fn batch_chunks(units: &[Unit]) -> Vec<&[Unit]> {
+    let mut chunks = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (index, unit) in units.iter().enumerate() {
+        let size = serde_json::to_vec(unit).map_or(0, |json| json.len());
+        if index > start
+            && (index - start == MAX_BATCH_UNITS || bytes + size > MAX_BATCH_BODY_BYTES)
+        {
+            chunks.push(&units[start..index]);
+            (start, bytes) = (index, 0);
+        }
+        bytes += size;
+    }
+    if start < units.len() {
+        chunks.push(&units[start..]);
+    }
+    chunks
+}
+
+/// Sends `units` (each the body of its v1 `PUT`) in as few
+/// `POST /fleet/x1/units` as fit, and returns each unit's answer, its
+/// error as the `PUT` would have said it. `None` when the server has no
+/// batch API (a 404 to the first request: the original fleetd); nothing was
+/// sent then, and the caller sends the `PUT`s.
+pub async fn put_batched(ctx: &Ctx, units: &[Unit]) -> Option<Vec<Result<(), String>>> {
+    let mut answers = Vec::with_capacity(units.len());
+    for chunk in batch_chunks(units) {
+        match ctx.client.put_units(chunk).await {
+            Ok(results) => answers.extend(results.iter().map(|result| {
+                ClientError::of_unit_result(result).map_or(Ok(()), |error| Err(error.to_string()))
+            })),
+            Err(error) if error.is_not_found() && answers.is_empty() => return None,
+            Err(error) => answers.extend(chunk.iter().map(|_| Err(error.to_string()))),
+        }
+    }
+    Some(answers)
+}
+
+/// Whether this many units are sent in batches rather than one `PUT` each.
+pub fn sends_in_batches(n_units: usize) -> bool {
+    n_units > MAX_SINGLE_LOOKUPS
+}
+
+/// Creates the `prepared` units (`Ok(Some(unit))`; the others are kept or
+/// failed already): one batch request when there are many, else (or from
+/// the original fleetd) one `PUT` each. Results stay in argument order.
+async fn create_prepared(
+    ctx: &Arc<Ctx>,
+    prepared: Vec<Result<Option<Unit>, String>>,
+) -> Vec<Result<Option<Unit>, String>> {
+    let to_create: Vec<Unit> = prepared
+        .iter()
+        .filter_map(|result| result.as_ref().ok().and_then(Clone::clone))
+        .collect();
+    let mut answers = match sends_in_batches(to_create.len()) {
+        true => put_batched(ctx, &to_create).await,
+        false => None,
+    };
+    if answers.is_none() {
+        // The original's `createUnit`'s request: a `PUT` of the unit.
+        let sent = concurrently(ctx, to_create.clone(), |ctx, unit| async move {
+            ctx.client
+                .create_unit(&unit)
+                .await
+                .map_err(|error| error.to_string())
+        })
+        .await;
+        answers = Some(sent);
+    }
+    let mut answers = answers.unwrap_or_default().into_iter();
+    prepared
+        .into_iter()
+        .map(|result| match result {
+            Ok(Some(unit)) => match answers.next() {
+                Some(Ok(())) => Ok(Some(created(unit))),
+                Some(Err(error)) => Err(creation_failed(&unit.name, &error)),
+                None => Err(creation_failed(&unit.name, &"no answer")),
+            },
+            other => other,
+        })
+        .collect()
+}
+
+/// Checks and finds the unit of one argument; `Ok(Some(unit))` when it is
+/// to be created (or replaced), `Ok(None)` when the existing unit is kept.
+async fn prepare_one(
     ctx: Arc<Ctx>,
     arg: String,
     command: CreateCommand,
@@ -427,7 +529,7 @@ async fn create_one(
         }
     }
     let unit_file = find_unit_file(&ctx, &arg, &templates).await?;
-    create_unit(&ctx, &arg.name, &unit_file).await.map(Some)
+    unit_to_create(&ctx, &arg.name, &unit_file).map(Some)
 }
 
 /// The original's `lazyCreateUnits`: creates the units named by `args` that
@@ -457,8 +559,8 @@ pub async fn lazy_create_units(
         .collect();
     let templates = TemplateCache::default();
     let listed = listed_units(ctx, args.len()).await?;
-    let results = concurrently(ctx, args, move |ctx, arg| {
-        create_one(
+    let prepared = concurrently(ctx, args, move |ctx, arg| {
+        prepare_one(
             ctx,
             arg,
             command,
@@ -468,6 +570,7 @@ pub async fn lazy_create_units(
         )
     })
     .await;
+    let results = create_prepared(ctx, prepared).await;
     let mut created = Vec::new();
     for result in results {
         if let Some(unit) = result? {

@@ -222,8 +222,8 @@ fn fd_forward_copies_both_ways() {
     assert_eq!(stdout(&output), "ping over the socket");
 }
 
-/// One scripted exchange: the request line we expect (without ` HTTP/1.1`),
-/// then the status and body we answer.
+/// One scripted exchange: the request line we expect (without ` HTTP/1.1`;
+/// ending in `*`, a prefix of it), then the status and body we answer.
 type Exchange = (String, u16, String);
 
 /// Serves `script` in order on `socket`, one connection per request (as the
@@ -251,7 +251,11 @@ fn scripted_api(socket: &Path, script: Vec<Exchange>) -> JoinHandle<Vec<String>>
             let mut request_body = vec![0; content_length];
             reader.read_exact(&mut request_body).unwrap();
             bodies.push(String::from_utf8_lossy(&request_body).into_owned());
-            assert_eq!(request_line.trim_end(), format!("{expected_line} HTTP/1.1"));
+            match expected_line.strip_suffix('*') {
+                // Concurrent requests come in any order: a prefix matches.
+                Some(prefix) => assert!(request_line.starts_with(prefix), "{request_line}"),
+                None => assert_eq!(request_line.trim_end(), format!("{expected_line} HTTP/1.1")),
+            }
             let reply = format!(
                 "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
                 body.len()
@@ -474,6 +478,191 @@ fn start_of_many_names_lists_the_units_instead_of_a_get_per_name() {
     assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
     assert_eq!(bodies.len(), 2, "exactly the two listings were requested");
     assert_eq!(stdout(&output), "");
+}
+
+/// Five instances of a local template: their names, the listing of them
+/// as created (inactive), and the arguments naming them.
+fn five_instances(dir: &Path) -> (Vec<String>, String, Vec<String>) {
+    std::fs::write(
+        dir.join("hello@.service"),
+        "[Service]\nExecStart=/bin/sleep 100\n",
+    )
+    .unwrap();
+    let names: Vec<String> = (1..=5).map(|i| format!("hello@{i}.service")).collect();
+    let units: Vec<String> = names
+        .iter()
+        .map(|name| {
+            format!(
+                r#"{{"name":"{name}","options":[{{"section":"Service","name":"ExecStart","value":"/bin/sleep 100"}}],"desiredState":"inactive","currentState":"inactive"}}"#
+            )
+        })
+        .collect();
+    let listing = format!(r#"{{"units":[{}]}}"#, units.join(","));
+    let args = names
+        .iter()
+        .map(|name| dir.join(name).to_string_lossy().into_owned())
+        .collect();
+    (names, listing, args)
+}
+
+/// The registry's template, asked for once: absent (the local file is used).
+fn no_template() -> Exchange {
+    exchange(
+        "GET /fleet/v1/units/hello@.service?alt=json",
+        404,
+        r#"{"error":{"code":404,"message":"unit does not exist"}}"#,
+    )
+}
+
+/// A batch answer: one result per name with `code`.
+fn batch_results(names: &[String], code: u16) -> String {
+    let results: Vec<String> = names
+        .iter()
+        .map(|name| format!(r#"{{"name":"{name}","code":{code}}}"#))
+        .collect();
+    format!(r#"{{"results":[{}]}}"#, results.join(","))
+}
+
+/// `start --no-block` of five instances against `script`: exit code,
+/// stdout, stderr and the request bodies.
+fn start_five(
+    dir: &Path,
+    args: &[String],
+    script: Vec<Exchange>,
+) -> (Option<i32>, String, String, Vec<String>) {
+    let socket = dir.join("api.sock");
+    let _ = std::fs::remove_file(&socket);
+    let server = scripted_api(&socket, script);
+    let endpoint = format!("unix://{}", socket.display());
+    let mut command = vec!["--endpoint", &endpoint, "start", "--no-block"];
+    command.extend(args.iter().map(String::as_str));
+    let output = run(&command);
+    let bodies = finish(server, &socket);
+    (
+        output.status.code(),
+        stdout(&output),
+        stderr(&output),
+        bodies,
+    )
+}
+
+#[test]
+fn start_of_many_new_units_sends_them_in_one_batch_and_says_what_puts_say() {
+    // Creates in one POST, desired states in another; from a server without
+    // the batch API (404, the original fleetd), a PUT per unit; the output
+    // is the same either way.
+    let dir = tempfile::tempdir().unwrap();
+    let (names, listing, args) = five_instances(dir.path());
+    let empty = r#"{"units":[]}"#;
+    let batch = start_five(
+        dir.path(),
+        &args,
+        vec![
+            exchange("GET /fleet/v1/units?alt=json", 200, empty),
+            no_template(),
+            exchange(
+                "POST /fleet/x1/units?alt=json",
+                200,
+                &batch_results(&names, 201),
+            ),
+            exchange("GET /fleet/v1/units?alt=json", 200, &listing),
+            exchange(
+                "POST /fleet/x1/units?alt=json",
+                200,
+                &batch_results(&names, 204),
+            ),
+        ],
+    );
+    assert_eq!(batch.0, Some(0), "{}", batch.2);
+    assert!(
+        batch.3[2].starts_with(
+            r#"{"units":[{"name":"hello@1.service","options":[{"section":"Service","name":"ExecStart","value":"/bin/sleep 100"}]},{"name":"hello@2.service""#
+        ),
+        "{}",
+        batch.3[2]
+    );
+    assert!(
+        batch.3[4].starts_with(
+            r#"{"units":[{"name":"hello@1.service","desiredState":"launched"},{"name":"hello@2.service""#
+        ),
+        "{}",
+        batch.3[4]
+    );
+    let not_found = r#"{"error":{"code":404,"message":""}}"#;
+    let mut script = vec![
+        exchange("GET /fleet/v1/units?alt=json", 200, empty),
+        no_template(),
+        exchange("POST /fleet/x1/units?alt=json", 404, not_found),
+    ];
+    script.extend((0..5).map(|_| exchange("PUT /fleet/v1/units/hello@*", 201, "")));
+    script.push(exchange("GET /fleet/v1/units?alt=json", 200, &listing));
+    script.push(exchange("POST /fleet/x1/units?alt=json", 404, not_found));
+    script.extend((0..5).map(|_| exchange("PUT /fleet/v1/units/hello@*", 204, "")));
+    let one_by_one = start_five(dir.path(), &args, script);
+    assert_eq!(
+        (batch.0, &batch.1, &batch.2),
+        (one_by_one.0, &one_by_one.1, &one_by_one.2)
+    );
+    let mut expected: Vec<String> = names
+        .iter()
+        .map(|name| format!("Unit {name} inactive\n"))
+        .collect();
+    expected.extend(
+        names
+            .iter()
+            .map(|name| format!("Triggered unit {name} start\n")),
+    );
+    assert_eq!(batch.1, expected.concat());
+}
+
+#[test]
+fn a_unit_refused_in_a_batch_fails_the_command_like_its_put() {
+    let dir = tempfile::tempdir().unwrap();
+    let (names, _, args) = five_instances(dir.path());
+    let answer = batch_results(&names, 201).replace(
+        r#"{"name":"hello@3.service","code":201}"#,
+        r#"{"name":"hello@3.service","code":400,"message":"MachineID cannot be used with Global"}"#,
+    );
+    let (code, stdout, stderr, _) = start_five(
+        dir.path(),
+        &args,
+        vec![
+            exchange("GET /fleet/v1/units?alt=json", 200, r#"{"units":[]}"#),
+            no_template(),
+            exchange("POST /fleet/x1/units?alt=json", 200, &answer),
+        ],
+    );
+    assert_eq!(code, Some(1));
+    assert_eq!(stdout, "");
+    assert_eq!(
+        stderr,
+        "Error creating units: failed creating unit hello@3.service: googleapi: Error 400: MachineID cannot be used with Global\n"
+    );
+}
+
+#[test]
+fn units_refused_one_by_one_by_the_original_fail_the_command_alike() {
+    // The 404 fallback: every PUT refused; the first in argument order is said.
+    let dir = tempfile::tempdir().unwrap();
+    let (_, _, args) = five_instances(dir.path());
+    let refusal = r#"{"error":{"code":400,"message":"boom"}}"#;
+    let mut script = vec![
+        exchange("GET /fleet/v1/units?alt=json", 200, r#"{"units":[]}"#),
+        no_template(),
+        exchange(
+            "POST /fleet/x1/units?alt=json",
+            404,
+            r#"{"error":{"code":404,"message":""}}"#,
+        ),
+    ];
+    script.extend((0..5).map(|_| exchange("PUT /fleet/v1/units/hello@*", 400, refusal)));
+    let (code, stdout, stderr, _) = start_five(dir.path(), &args, script);
+    assert_eq!(code, Some(1));
+    assert_eq!(stdout, "");
+    assert_eq!(
+        stderr,
+        "Error creating units: failed creating unit hello@1.service: googleapi: Error 400: boom\n"
+    );
 }
 
 #[test]

@@ -19,8 +19,9 @@
 //!   certificate name without a role, is a 403.
 //!
 //! Roles are ordered: `read` (every GET but a unit's logs) < `operate` (also
-//! a unit's logs, and PUT and DELETE of units, i.e. units and their desired
-//! state) < `admin` (everything, such as machine metadata). `peer` is apart:
+//! a unit's logs, PUT and DELETE of units, and `POST /fleet/x1/units`, many
+//! unit PUTs at once; i.e. units and their desired state) < `admin`
+//! (everything, such as machine metadata). `peer` is apart:
 //! the identity of another fleetd, allowed only on the peer paths
 //! (`/fleet/x1/peer/`), which the users' roles other than `admin` are not.
 //! The access file format is documented in `Documentation/security.md`.
@@ -258,6 +259,10 @@ pub fn required_role(method: &Method, path: &str) -> Role {
         .iter()
         .any(|prefix| path.starts_with(prefix));
     if is_unit && (*method == Method::PUT || *method == Method::DELETE) {
+        return Role::Operate;
+    }
+    // Many unit PUTs in one request: the role of a unit PUT.
+    if path == fleet_api::server::BATCH_UNITS_PATH && *method == Method::POST {
         return Role::Operate;
     }
     Role::Admin
@@ -502,6 +507,8 @@ ops-reader = "read"
             (Method::GET, "/fleet/v1/machines", Role::Read),
             (Method::GET, "/metrics", Role::Read),
             (Method::PUT, "/fleet/v1/units/a.service", Role::Operate),
+            (Method::POST, "/fleet/x1/units", Role::Operate),
+            (Method::PUT, "/fleet/x1/units", Role::Admin),
             (Method::DELETE, "/v1-alpha/units/a.service", Role::Operate),
             (Method::PATCH, "/fleet/v1/machines", Role::Admin),
             (Method::PUT, "/fleet/v1/machines", Role::Admin),

@@ -468,6 +468,32 @@ pub async fn list_keys(registry: &Registry) -> Result<Vec<String>, RegistryError
         .collect())
 }
 
+/// Every key under the registry's prefix (without it) with its value: what
+/// two registries wrote, to compare.
+///
+/// # Errors
+/// Transport errors and timeouts.
+pub async fn dump(registry: &Registry) -> Result<Vec<(String, Vec<u8>)>, RegistryError> {
+    const OP: &str = "dump keys";
+    let prefix = registry.keys().prefix().to_owned();
+    let options = etcd_client::GetOptions::new().with_prefix();
+    let response = registry
+        .run(OP, |mut clients| {
+            let (prefix, options) = (prefix.clone(), options.clone());
+            async move { clients.kv.get(prefix, Some(options)).await }
+        })
+        .await?;
+    Ok(response
+        .kvs()
+        .iter()
+        .map(|kv| {
+            let key = String::from_utf8_lossy(kv.key());
+            let key = key.strip_prefix(prefix.as_str()).unwrap_or(&key).to_owned();
+            (key, kv.value().to_vec())
+        })
+        .collect())
+}
+
 /// Writes a raw value behind the registry's back (to plant corrupt records).
 ///
 /// # Errors

@@ -1,13 +1,15 @@
 //! The client of the operations API beside v1 (`/fleet/x1/`, see
-//! [`crate::x1`]): cordon, drain, plan and why.
+//! [`crate::x1`]): cordon, drain, plan and why, and many unit PUTs at once.
 
-use http::Method;
+use http::{Method, StatusCode};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use super::{Client, ClientError, escape_path_segment};
+use crate::entities::{ErrorBody, ErrorEntity, Unit};
 use crate::x1::{
     self, CordonList, CordonRequest, DrainStatus, Explanation, PlanRequest, PlanResponse,
+    UnitBatch, UnitBatchResponse, UnitResult,
 };
 
 impl Client {
@@ -26,6 +28,18 @@ impl Client {
         path: &str,
         body: Option<&impl Serialize>,
     ) -> Result<T, ClientError> {
+        let idempotent = matches!(method, Method::GET | Method::PUT | Method::DELETE);
+        self.x1_retrying(method, path, body, idempotent).await
+    }
+
+    /// [`Client::x1`], sent again on a 503 when `retry_unavailable`.
+    async fn x1_retrying<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&impl Serialize>,
+        retry_unavailable: bool,
+    ) -> Result<T, ClientError> {
         let decode = |detail: String| ClientError::Decode {
             endpoint: self.endpoint.url().to_owned(),
             detail,
@@ -36,10 +50,36 @@ impl Client {
             .map_err(|error| decode(error.to_string()))?;
         let base = self.x1_base();
         let answer = self
-            .request_at(&base, method, path, Vec::new(), body)
+            .request_retrying(&base, method, path, Vec::new(), body, retry_unavailable)
             .await?;
         let answer: &[u8] = if answer.is_empty() { b"null" } else { &answer };
         serde_json::from_slice(answer).map_err(|error| decode(error.to_string()))
+    }
+
+    /// Creates or changes `units` with one `POST units` (at most
+    /// [`x1::MAX_BATCH_UNITS`]): each answered as its v1 `PUT` would be, in
+    /// order. A 404 means the server has no batch API (the original fleetd):
+    /// nothing was written, and the units must be PUT one by one.
+    ///
+    /// # Errors
+    /// Any [`ClientError`] of the request as a whole; a [`ClientError::Decode`]
+    /// when the answer does not have one result per unit.
+    pub async fn put_units(&self, units: &[Unit]) -> Result<Vec<UnitResult>, ClientError> {
+        let batch = UnitBatch {
+            units: units.to_vec(),
+        };
+        // A 503 to the whole batch (fleetd not registered, etcd unreachable
+        // before anything was written) is sent again, as a PUT is.
+        let answer: UnitBatchResponse = self
+            .x1_retrying(Method::POST, "units", Some(&batch), true)
+            .await?;
+        if answer.results.len() != units.len() {
+            return Err(ClientError::Decode {
+                endpoint: self.endpoint.url().to_owned(),
+                detail: format!("{} results for {} units", answer.results.len(), units.len()),
+            });
+        }
+        Ok(answer.results)
     }
 
     /// Every cordoned machine.
@@ -97,5 +137,29 @@ impl Client {
     pub async fn why(&self, unit: &str) -> Result<Explanation, ClientError> {
         let path = format!("why/{}", escape_path_segment(unit));
         self.x1(Method::GET, &path, None::<&()>).await
+    }
+}
+
+impl ClientError {
+    /// The error a unit's v1 `PUT` would have returned, read from its result
+    /// in a batch; `None` when it succeeded.
+    pub fn of_unit_result(result: &UnitResult) -> Option<ClientError> {
+        if result.is_success() {
+            return None;
+        }
+        let entity = ErrorEntity {
+            error: ErrorBody {
+                code: result.code,
+                message: result.message.clone(),
+            },
+        };
+        let body = serde_json::to_vec(&entity).unwrap_or_default();
+        Some(match StatusCode::from_u16(result.code) {
+            Ok(status) => super::api_error(status, &body),
+            Err(_) => ClientError::Http {
+                code: result.code,
+                body: String::from_utf8_lossy(&body).into_owned(),
+            },
+        })
     }
 }

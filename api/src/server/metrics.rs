@@ -53,6 +53,9 @@ pub(super) fn route_template(path: &str) -> &'static str {
     if path == "/ui" || path.starts_with("/ui/") {
         return "/ui/";
     }
+    if path == super::BATCH_UNITS_PATH {
+        return super::BATCH_UNITS_PATH;
+    }
     let Some(rest) = ["/fleet/v1/", "/v1-alpha/"]
         .into_iter()
         .find_map(|prefix| path.strip_prefix(prefix))
@@ -89,6 +92,7 @@ mod tests {
             ("/fleet/v1/state/x", "/fleet/v1/state/{name}"),
             ("/fleet/v1/machines", "/fleet/v1/machines"),
             ("/fleet/v1/events", "/fleet/v1/events"),
+            ("/fleet/x1/units", "/fleet/x1/units"),
             ("/ui/app.js", "/ui/"),
             ("/fleet/v1/nothing", "other"),
             ("/etc/passwd", "other"),

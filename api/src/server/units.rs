@@ -174,6 +174,15 @@ pub(super) async fn put(
     // Step 2: the body is a Unit.
     let request: entities::Unit = decode_first_json(body)
         .map_err(|message| ApiError::bad_request(format!("unable to decode body: {message}")))?;
+    put_unit(shared, url_name, &request).await
+}
+
+/// Steps 3 and 4 of PUT and the line-break check: what is refused before
+/// anything is read. The unit's name when it passes.
+pub(super) fn check_put_request(
+    url_name: &str,
+    request: &entities::Unit,
+) -> Result<UnitName, ApiError> {
     // Step 3: the body's name, if any, is the URL's.
     if !request.name.is_empty() && request.name != url_name {
         return Err(ApiError::bad_request(format!(
@@ -187,6 +196,16 @@ pub(super) async fn put(
     // A line break in an option would smuggle more options into the stored
     // text, past validation.
     super::line_breaks::check(&request.options).map_err(ApiError::bad_request)?;
+    Ok(name)
+}
+
+/// PUT after its body is decoded: steps 3 to 8.
+pub(super) async fn put_unit(
+    shared: &Shared,
+    url_name: &str,
+    request: &entities::Unit,
+) -> Result<Response, ApiError> {
+    let name = check_put_request(url_name, request)?;
     if request.options.is_empty()
         && let Some(answer) = put_desired_state_only(shared, &name, &request.desired_state).await
     {
@@ -249,17 +268,34 @@ async fn put_desired_state_only(
     name: &UnitName,
     desired_state: &str,
 ) -> Option<Result<Response, ApiError>> {
-    if desired_state.is_empty() || check_template_activation(name, desired_state).is_err() {
-        return None;
-    }
-    let desired_state = parse_desired_state(desired_state).ok()?;
+    let desired_state = valid_desired_state_only(name, desired_state)?;
     let updated = shared
         .api
         .registry
         .set_desired_state(name, desired_state)
-        .await
-        .map_err(|error| ApiError::registry("set desired state", error));
-    Some(match updated {
+        .await;
+    Some(desired_state_set(shared, updated))
+}
+
+/// The state of a PUT without options that [`put_desired_state_only`]
+/// answers: present and valid for `name`. `None` for any other.
+pub(super) fn valid_desired_state_only(
+    name: &UnitName,
+    desired_state: &str,
+) -> Option<TargetState> {
+    if desired_state.is_empty() || check_template_activation(name, desired_state).is_err() {
+        return None;
+    }
+    parse_desired_state(desired_state).ok()
+}
+
+/// The answer of [`put_desired_state_only`] once the registry set the
+/// state (`Ok(true)`) or found no unit (`Ok(false)`).
+pub(super) fn desired_state_set(
+    shared: &Shared,
+    updated: Result<bool, fleet_registry::RegistryError>,
+) -> Result<Response, ApiError> {
+    match updated {
         Ok(true) => {
             shared.units_listing.forget();
             Ok(empty_response(StatusCode::NO_CONTENT))
@@ -268,8 +304,8 @@ async fn put_desired_state_only(
             StatusCode::CONFLICT,
             "unit does not exist and options field empty",
         )),
-        Err(error) => Err(error),
-    })
+        Err(error) => Err(ApiError::registry("set desired state", error)),
+    }
 }
 
 /// Creates or replaces a unit after validating it; 201.
@@ -279,17 +315,7 @@ async fn create(
     file: &UnitFile,
     desired_state: &str,
 ) -> Result<Response, ApiError> {
-    check_size(file)?;
-    // Fix: the original skipped this on replace.
-    validate_options(file).map_err(ApiError::bad_request)?;
-    let desired_state = if desired_state.is_empty() {
-        TargetState::Inactive
-    } else {
-        // Fix: the original let a new template be launched
-        // and answered 500 for an invalid state.
-        check_template_activation(name, desired_state)?;
-        parse_desired_state(desired_state)?
-    };
+    let desired_state = check_create(name, file, desired_state)?;
     shared
         .api
         .registry
@@ -298,6 +324,25 @@ async fn create(
         .map_err(|error| ApiError::registry("create unit", error))?;
     shared.units_listing.forget();
     Ok(empty_response(StatusCode::CREATED))
+}
+
+/// The checks of a create or replace (size, options, desired state), in
+/// PUT's order; the desired state to store when they pass.
+pub(super) fn check_create(
+    name: &UnitName,
+    file: &UnitFile,
+    desired_state: &str,
+) -> Result<TargetState, ApiError> {
+    check_size(file)?;
+    // Fix: the original skipped this on replace.
+    validate_options(file).map_err(ApiError::bad_request)?;
+    if desired_state.is_empty() {
+        return Ok(TargetState::Inactive);
+    }
+    // Fix: the original let a new template be launched
+    // and answered 500 for an invalid state.
+    check_template_activation(name, desired_state)?;
+    parse_desired_state(desired_state)
 }
 
 /// The largest unit text we store: etcd's default request limit (1.5 MiB)

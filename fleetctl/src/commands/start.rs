@@ -15,7 +15,9 @@ use fleet_systemd::unit::fleetctl_unit_name;
 use crate::cli::CreateArgs;
 use crate::context::{Ctx, concurrently, is_global};
 use crate::exit::Exit;
-use crate::units::{CreateCommand, lazy_create_units, listed_units, lookup_unit};
+use crate::units::{
+    CreateCommand, lazy_create_units, listed_units, lookup_unit, put_batched, sends_in_batches,
+};
 use crate::wait::{Blocking, wait_for_systemd_active, wait_for_unit_states};
 
 /// The deprecated `--sign` flag: the original refuses it with status 2.
@@ -70,14 +72,11 @@ pub async fn set_target_state_of_units(
             if unit.desired() == Some(state) {
                 return Ok(None);
             }
-            ctx.client
-                .set_unit_target_state(&name, state)
-                .await
-                .map_err(|error| error.to_string())?;
             Ok(Some(unit))
         }
     })
     .await;
+    let results = set_target_states(ctx, results, state).await;
     let mut triggered = Vec::new();
     for result in results {
         if let Some(unit) = result? {
@@ -85,6 +84,52 @@ pub async fn set_target_state_of_units(
         }
     }
     Ok(triggered)
+}
+
+/// Sets `state` on the units in `to_change` (`Ok(Some(unit))`): in batch
+/// requests when there are many, else (or from the original fleetd) one
+/// `PUT` each. Results stay in argument order.
+async fn set_target_states(
+    ctx: &Arc<Ctx>,
+    to_change: Vec<Result<Option<Unit>, String>>,
+    state: TargetState,
+) -> Vec<Result<Option<Unit>, String>> {
+    let changes: Vec<Unit> = to_change
+        .iter()
+        .filter_map(|result| result.as_ref().ok().and_then(Option::as_ref))
+        .map(|unit| Unit {
+            name: unit.name.clone(),
+            desired_state: state.to_string(),
+            ..Unit::default()
+        })
+        .collect();
+    let mut answers = match sends_in_batches(changes.len()) {
+        true => put_batched(ctx, &changes).await,
+        false => None,
+    };
+    if answers.is_none() {
+        let names = changes.into_iter().map(|unit| unit.name).collect();
+        let sent = concurrently(ctx, names, move |ctx, name| async move {
+            ctx.client
+                .set_unit_target_state(&name, state)
+                .await
+                .map_err(|error| error.to_string())
+        })
+        .await;
+        answers = Some(sent);
+    }
+    let mut answers = answers.unwrap_or_default().into_iter();
+    to_change
+        .into_iter()
+        .map(|result| match result {
+            Ok(Some(unit)) => match answers.next() {
+                Some(Ok(())) => Ok(Some(unit)),
+                Some(Err(error)) => Err(error),
+                None => Err(format!("no answer for unit {}", unit.name)),
+            },
+            other => other,
+        })
+        .collect()
 }
 
 /// Splits triggered units into the global ones (announced, never waited on)

@@ -200,6 +200,17 @@ async fn mtls_roles_decide_who_may_start_units() {
         api_status(reader.destroy_unit("hello.service").await),
         Some(403)
     );
+    // Many PUTs in one request need the role of a PUT.
+    let batch = [hello_unit("batch.service", "loaded")];
+    assert_eq!(
+        api_status(reader.put_units(&batch).await.map(drop)),
+        Some(403)
+    );
+    let results = operator
+        .put_units(&batch)
+        .await
+        .expect("an operator sends a batch");
+    assert_eq!(results[0].code, 201, "{results:?}");
 
     // Every mutating request is in the audit log once, with who and what.
     wait_until(DEADLINE, "the audit lines are logged", || async {

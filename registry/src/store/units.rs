@@ -5,6 +5,8 @@
 #[allow(clippy::wildcard_imports)] // the store's imports, shared by its parts
 use super::*;
 
+use std::collections::HashSet;
+
 /// Parses stored content (the canonical unit text).
 pub(super) fn parse_content(value: &[u8]) -> Result<UnitFile, String> {
     let text = std::str::from_utf8(value).map_err(|error| error.to_string())?;
@@ -15,6 +17,58 @@ pub(super) fn parse_content(value: &[u8]) -> Result<UnitFile, String> {
 /// writer changed the record in between. Contention on one unit is rare (two
 /// API calls for the same name at the same moment), so a few tries suffice.
 pub(super) const MAX_CAS_ATTEMPTS: usize = 8;
+
+/// The most units one create txn carries. Each costs up to six of the
+/// txn's operations (a compare, two puts, and a nested txn of a compare and
+/// a put for its content), so a txn stays under 100, well below etcd's
+/// default limit of 128 operations per txn.
+pub const UNITS_PER_CREATE_TXN: usize = 16;
+
+/// The put of a unit record (`value`, at `key`) with `desired_state`: the
+/// same content hash, the new state.
+fn desired_state_put(
+    key: &str,
+    value: &[u8],
+    desired_state: TargetState,
+) -> Result<TxnOp, RegistryError> {
+    let (hash, _) = wire::decode_unit(value).map_err(|message| RegistryError::Decode {
+        key: key.to_owned(),
+        message,
+    })?;
+    Ok(TxnOp::put(
+        key,
+        wire::encode_unit(&hash, desired_state),
+        None,
+    ))
+}
+
+/// `units` cut into create txns (see [`distinct_chunks`]).
+fn create_chunks(
+    units: &[(UnitName, UnitFile, TargetState)],
+) -> Vec<&[(UnitName, UnitFile, TargetState)]> {
+    distinct_chunks(units, |(name, _, _)| name)
+}
+
+/// `items` cut into txns: at most [`UNITS_PER_CREATE_TXN`] each, and a new
+/// chunk where a unit's name repeats (etcd refuses a txn putting a key
+/// twice; the repeat is then written after the first, as one by one).
+fn distinct_chunks<T>(items: &[T], name_of: impl Fn(&T) -> &UnitName) -> Vec<&[T]> {
+    let mut chunks = Vec::new();
+    let mut start = 0;
+    let mut names = HashSet::new();
+    for (index, name) in items.iter().map(name_of).enumerate() {
+        if index - start == UNITS_PER_CREATE_TXN || !names.insert(name) {
+            chunks.push(&items[start..index]);
+            start = index;
+            names.clear();
+            names.insert(name);
+        }
+    }
+    if start < items.len() {
+        chunks.push(&items[start..]);
+    }
+    chunks
+}
 
 /// Units as listed: the usable ones, and those whose record or content is
 /// not (see [`Registry::unit_listing`]).
@@ -291,14 +345,8 @@ impl Registry {
                     (guard.clone(), old_hash)
                 }
             };
-            let put_content_if_absent = Txn::new()
-                .when([Compare::version(content_key.as_str(), CompareOp::Equal, 0)])
-                .and_then([TxnOp::put(content_key.as_str(), text.as_str(), None)]);
-            let mut ops = vec![
-                TxnOp::put(key.as_str(), wire::encode_unit(&hash, desired_state), None),
-                TxnOp::put(self.keys.content_ref(&hash, name), "", None),
-                TxnOp::txn(put_content_if_absent),
-            ];
+            let mut ops = self.unit_record_ops(name, &hash, desired_state);
+            ops.push(Self::put_content_if_absent(&content_key, &text));
             if let Some(old_hash) = old_hash.filter(|old_hash| *old_hash != hash) {
                 ops.push(TxnOp::txn(self.release_content(&old_hash, name)));
             }
@@ -316,6 +364,122 @@ impl Registry {
         Err(Self::cas_exhausted(OP))
     }
 
+    /// The writes of `name`'s record (`hash`, `desired_state`) and of its
+    /// reference to the content: what every create of a unit puts, alone or
+    /// in a batch.
+    fn unit_record_ops(
+        &self,
+        name: &UnitName,
+        hash: &UnitHash,
+        desired_state: TargetState,
+    ) -> Vec<TxnOp> {
+        vec![
+            TxnOp::put(
+                self.keys.unit(name),
+                wire::encode_unit(hash, desired_state),
+                None,
+            ),
+            TxnOp::put(self.keys.content_ref(hash, name), "", None),
+        ]
+    }
+
+    /// A nested txn storing `text` at `content_key` unless some unit stored
+    /// it already: content is kept once per hash.
+    fn put_content_if_absent(content_key: &str, text: &str) -> TxnOp {
+        TxnOp::txn(
+            Txn::new()
+                .when([Compare::version(content_key, CompareOp::Equal, 0)])
+                .and_then([TxnOp::put(content_key, text, None)]),
+        )
+    }
+
+    /// Which of `names` have a unit record, read in txns of
+    /// [`UNITS_PER_CREATE_TXN`] keys-only gets.
+    ///
+    /// # Errors
+    /// etcd's.
+    pub async fn existing_unit_names(
+        &self,
+        names: &[UnitName],
+    ) -> Result<HashSet<UnitName>, RegistryError> {
+        let mut existing = HashSet::new();
+        for chunk in names.chunks(UNITS_PER_CREATE_TXN) {
+            let gets: Vec<TxnOp> = chunk
+                .iter()
+                .map(|name| {
+                    TxnOp::get(
+                        self.keys.unit(name),
+                        Some(GetOptions::new().with_keys_only()),
+                    )
+                })
+                .collect();
+            let response = self
+                .txn("read unit names", Txn::new().and_then(gets))
+                .await?;
+            for (name, range) in chunk.iter().zip(txn_ranges(&response)) {
+                if !range.kvs().is_empty() {
+                    existing.insert(name.clone());
+                }
+            }
+        }
+        Ok(existing)
+    }
+
+    /// Creates many units, expected to be new, in few txns: the same
+    /// records, references and contents as [`Self::create_unit`] of each, in
+    /// order. A txn carries up to [`UNITS_PER_CREATE_TXN`] units and succeeds
+    /// only if none of them exists yet; when one does (or the txn fails),
+    /// that chunk's units are created one by one with [`Self::create_unit`],
+    /// so the outcome equals a `create_unit` per unit. One result per unit.
+    pub async fn create_new_units(
+        &self,
+        units: &[(UnitName, UnitFile, TargetState)],
+    ) -> Vec<Result<(), RegistryError>> {
+        let mut results = Vec::with_capacity(units.len());
+        for chunk in create_chunks(units) {
+            match self.create_chunk(chunk).await {
+                Ok(true) => results.extend(chunk.iter().map(|_| Ok(()))),
+                Ok(false) | Err(_) => {
+                    debug!(
+                        units = chunk.len(),
+                        "A batch of new units met an existing unit or an error; creating them one by one."
+                    );
+                    for (name, file, desired_state) in chunk {
+                        results.push(self.create_unit(name, file, *desired_state).await);
+                    }
+                }
+            }
+        }
+        results
+    }
+
+    /// One txn creating `chunk`'s units if none has a record; `Ok(false)`
+    /// when one has. A content shared by several units is put once.
+    async fn create_chunk(
+        &self,
+        chunk: &[(UnitName, UnitFile, TargetState)],
+    ) -> Result<bool, RegistryError> {
+        let mut guards = Vec::with_capacity(chunk.len());
+        let mut ops = Vec::with_capacity(chunk.len() * 3);
+        let mut contents = HashSet::new();
+        for (name, file, desired_state) in chunk {
+            let hash = file.hash();
+            guards.push(Compare::create_revision(
+                self.keys.unit(name),
+                CompareOp::Equal,
+                0,
+            ));
+            ops.extend(self.unit_record_ops(name, &hash, *desired_state));
+            // etcd refuses a txn that puts one key twice, even in nested txns.
+            let content_key = self.keys.content(&hash);
+            if contents.insert(content_key.clone()) {
+                ops.push(Self::put_content_if_absent(&content_key, &file.serialize()));
+            }
+        }
+        let txn = Txn::new().when(guards).and_then(ops);
+        Ok(self.txn("create units", txn).await?.succeeded())
+    }
+
     /// Sets the desired state of an existing unit. `Ok(false)` if it is gone.
     pub async fn set_desired_state(
         &self,
@@ -328,21 +492,78 @@ impl Registry {
             let Some((guard, value)) = self.unit_record(OP, name).await? else {
                 return Ok(false);
             };
-            let (hash, _) = wire::decode_unit(&value).map_err(|message| RegistryError::Decode {
-                key: key.clone(),
-                message,
-            })?;
-            let txn = Txn::new().when([guard]).and_then([TxnOp::put(
-                key.as_str(),
-                wire::encode_unit(&hash, desired_state),
-                None,
-            )]);
+            let put = desired_state_put(&key, &value, desired_state)?;
+            let txn = Txn::new().when([guard]).and_then([put]);
             if self.txn(OP, txn).await?.succeeded() {
                 return Ok(true);
             }
             debug!(unit = %name, "The unit record changed while we wrote it; retrying.");
         }
         Err(Self::cas_exhausted(OP))
+    }
+
+    /// Sets the desired state of many units, as [`Self::set_desired_state`]
+    /// of each in order would (`Ok(false)` for a unit that is gone), in few
+    /// txns: per chunk of [`UNITS_PER_CREATE_TXN`] units one read of their
+    /// records, then one write guarded by every record's revision. When a
+    /// record changed in between (or a txn fails), that chunk's units are
+    /// set one by one.
+    pub async fn set_desired_states(
+        &self,
+        changes: &[(UnitName, TargetState)],
+    ) -> Vec<Result<bool, RegistryError>> {
+        let mut results = Vec::with_capacity(changes.len());
+        for chunk in distinct_chunks(changes, |(name, _)| name) {
+            match self.set_desired_states_chunk(chunk).await {
+                Ok(Some(set)) => results.extend(set.into_iter().map(Ok)),
+                Ok(None) | Err(_) => {
+                    for (name, desired_state) in chunk {
+                        results.push(self.set_desired_state(name, *desired_state).await);
+                    }
+                }
+            }
+        }
+        results
+    }
+
+    /// One chunk of [`Self::set_desired_states`]: whether each unit was set,
+    /// or `None` when a record changed under us or could not be decoded.
+    async fn set_desired_states_chunk(
+        &self,
+        chunk: &[(UnitName, TargetState)],
+    ) -> Result<Option<Vec<bool>>, RegistryError> {
+        const OP: &str = "set desired states";
+        let gets: Vec<TxnOp> = chunk
+            .iter()
+            .map(|(name, _)| TxnOp::get(self.keys.unit(name), None))
+            .collect();
+        let read = self.txn(OP, Txn::new().and_then(gets)).await?;
+        let (mut guards, mut puts, mut set) = (Vec::new(), Vec::new(), Vec::new());
+        for ((name, desired_state), range) in chunk.iter().zip(txn_ranges(&read)) {
+            let Some(kv) = range.kvs().first() else {
+                set.push(false);
+                continue;
+            };
+            let key = self.keys.unit(name);
+            let Ok(put) = desired_state_put(&key, kv.value(), *desired_state) else {
+                return Ok(None);
+            };
+            guards.push(Compare::mod_revision(
+                key.as_str(),
+                CompareOp::Equal,
+                kv.mod_revision(),
+            ));
+            puts.push(put);
+            set.push(true);
+        }
+        if set.len() != chunk.len() {
+            return Ok(None);
+        }
+        if puts.is_empty() {
+            return Ok(Some(set));
+        }
+        let written = self.txn(OP, Txn::new().when(guards).and_then(puts)).await?;
+        Ok(written.succeeded().then_some(set))
     }
 
     /// Removes a unit and, with its last reference, its content (one txn).
@@ -398,5 +619,45 @@ impl Registry {
             .map_err(|message| warn_undecodable(key, &message))
             .ok()?;
         Some((hash, file))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn units(names: &[&str]) -> Vec<(UnitName, UnitFile, TargetState)> {
+        let file = UnitFile::parse("[Service]\nExecStart=/bin/true\n").expect("valid unit");
+        names
+            .iter()
+            .map(|name| {
+                let name = name.parse().expect("valid name");
+                (name, file.clone(), TargetState::Inactive)
+            })
+            .collect()
+    }
+
+    fn sizes(units: &[(UnitName, UnitFile, TargetState)]) -> Vec<usize> {
+        create_chunks(units)
+            .iter()
+            .map(|chunk| chunk.len())
+            .collect()
+    }
+
+    #[test]
+    fn create_chunks_are_bounded_and_never_repeat_a_name() {
+        let names: Vec<String> = (0..40).map(|i| format!("a@{i}.service")).collect();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        assert_eq!(sizes(&units(&names)), vec![16, 16, 8]);
+        assert_eq!(
+            sizes(&units(&[
+                "a.service",
+                "b.service",
+                "a.service",
+                "c.service"
+            ])),
+            vec![2, 2]
+        );
+        assert!(sizes(&units(&[])).is_empty());
     }
 }

@@ -3,11 +3,11 @@
 
 use std::sync::Arc;
 
-use fleet_registry::testing::{count_keys, delete_raw, list_keys, put_raw};
-use fleet_registry::{Registry, RegistryError, TargetState};
+use fleet_registry::testing::{count_keys, delete_raw, dump, list_keys, put_raw};
+use fleet_registry::{Registry, RegistryError, TargetState, UNITS_PER_CREATE_TXN};
 use fleet_systemd::unit::UnitHash;
 
-use crate::util::{machine_id, registry, unit_file, unit_name};
+use crate::util::{machine_id, registry, unique_prefix, unit_file, unit_name};
 
 /// The content keys under the registry's prefix.
 async fn content_keys(registry: &Registry) -> Vec<String> {
@@ -262,4 +262,162 @@ async fn undecodable_records_are_skipped() {
             .await
             .expect("destroy b")
     );
+}
+
+/// A batch of creates writes what a `create_unit` per unit writes: the same
+/// keys and values, content once per hash, an existing unit replaced, a
+/// repeated name created twice in order.
+#[tokio::test]
+async fn creating_new_units_together_writes_what_single_creates_write() {
+    let (etcd, batch) = registry("batch-create").await;
+    let single = Registry::connect(&etcd.config(&unique_prefix("single-create")))
+        .await
+        .expect("connect");
+    let (template, other) = (unit_file("/bin/worker %i"), unit_file("/bin/other"));
+    let mut units: Vec<_> = (0..40)
+        .map(|i| {
+            let state = if i % 2 == 0 {
+                TargetState::Launched
+            } else {
+                TargetState::Inactive
+            };
+            (
+                unit_name(&format!("worker@{i}.service")),
+                template.clone(),
+                state,
+            )
+        })
+        .collect();
+    units.insert(
+        20,
+        (
+            unit_name("other.service"),
+            other.clone(),
+            TargetState::Loaded,
+        ),
+    );
+    units.push((
+        unit_name("worker@3.service"),
+        other.clone(),
+        TargetState::Loaded,
+    ));
+    // worker@5 exists already, with other content: its chunk falls back.
+    for registry in [&batch, &single] {
+        registry
+            .create_unit(
+                &unit_name("worker@5.service"),
+                &other,
+                TargetState::Inactive,
+            )
+            .await
+            .expect("create the existing unit");
+    }
+
+    let results = batch.create_new_units(&units).await;
+    assert_eq!(results.len(), units.len());
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    for (name, file, state) in &units {
+        single
+            .create_unit(name, file, *state)
+            .await
+            .expect("create one");
+    }
+
+    let written = dump(&batch).await.expect("dump batch");
+    assert_eq!(written, dump(&single).await.expect("dump single"));
+    assert_eq!(content_keys(&batch).await.len(), 2, "content once per hash");
+    let replaced = batch
+        .unit(&unit_name("worker@3.service"))
+        .await
+        .expect("get")
+        .expect("exists");
+    assert_eq!(
+        (replaced.hash, replaced.desired_state),
+        (other.hash(), TargetState::Loaded)
+    );
+    let names = batch
+        .existing_unit_names(&[unit_name("worker@1.service"), unit_name("nope.service")])
+        .await
+        .expect("existing names");
+    assert_eq!(
+        names.into_iter().collect::<Vec<_>>(),
+        vec![unit_name("worker@1.service")]
+    );
+}
+
+/// New units go in one txn per [`UNITS_PER_CREATE_TXN`]: each txn raises
+/// etcd's revision by one.
+#[tokio::test]
+async fn new_units_are_created_in_one_txn_per_chunk() {
+    let (_etcd, registry) = registry("batch-txns").await;
+    let template = unit_file("/bin/worker %i");
+    let units: Vec<_> = (0..2 * UNITS_PER_CREATE_TXN)
+        .map(|i| {
+            (
+                unit_name(&format!("w@{i}.service")),
+                template.clone(),
+                TargetState::Launched,
+            )
+        })
+        .collect();
+    let before = registry.head_revision().await.expect("revision");
+    let results = registry.create_new_units(&units).await;
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    let after = registry.head_revision().await.expect("revision");
+    assert_eq!(after.get() - before.get(), 2, "two txns");
+    assert_eq!(registry.units().await.expect("units").len(), units.len());
+}
+
+/// Desired states set together are what `set_desired_state` of each sets:
+/// a missing unit is `false`, a repeated name ends with its last state.
+#[tokio::test]
+async fn desired_states_set_together_are_those_set_one_by_one() {
+    let (_etcd, registry) = registry("batch-desired").await;
+    let template = unit_file("/bin/worker %i");
+    let units: Vec<_> = (0..40)
+        .map(|i| {
+            (
+                unit_name(&format!("w@{i}.service")),
+                template.clone(),
+                TargetState::Inactive,
+            )
+        })
+        .collect();
+    assert!(
+        registry
+            .create_new_units(&units)
+            .await
+            .iter()
+            .all(Result::is_ok)
+    );
+    let mut changes: Vec<_> = units
+        .iter()
+        .map(|(name, _, _)| (name.clone(), TargetState::Launched))
+        .collect();
+    changes.insert(7, (unit_name("missing.service"), TargetState::Loaded));
+    changes.push((unit_name("w@3.service"), TargetState::Loaded));
+    let before = registry.head_revision().await.expect("revision");
+    let results: Vec<bool> = registry
+        .set_desired_states(&changes)
+        .await
+        .into_iter()
+        .map(|result| result.expect("set"))
+        .collect();
+    let after = registry.head_revision().await.expect("revision");
+    let mut expected = vec![true; changes.len()];
+    expected[7] = false;
+    assert_eq!(results, expected);
+    // 42 changes in chunks of 16, 16 and 10: three writes.
+    assert_eq!(after.get() - before.get(), 3);
+    for unit in registry.units().await.expect("units") {
+        let state = if unit.name == unit_name("w@3.service") {
+            TargetState::Loaded
+        } else {
+            TargetState::Launched
+        };
+        assert_eq!(
+            (&unit.name, unit.desired_state, unit.hash),
+            (&unit.name, state, template.hash())
+        );
+    }
 }
