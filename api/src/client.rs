@@ -1122,6 +1122,45 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn units_answered_unavailable_inside_a_batch_are_sent_again_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("api.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+        let line = "POST /fleet/x1/units?alt=json HTTP/1.1";
+        // The second answer has one result: had both units been sent again, the client
+        // would refuse it for a wrong count.
+        let server = serve_statuses(
+            listener,
+            vec![
+                (
+                    line,
+                    "200 OK",
+                    r#"{"results":[{"name":"a.service","code":201},{"name":"b.service","code":503,"message":"fleet server unable to communicate with etcd"}]}"#,
+                ),
+                (
+                    line,
+                    "200 OK",
+                    r#"{"results":[{"name":"b.service","code":201}]}"#,
+                ),
+            ],
+        );
+        let endpoint = Endpoint::parse(&format!("unix://{}", socket.display())).unwrap();
+        let client = Client::new(endpoint).with_timeout(Some(Duration::from_secs(10)));
+        let unit = |name: &str| Unit {
+            name: name.to_owned(),
+            desired_state: "launched".to_owned(),
+            ..Unit::default()
+        };
+        let results = client
+            .put_units(&[unit("a.service"), unit("b.service")])
+            .await
+            .unwrap();
+        assert_eq!(server.join().unwrap().len(), 2, "the batch, then b again");
+        let names: Vec<(&str, u16)> = results.iter().map(|r| (r.name.as_str(), r.code)).collect();
+        assert_eq!(names, [("a.service", 201), ("b.service", 201)]);
+    }
+
+    #[tokio::test]
     async fn unavailable_retries_are_bounded_and_the_reason_reaches_the_caller() {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("api.sock");

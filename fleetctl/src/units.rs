@@ -10,7 +10,8 @@
 //! More than [`MAX_SINGLE_LOOKUPS`] units are sent together, as one
 //! `POST /fleet/x1/units` per thousand ([`put_batched`]): the API answers each
 //! as its `PUT`, and writes new units a txn per few. A server without that
-//! API (the original fleetd) answers 404, and the units are `PUT` one by one.
+//! API (the original fleetd answers 404; an older fleetd of ours with an
+//! access policy, 403) gets the units `PUT` one by one.
 //!
 //! Arguments are handled concurrently (bounded) because batches of a
 //! thousand template instances are a normal use; messages about one argument
@@ -444,8 +445,11 @@ fn batch_chunks(units: &[Unit]) -> Vec<&[Unit]> {
 /// Sends `units` (each the body of its v1 `PUT`) in as few
 /// `POST /fleet/x1/units` as fit, and returns each unit's answer, its
 /// error as the `PUT` would have said it. `None` when the server has no
-/// batch API (a 404 to the first request: the original fleetd); nothing was
-/// sent then, and the caller sends the `PUT`s.
+/// batch API (a 404 to the first request: the original fleetd; or a 403: a
+/// fleetd of ours older than the batch API denies paths its access policy
+/// does not know, and a caller without the `operate` role gets the same
+/// refusals from the `PUT`s); nothing was written then, and the caller sends
+/// the `PUT`s.
 pub async fn put_batched(ctx: &Ctx, units: &[Unit]) -> Option<Vec<Result<(), String>>> {
     let mut answers = Vec::with_capacity(units.len());
     for chunk in batch_chunks(units) {
@@ -453,7 +457,9 @@ pub async fn put_batched(ctx: &Ctx, units: &[Unit]) -> Option<Vec<Result<(), Str
             Ok(results) => answers.extend(results.iter().map(|result| {
                 ClientError::of_unit_result(result).map_or(Ok(()), |error| Err(error.to_string()))
             })),
-            Err(error) if error.is_not_found() && answers.is_empty() => return None,
+            Err(error) if matches!(error.status(), Some(403 | 404)) && answers.is_empty() => {
+                return None;
+            }
             Err(error) => answers.extend(chunk.iter().map(|_| Err(error.to_string()))),
         }
     }

@@ -666,6 +666,28 @@ fn units_refused_one_by_one_by_the_original_fail_the_command_alike() {
 }
 
 #[test]
+fn a_batch_denied_by_an_older_fleetd_falls_back_to_puts() {
+    // A fleetd of ours from before the batch API, with an access policy, denies the unknown
+    // path with 403: the PUTs then decide, here refusing each as that fleetd would.
+    let dir = tempfile::tempdir().unwrap();
+    let (_, _, args) = five_instances(dir.path());
+    let denied = r#"{"error":{"code":403,"message":"forbidden"}}"#;
+    let mut script = vec![
+        exchange("GET /fleet/v1/units?alt=json", 200, r#"{"units":[]}"#),
+        no_template(),
+        exchange("POST /fleet/x1/units?alt=json", 403, denied),
+    ];
+    script.extend((0..5).map(|_| exchange("PUT /fleet/v1/units/hello@*", 403, denied)));
+    let (code, stdout, stderr, _) = start_five(dir.path(), &args, script);
+    assert_eq!(code, Some(1));
+    assert_eq!(stdout, "");
+    assert_eq!(
+        stderr,
+        "Error creating units: failed creating unit hello@1.service: googleapi: Error 403: forbidden\n"
+    );
+}
+
+#[test]
 fn cat_prints_the_canonical_text_without_extra_newline() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("api.sock");

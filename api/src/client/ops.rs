@@ -65,6 +65,35 @@ impl Client {
     /// Any [`ClientError`] of the request as a whole; a [`ClientError::Decode`]
     /// when the answer does not have one result per unit.
     pub async fn put_units(&self, units: &[Unit]) -> Result<Vec<UnitResult>, ClientError> {
+        let mut results = self.put_units_once(units).await?;
+        // A unit answered 503 inside the batch (etcd timed out on its chunk)
+        // is sent again, alone with the others so answered, as its PUT would
+        // be: a 503 means nothing of it was written.
+        let mut pause = super::FIRST_UNAVAILABLE_PAUSE;
+        for _ in 0..super::UNAVAILABLE_RETRIES {
+            let unavailable: Vec<usize> = (0..results.len())
+                .filter(|&index| results[index].code == StatusCode::SERVICE_UNAVAILABLE.as_u16())
+                .collect();
+            if unavailable.is_empty() {
+                break;
+            }
+            tokio::time::sleep(pause.mul_f64(0.5 + fastrand::f64() / 2.0)).await;
+            pause = (pause * 2).min(super::MAX_UNAVAILABLE_PAUSE);
+            let again: Vec<Unit> = unavailable
+                .iter()
+                .map(|&index| units[index].clone())
+                .collect();
+            let answers = self.put_units_once(&again).await?;
+            for (index, answer) in unavailable.into_iter().zip(answers) {
+                results[index] = answer;
+            }
+        }
+        Ok(results)
+    }
+
+    /// One `POST /fleet/x1/units` of `units` (a 503 to the whole request is
+    /// sent again, as a PUT is), with one result per unit.
+    async fn put_units_once(&self, units: &[Unit]) -> Result<Vec<UnitResult>, ClientError> {
         let batch = UnitBatch {
             units: units.to_vec(),
         };
