@@ -450,21 +450,11 @@ pub async fn count_keys(registry: &Registry) -> Result<i64, RegistryError> {
 /// # Errors
 /// Transport errors and timeouts.
 pub async fn list_keys(registry: &Registry) -> Result<Vec<String>, RegistryError> {
-    const OP: &str = "list keys";
     let prefix = registry.keys().prefix().to_owned();
-    let options = etcd_client::GetOptions::new()
-        .with_prefix()
-        .with_keys_only();
-    let response = registry
-        .run(OP, |mut clients| {
-            let (prefix, options) = (prefix.clone(), options.clone());
-            async move { clients.kv.get(prefix, Some(options)).await }
-        })
-        .await?;
-    Ok(response
-        .kvs()
-        .iter()
-        .map(|kv| String::from_utf8_lossy(kv.key()).into_owned())
+    Ok(prefix_kvs(registry, "list keys", true)
+        .await?
+        .into_iter()
+        .map(|(key, _)| format!("{prefix}{key}"))
         .collect())
 }
 
@@ -474,11 +464,23 @@ pub async fn list_keys(registry: &Registry) -> Result<Vec<String>, RegistryError
 /// # Errors
 /// Transport errors and timeouts.
 pub async fn dump(registry: &Registry) -> Result<Vec<(String, Vec<u8>)>, RegistryError> {
-    const OP: &str = "dump keys";
+    prefix_kvs(registry, "dump keys", false).await
+}
+
+/// The keys under the registry's prefix (without it), with their values
+/// unless `keys_only`.
+async fn prefix_kvs(
+    registry: &Registry,
+    op: &'static str,
+    keys_only: bool,
+) -> Result<Vec<(String, Vec<u8>)>, RegistryError> {
     let prefix = registry.keys().prefix().to_owned();
-    let options = etcd_client::GetOptions::new().with_prefix();
+    let mut options = etcd_client::GetOptions::new().with_prefix();
+    if keys_only {
+        options = options.with_keys_only();
+    }
     let response = registry
-        .run(OP, |mut clients| {
+        .run(op, |mut clients| {
             let (prefix, options) = (prefix.clone(), options.clone());
             async move { clients.kv.get(prefix, Some(options)).await }
         })
