@@ -324,14 +324,8 @@ fn restart_window(cluster: &Cluster, host: &str) -> anyhow::Result<(u128, u128)>
     }
 }
 
-/// `fleetctl restart` of a global unit goes through the agents, one machine at a time:
-/// systemd on every host stopped and started it exactly once, and no host stopped it
-/// before the previous one had started it again.
-#[test]
-fn a_global_unit_restarts_machine_by_machine_through_the_agents() -> anyhow::Result<()> {
-    let cluster = Cluster::start(3)?;
-    install_everywhere(&cluster)?;
-    let fleet = Fleet::new(&cluster, "h1")?;
+/// Starts [`STAMPED`] and waits until it is active on each of the 3 hosts.
+fn start_stamped_everywhere(fleet: &Fleet) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let path = dir.path().join("stamp.service");
     std::fs::write(&path, STAMPED)?;
@@ -341,7 +335,35 @@ fn a_global_unit_restarts_machine_by_machine_through_the_agents() -> anyhow::Res
             .filter(|row| row.unit == "stamp.service" && row.active == "active")
             .count()
             == 3
-    })?;
+    })
+}
+
+/// systemd on every host stopped and started [`STAMPED`] exactly once, and no host
+/// stopped it before the previous one had started it again.
+fn assert_restarted_one_machine_at_a_time(cluster: &Cluster) -> anyhow::Result<()> {
+    let mut windows = Vec::new();
+    for host in cluster.hosts() {
+        windows.push(restart_window(cluster, host)?);
+    }
+    windows.sort();
+    for pair in windows.windows(2) {
+        assert!(
+            pair[0].1 <= pair[1].0,
+            "two machines were down at once: {windows:?}"
+        );
+    }
+    Ok(())
+}
+
+/// `fleetctl restart` of a global unit goes through the agents, one machine at a time:
+/// systemd on every host stopped and started it exactly once, and no host stopped it
+/// before the previous one had started it again.
+#[test]
+fn a_global_unit_restarts_machine_by_machine_through_the_agents() -> anyhow::Result<()> {
+    let cluster = Cluster::start(3)?;
+    install_everywhere(&cluster)?;
+    let fleet = Fleet::new(&cluster, "h1")?;
+    start_stamped_everywhere(&fleet)?;
     let started = std::time::Instant::now();
     let out = fleet.ctl_ok(&["restart", "stamp.service"])?;
     eprintln!(
@@ -356,17 +378,7 @@ fn a_global_unit_restarts_machine_by_machine_through_the_agents() -> anyhow::Res
         out.contains("Triggered global unit stamp.service restart"),
         "{out}"
     );
-    let mut windows = Vec::new();
-    for host in cluster.hosts() {
-        windows.push(restart_window(&cluster, host)?);
-    }
-    windows.sort();
-    for pair in windows.windows(2) {
-        assert!(
-            pair[0].1 <= pair[1].0,
-            "two machines were down at once: {windows:?}"
-        );
-    }
+    assert_restarted_one_machine_at_a_time(&cluster)?;
     let status = fleet.ctl_ok(&["update", "--status", "stamp.service"])?;
     assert!(status.contains("Succeeded"), "{status}");
     Ok(())
@@ -390,16 +402,7 @@ fn a_global_restart_finishes_after_the_engine_is_killed() -> anyhow::Result<()> 
         .context("no second host")?
         .clone();
     let fleet = Fleet::new(&cluster, &other)?;
-    let dir = tempfile::tempdir()?;
-    let path = dir.path().join("stamp.service");
-    std::fs::write(&path, STAMPED)?;
-    fleet.ctl_ok(&["start", &path.to_string_lossy()])?;
-    fleet.wait_units(START_DEADLINE, "the global unit on every host", |rows| {
-        rows.iter()
-            .filter(|row| row.unit == "stamp.service" && row.active == "active")
-            .count()
-            == 3
-    })?;
+    start_stamped_everywhere(&fleet)?;
     let n_restarted = || -> anyhow::Result<usize> {
         let mut restarted = 0;
         for host in cluster.hosts() {
@@ -445,17 +448,7 @@ fn a_global_restart_finishes_after_the_engine_is_killed() -> anyhow::Result<()> 
         Ok(())
     });
     result?;
-    let mut windows = Vec::new();
-    for host in cluster.hosts() {
-        windows.push(restart_window(&cluster, host)?);
-    }
-    windows.sort();
-    for pair in windows.windows(2) {
-        assert!(
-            pair[0].1 <= pair[1].0,
-            "two machines were down at once: {windows:?}"
-        );
-    }
+    assert_restarted_one_machine_at_a_time(&cluster)?;
     assert_ne!(engine_leader(&cluster)?, leader, "the engine did not move");
     let status = fleet.ctl_ok(&["update", "--status", "stamp.service"])?;
     assert!(status.contains("Succeeded"), "{status}");
