@@ -364,15 +364,12 @@ fn item_name(item: &str) -> Result<&str, ApiError> {
 }
 
 async fn read_body(request: Request) -> Result<Bytes, ApiError> {
-    // A body declared too large is refused before any of it is read: no
-    // `100 Continue` goes out, so a client that waits for one (curl does for
-    // large bodies) gets the 413 instead of a connection closed mid-upload.
     let declared = request
         .headers()
         .get(http::header::CONTENT_LENGTH)
         .and_then(|value| value.to_str().ok()?.parse::<u64>().ok());
     if declared.is_some_and(|length| length > BODY_LIMIT_BYTES as u64) {
-        return Err(body_too_large());
+        return Err(refuse_declared_too_large(request).await);
     }
     axum::body::to_bytes(request.into_body(), BODY_LIMIT_BYTES)
         .await
@@ -385,6 +382,39 @@ async fn read_body(request: Request) -> Result<Bytes, ApiError> {
                 format!("unable to read body: {error}"),
             )
         })
+}
+
+/// How much of a body declared too large is read and thrown away so that its
+/// sender gets the 413 rather than a connection reset mid-upload.
+const DRAIN_LIMIT_BYTES: u64 = 8 * 1024 * 1024;
+
+/// The 413 for a body whose `Content-Length` is over the limit, delivered so
+/// that the client reads it:
+/// - a client that waits for `100 Continue` (curl does, for large bodies) has
+///   sent nothing yet: the 413 goes out at once and no `100` ever does;
+/// - any other client is already writing: the body is read and discarded (up
+///   to [`DRAIN_LIMIT_BYTES`]), because a server that answers and closes
+///   while the client still writes makes the client fail with a broken pipe
+///   instead of reading the answer.
+async fn refuse_declared_too_large(request: Request) -> ApiError {
+    use http_body_util::BodyExt;
+    let waits_for_continue = request
+        .headers()
+        .get(http::header::EXPECT)
+        .is_some_and(|value| value.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    if !waits_for_continue {
+        let mut body = request.into_body();
+        let mut drained = 0u64;
+        while drained <= DRAIN_LIMIT_BYTES {
+            match body.frame().await {
+                Some(Ok(frame)) => {
+                    drained += frame.data_ref().map_or(0, |data| data.len() as u64);
+                }
+                _ => break,
+            }
+        }
+    }
+    body_too_large()
 }
 
 fn body_too_large() -> ApiError {
