@@ -83,6 +83,9 @@ Options (cargo bench -p fleetd --bench scale -- OPTIONS):
   --loss-grace S        fleetd machine_loss_grace in seconds (default 10, fleetd's default)
   --idle-seconds S      length of the idle-writes window (default 10)
   --agent-ttl S         lease TTL of the simulated machines (default 30, fleetd's agent_ttl)
+  --register-rate R     simulated machines start registering at most R a second
+                        (default 0: as fast as 64 concurrent registrations go), as
+                        a cluster's hosts boot over time rather than all at once
   --keep-alive-per-request
                         simulated machines open a new keep-alive stream per
                         keep-alive (the old way) instead of one per lease
@@ -128,6 +131,8 @@ struct Args {
     etcd_members: usize,
     /// `etcdctl check perf` workload to run at the end, if any.
     check_perf: Option<String>,
+    /// Registrations started per second (0: unbounded).
+    register_rate: f64,
 }
 
 fn workspace_binary(name: &str, env: &str) -> PathBuf {
@@ -157,6 +162,7 @@ fn parse_args(raw: &[String]) -> anyhow::Result<Option<Args>> {
         tls: false,
         etcd_members: 1,
         check_perf: None,
+        register_rate: 0.0,
     };
     let mut iter = raw.iter();
     while let Some(flag) = iter.next() {
@@ -189,12 +195,18 @@ fn parse_args(raw: &[String]) -> anyhow::Result<Option<Args>> {
                 args.etcd_members = value(flag)?.parse().context("--etcd-members")?;
             }
             "--check-perf" => args.check_perf = Some(value(flag)?),
+            "--register-rate" => {
+                args.register_rate = value(flag)?.parse().context("--register-rate")?;
+            }
             "--keep-alive-per-request" => args.keep_alive_streams = false,
             other => bail!("unknown option {other:?}\n{USAGE}"),
         }
     }
     if args.machines < 2 || args.units == 0 || args.concurrency == 0 {
         bail!("need --machines >= 2, --units >= 1 and --concurrency >= 1");
+    }
+    if !(args.register_rate >= 0.0 && args.register_rate.is_finite()) {
+        bail!("--register-rate must be a number of machines a second, 0 for unbounded");
     }
     if !(1..=5).contains(&args.etcd_members) {
         bail!("--etcd-members must be 1 to 5");
@@ -1251,7 +1263,11 @@ impl Bench<'_> {
         let mut workers = Vec::new();
         for _ in 0..REGISTER_CONCURRENCY.min(m) {
             let (sim, next) = (self.sim.clone(), next.clone());
-            workers.push(tokio::spawn(register_some(sim, next, m, ttl)));
+            let pace = Pace {
+                started,
+                rate: self.args.register_rate,
+            };
+            workers.push(tokio::spawn(register_some(sim, next, m, ttl, pace)));
         }
         let mut machines: Vec<Option<SimMachine>> = (0..m).map(|_| None).collect();
         for worker in workers {
@@ -1267,7 +1283,8 @@ impl Bench<'_> {
             if listed > m {
                 break;
             }
-            if started.elapsed() > Duration::from_secs(120) {
+            if started.elapsed() > Duration::from_secs(120) + pace_time(m, self.args.register_rate)
+            {
                 bail!("the API lists {listed} machines, expected {}", m + 1);
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -1562,11 +1579,28 @@ fn check_perf_writes(output: &str) -> Option<f64> {
 }
 
 /// One registration worker: takes machine indexes until M are registered.
+/// When registrations may start: machine `i` not before `started + i / rate`.
+#[derive(Clone, Copy)]
+struct Pace {
+    started: Instant,
+    rate: f64,
+}
+
+/// How long starting `m` registrations at `rate` a second takes (0: unbounded).
+fn pace_time(m: usize, rate: f64) -> Duration {
+    if rate > 0.0 {
+        Duration::from_secs_f64(m as f64 / rate)
+    } else {
+        Duration::ZERO
+    }
+}
+
 async fn register_some(
     sim: Arc<Sim>,
     next: Arc<AtomicUsize>,
     m: usize,
     ttl: Duration,
+    pace: Pace,
 ) -> anyhow::Result<Vec<(usize, SimMachine)>> {
     let mut mine = Vec::new();
     loop {
@@ -1574,6 +1608,8 @@ async fn register_some(
         if index >= m {
             return Ok(mine);
         }
+        let due = pace.started + pace_time(index, pace.rate);
+        tokio::time::sleep_until(due.into()).await;
         let (machine, stream) = register(&sim, index, ttl)
             .await
             .with_context(|| format!("registering simulated machine {index}"))?;
@@ -1683,7 +1719,17 @@ impl Figures {
     fn time_rows(&self, args: &Args) -> Vec<(String, String, String)> {
         let n = args.units;
         let (submit, reschedule, lists) = (&self.submit, &self.reschedule, &self.lists);
+        let pace = if args.register_rate > 0.0 {
+            format!(", at most {} a second", args.register_rate)
+        } else {
+            String::new()
+        };
         vec![
+            row(
+                format!("register {} machines{pace}", args.machines),
+                format!("{:.2} s", self.register_time.as_secs_f64()),
+                String::new(),
+            ),
             row(
                 format!(
                     "submit {n} units via API (PUT, {} clients)",
@@ -1849,6 +1895,7 @@ impl Figures {
             "units": args.units,
             "concurrency": args.concurrency,
             "machine_loss_grace_s": args.loss_grace,
+            "register_rate_per_s": args.register_rate,
             "register_machines_s": secs(self.register_time),
             "submit_s": secs(submit.submit_time),
             "all_active_s": secs(submit.all_active),

@@ -35,7 +35,7 @@ use fleet_systemd::unit::{UnitFile, UnitHash, UnitName};
 
 use crate::cordon::Cordon;
 use crate::keys::RegistryKey;
-use crate::model::{MachineId, Placement, RunOutcome, TargetState};
+use crate::model::{MachineId, MachineState, Placement, RunOutcome, TargetState};
 use crate::store::{Registry, RegistryError, Revision, WatchEvent, WatchEventKind, WatchStream};
 
 /// What a [`ChangeStream`] follows: one part of the key layout.
@@ -66,8 +66,20 @@ pub enum Watched {
 pub enum Change {
     /// A machine's presence record went away (its lease ended or it left).
     MachineRemoved(MachineId),
-    /// A machine's record or its dynamic metadata changed: read the machine
-    /// again (the record and the metadata merge into one `MachineState`).
+    /// A machine's presence record was written: the record as stored, with
+    /// its configured metadata only (the dynamic metadata, which overrides
+    /// it, comes as [`Change::MetadataChanged`]; merge with
+    /// [`crate::store::merge_metadata`]).
+    MachinePresent(MachineState),
+    /// A dynamic metadata key of a machine was set (`Some`; an empty value
+    /// is a tombstone that hides the configured key) or deleted (`None`).
+    MetadataChanged {
+        machine: MachineId,
+        key: String,
+        value: Option<String>,
+    },
+    /// A machine's record or metadata key was written but does not decode
+    /// (logged by the decoder): read the machine again.
     MachineUpdated(MachineId),
     /// A unit record was written; `record` is its (content hash, desired
     /// state), `None` when the value does not decode.
@@ -198,8 +210,29 @@ impl Registry {
             (RegistryKey::Machine(machine), WatchEventKind::Delete) => {
                 Change::MachineRemoved(machine)
             }
-            (RegistryKey::Machine(machine), WatchEventKind::Put)
-            | (RegistryKey::Metadata { machine, .. }, _) => Change::MachineUpdated(machine),
+            (RegistryKey::Machine(machine), WatchEventKind::Put) => {
+                match self.decode_machine(key, value) {
+                    Some(record) => Change::MachinePresent(record),
+                    None => Change::MachineUpdated(machine),
+                }
+            }
+            (RegistryKey::Metadata { machine, key: name }, WatchEventKind::Delete) => {
+                Change::MetadataChanged {
+                    machine,
+                    key: name,
+                    value: None,
+                }
+            }
+            (RegistryKey::Metadata { machine, .. }, WatchEventKind::Put) => {
+                match self.decode_metadata(key, value) {
+                    Some((machine, name, value)) => Change::MetadataChanged {
+                        machine,
+                        key: name,
+                        value: Some(value),
+                    },
+                    None => Change::MachineUpdated(machine),
+                }
+            }
             (RegistryKey::Unit(unit), WatchEventKind::Put) => Change::UnitRecord {
                 record: self
                     .decode_unit_record(key, value)

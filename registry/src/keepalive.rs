@@ -25,6 +25,9 @@ pub struct LeaseKeepAlive {
     registry: Registry,
     lease: LeaseId,
     open: Option<OpenStream>,
+    /// How long one keep-alive may wait for its answer before its stream is
+    /// given up (the registry's request timeout unless set longer).
+    deadline: Duration,
 }
 
 impl std::fmt::Debug for LeaseKeepAlive {
@@ -57,7 +60,20 @@ impl LeaseKeepAlive {
             registry: registry.clone(),
             lease,
             open: None,
+            deadline: registry.request_timeout(),
         }
+    }
+
+    /// Waits up to `deadline` (never less than the registry's request
+    /// timeout) for each keep-alive's answer. An overloaded etcd answers a
+    /// keep-alive late rather than never, while its apply catches up; a
+    /// holder whose lease has a long TTL can afford to wait for that answer
+    /// instead of giving up the stream and opening another on the same
+    /// overloaded member.
+    #[must_use]
+    pub fn with_deadline(mut self, deadline: Duration) -> LeaseKeepAlive {
+        self.deadline = deadline.max(self.registry.request_timeout());
+        self
     }
 
     pub fn lease(&self) -> LeaseId {
@@ -79,7 +95,10 @@ impl LeaseKeepAlive {
 
     async fn keep_alive_inner(&mut self) -> Result<Option<Duration>, RegistryError> {
         if let Some(open) = self.open.as_mut() {
-            match self.registry.within_deadline(exchange(open)).await {
+            match tokio::time::timeout(self.deadline, exchange(open))
+                .await
+                .ok()
+            {
                 Some(Exchange::Answered(ttl)) => return Ok(ttl),
                 Some(Exchange::Broken(reason)) => {
                     debug!(lease = %self.lease, %reason, "The keep-alive stream broke; opening another.");
@@ -122,7 +141,10 @@ impl LeaseKeepAlive {
         });
         // The opening answer is swallowed by etcd-client; one more
         // keep-alive on the new stream tells the TTL.
-        match self.registry.within_deadline(exchange(open)).await {
+        match tokio::time::timeout(self.deadline, exchange(open))
+            .await
+            .ok()
+        {
             Some(Exchange::Answered(ttl)) => Ok(ttl),
             Some(Exchange::Broken(message)) => {
                 self.open = None;
@@ -132,7 +154,7 @@ impl LeaseKeepAlive {
                 self.open = None;
                 Err(RegistryError::Timeout {
                     op: OP,
-                    after: self.registry.request_timeout(),
+                    after: self.deadline,
                 })
             }
         }

@@ -524,13 +524,6 @@ impl Registry {
         }
     }
 
-    /// Awaits `work` for at most the request timeout; `None` when it ran out.
-    pub(crate) async fn within_deadline<T>(&self, work: impl Future<Output = T>) -> Option<T> {
-        tokio::time::timeout(self.inner.request_timeout, work)
-            .await
-            .ok()
-    }
-
     pub(crate) fn endpoints(&self) -> &Arc<Endpoints> {
         &self.inner.endpoints
     }

@@ -24,10 +24,11 @@ pub(super) struct LeaseTask {
 }
 
 impl LeaseTask {
-    /// Starts keeping `lease` (of `ttl`) alive, every TTL/3.
+    /// Starts keeping `lease` (of `ttl`) alive, every TTL/3. Each
+    /// keep-alive may wait TTL/4 for its answer (see [`keep_alive_deadline`]).
     pub(super) fn spawn(registry: &Registry, lease: LeaseId, ttl: Duration) -> LeaseTask {
         let lost = CancellationToken::new();
-        let keeper = LeaseKeepAlive::new(registry, lease);
+        let keeper = LeaseKeepAlive::new(registry, lease).with_deadline(keep_alive_deadline(ttl));
         let task = tokio::spawn(keep_alive(keeper, ttl, lost.clone()));
         LeaseTask { task, lost }
     }
@@ -43,6 +44,19 @@ impl Drop for LeaseTask {
         // The engine stopped leading: it revokes the lease itself.
         self.task.abort();
     }
+}
+
+/// How long one keep-alive of the engine's lease waits for etcd's answer.
+///
+/// An etcd whose apply lags (overloaded by a burst of writes) answers
+/// keep-alives late; with the request timeout (1 s by default) as deadline
+/// the engine gave up stream after stream and was deposed although etcd
+/// kept renewing its lease. With a quarter of the TTL, a keep-alive sent at
+/// TTL/3 that gets no answer still leaves time for one more try (on another
+/// member, after TTL/12) before the TTL rule ("no keep-alive for a whole
+/// TTL") gives the leadership up.
+pub(super) fn keep_alive_deadline(ttl: Duration) -> Duration {
+    ttl / 4
 }
 
 async fn keep_alive(mut keeper: LeaseKeepAlive, ttl: Duration, lost: CancellationToken) {
@@ -74,6 +88,26 @@ async fn keep_alive(mut keeper: LeaseKeepAlive, ttl: Duration, lost: Cancellatio
                 warn!(%error, %lease, "Keeping the engine lease alive failed; retrying.");
                 next = Instant::now() + retry_period;
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A keep-alive sent at TTL/3 that runs to its deadline still leaves
+    /// room for one retry (TTL/12 later) to get its answer within the TTL.
+    #[test]
+    fn a_timed_out_keep_alive_leaves_room_for_a_retry_within_the_ttl() {
+        for ttl in [2, 10, 30, 120].map(Duration::from_secs) {
+            let deadline = keep_alive_deadline(ttl);
+            let retry_answered_by = ttl / 3 + deadline + ttl / 12 + deadline;
+            assert!(
+                retry_answered_by <= ttl,
+                "ttl {ttl:?}: {retry_answered_by:?}"
+            );
+            assert!(deadline >= ttl / 5, "a long deadline: {deadline:?}");
         }
     }
 }

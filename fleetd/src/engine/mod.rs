@@ -571,6 +571,24 @@ impl<'a> Leader<'a> {
                 self.loss.vanished(&machine, now);
                 self.read_clean_stops().await;
             }
+            Change::MachinePresent(record) => {
+                let machine = record.id.clone();
+                if self.model.put_machine_record(record) {
+                    info!(machine = %machine, "Machine present.");
+                }
+                self.loss.returned(&machine);
+            }
+            Change::MetadataChanged {
+                machine,
+                key,
+                value,
+            } => {
+                self.model.put_dynamic_metadata(&machine, key, value);
+                // Rare (an operator's edit): read the merged machine.
+                if self.model.machines.contains_key(&machine) {
+                    self.reread_machine(machine, now).await;
+                }
+            }
             Change::MachineUpdated(machine) => self.reread_machine(machine, now).await,
             Change::UnitRecord {
                 unit,
@@ -605,8 +623,8 @@ impl<'a> Leader<'a> {
         }
     }
 
-    /// A machine record or its dynamic metadata changed: reads the machine
-    /// with its metadata merged (rare events).
+    /// Reads a machine with its metadata merged: after an edit of its
+    /// dynamic metadata, or when its record did not decode (rare events).
     async fn reread_machine(&mut self, machine: MachineId, now: std::time::Instant) {
         match self.engine.registry.machine(&machine).await {
             Ok(Some(state)) => {

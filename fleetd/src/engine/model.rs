@@ -9,7 +9,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
-use fleet_registry::store::{ScheduleChange, Snapshot};
+use fleet_registry::store::{ScheduleChange, Snapshot, merge_metadata};
 use fleet_registry::{MachineId, MachineState, Placement, TargetState, Unit};
 use fleet_systemd::unit::{UnitFile, UnitHash, UnitName};
 
@@ -29,6 +29,10 @@ pub struct UnitRecord {
 #[derive(Clone, Debug, Default)]
 pub struct Model {
     pub machines: BTreeMap<MachineId, MachineState>,
+    /// Every machine's dynamic metadata (from the snapshot, then from
+    /// metadata events): what a presence record from a watch event is
+    /// merged with, so that a registration costs no read.
+    dynamic_metadata: BTreeMap<MachineId, BTreeMap<String, String>>,
     pub units: BTreeMap<UnitName, UnitRecord>,
     /// Parsed content by hash, shared by every unit with that hash.
     contents: HashMap<UnitHash, Arc<UnitFile>>,
@@ -48,6 +52,7 @@ impl Model {
         for machine in snapshot.machines {
             model.machines.insert(machine.id.clone(), machine);
         }
+        model.dynamic_metadata = snapshot.dynamic_metadata;
         for unit in snapshot.units {
             model.put_unit(unit);
         }
@@ -61,6 +66,43 @@ impl Model {
             );
         }
         model
+    }
+
+    /// A machine's presence record from a watch event (configured metadata
+    /// only), merged with its known dynamic metadata. `true` when the
+    /// machine was not present before.
+    pub fn put_machine_record(&mut self, mut record: MachineState) -> bool {
+        if let Some(dynamic) = self.dynamic_metadata.get(&record.id) {
+            record.metadata = merge_metadata(&record.metadata, dynamic);
+        }
+        self.machines.insert(record.id.clone(), record).is_none()
+    }
+
+    /// A dynamic metadata key set (`Some`) or deleted (`None`). The merged
+    /// view of a present machine is not touched here: the caller reads that
+    /// machine again (its configured metadata is not kept apart).
+    pub fn put_dynamic_metadata(
+        &mut self,
+        machine: &MachineId,
+        key: String,
+        value: Option<String>,
+    ) {
+        match value {
+            Some(value) => {
+                self.dynamic_metadata
+                    .entry(machine.clone())
+                    .or_default()
+                    .insert(key, value);
+            }
+            None => {
+                if let Some(keys) = self.dynamic_metadata.get_mut(machine) {
+                    keys.remove(&key);
+                    if keys.is_empty() {
+                        self.dynamic_metadata.remove(machine);
+                    }
+                }
+            }
+        }
     }
 
     /// A unit with its content (from a snapshot or a direct read).
@@ -315,6 +357,7 @@ mod tests {
             units: Vec::new(),
             placements: vec![placement("bad.service", hash)],
             unusable_units: vec![name("bad.service")],
+            dynamic_metadata: BTreeMap::new(),
         };
         let mut model = Model::from_snapshot(snapshot);
         let (_, units, placements) = model.scheduler_input();
@@ -331,5 +374,64 @@ mod tests {
         model.hold_unusable(name("other.service"));
         model.remove_unit(&name("other.service"));
         assert!(model.unusable.is_empty());
+    }
+
+    fn machine(id: &str, metadata: &[(&str, &str)]) -> MachineState {
+        MachineState {
+            id: id.parse().expect("id"),
+            public_ip: "10.0.0.1".to_owned(),
+            metadata: metadata
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            version: "0.1.0".to_owned(),
+            disable_engine: false,
+            disable_agent: false,
+            api_url: String::new(),
+        }
+    }
+
+    #[test]
+    fn a_record_from_a_watch_event_is_merged_with_known_dynamic_metadata() {
+        let m1: MachineId = "m1".parse().expect("id");
+        let snapshot = Snapshot {
+            revision: fleet_registry::Revision::new(3),
+            machines: Vec::new(),
+            units: Vec::new(),
+            placements: Vec::new(),
+            unusable_units: Vec::new(),
+            dynamic_metadata: BTreeMap::from([(
+                m1.clone(),
+                BTreeMap::from([
+                    ("region".to_owned(), "eu".to_owned()),
+                    ("disk".to_owned(), String::new()),
+                ]),
+            )]),
+        };
+        let mut model = Model::from_snapshot(snapshot);
+        let record = machine("m1", &[("region", "us"), ("disk", "ssd"), ("os", "x")]);
+        assert!(model.put_machine_record(record.clone()), "newly present");
+        assert_eq!(
+            model.machines[&m1].metadata,
+            BTreeMap::from([
+                ("os".to_owned(), "x".to_owned()),
+                ("region".to_owned(), "eu".to_owned())
+            ])
+        );
+        // Edits after the snapshot apply to the next record; a deleted key
+        // lets the configured value through again.
+        model.put_dynamic_metadata(&m1, "region".to_owned(), None);
+        model.put_dynamic_metadata(&m1, "disk".to_owned(), None);
+        model.put_dynamic_metadata(&m1, "rack".to_owned(), Some("r2".to_owned()));
+        assert!(!model.put_machine_record(record), "already present");
+        assert_eq!(
+            model.machines[&m1].metadata,
+            BTreeMap::from([
+                ("disk".to_owned(), "ssd".to_owned()),
+                ("os".to_owned(), "x".to_owned()),
+                ("rack".to_owned(), "r2".to_owned()),
+                ("region".to_owned(), "us".to_owned())
+            ])
+        );
     }
 }

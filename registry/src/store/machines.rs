@@ -176,17 +176,26 @@ impl Registry {
 
     /// Machine records merged with the dynamic metadata; undecodable records
     /// are skipped with a warning.
-    pub(super) fn decode_machines(
+    /// Dynamic metadata by machine.
+    pub(super) fn decode_dynamic_metadata(
         &self,
-        machines: &[KeyValue],
         metadata: &[KeyValue],
-    ) -> Vec<MachineState> {
-        let mut dynamic: HashMap<MachineId, BTreeMap<String, String>> = HashMap::new();
+    ) -> BTreeMap<MachineId, BTreeMap<String, String>> {
+        let mut dynamic: BTreeMap<MachineId, BTreeMap<String, String>> = BTreeMap::new();
         for kv in metadata {
             if let Some((machine, key, value)) = self.decode_metadata_kv(kv) {
                 dynamic.entry(machine).or_default().insert(key, value);
             }
         }
+        dynamic
+    }
+
+    pub(super) fn decode_machines(
+        &self,
+        machines: &[KeyValue],
+        metadata: &[KeyValue],
+    ) -> Vec<MachineState> {
+        let dynamic = self.decode_dynamic_metadata(metadata);
         let mut states: Vec<MachineState> = machines
             .iter()
             .filter_map(|kv| {

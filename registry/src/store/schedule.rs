@@ -37,6 +37,10 @@ pub struct Snapshot {
     pub revision: Revision,
     /// Live machines sorted by id, metadata merged.
     pub machines: Vec<MachineState>,
+    /// The dynamic metadata of every machine that has some (live or not):
+    /// what a later presence record is merged with (see
+    /// [`crate::changes::Change::MachinePresent`]).
+    pub dynamic_metadata: BTreeMap<MachineId, BTreeMap<String, String>>,
     /// Units sorted by name.
     pub units: Vec<Unit>,
     /// Placements sorted by (unit, machine).
@@ -155,6 +159,7 @@ impl Registry {
         Ok(Snapshot {
             revision,
             machines: self.decode_machines(machines.kvs(), metadata.kvs()),
+            dynamic_metadata: self.decode_dynamic_metadata(metadata.kvs()),
             units: decoded,
             placements: self.decode_placements(placements.kvs()),
             unusable_units,

@@ -457,3 +457,105 @@ async fn a_watch_fails_when_etcd_goes_away_and_can_resume_after_a_restart() {
         "{changes:?}"
     );
 }
+
+/// The engine takes a registering machine from its watch event instead of
+/// reading it: the event carries the record (configured metadata) and the
+/// snapshot and metadata events carry the dynamic metadata, whose merge is
+/// what a read of the machine gives.
+#[tokio::test]
+async fn machine_events_carry_the_record_and_metadata_edits() {
+    use fleet_registry::store::{MetadataOp, merge_metadata};
+    use std::collections::BTreeMap;
+
+    let (_etcd, registry) = registry("machine-events").await;
+    let m1 = machine_id("m1");
+    // Set before the machine joins, as an operator may.
+    registry
+        .apply_metadata(&[
+            MetadataOp::Set {
+                machine: m1.clone(),
+                key: "region".to_owned(),
+                value: "eu".to_owned(),
+            },
+            MetadataOp::Remove {
+                machine: m1.clone(),
+                key: "disk".to_owned(),
+            },
+        ])
+        .await
+        .expect("metadata");
+    let snapshot = registry.snapshot().await.expect("snapshot");
+    let dynamic = snapshot
+        .dynamic_metadata
+        .get(&m1)
+        .cloned()
+        .expect("m1's dynamic metadata is in the snapshot");
+    assert_eq!(
+        dynamic,
+        BTreeMap::from([
+            ("disk".to_owned(), String::new()),
+            ("region".to_owned(), "eu".to_owned())
+        ])
+    );
+    let from = snapshot.revision.next();
+    let mut machines = registry
+        .watch_changes(Watched::Machines, from)
+        .await
+        .expect("watch machines");
+    let mut metadata = registry
+        .watch_changes(Watched::Metadata, from)
+        .await
+        .expect("watch metadata");
+
+    let lease = registry
+        .grant_lease(Duration::from_secs(30))
+        .await
+        .expect("grant");
+    let mut configured = machine("m1");
+    configured.metadata = BTreeMap::from([
+        ("region".to_owned(), "us".to_owned()),
+        ("disk".to_owned(), "ssd".to_owned()),
+    ]);
+    registry
+        .register_machine(&configured, lease)
+        .await
+        .expect("register");
+    let changes: Vec<Change> = next_changes(&mut machines)
+        .await
+        .into_iter()
+        .map(|changed| changed.change)
+        .collect();
+    let [Change::MachinePresent(record)] = changes.as_slice() else {
+        panic!("expected the record of m1, got {changes:?}");
+    };
+    assert_eq!(record, &configured, "the record as stored");
+    let read = registry.machine(&m1).await.expect("read").expect("present");
+    assert_eq!(merge_metadata(&record.metadata, &dynamic), read.metadata);
+    assert_eq!(
+        read.metadata,
+        BTreeMap::from([("region".to_owned(), "eu".to_owned())])
+    );
+
+    // An edit arrives with its key and value; a tombstone is an empty value.
+    registry
+        .apply_metadata(&[MetadataOp::Set {
+            machine: m1.clone(),
+            key: "rack".to_owned(),
+            value: "r1".to_owned(),
+        }])
+        .await
+        .expect("set rack");
+    let changes: Vec<Change> = next_changes(&mut metadata)
+        .await
+        .into_iter()
+        .map(|changed| changed.change)
+        .collect();
+    assert_eq!(
+        changes,
+        vec![Change::MetadataChanged {
+            machine: m1.clone(),
+            key: "rack".to_owned(),
+            value: Some("r1".to_owned()),
+        }]
+    );
+}
