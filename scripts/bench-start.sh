@@ -5,8 +5,14 @@
 # with one `fleetctl start --no-block` until all are active. Finally the largest fleetd
 # resident memory among the hosts.
 #
-# Usage: scripts/bench-start.sh [--endpoint http://IP:54728] [--runs N] [--instances N] [--hosts N] [--tls]
+# Usage: scripts/bench-start.sh [--endpoint http://IP:54728] [--runs N] [--instances N] [--hosts N] [--tls] [--floor]
 #   e.g. scripts/bench-start.sh --hosts 5 --instances 1000 --runs 0 (1,000 instances on 5 hosts)
+#   FLEET_BENCH_JOURNALS=DIR (own cluster only) saves each host's fleetd and systemd journal there;
+#   FLEET_BENCH_CONF="LINE ..." adds fleet.conf lines on every host (e.g. "verbosity=1").
+#   --floor (own cluster only): systemd's own speed instead of fleet's. The same N instances,
+#   installed in each host's /etc/systemd/system and started with one blocking `systemctl start`
+#   per host (N/hosts each, all hosts at once), until every one has returned: the floor a fleet
+#   burst is measured against.
 #   Without --endpoint it boots its own cluster of --hosts hosts (default 3) (scripts/testhosts.sh, state dir
 #   /run/fleet-testhosts-bench; it waits for any test cluster to finish first) and tears it
 #   down on exit. With --endpoint it uses a running cluster, e.g. the demo's
@@ -28,6 +34,7 @@ INSTANCES=150
 HOSTS=3
 LOCK=/run/fleet-testhosts.lock
 TLS=0
+FLOOR=0
 
 while (($#)); do
     case "$1" in
@@ -36,11 +43,13 @@ while (($#)); do
         --instances) INSTANCES=${2:?--instances needs a number}; shift 2 ;;
         --hosts) HOSTS=${2:?--hosts needs a number}; shift 2 ;;
         --tls) TLS=1; shift ;;
+        --floor) FLOOR=1; shift ;;
         -h | --help) sed -n '2,17p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "bench-start: unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
 done
 [ "$TLS" = 0 ] || [ -z "$ENDPOINT" ] || { echo "bench-start: --tls boots its own cluster; leave out --endpoint" >&2; exit 2; }
+[ "$FLOOR" = 0 ] || [ -z "$ENDPOINT" ] || { echo "bench-start: --floor boots its own cluster; leave out --endpoint" >&2; exit 2; }
 [ -x "$FLEETCTL" ] || { echo "bench-start: $FLEETCTL missing: cargo build -p fleetd -p fleetctl" >&2; exit 1; }
 command -v jq >/dev/null || { echo "bench-start: jq missing (apt-get install jq)" >&2; exit 1; }
 
@@ -80,6 +89,15 @@ OWN_CLUSTER=0
 
 cleanup() {
     rm -rf "$WORK"
+    if [ "$OWN_CLUSTER" = 1 ] && [ -n "${FLEET_BENCH_JOURNALS:-}" ]; then
+        # FLEET_BENCH_JOURNALS=DIR keeps each host's fleetd and systemd journal (microsecond
+        # timestamps) for a timeline of the run.
+        mkdir -p "$FLEET_BENCH_JOURNALS"
+        for host in "${HOST_NAMES[@]}"; do
+            "$TH" exec "$host" journalctl -b -q --no-pager -o short-precise -u fleet -u init.scope \
+                >"$FLEET_BENCH_JOURNALS/$host.log" 2>/dev/null || true
+        done
+    fi
     if [ "$OWN_CLUSTER" = 1 ]; then
         FLEET_TESTHOSTS_DIR=/run/fleet-testhosts-bench "$TH" cleanup >/dev/null 2>&1 || true
     fi
@@ -99,6 +117,9 @@ if [ -z "$ENDPOINT" ]; then
     etcd_url=$("$TH" etcd start | tail -n1)
     "$TH" boot "$HOSTS" >/dev/null
     conf=("agent_ttl=10s")
+    # FLEET_BENCH_CONF="LINE ..." adds fleet.conf lines (e.g. verbosity=1 for a timeline).
+    read -r -a extra_conf <<<"${FLEET_BENCH_CONF:-}"
+    conf+=("${extra_conf[@]}")
     scheme=http
     if [ "$TLS" = 1 ]; then
         make_pki "$WORK/pki"
@@ -169,6 +190,39 @@ if [ "$RUNS" -gt 0 ]; then
     echo "  of which the fleetctl start command itself: median $cmd_median ms"
 fi
 
+# --floor: systemd alone. The instances are split over the hosts; each host's share is started
+# by one blocking `systemctl start` (it returns when every start job has finished, which for
+# these simple services is when they are active), all hosts at once: no polling takes CPU from
+# the hosts while they start. A count afterwards checks that all are active.
+if [ "$FLOOR" = 1 ]; then
+    template="floor$tag@.service"
+    per_host=$(((INSTANCES + HOSTS - 1) / HOSTS))
+    for host in "${HOST_NAMES[@]}"; do
+        printf '[Unit]\nDescription=floor %%i\n\n[Service]\nExecStart=/bin/sleep 100000\n' |
+            "$TH" exec "$host" sh -c "cat >/etc/systemd/system/$template && systemctl daemon-reload"
+    done
+    start=$(now_ns)
+    idx=0
+    for host in "${HOST_NAMES[@]}"; do
+        names=()
+        for _ in $(seq 1 "$per_host"); do
+            idx=$((idx + 1))
+            [ "$idx" -le "$INSTANCES" ] && names+=("floor$tag@$idx.service")
+        done
+        "$TH" exec "$host" systemctl start "${names[@]}" &
+    done
+    wait
+    all_ms=$((($(now_ns) - start) / 1000000))
+    n=0
+    for host in "${HOST_NAMES[@]}"; do
+        k=$("$TH" exec "$host" sh -c "systemctl list-units --no-legend --plain --state=active 'floor$tag@*' | wc -l")
+        n=$((n + k))
+    done
+    [ "$n" -ge "$INSTANCES" ] || { echo "bench-start: only $n of $INSTANCES active after systemctl start" >&2; exit 1; }
+    echo "$INSTANCES instances, systemd alone (one blocking systemctl start on each host): all active after $all_ms ms"
+    exit 0
+fi
+
 # A template and N instances in one command.
 template="bench$tag@.service"
 printf '[Unit]\nDescription=bench %%i\n\n[Service]\nExecStart=/bin/sleep 100000\n' >"$WORK/$template"
@@ -181,7 +235,10 @@ cmd_ms=$((($(now_ns) - start) / 1000000))
 rpcs=$(($(etcd_requests) - rpcs_before))
 deadline=$((start + 300000000000))
 while :; do
-    n=$(fc list-units --no-legend --fields unit,active 2>/dev/null | awk -v p="bench$tag@" 'index($1, p) == 1 && $2 == "active"' | grep -c . || true)
+    # One fleetctl and one awk per poll: the poll runs back to back on the same two cores as the
+    # hosts, so every process it spawns is CPU taken from what it measures.
+    n=$(fc list-units --no-legend --fields unit,active 2>/dev/null |
+        awk -v p="bench$tag@" 'index($1, p) == 1 && $2 == "active" { n++ } END { print n + 0 }')
     [ "$n" -ge "$INSTANCES" ] && break
     [ "$(now_ns)" -lt "$deadline" ] || { echo "bench-start: only $n of $INSTANCES active after 300 s" >&2; exit 1; }
 done

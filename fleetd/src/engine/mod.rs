@@ -68,6 +68,14 @@ use crate::pacing::Pacer;
 /// [`crate::pacing`]).
 const PASS_GAP: Duration = Duration::from_millis(50);
 
+/// How soon a pass follows changes that cannot lead to a decision (see
+/// `apply`): it only brings the pass's gauges (units by target state,
+/// unschedulable units) up to date. Not at once, because a pass that wrote
+/// nothing still starts the [`PASS_GAP`]: `fleetctl start` creates a unit
+/// `inactive` and sets it `launched` a few milliseconds later, and that
+/// `launched` waited the whole gap behind a pass run for the create.
+const IDLE_CHANGE_DELAY: Duration = Duration::from_secs(1);
+
 /// The safety-net resync: re-list everything and run a pass, in case a watch
 /// silently missed something. Slow on purpose (a re-list of 20,000 units is
 /// a large read).
@@ -506,10 +514,17 @@ impl<'a> Leader<'a> {
                 return false;
             }
         };
+        let mut may_decide = false;
         for changed in events {
-            self.apply(changed.change).await;
+            may_decide |= self.apply(changed.change).await;
         }
-        dirty_since.get_or_insert_with(Instant::now);
+        let now = Instant::now();
+        let due = if may_decide {
+            now
+        } else {
+            now + IDLE_CHANGE_DELAY
+        };
+        *dirty_since = Some(dirty_since.map_or(due, |since| since.min(due)));
         true
     }
 
@@ -561,9 +576,36 @@ impl<'a> Leader<'a> {
     }
 
     /// Applies one change to the model, the loss clocks or the drains.
-    async fn apply(&mut self, change: Change) {
+    /// `false` when a scheduling pass provably has nothing to decide after
+    /// it: a unit created or set `inactive` that is placed nowhere (what
+    /// `fleetctl start` writes first, before the target state), its content
+    /// or its destruction. Such a change only asks for a pass within
+    /// [`IDLE_CHANGE_DELAY`].
+    async fn apply(&mut self, change: Change) -> bool {
         let now = Instant::now().into_std();
         match change {
+            Change::UnitRecord {
+                unit,
+                record: Some((hash, desired_state)),
+            } => {
+                self.model
+                    .put_unit_record(unit.clone(), hash, desired_state);
+                return !self.model.is_idle(&unit);
+            }
+            Change::UnitRemoved(unit) => {
+                let idle = self.model.is_idle(&unit);
+                self.model.remove_unit(&unit);
+                return !idle;
+            }
+            Change::Content { hash, file } => {
+                let may_decide = self.model.content_may_decide(&hash);
+                self.model.put_content(hash, file);
+                return may_decide;
+            }
+            Change::ContentRemoved(hash) => {
+                self.model.remove_content(&hash);
+                return false;
+            }
             Change::MachineRemoved(machine) => {
                 if self.model.machines.remove(&machine).is_some() {
                     info!(machine = %machine, "Machine vanished.");
@@ -590,19 +632,12 @@ impl<'a> Leader<'a> {
                 }
             }
             Change::MachineUpdated(machine) => self.reread_machine(machine, now).await,
-            Change::UnitRecord {
-                unit,
-                record: Some((hash, desired_state)),
-            } => self.model.put_unit_record(unit, hash, desired_state),
             Change::UnitRecord { unit, record: None } => {
                 // Not a destroy: the unit keeps its placements (and keeps
                 // running) until a record that decodes replaces this one.
                 error!(unit = %unit, "The unit's record does not decode; keeping the unit as it was.");
                 self.model.hold_unusable(unit);
             }
-            Change::UnitRemoved(unit) => self.model.remove_unit(&unit),
-            Change::Content { hash, file } => self.model.put_content(hash, file),
-            Change::ContentRemoved(hash) => self.model.remove_content(&hash),
             Change::Cordoned(cordon) => self.drain.put(cordon),
             Change::CordonLifted(machine) => self.drain.remove(&machine),
             Change::RunEnded(outcome) => {
@@ -621,6 +656,7 @@ impl<'a> Leader<'a> {
             | Change::LeaderIs(_)
             | Change::LeaderGone => {}
         }
+        true
     }
 
     /// Reads a machine with its metadata merged: after an edit of its

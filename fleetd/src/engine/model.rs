@@ -179,6 +179,36 @@ impl Model {
         }
     }
 
+    /// Whether a unit is idle: known, desired `inactive` and placed
+    /// nowhere. The scheduler has nothing to decide for an idle unit, so a
+    /// change that leaves a unit idle needs no pass (see
+    /// [`Model::may_decide`]).
+    pub fn is_idle(&self, unit: &UnitName) -> bool {
+        self.units
+            .get(unit)
+            .is_some_and(|record| record.desired_state == TargetState::Inactive)
+            && !self.is_placed(unit)
+            && !self.unusable.contains(unit)
+    }
+
+    /// Whether the schedule places `unit` on any machine.
+    fn is_placed(&self, unit: &UnitName) -> bool {
+        // "\0" sorts before every other machine id (ids are non-empty).
+        let first: MachineId = "\0".parse().expect("a non-empty id without / or spaces");
+        self.placements
+            .range((unit.clone(), first)..)
+            .next()
+            .is_some_and(|((placed, _), _)| placed == unit)
+    }
+
+    /// Whether the content `hash` completes a unit that is not idle (a
+    /// pass may then place it); asked before [`Model::put_content`].
+    pub fn content_may_decide(&self, hash: &UnitHash) -> bool {
+        self.waiting
+            .get(hash)
+            .is_some_and(|units| units.iter().any(|unit| !self.is_idle(unit)))
+    }
+
     pub fn remove_content(&mut self, hash: &UnitHash) {
         self.contents.remove(hash);
     }
@@ -433,5 +463,38 @@ mod tests {
                 ("region".to_owned(), "us".to_owned())
             ])
         );
+    }
+
+    #[test]
+    fn only_an_inactive_unit_placed_nowhere_is_idle() {
+        let content = file("");
+        let hash = content.hash();
+        let mut model = Model::default();
+        // Created inactive (its content not seen yet): idle, and its content
+        // completes nothing a pass could place.
+        model.put_unit_record(name("a.service"), hash, TargetState::Inactive);
+        assert!(model.is_idle(&name("a.service")));
+        assert!(!model.content_may_decide(&hash));
+        // Set launched: no longer idle, and now its content matters.
+        model.put_unit_record(name("a.service"), hash, TargetState::Launched);
+        assert!(!model.is_idle(&name("a.service")));
+        assert!(model.content_may_decide(&hash));
+        model.put_content(hash, content);
+        // Placed, then set inactive: a pass must unplace it.
+        model.apply(&[ScheduleChange::Place(placement("a.service", hash))]);
+        model.put_unit_record(name("a.service"), hash, TargetState::Inactive);
+        assert!(!model.is_idle(&name("a.service")));
+        // A placement of a neighbour in name order does not count.
+        model.apply(&[ScheduleChange::Unplace {
+            unit: name("a.service"),
+            machine: "m1".parse().expect("id"),
+        }]);
+        model.apply(&[ScheduleChange::Place(placement("a@1.service", hash))]);
+        model.apply(&[ScheduleChange::Place(placement("a-b.service", hash))]);
+        assert!(model.is_idle(&name("a.service")));
+        // Unknown and unusable units are never idle.
+        assert!(!model.is_idle(&name("b.service")));
+        model.hold_unusable(name("c.service"));
+        assert!(!model.is_idle(&name("c.service")));
     }
 }
