@@ -1,19 +1,21 @@
 //! `list-unit-files`: one row per unit in the registry, with the original's fields and
 //! defaults (Documentation/compatibility.md, "Tables and help").
 
-use fleet_api::entities::{Machine, Unit};
+use fleet_api::entities::Unit;
 
 use crate::cli::ListUnitFilesArgs;
 use crate::context::{Ctx, is_global, unit_file_of};
 use crate::exit::Exit;
-use crate::output::{Format, legend_for, list_layout, or_dash, render_fields_table, render_json};
+use crate::output::{
+    Format, MachineIps, legend_for, list_layout, or_dash, render_fields_table, render_json,
+};
 
 const VALID_FIELDS: &[&str] = &[
     "unit", "global", "dstate", "target", "tmachine", "state", "hash", "desc",
 ];
 
 /// The cells of one unit for `fields`.
-pub fn unit_row(unit: &Unit, fields: &[String], machines: &[Machine], full: bool) -> Vec<String> {
+pub fn unit_row(unit: &Unit, fields: &[String], machines: &MachineIps, full: bool) -> Vec<String> {
     let global = is_global(unit);
     fields
         .iter()
@@ -66,9 +68,10 @@ pub async fn run(ctx: &Ctx, args: ListUnitFilesArgs) -> anyhow::Result<Exit> {
     } else {
         Vec::new()
     };
+    let ips = MachineIps::new(&machines);
     let rows = units
         .iter()
-        .map(|unit| unit_row(unit, &fields, &machines, args.list.full))
+        .map(|unit| unit_row(unit, &fields, &ips, args.list.full))
         .collect();
     ctx.console
         .out_raw(&render_fields_table(&fields, rows, !args.list.no_legend));
@@ -77,7 +80,7 @@ pub async fn run(ctx: &Ctx, args: ListUnitFilesArgs) -> anyhow::Result<Exit> {
 
 #[cfg(test)]
 mod tests {
-    use fleet_api::entities::UnitOption;
+    use fleet_api::entities::{Machine, UnitOption};
 
     use super::*;
 
@@ -118,8 +121,8 @@ mod tests {
             .map(String::from)
             .to_vec();
         let rows = vec![
-            unit_row(&global, &fields, &machines, false),
-            unit_row(&hello, &fields, &machines, false),
+            unit_row(&global, &fields, &MachineIps::new(&machines), false),
+            unit_row(&hello, &fields, &MachineIps::new(&machines), false),
         ];
         let global_hash = unit_file_of(&global).hash().short();
         assert_eq!(
@@ -132,11 +135,11 @@ mod tests {
         );
         let more: Vec<String> = ["global", "desc", "tmachine"].map(String::from).to_vec();
         assert_eq!(
-            unit_row(&hello, &more, &[], true),
+            unit_row(&hello, &more, &MachineIps::new(&[]), true),
             ["false", "-", "113f16a7e4bd4a9a8d6c3a1d3bb6a4c2"]
         );
         assert_eq!(
-            unit_row(&global, &more, &[], false),
+            unit_row(&global, &more, &MachineIps::new(&[]), false),
             ["true", "Everywhere", "global"]
         );
     }

@@ -1,12 +1,14 @@
 //! `list-units`: one row per unit state, i.e. per unit and machine, with the original's
 //! fields and defaults (Documentation/compatibility.md, "Tables and help").
 
-use fleet_api::entities::{Machine, UnitState};
+use fleet_api::entities::UnitState;
 
 use crate::cli::ListUnitsArgs;
 use crate::context::Ctx;
 use crate::exit::Exit;
-use crate::output::{Format, legend_for, list_layout, or_dash, render_fields_table, render_json};
+use crate::output::{
+    Format, MachineIps, legend_for, list_layout, or_dash, render_fields_table, render_json,
+};
 
 /// The original's fields, then ours (never in the default columns):
 /// `result`, `status`, `exited` and `attempts` describe how a
@@ -19,7 +21,7 @@ const VALID_FIELDS: &[&str] = &[
 pub fn state_row(
     state: &UnitState,
     fields: &[String],
-    machines: &[Machine],
+    machines: &MachineIps,
     full: bool,
 ) -> Vec<String> {
     fields
@@ -74,9 +76,10 @@ pub async fn run(ctx: &Ctx, args: ListUnitsArgs) -> anyhow::Result<Exit> {
     } else {
         Vec::new()
     };
+    let ips = MachineIps::new(&machines);
     let rows = states
         .iter()
-        .map(|state| state_row(state, &fields, &machines, args.list.full))
+        .map(|state| state_row(state, &fields, &ips, args.list.full))
         .collect();
     ctx.console
         .out_raw(&render_fields_table(&fields, rows, !args.list.no_legend));
@@ -86,6 +89,7 @@ pub async fn run(ctx: &Ctx, args: ListUnitsArgs) -> anyhow::Result<Exit> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use fleet_api::entities::Machine;
 
     #[test]
     fn rows_match_the_original() {
@@ -106,18 +110,23 @@ mod tests {
         let fields: Vec<String> = ["unit", "machine", "active", "sub"]
             .map(String::from)
             .to_vec();
-        let rows = vec![state_row(&state, &fields, &machines, false)];
+        let rows = vec![state_row(
+            &state,
+            &fields,
+            &MachineIps::new(&machines),
+            false,
+        )];
         assert_eq!(
             render_fields_table(&fields, rows, true),
             "UNIT\t\tMACHINE\t\t\t\tACTIVE\tSUB\nhello.service\t113f16a7.../172.17.8.103\tactive\trunning\n"
         );
         let all: Vec<String> = ["hash", "load", "machine"].map(String::from).to_vec();
         assert_eq!(
-            state_row(&state, &all, &[], false),
+            state_row(&state, &all, &MachineIps::new(&[]), false),
             ["e55c0ae", "loaded", "113f16a7..."]
         );
         assert_eq!(
-            state_row(&state, &all, &machines, true),
+            state_row(&state, &all, &MachineIps::new(&machines), true),
             [
                 "e55c0aeb44ba0b68004ceb8a200e685194448b45",
                 "loaded",
@@ -128,12 +137,15 @@ mod tests {
             name: "x.service".to_owned(),
             ..UnitState::default()
         };
-        assert_eq!(state_row(&empty, &all, &[], false), ["-", "-", "-"]);
+        assert_eq!(
+            state_row(&empty, &all, &MachineIps::new(&[]), false),
+            ["-", "-", "-"]
+        );
         let runs: Vec<String> = ["unit", "active", "result", "status", "exited", "attempts"]
             .map(String::from)
             .to_vec();
         assert_eq!(
-            state_row(&state, &runs, &[], false),
+            state_row(&state, &runs, &MachineIps::new(&[]), false),
             ["hello.service", "active", "-", "-", "-", "-"]
         );
         let finished = UnitState {
@@ -146,7 +158,7 @@ mod tests {
             ..UnitState::default()
         };
         assert_eq!(
-            state_row(&finished, &runs, &[], false),
+            state_row(&finished, &runs, &MachineIps::new(&[]), false),
             [
                 "job.service",
                 "failed",
