@@ -115,6 +115,8 @@ struct Shared {
     units_listing: Listing<crate::entities::Unit>,
     /// The newest full, unfiltered `GET /state` listing.
     states_listing: Listing<UnitState>,
+    /// The newest full `GET /machines` listing (with cordons).
+    machines_listing: Listing<crate::entities::Machine>,
 }
 
 /// How long a full listing may serve the pages after the first. A paging
@@ -197,6 +199,7 @@ pub fn router(state: ApiState) -> Router {
         server_header,
         units_listing: Listing::default(),
         states_listing: Listing::default(),
+        machines_listing: Listing::default(),
     });
     Router::new().fallback(handle).with_state(shared)
 }

@@ -213,7 +213,10 @@ fn parse_args(raw: &[String]) -> anyhow::Result<Option<Args>> {
         bail!("need --machines >= 2, --units >= 1 and --concurrency >= 1");
     }
     if args.batch > fleet_api::x1::MAX_BATCH_UNITS {
-        bail!("--batch takes at most {} units a request", fleet_api::x1::MAX_BATCH_UNITS);
+        bail!(
+            "--batch takes at most {} units a request",
+            fleet_api::x1::MAX_BATCH_UNITS
+        );
     }
     if !(args.register_rate >= 0.0 && args.register_rate.is_finite()) {
         bail!("--register-rate must be a number of machines a second, 0 for unbounded");
@@ -1692,7 +1695,10 @@ async fn submit_batches(
         while !pending.is_empty() {
             attempts += 1;
             if attempts > 20 {
-                bail!("{} units still answered 503 after 20 batches", pending.len());
+                bail!(
+                    "{} units still answered 503 after 20 batches",
+                    pending.len()
+                );
             }
             let results = client
                 .put_units(&pending)
@@ -1865,11 +1871,7 @@ impl Figures {
                 format!("{:.2} s", lists.fleetctl.as_secs_f64()),
                 {
                     let target = Target::for_size(args).list_units;
-                    format!(
-                        "< {} s: {}",
-                        target.as_secs(),
-                        met(lists.fleetctl < target)
-                    )
+                    format!("< {} s: {}", target.as_secs(), met(lists.fleetctl < target))
                 },
             ),
         ]

@@ -17,30 +17,38 @@ use fleet_registry::store::MetadataOp;
 use fleet_registry::{MachineId, MachineState};
 
 use super::units::decode_first_json;
-use super::{ApiError, Query, Shared, empty_response, json_response, paginate};
+use super::{ApiError, Query, Shared, empty_response, json_response, paginate_shared};
 use crate::entities;
 
 /// `GET /machines`: one page of live machines sorted by id, metadata merged.
+/// The first page reads every machine (and the cordons); the pages after it
+/// are cut from that listing while it is recent (see `Listing` in the parent
+/// module): read per page, 10,000 machines in pages of 100 took seconds.
 pub(super) async fn list(shared: &Shared, query: &Query) -> Result<Response, ApiError> {
     let page = query.page(shared.api.token_limit)?;
     let all_machines = shared
-        .api
-        .registry
-        .machines()
-        .await
-        .map_err(|error| ApiError::registry("list machines", error))?;
-    let cordons = cordons_by_machine(shared).await?;
-    let (page_machines, next_page_token) = paginate(all_machines, page);
-    let machines = page_machines
-        .into_iter()
-        .map(|machine| {
-            let cordon = cordons.get(machine.id.as_str()).copied();
-            entities::Machine {
-                cordon,
-                ..machine_entity(machine)
-            }
+        .machines_listing
+        .get_or_read(page, async {
+            let machines = shared
+                .api
+                .registry
+                .machines()
+                .await
+                .map_err(|error| ApiError::registry("list machines", error))?;
+            let cordons = cordons_by_machine(shared).await?;
+            Ok(machines
+                .into_iter()
+                .map(|machine| {
+                    let cordon = cordons.get(machine.id.as_str()).copied();
+                    entities::Machine {
+                        cordon,
+                        ..machine_entity(machine)
+                    }
+                })
+                .collect())
         })
-        .collect();
+        .await?;
+    let (machines, next_page_token) = paginate_shared(&all_machines, page);
     Ok(json_response(
         StatusCode::OK,
         &entities::MachinePage {
@@ -72,6 +80,7 @@ pub(super) async fn patch(shared: &Shared, body: &[u8]) -> Result<Response, ApiE
             .apply_metadata(&ops)
             .await
             .map_err(|error| ApiError::registry("apply metadata", error))?;
+        shared.machines_listing.forget();
     }
     // The functional tests check that this 204 says it is JSON.
     let mut response = empty_response(StatusCode::NO_CONTENT);
