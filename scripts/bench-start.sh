@@ -244,6 +244,16 @@ while :; do
 done
 all_ms=$((($(now_ns) - start) / 1000000))
 echo "$INSTANCES instances, one start --no-block: command $cmd_ms ms, all active after $all_ms ms"
+# How many unit states the agents wrote, over the whole run (fleetd's own counter on each host).
+if [ "$OWN_CLUSTER" = 1 ]; then
+    puts=0
+    for host in "${HOST_NAMES[@]}"; do
+        k=$(curl -s --max-time 5 "${CURL_TLS[@]}" "${ENDPOINT%%://*}://$("$TH" ip "$host"):54728/metrics" |
+            awk '/^fleet_agent_state_writes_total\{kind="put"\}/ { n += $2 } END { print n + 0 }')
+        puts=$((puts + ${k%.*}))
+    done
+    echo "  unit state puts by the agents since boot (all hosts): $puts, for $((RUNS + INSTANCES)) units"
+fi
 [ -n "$etcd_url" ] && echo "  etcd requests while the command ran (all clients): $rpcs"
 
 # fleetctl list-units with every instance listed: 5 runs, median (each run is a new

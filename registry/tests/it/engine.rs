@@ -10,7 +10,9 @@ use fleet_registry::{
     WatchStream,
 };
 
-use crate::util::{machine, machine_id, registry, unit_file, unit_name, wait_until};
+use crate::util::{
+    machine, machine_id, register_m1_in_us_on_ssd, registry, unit_file, unit_name, wait_until,
+};
 
 fn placement(unit: &str, machine: &str, target_state: TargetState) -> Placement {
     Placement {
@@ -507,19 +509,7 @@ async fn machine_events_carry_the_record_and_metadata_edits() {
         .await
         .expect("watch metadata");
 
-    let lease = registry
-        .grant_lease(Duration::from_secs(30))
-        .await
-        .expect("grant");
-    let mut configured = machine("m1");
-    configured.metadata = BTreeMap::from([
-        ("region".to_owned(), "us".to_owned()),
-        ("disk".to_owned(), "ssd".to_owned()),
-    ]);
-    registry
-        .register_machine(&configured, lease)
-        .await
-        .expect("register");
+    let (configured, _lease) = register_m1_in_us_on_ssd(&registry).await;
     let changes: Vec<Change> = next_changes(&mut machines)
         .await
         .into_iter()

@@ -8,7 +8,7 @@ use std::time::Duration;
 use fleet_registry::store::MetadataOp;
 use fleet_registry::{Registry, RegistryConfig, RegistryError};
 
-use crate::util::{machine, machine_id, registry, wait_until};
+use crate::util::{machine, machine_id, register_m1_in_us_on_ssd, registry, wait_until};
 
 #[tokio::test]
 async fn register_refuses_a_live_duplicate_and_frees_the_id_on_revoke() {
@@ -140,19 +140,7 @@ async fn machine_vanishes_when_its_lease_expires() {
 #[tokio::test]
 async fn metadata_merges_over_configured_and_tombstones_hide_keys() {
     let (_etcd, registry) = registry("metadata").await;
-    let lease = registry
-        .grant_lease(Duration::from_secs(30))
-        .await
-        .expect("grant");
-    let mut configured = machine("m1");
-    configured.metadata = BTreeMap::from([
-        ("region".to_owned(), "us".to_owned()),
-        ("disk".to_owned(), "ssd".to_owned()),
-    ]);
-    registry
-        .register_machine(&configured, lease)
-        .await
-        .expect("register");
+    let (configured, lease) = register_m1_in_us_on_ssd(&registry).await;
 
     let ops = [
         MetadataOp::Set {

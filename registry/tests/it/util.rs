@@ -46,6 +46,28 @@ pub fn machine(id: &str) -> MachineState {
     }
 }
 
+/// Registers machine `m1` under a new 30 s lease with the configured
+/// metadata `region=us`, `disk=ssd` (what the metadata tests override);
+/// the record as registered and its lease.
+pub async fn register_m1_in_us_on_ssd(
+    registry: &Registry,
+) -> (MachineState, fleet_registry::store::LeaseId) {
+    let lease = registry
+        .grant_lease(std::time::Duration::from_secs(30))
+        .await
+        .expect("grant");
+    let mut configured = machine("m1");
+    configured.metadata = std::collections::BTreeMap::from([
+        ("region".to_owned(), "us".to_owned()),
+        ("disk".to_owned(), "ssd".to_owned()),
+    ]);
+    registry
+        .register_machine(&configured, lease)
+        .await
+        .expect("register");
+    (configured, lease)
+}
+
 /// A small unit file whose content differs with `exec`.
 pub fn unit_file(exec: &str) -> UnitFile {
     UnitFile::from_options(vec![
