@@ -9,6 +9,7 @@
 #   e.g. scripts/bench-start.sh --hosts 5 --instances 1000 --runs 0 (1,000 instances on 5 hosts)
 #   FLEET_BENCH_JOURNALS=DIR (own cluster only) saves each host's fleetd and systemd journal there;
 #   FLEET_BENCH_CONF="LINE ..." adds fleet.conf lines on every host (e.g. "verbosity=1").
+#   POLL_MS=N: the burst is polled (fleetctl list-units) every N ms (default 20; 0: back to back).
 #   --floor (own cluster only): systemd's own speed instead of fleet's. The same N instances,
 #   installed in each host's /etc/systemd/system and started with one blocking `systemctl start`
 #   per host (N/hosts each, all hosts at once), until every one has returned: the floor a fleet
@@ -234,13 +235,16 @@ fc start --no-block "${args[@]}" >/dev/null
 cmd_ms=$((($(now_ns) - start) / 1000000))
 rpcs=$(($(etcd_requests) - rpcs_before))
 deadline=$((start + 300000000000))
+# POLL_MS between polls (default 20, the outside measurement; 0 polls back to back). The
+# poll runs on the same two cores as the hosts: every process it spawns is CPU taken from what
+# it measures, so it spawns one fleetctl and one awk, and rests between polls.
+poll_s=$(awk -v ms="${POLL_MS:-20}" 'BEGIN { printf "%.3f", ms / 1000 }')
 while :; do
-    # One fleetctl and one awk per poll: the poll runs back to back on the same two cores as the
-    # hosts, so every process it spawns is CPU taken from what it measures.
     n=$(fc list-units --no-legend --fields unit,active 2>/dev/null |
         awk -v p="bench$tag@" 'index($1, p) == 1 && $2 == "active" { n++ } END { print n + 0 }')
     [ "$n" -ge "$INSTANCES" ] && break
     [ "$(now_ns)" -lt "$deadline" ] || { echo "bench-start: only $n of $INSTANCES active after 300 s" >&2; exit 1; }
+    [ "${POLL_MS:-20}" = 0 ] || sleep "$poll_s"
 done
 all_ms=$((($(now_ns) - start) / 1000000))
 echo "$INSTANCES instances, one start --no-block: command $cmd_ms ms, all active after $all_ms ms"
