@@ -582,7 +582,25 @@ impl<'a> Leader<'a> {
     /// or its destruction. Such a change only asks for a pass within
     /// [`IDLE_CHANGE_DELAY`].
     async fn apply(&mut self, change: Change) -> bool {
-        let now = Instant::now().into_std();
+        match change {
+            Change::UnitRecord {
+                record: Some(_), ..
+            }
+            | Change::UnitRemoved(_)
+            | Change::Content { .. }
+            | Change::ContentRemoved(_) => self.apply_unit_change(change),
+            other => {
+                self.apply_other(other).await;
+                true
+            }
+        }
+    }
+
+    /// A unit record, destruction or content, applied to the model. `false`
+    /// when it leaves every unit it touches idle (see [`Model::is_idle`]): a
+    /// record that leaves its unit idle, the destruction of an idle unit, a
+    /// content no unit that is not idle waited for.
+    fn apply_unit_change(&mut self, change: Change) -> bool {
         match change {
             Change::UnitRecord {
                 unit,
@@ -590,22 +608,31 @@ impl<'a> Leader<'a> {
             } => {
                 self.model
                     .put_unit_record(unit.clone(), hash, desired_state);
-                return !self.model.is_idle(&unit);
+                !self.model.is_idle(&unit)
             }
             Change::UnitRemoved(unit) => {
                 let idle = self.model.is_idle(&unit);
                 self.model.remove_unit(&unit);
-                return !idle;
+                !idle
             }
             Change::Content { hash, file } => {
                 let may_decide = self.model.content_may_decide(&hash);
                 self.model.put_content(hash, file);
-                return may_decide;
+                may_decide
             }
             Change::ContentRemoved(hash) => {
                 self.model.remove_content(&hash);
-                return false;
+                false
             }
+            _ => true,
+        }
+    }
+
+    /// Every other change: machines, cordons, runs; each may lead to a
+    /// decision.
+    async fn apply_other(&mut self, change: Change) {
+        let now = Instant::now().into_std();
+        match change {
             Change::MachineRemoved(machine) => {
                 if self.model.machines.remove(&machine).is_some() {
                     info!(machine = %machine, "Machine vanished.");
@@ -655,8 +682,14 @@ impl<'a> Leader<'a> {
             | Change::RolloutRemoved(_)
             | Change::LeaderIs(_)
             | Change::LeaderGone => {}
+            // Taken by `apply_unit_change`.
+            Change::UnitRecord {
+                record: Some(_), ..
+            }
+            | Change::UnitRemoved(_)
+            | Change::Content { .. }
+            | Change::ContentRemoved(_) => {}
         }
-        true
     }
 
     /// Reads a machine with its metadata merged: after an edit of its
