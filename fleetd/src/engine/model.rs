@@ -181,8 +181,8 @@ impl Model {
 
     /// Whether a unit is idle: known, desired `inactive` and placed
     /// nowhere. The scheduler has nothing to decide for an idle unit, so a
-    /// change that leaves a unit idle needs no pass (see
-    /// [`Model::may_decide`]).
+    /// change that leaves a unit idle needs no pass at once (the engine's
+    /// `apply_unit_change`).
     pub fn is_idle(&self, unit: &UnitName) -> bool {
         self.units
             .get(unit)
