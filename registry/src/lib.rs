@@ -57,6 +57,6 @@ pub use model::{
 };
 pub use store::{
     InvalidRevision, Leadership, LeaseId, MetadataOp, Registry, RegistryConfig, RegistryError,
-    Revision, ScheduleChange, ScheduleReasons, Snapshot, UNITS_PER_CREATE_TXN, WatchEvent,
-    WatchEventKind, WatchStream,
+    Revision, ScheduleChange, ScheduleReasons, Snapshot, UNITS_PER_CREATE_TXN, UNITS_PER_STATE_TXN,
+    WatchEvent, WatchEventKind, WatchStream,
 };

@@ -58,7 +58,7 @@ mod watch;
 
 pub use machines::{MetadataOp, merge_metadata};
 pub use schedule::{Leadership, SCHEDULE_BATCH, ScheduleChange, ScheduleReasons, Snapshot};
-pub use units::{UNITS_PER_CREATE_TXN, UnitListing, UnusableUnit};
+pub use units::{UNITS_PER_CREATE_TXN, UNITS_PER_STATE_TXN, UnitListing, UnusableUnit};
 pub use watch::{WatchEvent, WatchEventKind, WatchStream};
 
 /// HTTP/2 pings on the etcd connection, so a dead etcd is noticed by watches

@@ -24,6 +24,12 @@ pub(super) const MAX_CAS_ATTEMPTS: usize = 8;
 /// default limit of 128 operations per txn.
 pub const UNITS_PER_CREATE_TXN: usize = 16;
 
+/// The most units one desired-state txn carries: a compare and a put each,
+/// 120 operations, under etcd's default limit of 128. Large because the
+/// first chunk's watch event is what the engine's first pass of a burst
+/// places; the rest waits for the next pass.
+pub const UNITS_PER_STATE_TXN: usize = 60;
+
 /// The put of a unit record (`value`, at `key`) with `desired_state`: the
 /// same content hash, the new state.
 fn desired_state_put(
@@ -46,18 +52,18 @@ fn desired_state_put(
 fn create_chunks(
     units: &[(UnitName, UnitFile, TargetState)],
 ) -> Vec<&[(UnitName, UnitFile, TargetState)]> {
-    distinct_chunks(units, |(name, _, _)| name)
+    distinct_chunks(units, UNITS_PER_CREATE_TXN, |(name, _, _)| name)
 }
 
-/// `items` cut into txns: at most [`UNITS_PER_CREATE_TXN`] each, and a new
-/// chunk where a unit's name repeats (etcd refuses a txn putting a key
-/// twice; the repeat is then written after the first, as one by one).
-fn distinct_chunks<T>(items: &[T], name_of: impl Fn(&T) -> &UnitName) -> Vec<&[T]> {
+/// `items` cut into txns: at most `per_txn` each, and a new chunk where a
+/// unit's name repeats (etcd refuses a txn putting a key twice; the repeat
+/// is then written after the first, as one by one).
+fn distinct_chunks<T>(items: &[T], per_txn: usize, name_of: impl Fn(&T) -> &UnitName) -> Vec<&[T]> {
     let mut chunks = Vec::new();
     let mut start = 0;
     let mut names = HashSet::new();
     for (index, name) in items.iter().map(name_of).enumerate() {
-        if index - start == UNITS_PER_CREATE_TXN || !names.insert(name) {
+        if index - start == per_txn || !names.insert(name) {
             chunks.push(&items[start..index]);
             start = index;
             names.clear();
@@ -504,7 +510,7 @@ impl Registry {
 
     /// Sets the desired state of many units, as [`Self::set_desired_state`]
     /// of each in order would (`Ok(false)` for a unit that is gone), in few
-    /// txns: per chunk of [`UNITS_PER_CREATE_TXN`] units one read of their
+    /// txns: per chunk of [`UNITS_PER_STATE_TXN`] units one read of their
     /// records, then one write guarded by every record's revision. When a
     /// record changed in between (or a txn fails), that chunk's units are
     /// set one by one.
@@ -513,7 +519,7 @@ impl Registry {
         changes: &[(UnitName, TargetState)],
     ) -> Vec<Result<bool, RegistryError>> {
         let mut results = Vec::with_capacity(changes.len());
-        for chunk in distinct_chunks(changes, |(name, _)| name) {
+        for chunk in distinct_chunks(changes, UNITS_PER_STATE_TXN, |(name, _)| name) {
             match self.set_desired_states_chunk(chunk).await {
                 Ok(Some(set)) => results.extend(set.into_iter().map(Ok)),
                 Ok(None) | Err(_) => {

@@ -4,7 +4,9 @@
 use std::sync::Arc;
 
 use fleet_registry::testing::{count_keys, delete_raw, dump, list_keys, put_raw};
-use fleet_registry::{Registry, RegistryError, TargetState, UNITS_PER_CREATE_TXN};
+use fleet_registry::{
+    Registry, RegistryError, TargetState, UNITS_PER_CREATE_TXN, UNITS_PER_STATE_TXN,
+};
 use fleet_systemd::unit::UnitHash;
 
 use crate::util::{machine_id, registry, unique_prefix, unit_file, unit_name};
@@ -374,7 +376,9 @@ async fn new_units_are_created_in_one_txn_per_chunk() {
 async fn desired_states_set_together_are_those_set_one_by_one() {
     let (_etcd, registry) = registry("batch-desired").await;
     let template = unit_file("/bin/worker %i");
-    let units: Vec<_> = (0..40)
+    // Two chunks' worth, and the repeat of a name of the second chunk.
+    let n = UNITS_PER_STATE_TXN + 10;
+    let units: Vec<_> = (0..n)
         .map(|i| {
             (
                 unit_name(&format!("w@{i}.service")),
@@ -395,7 +399,8 @@ async fn desired_states_set_together_are_those_set_one_by_one() {
         .map(|(name, _, _)| (name.clone(), TargetState::Launched))
         .collect();
     changes.insert(7, (unit_name("missing.service"), TargetState::Loaded));
-    changes.push((unit_name("w@3.service"), TargetState::Loaded));
+    let repeated = unit_name(&format!("w@{}.service", n - 1));
+    changes.push((repeated.clone(), TargetState::Loaded));
     let before = registry.head_revision().await.expect("revision");
     let results: Vec<bool> = registry
         .set_desired_states(&changes)
@@ -407,10 +412,11 @@ async fn desired_states_set_together_are_those_set_one_by_one() {
     let mut expected = vec![true; changes.len()];
     expected[7] = false;
     assert_eq!(results, expected);
-    // 42 changes in chunks of 16, 16 and 10: three writes.
+    // A chunk of UNITS_PER_STATE_TXN (with the missing unit), the rest of
+    // the units, then the repeated name on its own: three writes.
     assert_eq!(after.get() - before.get(), 3);
     for unit in registry.units().await.expect("units") {
-        let state = if unit.name == unit_name("w@3.service") {
+        let state = if unit.name == repeated {
             TargetState::Loaded
         } else {
             TargetState::Launched
