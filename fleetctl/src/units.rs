@@ -450,7 +450,7 @@ fn batch_chunks(units: &[Unit]) -> Vec<&[Unit]> {
 /// does not know, and a caller without the `operate` role gets the same
 /// refusals from the `PUT`s); nothing was written then, and the caller sends
 /// the `PUT`s.
-pub async fn put_batched(ctx: &Ctx, units: &[Unit]) -> Option<Vec<Result<(), String>>> {
+async fn put_batched(ctx: &Ctx, units: &[Unit]) -> Option<Vec<Result<(), String>>> {
     let mut answers = Vec::with_capacity(units.len());
     for chunk in batch_chunks(units) {
         match ctx.client.put_units(chunk).await {
@@ -467,8 +467,58 @@ pub async fn put_batched(ctx: &Ctx, units: &[Unit]) -> Option<Vec<Result<(), Str
 }
 
 /// Whether this many units are sent in batches rather than one `PUT` each.
-pub fn sends_in_batches(n_units: usize) -> bool {
+fn sends_in_batches(n_units: usize) -> bool {
     n_units > MAX_SINGLE_LOOKUPS
+}
+
+/// Sends `bodies` (each the body of its unit's v1 `PUT`): in batch requests
+/// when there are many, else (or when the server has no batch API) with
+/// `put_one` for each, the original's request. Answers in the bodies' order.
+pub async fn send_units<F, Fut>(
+    ctx: &Arc<Ctx>,
+    bodies: Vec<Unit>,
+    put_one: F,
+) -> Vec<Result<(), String>>
+where
+    F: Fn(Arc<Ctx>, Unit) -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>> + Send + 'static,
+{
+    if sends_in_batches(bodies.len())
+        && let Some(answers) = put_batched(ctx, &bodies).await
+    {
+        return answers;
+    }
+    concurrently(ctx, bodies, put_one).await
+}
+
+/// The units sent (the `Ok(Some(unit))` of `pending`, in order) paired with
+/// their `answers` and turned into results by `settle`; the others pass
+/// through.
+pub fn settle_answers(
+    pending: Vec<Result<Option<Unit>, String>>,
+    answers: Vec<Result<(), String>>,
+    settle: impl Fn(Unit, Result<(), String>) -> Result<Option<Unit>, String>,
+) -> Vec<Result<Option<Unit>, String>> {
+    let mut answers = answers.into_iter();
+    pending
+        .into_iter()
+        .map(|result| match result {
+            Ok(Some(unit)) => {
+                let answer = answers
+                    .next()
+                    .unwrap_or_else(|| Err("no answer".to_owned()));
+                settle(unit, answer)
+            }
+            other => other,
+        })
+        .collect()
+}
+
+/// The units of `results` that are to be sent (`Ok(Some(unit))`).
+pub fn to_send(results: &[Result<Option<Unit>, String>]) -> impl Iterator<Item = &Unit> {
+    results
+        .iter()
+        .filter_map(|result| result.as_ref().ok().and_then(Option::as_ref))
 }
 
 /// Creates the `prepared` units (`Ok(Some(unit))`; the others are kept or
@@ -478,37 +528,19 @@ async fn create_prepared(
     ctx: &Arc<Ctx>,
     prepared: Vec<Result<Option<Unit>, String>>,
 ) -> Vec<Result<Option<Unit>, String>> {
-    let to_create: Vec<Unit> = prepared
-        .iter()
-        .filter_map(|result| result.as_ref().ok().and_then(Clone::clone))
-        .collect();
-    let mut answers = match sends_in_batches(to_create.len()) {
-        true => put_batched(ctx, &to_create).await,
-        false => None,
-    };
-    if answers.is_none() {
-        // The original's `createUnit`'s request: a `PUT` of the unit.
-        let sent = concurrently(ctx, to_create.clone(), |ctx, unit| async move {
-            ctx.client
-                .create_unit(&unit)
-                .await
-                .map_err(|error| error.to_string())
-        })
-        .await;
-        answers = Some(sent);
-    }
-    let mut answers = answers.unwrap_or_default().into_iter();
-    prepared
-        .into_iter()
-        .map(|result| match result {
-            Ok(Some(unit)) => match answers.next() {
-                Some(Ok(())) => Ok(Some(created(unit))),
-                Some(Err(error)) => Err(creation_failed(&unit.name, &error)),
-                None => Err(creation_failed(&unit.name, &"no answer")),
-            },
-            other => other,
-        })
-        .collect()
+    let to_create: Vec<Unit> = to_send(&prepared).cloned().collect();
+    // The original's `createUnit`'s request: a `PUT` of the unit.
+    let answers = send_units(ctx, to_create, |ctx, unit| async move {
+        ctx.client
+            .create_unit(&unit)
+            .await
+            .map_err(|error| error.to_string())
+    })
+    .await;
+    settle_answers(prepared, answers, |unit, answer| match answer {
+        Ok(()) => Ok(Some(created(unit))),
+        Err(error) => Err(creation_failed(&unit.name, &error)),
+    })
 }
 
 /// Checks and finds the unit of one argument; `Ok(Some(unit))` when it is

@@ -16,7 +16,8 @@ use crate::cli::CreateArgs;
 use crate::context::{Ctx, concurrently, is_global};
 use crate::exit::Exit;
 use crate::units::{
-    CreateCommand, lazy_create_units, listed_units, lookup_unit, put_batched, sends_in_batches,
+    CreateCommand, lazy_create_units, listed_units, lookup_unit, send_units, settle_answers,
+    to_send,
 };
 use crate::wait::{Blocking, wait_for_systemd_active, wait_for_unit_states};
 
@@ -94,42 +95,23 @@ async fn set_target_states(
     to_change: Vec<Result<Option<Unit>, String>>,
     state: TargetState,
 ) -> Vec<Result<Option<Unit>, String>> {
-    let changes: Vec<Unit> = to_change
-        .iter()
-        .filter_map(|result| result.as_ref().ok().and_then(Option::as_ref))
+    let changes: Vec<Unit> = to_send(&to_change)
         .map(|unit| Unit {
             name: unit.name.clone(),
             desired_state: state.to_string(),
             ..Unit::default()
         })
         .collect();
-    let mut answers = match sends_in_batches(changes.len()) {
-        true => put_batched(ctx, &changes).await,
-        false => None,
-    };
-    if answers.is_none() {
-        let names = changes.into_iter().map(|unit| unit.name).collect();
-        let sent = concurrently(ctx, names, move |ctx, name| async move {
-            ctx.client
-                .set_unit_target_state(&name, state)
-                .await
-                .map_err(|error| error.to_string())
-        })
-        .await;
-        answers = Some(sent);
-    }
-    let mut answers = answers.unwrap_or_default().into_iter();
-    to_change
-        .into_iter()
-        .map(|result| match result {
-            Ok(Some(unit)) => match answers.next() {
-                Some(Ok(())) => Ok(Some(unit)),
-                Some(Err(error)) => Err(error),
-                None => Err(format!("no answer for unit {}", unit.name)),
-            },
-            other => other,
-        })
-        .collect()
+    let answers = send_units(ctx, changes, move |ctx, unit| async move {
+        ctx.client
+            .set_unit_target_state(&unit.name, state)
+            .await
+            .map_err(|error| error.to_string())
+    })
+    .await;
+    settle_answers(to_change, answers, |unit, answer| {
+        answer.map(|()| Some(unit))
+    })
 }
 
 /// Splits triggered units into the global ones (announced, never waited on)
