@@ -185,6 +185,11 @@ pub(crate) fn header_revision(response: &GetResponse) -> Revision {
 /// ([`Registry::get_prefix`]).
 const LIST_PAGE: i64 = 10_000;
 
+/// The most single-key gets one read txn carries (etcd's default
+/// `--max-txn-ops` is 128): reads of many named keys go in txns of this
+/// many (unit states of a unit, which unit names exist).
+pub(super) const GETS_PER_TXN: usize = 100;
+
 /// Every key under a prefix, read at one revision (possibly in pages).
 pub(crate) struct PrefixListing {
     kvs: Vec<KeyValue>,

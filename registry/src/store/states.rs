@@ -4,10 +4,6 @@
 #[allow(clippy::wildcard_imports)] // the store's imports, shared by its parts
 use super::*;
 
-/// The most single-key gets [`Registry::states_of_unit`] puts in one txn
-/// (etcd's default `--max-txn-ops` is 128).
-pub(super) const STATE_GETS_BATCH: usize = 100;
-
 /// The most puts [`Registry::put_unit_states`] puts in one txn (below
 /// etcd's default `--max-txn-ops` of 128).
 pub const STATE_PUTS_BATCH: usize = 100;
@@ -33,7 +29,7 @@ impl Registry {
     /// The states live machines reported for one unit, sorted by machine.
     /// States are keyed by machine (each machine may write only its own), so
     /// this reads the live machines' ids (keys only) and then one key per
-    /// machine, in txns of `STATE_GETS_BATCH` gets: the cost grows with the
+    /// machine, in txns of `GETS_PER_TXN` gets: the cost grows with the
     /// machines, never with the other units' states. A state outlives its
     /// machine's presence only between a graceful unregister and the lease
     /// revoke that follows it.
@@ -55,7 +51,7 @@ impl Registry {
             })
             .collect();
         let mut states = Vec::new();
-        for batch in ids.chunks(STATE_GETS_BATCH) {
+        for batch in ids.chunks(GETS_PER_TXN) {
             let gets: Vec<TxnOp> = batch
                 .iter()
                 .map(|machine| TxnOp::get(self.keys.state(name, machine), None))

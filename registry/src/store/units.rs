@@ -400,7 +400,7 @@ impl Registry {
     }
 
     /// Which of `names` have a unit record, read in txns of
-    /// [`UNITS_PER_CREATE_TXN`] keys-only gets.
+    /// [`GETS_PER_TXN`] keys-only gets.
     ///
     /// # Errors
     /// etcd's.
@@ -409,7 +409,7 @@ impl Registry {
         names: &[UnitName],
     ) -> Result<HashSet<UnitName>, RegistryError> {
         let mut existing = HashSet::new();
-        for chunk in names.chunks(UNITS_PER_CREATE_TXN) {
+        for chunk in names.chunks(GETS_PER_TXN) {
             let gets: Vec<TxnOp> = chunk
                 .iter()
                 .map(|name| {
