@@ -275,6 +275,35 @@ impl Dialer for DirectDialer {
 const UNAVAILABLE_RETRIES: u32 = 5;
 const FIRST_UNAVAILABLE_PAUSE: Duration = Duration::from_millis(200);
 const MAX_UNAVAILABLE_PAUSE: Duration = Duration::from_secs(2);
+
+/// The pauses before each send again of something answered 503: at most
+/// [`UNAVAILABLE_RETRIES`], doubling from [`FIRST_UNAVAILABLE_PAUSE`] up to
+/// [`MAX_UNAVAILABLE_PAUSE`], jittered so that many clients do not come back
+/// in step.
+struct UnavailablePauses {
+    next: Duration,
+    left: u32,
+}
+
+impl UnavailablePauses {
+    fn new() -> UnavailablePauses {
+        UnavailablePauses {
+            next: FIRST_UNAVAILABLE_PAUSE,
+            left: UNAVAILABLE_RETRIES,
+        }
+    }
+
+    /// Waits the next pause; `false` (at once) when the retries are used up.
+    async fn wait(&mut self) -> bool {
+        if self.left == 0 {
+            return false;
+        }
+        self.left -= 1;
+        tokio::time::sleep(self.next.mul_f64(0.5 + fastrand::f64() / 2.0)).await;
+        self.next = (self.next * 2).min(MAX_UNAVAILABLE_PAUSE);
+        true
+    }
+}
 /// The error of a failed unix-socket connect; a permission failure says how
 /// to get permission, since the socket is root's and group `fleet`'s only.
 fn socket_error(path: &std::path::Path, error: &io::Error) -> io::Error {
@@ -610,25 +639,14 @@ impl Client {
         body: Option<Vec<u8>>,
         retry_unavailable: bool,
     ) -> Result<Bytes, ClientError> {
-        let mut pause = FIRST_UNAVAILABLE_PAUSE;
-        let mut retries = 0;
+        let mut pauses = UnavailablePauses::new();
         loop {
             let attempt = self
                 .request_once(base_path, method.clone(), path, query.clone(), body.clone())
                 .await;
-            match attempt {
-                Err(error)
-                    if retry_unavailable
-                        && error.status() == Some(503)
-                        && retries < UNAVAILABLE_RETRIES =>
-                {
-                    retries += 1;
-                    // Jitter, so many clients do not come back in step.
-                    let jittered = pause.mul_f64(0.5 + fastrand::f64() / 2.0);
-                    tokio::time::sleep(jittered).await;
-                    pause = (pause * 2).min(MAX_UNAVAILABLE_PAUSE);
-                }
-                other => return other,
+            let unavailable = matches!(&attempt, Err(error) if error.status() == Some(503));
+            if !(retry_unavailable && unavailable && pauses.wait().await) {
+                return attempt;
             }
         }
     }

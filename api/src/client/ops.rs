@@ -69,16 +69,14 @@ impl Client {
         // A unit answered 503 inside the batch (etcd timed out on its chunk)
         // is sent again, alone with the others so answered, as its PUT would
         // be: a 503 means nothing of it was written.
-        let mut pause = super::FIRST_UNAVAILABLE_PAUSE;
-        for _ in 0..super::UNAVAILABLE_RETRIES {
+        let mut pauses = super::UnavailablePauses::new();
+        loop {
             let unavailable: Vec<usize> = (0..results.len())
                 .filter(|&index| results[index].code == StatusCode::SERVICE_UNAVAILABLE.as_u16())
                 .collect();
-            if unavailable.is_empty() {
+            if unavailable.is_empty() || !pauses.wait().await {
                 break;
             }
-            tokio::time::sleep(pause.mul_f64(0.5 + fastrand::f64() / 2.0)).await;
-            pause = (pause * 2).min(super::MAX_UNAVAILABLE_PAUSE);
             let again: Vec<Unit> = unavailable
                 .iter()
                 .map(|&index| units[index].clone())
