@@ -1,8 +1,8 @@
 //! systemd's signals as a stream of typed [`Event`]s.
 //!
-//! Two bus match rules feed one stream: the Manager's own signals
-//! (`JobRemoved`, `Reloading`, ...) and `PropertiesChanged` on every unit
-//! object. The match rules are added before `Subscribe()` is called, so no
+//! Four bus match rules feed one stream: three of the Manager's signals
+//! (`JobRemoved`, `Reloading`, `UnitRemoved`) and `PropertiesChanged` of the
+//! `Unit` interface on every unit object. The match rules are added before `Subscribe()` is called, so no
 //! signal emitted after [`crate::dbus::Manager::subscribe`] returns is lost.
 //! Decoding happens on a task that never stops reading (see [`Events`]).
 
@@ -91,9 +91,9 @@ impl Drop for Events {
 }
 
 impl Events {
-    pub(crate) fn new(manager: MessageStream, units: MessageStream, address: String) -> Events {
+    pub(crate) fn new(streams: Vec<MessageStream>, address: String) -> Events {
         let (sender, receiver) = mpsc::unbounded_channel();
-        let mut messages = futures_util::stream::select(manager, units);
+        let mut messages = futures_util::stream::select_all(streams);
         let pump_address = address.clone();
         let pump = tokio::spawn(async move {
             while let Some(message) = messages.next().await {

@@ -410,38 +410,34 @@ impl Manager {
     /// Subscribes to systemd's signals on this connection: job ends and unit
     /// property changes arrive as [`Event`]s. The subscription lives as long
     /// as the connection; call it once per connection.
+    ///
+    /// One match rule per signal we read, so the bus daemon forwards only
+    /// those: a burst of starts makes systemd emit `UnitNew`, `JobNew` and a
+    /// `PropertiesChanged` of the type-specific interface (`Service`, with
+    /// dozens of properties) for every unit, none of which we use, and
+    /// receiving them cost the agent and the bus daemon CPU the hosts'
+    /// systemd needed (Documentation/performance.md, "Round six").
     pub async fn subscribe(&self) -> Result<Events, DbusError> {
-        let rule_error =
-            |error: zbus::Error| DbusError::from_zbus("AddMatch", "signals", &self.address, error);
-        let manager_rule = zbus::MatchRule::builder()
-            .msg_type(zbus::message::Type::Signal)
-            .sender("org.freedesktop.systemd1")
-            .interface("org.freedesktop.systemd1.Manager")
-            .path("/org/freedesktop/systemd1")
-            .build()
-            .map_err(rule_error)?;
+        let mut streams = Vec::with_capacity(4);
+        for member in ["JobRemoved", "Reloading", "UnitRemoved"] {
+            let rule = zbus::MatchRule::builder()
+                .msg_type(zbus::message::Type::Signal)
+                .sender("org.freedesktop.systemd1")
+                .interface("org.freedesktop.systemd1.Manager")
+                .member(member)
+                .path("/org/freedesktop/systemd1");
+            streams.push(self.signal_stream(rule, member).await?);
+        }
+        // PropertiesChanged's first argument is the interface whose
+        // properties changed; the states we track live on Unit's.
         let units_rule = zbus::MatchRule::builder()
             .msg_type(zbus::message::Type::Signal)
             .sender("org.freedesktop.systemd1")
             .interface("org.freedesktop.DBus.Properties")
             .member("PropertiesChanged")
             .path_namespace("/org/freedesktop/systemd1/unit")
-            .build()
-            .map_err(rule_error)?;
-        let manager_stream = self
-            .call(
-                "AddMatch",
-                "Manager signals",
-                zbus::MessageStream::for_match_rule(manager_rule, &self.connection, SIGNAL_QUEUE),
-            )
-            .await?;
-        let units_stream = self
-            .call(
-                "AddMatch",
-                "unit signals",
-                zbus::MessageStream::for_match_rule(units_rule, &self.connection, SIGNAL_QUEUE),
-            )
-            .await?;
+            .arg(0, "org.freedesktop.systemd1.Unit");
+        streams.push(self.signal_stream(units_rule, "unit signals").await?);
         // systemd only emits signals on the bus while someone is subscribed.
         match self.call("Subscribe", "", self.proxy.subscribe()).await {
             Ok(()) => {}
@@ -450,11 +446,24 @@ impl Manager {
                     == Some("org.freedesktop.systemd1.AlreadySubscribed") => {}
             Err(error) => return Err(error),
         }
-        Ok(Events::new(
-            manager_stream,
-            units_stream,
-            self.address.clone(),
-        ))
+        Ok(Events::new(streams, self.address.clone()))
+    }
+
+    /// Adds one match rule and returns the stream of what it matches.
+    async fn signal_stream(
+        &self,
+        rule: zbus::match_rule::Builder<'static>,
+        what: &str,
+    ) -> Result<zbus::MessageStream, DbusError> {
+        let rule = rule
+            .build()
+            .map_err(|error| DbusError::from_zbus("AddMatch", what, &self.address, error))?;
+        self.call(
+            "AddMatch",
+            what,
+            zbus::MessageStream::for_match_rule(rule, &self.connection, SIGNAL_QUEUE),
+        )
+        .await
     }
 
     /// Runs one call with this manager's deadline and classifies its error.
