@@ -9,7 +9,13 @@
 #   e.g. scripts/bench-start.sh --hosts 5 --instances 1000 --runs 0 (1,000 instances on 5 hosts)
 #   FLEET_BENCH_JOURNALS=DIR (own cluster only) saves each host's fleetd and systemd journal there;
 #   FLEET_BENCH_CONF="LINE ..." adds fleet.conf lines on every host (e.g. "verbosity=1").
+#   FLEET_BENCH_CPU=1: prints where the CPU went during the burst (or the --floor start): the
+#   CPU seconds of each process name on the machine (hosts, etcd, this script's children).
+#   FLEET_BENCH_PERF=FILE: records a whole-machine profile of the burst (perf record -a -g) there.
 #   POLL_MS=N: the burst is polled (fleetctl list-units) every N ms (default 20; 0: back to back).
+#   FLEET_BENCH_WATCH=events (own cluster only): instead of polling, one `curl` follows the API's
+#   event stream (GET /fleet/v1/events, from the revision before the command) until every
+#   instance has been reported active: the measurement then takes no CPU from the hosts.
 #   --floor (own cluster only): systemd's own speed instead of fleet's. The same N instances,
 #   installed in each host's /etc/systemd/system and started with one blocking `systemctl start`
 #   per host (N/hosts each, all hosts at once), until every one has returned: the floor a fleet
@@ -60,6 +66,40 @@ HOST_NAMES=()
 for idx in $(seq 1 "$HOSTS"); do HOST_NAMES+=("h$idx"); done
 
 now_ns() { date +%s%N; }
+
+# CPU seconds used so far by each process name on this machine, "name ticks" lines (the hosts'
+# processes are this machine's too), plus this script's reaped children (the poll's fleetctl
+# and awk) as "(children)" and everything the machine did as "(all)".
+cpu_ticks() {
+    awk '{ open = index($0, "("); close_at = 0
+           for (i = length($0); i > open; i--) if (substr($0, i, 1) == ")") { close_at = i; break }
+           comm = substr($0, open + 1, close_at - open - 1)
+           split(substr($0, close_at + 2), f, " ")
+           t[comm] += f[12] + f[13] }
+         END { for (c in t) print c "\t" t[c] }' /proc/[0-9]*/stat 2>/dev/null
+    times >"$WORK/times" # not in a pipeline: a subshell would count only its own children
+    awk 'NR == 2 { split($1, u, "m"); split($2, s, "m"); printf "(children)\t%d\n", (u[1] * 60 + u[2] + s[1] * 60 + s[2]) * 100 }' "$WORK/times"
+    awk '$1 == "cpu" { printf "(all)\t%d\n", $2 + $3 + $4 + $6 + $7 + $8 }' /proc/stat
+}
+# FLEET_BENCH_PERF=FILE: a whole-machine profile from perf_start until perf_stop.
+perf_pid=""
+perf_start() {
+    [ -n "${FLEET_BENCH_PERF:-}" ] || return 0
+    perf record -a -g -F 499 -o "$FLEET_BENCH_PERF" >/dev/null 2>&1 &
+    perf_pid=$!
+    sleep 0.5 # perf takes a moment to attach to every CPU
+}
+perf_stop() {
+    [ -n "$perf_pid" ] || return 0
+    kill -INT "$perf_pid"
+    wait "$perf_pid" || true
+    perf_pid=""
+}
+# Prints the CPU seconds each process name used between two cpu_ticks snapshots (files).
+cpu_report() {
+    awk -F '\t' 'FNR == NR { before[$1] = $2; next } { d = $2 - before[$1]; if (d > 0) used[$1] = d }
+        END { printf "  CPU during it (s):"; for (c in used) if (c == "(all)" || used[c] >= 5) printf " %s %.2f;", c, used[c] / 100; print "" }' "$1" "$2"
+}
 
 # make_pki DIR: a CA, one API certificate for the three hosts' addresses, an admin client
 # certificate "bench" and the access file that gives it the role. Both certificates carry
@@ -202,8 +242,11 @@ if [ "$FLOOR" = 1 ]; then
         printf '[Unit]\nDescription=floor %%i\n\n[Service]\nExecStart=/bin/sleep 100000\n' |
             "$TH" exec "$host" sh -c "cat >/etc/systemd/system/$template && systemctl daemon-reload"
     done
+    perf_start
+    [ -z "${FLEET_BENCH_CPU:-}" ] || cpu_ticks >"$WORK/cpu.before"
     start=$(now_ns)
     idx=0
+    starts=()
     for host in "${HOST_NAMES[@]}"; do
         names=()
         for _ in $(seq 1 "$per_host"); do
@@ -211,9 +254,11 @@ if [ "$FLOOR" = 1 ]; then
             [ "$idx" -le "$INSTANCES" ] && names+=("floor$tag@$idx.service")
         done
         "$TH" exec "$host" systemctl start "${names[@]}" &
+        starts+=($!)
     done
-    wait
+    wait "${starts[@]}"
     all_ms=$((($(now_ns) - start) / 1000000))
+    perf_stop
     n=0
     for host in "${HOST_NAMES[@]}"; do
         k=$("$TH" exec "$host" sh -c "systemctl list-units --no-legend --plain --state=active 'floor$tag@*' | wc -l")
@@ -221,6 +266,7 @@ if [ "$FLOOR" = 1 ]; then
     done
     [ "$n" -ge "$INSTANCES" ] || { echo "bench-start: only $n of $INSTANCES active after systemctl start" >&2; exit 1; }
     echo "$INSTANCES instances, systemd alone (one blocking systemctl start on each host): all active after $all_ms ms"
+    [ -z "${FLEET_BENCH_CPU:-}" ] || { cpu_ticks >"$WORK/cpu.after"; cpu_report "$WORK/cpu.before" "$WORK/cpu.after"; }
     exit 0
 fi
 
@@ -230,24 +276,54 @@ printf '[Unit]\nDescription=bench %%i\n\n[Service]\nExecStart=/bin/sleep 100000\
 args=()
 for idx in $(seq 1 "$INSTANCES"); do args+=("$WORK/bench$tag@$idx.service"); done
 rpcs_before=$(etcd_requests)
+if [ "${FLEET_BENCH_WATCH:-poll}" = events ]; then
+    [ -n "$etcd_url" ] || { echo "bench-start: FLEET_BENCH_WATCH=events needs its own cluster" >&2; exit 2; }
+    # The stream resumes after the revision etcd is at now, so no event of the burst is missed
+    # however late curl connects.
+    revision=$(curl -s --max-time 5 "$etcd_url/v3/kv/range" -d '{"key":"AA=="}' | jq -r .header.revision)
+    mkfifo "$WORK/stream" "$WORK/all-active"
+    curl -sN "${CURL_TLS[@]}" -H "Last-Event-ID: $revision" "$ENDPOINT/fleet/v1/events" >"$WORK/stream" &
+    watch_pid=$!
+    # mawk (Debian's awk) reads a pipe in large blocks unless told to read line by line.
+    stream_awk=(awk)
+    awk -W version 2>&1 | grep -q mawk && stream_awk=(awk -W interactive)
+    "${stream_awk[@]}" -v unit="\"unit\":\"bench$tag@" -v n="$INSTANCES" '
+        index($0, "data:") == 1 && index($0, "\"type\":\"unit.state-changed\"") && index($0, unit) &&
+        index($0, "\"activeState\":\"active\"") {
+            name = substr($0, index($0, unit) + 8); name = substr(name, 1, index(name, "\"") - 1)
+            if (!(name in seen)) { seen[name] = 1; count++ }
+            if (count >= n) { print "all"; exit }
+        }' <"$WORK/stream" >"$WORK/all-active" &
+fi
+perf_start
+[ -z "${FLEET_BENCH_CPU:-}" ] || cpu_ticks >"$WORK/cpu.before"
 start=$(now_ns)
 fc start --no-block "${args[@]}" >/dev/null
 cmd_ms=$((($(now_ns) - start) / 1000000))
 rpcs=$(($(etcd_requests) - rpcs_before))
 deadline=$((start + 300000000000))
-# POLL_MS between polls (default 20, the issue's outside measurement; 0 polls back to back). The
-# poll runs on the same two cores as the hosts: every process it spawns is CPU taken from what
-# it measures, so it spawns one fleetctl and one awk, and rests between polls.
-poll_s=$(awk -v ms="${POLL_MS:-20}" 'BEGIN { printf "%.3f", ms / 1000 }')
-while :; do
-    n=$(fc list-units --no-legend --fields unit,active 2>/dev/null |
-        awk -v p="bench$tag@" 'index($1, p) == 1 && $2 == "active" { n++ } END { print n + 0 }')
-    [ "$n" -ge "$INSTANCES" ] && break
-    [ "$(now_ns)" -lt "$deadline" ] || { echo "bench-start: only $n of $INSTANCES active after 300 s" >&2; exit 1; }
-    [ "${POLL_MS:-20}" = 0 ] || sleep "$poll_s"
-done
+if [ "${FLEET_BENCH_WATCH:-poll}" = events ]; then
+    # The watcher was started before the command (below); it writes one line when done.
+    read -r -t 300 done_line <"$WORK/all-active" || true
+    [ "${done_line:-}" = all ] || { echo "bench-start: the event stream did not report all $INSTANCES active within 300 s" >&2; exit 1; }
+else
+    # POLL_MS between polls (default 20, the issue's outside measurement; 0 polls back to back).
+    # The poll runs on the same two cores as the hosts: every process it spawns is CPU taken from
+    # what it measures, so it spawns one fleetctl and one awk, and rests between polls.
+    poll_s=$(awk -v ms="${POLL_MS:-20}" 'BEGIN { printf "%.3f", ms / 1000 }')
+    while :; do
+        n=$(fc list-units --no-legend --fields unit,active 2>/dev/null |
+            awk -v p="bench$tag@" 'index($1, p) == 1 && $2 == "active" { n++ } END { print n + 0 }')
+        [ "$n" -ge "$INSTANCES" ] && break
+        [ "$(now_ns)" -lt "$deadline" ] || { echo "bench-start: only $n of $INSTANCES active after 300 s" >&2; exit 1; }
+        [ "${POLL_MS:-20}" = 0 ] || sleep "$poll_s"
+    done
+fi
 all_ms=$((($(now_ns) - start) / 1000000))
+perf_stop
+[ -z "${watch_pid:-}" ] || kill "$watch_pid" 2>/dev/null || true
 echo "$INSTANCES instances, one start --no-block: command $cmd_ms ms, all active after $all_ms ms"
+[ -z "${FLEET_BENCH_CPU:-}" ] || { cpu_ticks >"$WORK/cpu.after"; cpu_report "$WORK/cpu.before" "$WORK/cpu.after"; }
 # How many unit states the agents wrote, over the whole run (fleetd's own counter on each host).
 if [ "$OWN_CLUSTER" = 1 ]; then
     puts=0

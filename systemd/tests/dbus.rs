@@ -43,9 +43,16 @@ async fn status(manager: &Manager, name: &str) -> UnitStatus {
     rows.remove(0)
 }
 
-/// Reads events until the job's `JobRemoved` has come AND `unit` has been
-/// reported in `(active, sub)` by a `PropertiesChanged`, in whatever order.
-async fn wait_job_and_state(events: &mut Events, job: &Job, active: &str, sub: &str) -> String {
+/// Reads events until the job's `JobRemoved` has come AND a `PropertiesChanged`
+/// of `unit` has been followed by systemd reporting it in `(active, sub)`, in
+/// whatever order: the signal says that the unit changed, the agent then asks.
+async fn wait_job_and_state(
+    manager: &Manager,
+    events: &mut Events,
+    job: &Job,
+    active: &str,
+    sub: &str,
+) -> String {
     let deadline = Instant::now() + EVENT_DEADLINE;
     let (mut result, mut reached) = (None, false);
     while result.is_none() || !reached {
@@ -63,14 +70,9 @@ async fn wait_job_and_state(events: &mut Events, job: &Job, active: &str, sub: &
                 result: r,
                 ..
             } if path == job.path => result = Some(r),
-            Event::UnitChanged {
-                unit,
-                active_state,
-                sub_state,
-                ..
-            } if unit == job.unit => {
-                reached =
-                    active_state.as_deref() == Some(active) && sub_state.as_deref() == Some(sub);
+            Event::UnitChanged { unit } if unit == job.unit => {
+                let now = status(manager, &unit).await;
+                reached = now.active_state == active && now.sub_state == sub;
             }
             _ => {}
         }
@@ -133,7 +135,7 @@ async fn unit_flow_on_a_real_systemd() {
         "{job:?}"
     );
     assert_eq!(
-        wait_job_and_state(&mut events, &job, "active", "running").await,
+        wait_job_and_state(&manager, &mut events, &job, "active", "running").await,
         "done"
     );
     let st = status(&manager, name).await;
@@ -171,7 +173,7 @@ async fn unit_flow_on_a_real_systemd() {
     // --- stop ---
     let job = manager.stop_unit(name).await.expect("StopUnit");
     assert_eq!(
-        wait_job_and_state(&mut events, &job, "inactive", "dead").await,
+        wait_job_and_state(&manager, &mut events, &job, "inactive", "dead").await,
         "done"
     );
 

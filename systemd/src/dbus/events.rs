@@ -6,13 +6,12 @@
 //! signal emitted after [`crate::dbus::Manager::subscribe`] returns is lost.
 //! Decoding happens on a task that never stops reading (see [`Events`]).
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
 use tracing::debug;
-use zbus::{MessageStream, OwnedVariant};
+use zbus::MessageStream;
 
 use super::{DbusError, Job};
 
@@ -30,14 +29,13 @@ pub enum Event {
         unit: String,
         result: String,
     },
-    /// Properties of the unit `unit` changed. The states are set when the
-    /// signal carried them; `None` means "changed, value not sent".
-    UnitChanged {
-        unit: String,
-        load_state: Option<String>,
-        active_state: Option<String>,
-        sub_state: Option<String>,
-    },
+    /// Properties of the unit `unit` changed (its `Unit` interface's: the
+    /// load, active and sub states live there). The signal's values are not
+    /// read: they carry only what changed, so a reader asks systemd for the
+    /// states anyway (`ListUnitsByNames`, many units a call), and decoding
+    /// every property of every signal was most of the agent's own CPU in a
+    /// burst of starts.
+    UnitChanged { unit: String },
     /// systemd started (`true`) or finished (`false`) a daemon-reload: any
     /// unit may have changed.
     Reloading { active: bool },
@@ -189,26 +187,10 @@ fn decode(message: &zbus::Message) -> Option<Event> {
             let (unit, _path): (String, zbus::OwnedObjectPath) = body.deserialize().ok()?;
             Some(Event::UnitRemoved { unit })
         }
-        "PropertiesChanged" => {
-            let unit = unit_name_from_path(&path)?;
-            let (interface, mut changed, _invalidated): (
-                String,
-                HashMap<String, OwnedVariant>,
-                Vec<String>,
-            ) = body.deserialize().ok()?;
-            // Every unit type also changes its type-specific interface (Service,
-            // Socket, ...); the states we track live on the Unit interface.
-            if interface != "org.freedesktop.systemd1.Unit" {
-                return None;
-            }
-            let mut take = |name: &str| changed.remove(name).and_then(|v| String::try_from(v).ok());
-            Some(Event::UnitChanged {
-                load_state: take("LoadState"),
-                active_state: take("ActiveState"),
-                sub_state: take("SubState"),
-                unit,
-            })
-        }
+        // The match rule passes only the Unit interface's changes.
+        "PropertiesChanged" => Some(Event::UnitChanged {
+            unit: unit_name_from_path(&path)?,
+        }),
         _ => None,
     }
 }
