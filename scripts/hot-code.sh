@@ -2,8 +2,9 @@
 # Writes fleetd/hot-code.txt: the functions a fleetd cluster runs, which a release build of
 # fleetd places first and together (fleetd/build.rs; Documentation/performance.md, "Round six").
 #
-# Usage: scripts/hot-code.sh [--check]
-#   --check  only build the release binary and print how many names of hot-code.txt it has
+# Usage: scripts/hot-code.sh [--check [BINARY]]
+#   --check  only print how many names of hot-code.txt an unstripped fleetd binary has (default:
+#            build the release binary and look in target/release/fleetd)
 #
 # Why: the kernel maps a binary's code 64 KiB around every page fault (fault-around), so a host
 # pays for every 64 KiB window of the binary that holds one function it ran. In link order the
@@ -34,11 +35,15 @@ OUT=fleetd/hot-code.txt
 PROF_TARGET=${FLEET_HOT_CODE_TARGET:-$ROOT/target/hot-code}
 
 if [ "${1:-}" = --check ]; then
-    cargo build --release -p fleetd -p fleetctl
-    have=$(nm --defined-only target/release/fleetd | awk '{ print $3 }' | sort -u)
+    binary=${2:-}
+    if [ -z "$binary" ]; then
+        cargo build --release -p fleetd -p fleetctl
+        binary=target/release/fleetd
+    fi
+    have=$(nm --defined-only "$binary" | awk '{ print $3 }' | sort -u)
     want=$(grep -v '^#' "$OUT" | sort -u)
     found=$(comm -12 <(echo "$have") <(echo "$want") | wc -l)
-    echo "hot-code: $found of $(echo "$want" | wc -l) names of $OUT are in target/release/fleetd"
+    echo "hot-code: $found of $(echo "$want" | wc -l) names of $OUT are in $binary (run scripts/hot-code.sh when few are)"
     exit 0
 fi
 [ "$(id -u)" = 0 ] || { echo "hot-code: needs root (a loop device, the test hosts)" >&2; exit 1; }

@@ -65,6 +65,8 @@ fi
 for binary in fleetd fleetctl; do
     [ -x "$bindir/$binary" ] || { echo "package: $bindir/$binary not found" >&2; exit 1; }
 done
+# Whether the link laid out fleetd's hot code (fleetd/build.rs): a stale list costs memory only.
+scripts/hot-code.sh --check "$bindir/fleetd" >&2 || true
 
 arch=$(dpkg --print-architecture)
 maintainer="${FLEET_DEB_MAINTAINER:-fleet maintainers <fleet-maintainers@example.org>}"
