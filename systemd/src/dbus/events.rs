@@ -2,8 +2,9 @@
 //!
 //! Four bus match rules feed one stream: three of the Manager's signals
 //! (`JobRemoved`, `Reloading`, `UnitRemoved`) and `PropertiesChanged` of the
-//! `Unit` interface on every unit object. The match rules are added before `Subscribe()` is called, so no
-//! signal emitted after [`crate::dbus::Manager::subscribe`] returns is lost.
+//! `Unit` interface on every unit object. The match rules are added before
+//! `Subscribe()` is called, so no signal emitted after
+//! [`crate::dbus::Manager::subscribe`] returns is lost.
 //! Decoding happens on a task that never stops reading (see [`Events`]).
 
 use std::time::Duration;
@@ -33,8 +34,8 @@ pub enum Event {
     /// load, active and sub states live there). The signal's values are not
     /// read: they carry only what changed, so a reader asks systemd for the
     /// states anyway (`ListUnitsByNames`, many units a call), and decoding
-    /// every property of every signal was most of the agent's own CPU in a
-    /// burst of starts.
+    /// every property of every signal was the largest part of fleetd's own
+    /// CPU while it only listened (Documentation/performance.md, "Round six").
     UnitChanged { unit: String },
     /// systemd started (`true`) or finished (`false`) a daemon-reload: any
     /// unit may have changed.
