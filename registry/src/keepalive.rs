@@ -95,10 +95,7 @@ impl LeaseKeepAlive {
 
     async fn keep_alive_inner(&mut self) -> Result<Option<Duration>, RegistryError> {
         if let Some(open) = self.open.as_mut() {
-            match tokio::time::timeout(self.deadline, exchange(open))
-                .await
-                .ok()
-            {
+            match exchange_within(self.deadline, open).await {
                 Some(Exchange::Answered(ttl)) => return Ok(ttl),
                 Some(Exchange::Broken(reason)) => {
                     debug!(lease = %self.lease, %reason, "The keep-alive stream broke; opening another.");
@@ -141,10 +138,7 @@ impl LeaseKeepAlive {
         });
         // The opening answer is swallowed by etcd-client; one more
         // keep-alive on the new stream tells the TTL.
-        match tokio::time::timeout(self.deadline, exchange(open))
-            .await
-            .ok()
-        {
+        match exchange_within(self.deadline, open).await {
             Some(Exchange::Answered(ttl)) => Ok(ttl),
             Some(Exchange::Broken(message)) => {
                 self.open = None;
@@ -159,6 +153,11 @@ impl LeaseKeepAlive {
             }
         }
     }
+}
+
+/// [`exchange`] within `deadline`; `None` when it ran out.
+async fn exchange_within(deadline: Duration, open: &mut OpenStream) -> Option<Exchange> {
+    tokio::time::timeout(deadline, exchange(open)).await.ok()
 }
 
 /// One keep-alive request and its answer on an open stream.

@@ -174,9 +174,8 @@ impl Registry {
         Ok(())
     }
 
-    /// Machine records merged with the dynamic metadata; undecodable records
-    /// are skipped with a warning.
-    /// Dynamic metadata by machine.
+    /// Dynamic metadata by machine; undecodable keys are skipped with a
+    /// warning.
     pub(super) fn decode_dynamic_metadata(
         &self,
         metadata: &[KeyValue],
@@ -190,12 +189,14 @@ impl Registry {
         dynamic
     }
 
+    /// Machine records merged with the dynamic metadata (decoded by
+    /// [`Self::decode_dynamic_metadata`]); undecodable records are skipped
+    /// with a warning.
     pub(super) fn decode_machines(
         &self,
         machines: &[KeyValue],
-        metadata: &[KeyValue],
+        dynamic: &BTreeMap<MachineId, BTreeMap<String, String>>,
     ) -> Vec<MachineState> {
-        let dynamic = self.decode_dynamic_metadata(metadata);
         let mut states: Vec<MachineState> = machines
             .iter()
             .filter_map(|kv| {
@@ -228,7 +229,10 @@ impl Registry {
                 message: "short txn response".to_owned(),
             });
         };
-        Ok(self.decode_machines(machines.kvs(), metadata.kvs()))
+        Ok(self.decode_machines(
+            machines.kvs(),
+            &self.decode_dynamic_metadata(metadata.kvs()),
+        ))
     }
 
     /// One live machine, metadata merged.
@@ -249,7 +253,7 @@ impl Registry {
             });
         };
         Ok(self
-            .decode_machines(record.kvs(), metadata.kvs())
+            .decode_machines(record.kvs(), &self.decode_dynamic_metadata(metadata.kvs()))
             .into_iter()
             .next())
     }

@@ -156,10 +156,11 @@ impl Registry {
                 _ => None,
             })
             .collect();
+        let dynamic_metadata = self.decode_dynamic_metadata(metadata.kvs());
         Ok(Snapshot {
             revision,
-            machines: self.decode_machines(machines.kvs(), metadata.kvs()),
-            dynamic_metadata: self.decode_dynamic_metadata(metadata.kvs()),
+            machines: self.decode_machines(machines.kvs(), &dynamic_metadata),
+            dynamic_metadata,
             units: decoded,
             placements: self.decode_placements(placements.kvs()),
             unusable_units,
